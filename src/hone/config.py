@@ -1,0 +1,199 @@
+"""The one run configuration: typed, loaded from YAML, every field documented and overridable.
+
+`hone config show` prints these fields with their descriptions; the CLI's `--set section.field=value`
+(or just `field=value` where the name is unique) reaches any of them, and short flags cover the
+common ones. Unknown keys are errors that suggest the nearest valid key.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hone.errors import ConfigError
+from hone.models.catalogue import DEFAULT_MODEL
+
+# Learning rates from practice: adapters tolerate (and need) ~10x the rate of full fine-tuning.
+DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field(DEFAULT_MODEL, description="Base model: catalogue name, local HF folder, .gguf file or hub id")
+
+
+class DataSection(Section):
+    train: Optional[Path] = Field(None, description="Training data (JSONL, OpenAI chat `messages` per line)")
+    validation: Optional[Path] = Field(None, description="Validation data; when absent, `validation_fraction` of train is held out")
+    test: Optional[Path] = Field(None, description="Held-out test data, scored base vs tuned after training")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given")
+    max_length: int = Field(1024, ge=16, description="Longest example in tokens; longer ones are truncated and counted")
+    system_prompt: Optional[str] = Field(None, description="System message added to every example that has none")
+
+
+class MethodSection(Section):
+    name: Literal["lora", "full"] = Field("lora", description="Adaptation method: lora (adapters on linear layers) or full")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input")
+    target_modules: str = Field("all-linear", description="Modules that get LoRA: all-linear or comma-separated names")
+
+
+class TrainSection(Section):
+    lr: Optional[float] = Field(None, gt=0, description="Peak learning rate; default 2e-4 for lora, 2e-5 for full")
+    epochs: float = Field(3, gt=0, description="Passes over the training data")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs)")
+    time_budget: Optional[float] = Field(None, gt=0, description="Training wall-clock budget in seconds; warmup and schedule are spread over it")
+    batch_size: int = Field(16, ge=1, description="Effective batch: examples per optimizer step")
+    micro_batch_size: int = Field(16, ge=1, description="Examples per forward pass; gradient accumulation makes up batch_size")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of training spent warming up the learning rate")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
+    seed: int = Field(42, description="Seed for initialisation, data order and dropout")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: fp32 with bf16 matmuls on CPU, bf16 on GPUs that have it")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads; default picks from cores and current load")
+    eval_every: Optional[int] = Field(None, ge=1, description="Validation every N steps; default once per epoch and at the end")
+    save_every: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps; default once per epoch")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest first)")
+
+
+class EvalSection(Section):
+    metric: Literal["auto", "exact_match", "json_match"] = Field("auto", description="Test metric; auto picks json_match when references are JSON")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="Generation limit; default from the longest reference answer")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together")
+    samples: int = Field(5, ge=0, description="Test prompts shown side by side (base, tuned, expected)")
+    base: bool = Field(True, description="Also score the base model on the test data")
+
+
+class RunConfig(Section):
+    name: Optional[str] = Field(None, description="Run name; default from the data file")
+    output: Optional[Path] = Field(None, description="Run folder; default <hone home>/runs/<run id>")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    method: MethodSection = Field(default_factory=MethodSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in force: the configured one or the method's default."""
+        return self.train.lr or DEFAULT_LR[self.method.name]
+
+
+def field_paths() -> dict[str, tuple[str, Any]]:
+    """Every configurable field as 'section.field' -> (description, default)."""
+    paths: dict[str, tuple[str, Any]] = {}
+    for name, info in RunConfig.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            for sub, sub_info in annotation.model_fields.items():
+                paths[f"{name}.{sub}"] = (sub_info.description or "", sub_info.default)
+        else:
+            paths[name] = (info.description or "", info.default)
+    return paths
+
+
+def _suggest(key: str) -> str:
+    paths = list(field_paths())
+    close = difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
+    if not close:
+        leaves = {p.split(".")[-1]: p for p in paths}
+        leaf = difflib.get_close_matches(key.split(".")[-1], list(leaves), n=1)
+        close = [leaves[leaf[0]]] if leaf else []
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _yaml_line(text: str, loc: tuple) -> int | None:
+    """1-based line of the key at `loc` in a YAML document, for error messages."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == str(part):
+                line, node = key_node.start_mark.line + 1, value_node
+                break
+        else:
+            break
+    return line
+
+
+def build_config(data: dict[str, Any], source: str = "config", text: str | None = None) -> RunConfig:
+    """Validate a nested dict into a RunConfig, turning pydantic's errors into one-line ConfigErrors."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        line = _yaml_line(text, err["loc"]) if text else None
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown key {key!r}{_suggest(key)}", file=source, line=line,
+                              field=key) from None
+        raise ConfigError(f"{key}: {err['msg']} (got {err.get('input')!r})", file=source, line=line,
+                          field=key) from None
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load YAML (optional), apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    text = None
+    source = str(path) if path else "command line"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            data = yaml.safe_load(text) or {}
+        except FileNotFoundError:
+            raise ConfigError("config file not found", file=str(path)) from None
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=str(path),
+                              line=line + 1 if line is not None else None) from None
+        if not isinstance(data, dict):
+            raise ConfigError("expected a mapping of sections (model, data, method, train, eval)", file=str(path))
+    for key, value in (overrides or {}).items():
+        set_dotted(data, resolve_key(key), value)
+    return build_config(data, source, text)
+
+
+def resolve_key(key: str) -> str:
+    """'lr' -> 'train.lr' when the leaf name is unique; 'train.lr' stays; unknown keys fail."""
+    paths = field_paths()
+    if key in paths:
+        return key
+    matches = [p for p in paths if p.split(".")[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"key {key!r} is ambiguous: {', '.join(matches)}", file="command line")
+    raise ConfigError(f"unknown key {key!r}{_suggest(key)}", file="command line")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'train.lr=1e-4' -> ('train.lr', 0.0001): values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}", file="command line")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

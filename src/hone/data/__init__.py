@@ -1,0 +1,1 @@
+"""Data: read, validate, render into tokens with loss masks."""

@@ -1,0 +1,1 @@
+"""Base models: the built-in catalogue and loading."""

@@ -1,0 +1,1 @@
+"""Objectives: what training optimises. Each module reads top to bottom as the whole procedure."""

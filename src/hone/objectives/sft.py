@@ -1,0 +1,139 @@
+"""Supervised fine-tuning on chat data, top to bottom.
+
+load data -> load base -> render with the chat template (loss on assistant turns and their
+end-of-turn token) -> score the base on the test split -> apply the method -> train -> save ->
+score the tuned model -> record everything in the run folder.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from hone import __version__, atomic
+from hone.config import RunConfig
+from hone.data.formats import ChatExample, load_chat
+from hone.data.render import tokenize_chat
+from hone.data.split import hold_out
+from hone.errors import ConfigError
+from hone.evaluate.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
+from hone.evaluate.metrics import pick_metric
+from hone.hardware import pick_hardware
+from hone.methods import apply_method, count_parameters
+from hone.models.catalogue import resolve_model
+from hone.models.load import load_causal_lm, load_tokenizer, merged_copy
+from hone.train.loop import train_loop
+from hone.train.run import new_run_dir, read_record, update_record
+
+
+@dataclass
+class SFTResult:
+    run_dir: Path
+    metric: str | None = None
+    base: Evaluation | None = None
+    tuned: Evaluation | None = None
+    test: list[ChatExample] = field(default_factory=list)
+    train_seconds: float = 0.0
+    total_seconds: float = 0.0
+    record: dict = field(default_factory=dict)
+
+
+def with_system_prompt(examples: list[ChatExample], system_prompt: str | None) -> list[ChatExample]:
+    if not system_prompt:
+        return examples
+    for example in examples:
+        if example.messages[0]["role"] != "system":
+            example.messages.insert(0, {"role": "system", "content": system_prompt})
+    return examples
+
+
+def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> SFTResult:
+    """Train and evaluate one SFT run; `run_dir` of an interrupted run resumes it."""
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    if config.data.train is None:
+        raise ConfigError("no training data: pass --data FILE (or data.train in the config)")
+    # 1. Data: train, validation (a seeded share of train when no file is given), test.
+    train = with_system_prompt(load_chat(config.data.train), config.data.system_prompt)
+    if config.data.validation:
+        validation = with_system_prompt(load_chat(config.data.validation), config.data.system_prompt)
+    else:
+        train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
+    test = with_system_prompt(load_chat(config.data.test), config.data.system_prompt) if config.data.test else []
+    resume = run_dir is not None
+    run_dir = run_dir or new_run_dir(config)  # only once the data has been read without error
+    hw = pick_hardware(config.train.precision, config.train.threads)
+    console.print(f"[bold]hone[/bold] run folder {run_dir}\n  hardware: {hw.note}")
+
+    # 2. Base model and tokenizer.
+    base = resolve_model(config.model.name)
+    tokenizer = load_tokenizer(base)
+    model = load_causal_lm(base, hw.device)
+
+    # 3. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
+    train_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in train]
+    val_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in validation]
+    truncated = sum(e.truncated for e in train_set + val_set)
+    console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
+                  + (f"; [yellow]{truncated} truncated to {config.data.max_length} tokens[/yellow]" if truncated else ""))
+    update_record(run_dir, status="running", hone_version=__version__, base_model=config.model.name,
+                  base_path=str(base.path), method=config.method.name, objective="sft",
+                  data={"train": str(config.data.train), "validation": str(config.data.validation or ""),
+                        "test": str(config.data.test or ""), "n_train": len(train_set),
+                        "n_validation": len(val_set), "n_test": len(test), "truncated": truncated})
+
+    # 4. The base model on the test split, before any change.
+    metric = None
+    base_eval = None
+    if test:
+        metric = pick_metric([e.answer or "" for e in test]) if config.eval.metric == "auto" else config.eval.metric
+        max_new = config.eval.max_new_tokens or default_max_new_tokens(tokenizer, test)
+        if config.eval.base and not (resume and read_record(run_dir).get("base_scores")):
+            base_eval = evaluate_answers(model, tokenizer, test, metric, max_new, config.eval.batch_size,
+                                         "base eval", console)
+            update_record(run_dir, base_answers=base_eval.answers, base_scores=base_eval.scores)
+        elif resume and config.eval.base:
+            record = read_record(run_dir)
+            base_eval = Evaluation(metric, record["base_answers"], record["base_scores"])
+
+    # 5. The adaptation method.
+    model = apply_method(model, config.method)
+    params = count_parameters(model)
+    console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
+
+    # 6. Train.
+    result = train_loop(model, train_set, val_set, config.train, config.lr, hw, run_dir,
+                        tokenizer.pad_token_id, resume=resume, console=console)
+
+    # 7. Save the adapter (PEFT format) or the whole model, with the tokenizer beside it.
+    model.eval()
+    out = run_dir / ("adapter" if config.method.name != "full" else "model")
+    with atomic.folder(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    # 8. The tuned model on the same test items.
+    tuned_eval = None
+    if test:
+        tuned = merged_copy(model) if hasattr(model, "merge_and_unload") else model
+        tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
+                                      "tuned eval", console)
+
+    # 9. Record the results.
+    results = {"metric": metric, "steps": result.steps, "stopped_by": result.stopped_by,
+               "train_loss": result.loss, "val_loss": result.val_loss, "tokens": result.tokens,
+               "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
+               "trainable_parameters": params.trainable, "total_parameters": params.total}
+    if base_eval:
+        results["base_score"] = base_eval.score
+    if tuned_eval:
+        results["tuned_score"] = tuned_eval.score
+        if base_eval:
+            results["items"] = item_outcomes(base_eval, tuned_eval)
+    total = time.monotonic() - started
+    record = update_record(run_dir, status="succeeded", results=results, train_seconds=round(result.seconds, 2),
+                           total_seconds=round(total, 2), hardware=hw.note,
+                           tuned_answers=tuned_eval.answers if tuned_eval else None)
+    return SFTResult(run_dir, metric, base_eval, tuned_eval, test, result.seconds, total, record)

@@ -1,0 +1,74 @@
+"""How a finished run is shown: a results table, answers side by side, and what to do next."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from hone.objectives.sft import SFTResult
+
+
+def summary_json(result: SFTResult) -> dict:
+    """The run summary as plain data (the last line of `--json` output)."""
+    return {
+        "metric": result.metric,
+        "base_score": result.base.score if result.base else None,
+        "tuned_score": result.tuned.score if result.tuned else None,
+        "n_test": len(result.test),
+        "train_seconds": round(result.train_seconds, 1),
+        "total_seconds": round(result.total_seconds, 1),
+        "val_loss": result.record.get("results", {}).get("val_loss"),
+        "steps": result.record.get("results", {}).get("steps"),
+        "run_dir": str(result.run_dir),
+    }
+
+
+def _clip(text: str, width: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None:
+    results = result.record.get("results", {})
+    table = Table(title="Results", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    if result.metric and result.tuned:
+        base = f"{result.base.score:.1%}" if result.base else "-"
+        table.add_row(f"{result.metric} on {len(result.test)} test items", base, f"[bold green]{result.tuned.score:.1%}")
+    if results.get("items"):
+        items = results["items"]
+        table.add_row("items improved / regressed / unchanged", "",
+                      f"{items['improved']} / {items['regressed']} / {items['unchanged']}")
+    if results.get("val_loss") is not None:
+        table.add_row("validation loss (per trained token)", "", f"{results['val_loss']:.4f}")
+    table.add_row("training", "", f"{results.get('steps')} steps, {result.train_seconds:.0f} s, "
+                  f"{results.get('tokens_per_s', 0):.0f} tok/s")
+    table.add_row("total wall time", "", f"{result.total_seconds:.0f} s")
+    console.print(table)
+
+    if result.tuned and samples:
+        side = Table(title="Test prompts side by side", show_lines=True, header_style="bold")
+        for column in ("prompt", "base", "tuned", "expected"):
+            side.add_column(column, overflow="fold", ratio=1)
+        for i in _sample_indices(result, samples):
+            example = result.test[i]
+            mark = "[green]✓[/green] " if result.tuned.scores[i] else "[red]✗[/red] "
+            base = result.base.answers[i] if result.base else "-"
+            side.add_row(_clip(example.prompt_messages[-1]["content"], 160), _clip(base, 160),
+                         mark + _clip(result.tuned.answers[i], 160), _clip(example.answer or ""))
+        console.print(side)
+
+    console.print(f"\nRun folder: [bold]{result.run_dir}[/bold]")
+    console.print(f"Chat with the tuned model:  hone chat {result.run_dir}")
+    console.print(f"Generate from a file:       hone generate {result.run_dir} --file prompts.jsonl")
+
+
+def _sample_indices(result: SFTResult, samples: int) -> list[int]:
+    """Spread samples over the test split, and include a tuned miss when there is one."""
+    n = len(result.test)
+    picks = sorted({round(i * (n - 1) / max(1, samples - 1)) for i in range(samples)}) if n else []
+    misses = [i for i, s in enumerate(result.tuned.scores) if not s and i not in picks]
+    if misses and picks:
+        picks[-1] = misses[0]
+    return sorted(picks)

@@ -1,0 +1,1 @@
+"""Training: batches, the loss on trained tokens, the loop, checkpoints."""

@@ -1,0 +1,45 @@
+"""Batches: a seeded, length-grouped order per epoch, and padding into tensors."""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from hone.data.render import IGNORE, TokenizedExample
+
+# Effective batches are drawn from windows of this many batches sorted by length, so a micro-batch
+# holds similar lengths (less padding) while the order across the epoch stays random.
+LENGTH_WINDOW = 8
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Example indices for each optimizer step of one epoch; the same seed and epoch give the same order."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * LENGTH_WINDOW
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def micro_batches(indices: list[int], micro_batch_size: int) -> list[list[int]]:
+    return [indices[i:i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+
+
+def collate(examples: list[TokenizedExample], pad_id: int, pad_to_multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example (rounded up to a multiple, for kernel-friendly shapes)."""
+    longest = max(len(e.input_ids) for e in examples)
+    width = -(-longest // pad_to_multiple) * pad_to_multiple
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

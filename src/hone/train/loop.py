@@ -1,0 +1,215 @@
+"""hone's own training loop for language-model objectives (SFT, continued pre-training).
+
+Short on purpose, because this is where the speed lives: length-grouped batches, the LM head only
+on trained tokens, the loss normalised by the trained tokens of the whole effective batch, fp32
+LoRA adds with bf16 matmuls on CPU. Interrupt it (Ctrl-C) and it checkpoints; resume continues
+with the same data order and RNG.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from hone.config import TrainSection
+from hone.data.render import IGNORE, TokenizedExample
+from hone.hardware import Hardware
+from hone.train.batches import collate, epoch_batches, micro_batches
+from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from hone.train.loss import summed_loss
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    tokens: int              # non-pad tokens processed
+    loss: float | None       # mean training loss over the last logged step
+    val_loss: float | None
+    stopped_by: str          # "epochs", "max_steps" or "time_budget"
+
+
+class Interrupted(Exception):
+    """Training was interrupted; a checkpoint was saved at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved")
+        self.step = step
+
+
+def lr_factor(progress: float, warmup_ratio: float, scheduler: str) -> float:
+    """Multiplier on the peak learning rate at `progress` in [0, 1] of training."""
+    if warmup_ratio > 0 and progress < warmup_ratio:
+        return progress / warmup_ratio
+    rest = min(1.0, (progress - warmup_ratio) / max(1e-9, 1.0 - warmup_ratio))
+    if scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * rest))
+    if scheduler == "linear":
+        return 1.0 - rest
+    return 1.0
+
+
+def loss_tokens(example: TokenizedExample) -> int:
+    """Tokens that carry loss: a label at position 0 is never predicted."""
+    return sum(label != IGNORE for label in example.labels[1:])
+
+
+def autocast(hw: Hardware):
+    if hw.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(hw.device, dtype=hw.autocast)
+
+
+@torch.no_grad()
+def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: int, pad_id: int,
+                    hw: Hardware) -> float:
+    """Mean cross-entropy per trained token over `examples`."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total, count = 0.0, 0
+    for chunk in micro_batches(order, micro_batch_size):
+        batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
+        with autocast(hw):
+            loss, n = summed_loss(model, batch)
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, keep_up_to_step: int):
+        self.path = Path(path)
+        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+        kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= keep_up_to_step]
+        self.path.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]train[/bold]"), BarColumn(), TextColumn("{task.fields[status]}"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                    transient=False)
+
+
+def train_loop(model, train_set: list[TokenizedExample], val_set: list[TokenizedExample],
+               cfg: TrainSection, lr: float, hw: Hardware, run_dir: Path, pad_id: int,
+               resume: bool = False, console: Console | None = None) -> TrainResult:
+    """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`."""
+    console = console or Console(stderr=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    lengths = [len(e.input_ids) for e in train_set]
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    eval_every = cfg.eval_every or steps_per_epoch
+    save_every = cfg.save_every or steps_per_epoch
+    state = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "tokens": 0, "val_loss": None, "loss": None}
+    checkpoints = list_checkpoints(run_dir)
+    if resume and checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, optimizer)
+    log = MetricsLog(Path(run_dir) / "metrics.jsonl", state["step"])
+    torch.manual_seed(cfg.seed + state["step"])
+    model.train()
+    started = time.monotonic() - state["seconds"]
+
+    def progress_now(ahead: int = 0) -> float:
+        """Fraction of training done; `ahead`=1 gives the step about to run a non-zero warmup lr."""
+        fraction = (state["step"] + ahead) / total_steps
+        if cfg.time_budget:
+            fraction = max(fraction, (time.monotonic() - started) / cfg.time_budget)
+        return min(1.0, fraction)
+
+    def finished() -> str | None:
+        if state["step"] >= total_steps:
+            return "max_steps" if cfg.max_steps else "epochs"
+        if cfg.time_budget and time.monotonic() - started >= cfg.time_budget:
+            return "time_budget"
+        return None
+
+    saved = {"step": None, "log_at": time.monotonic()}
+
+    def checkpoint() -> None:
+        if saved["step"] == state["step"]:
+            return
+        state["seconds"] = time.monotonic() - started
+        save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
+        saved["step"] = state["step"]
+
+    def report(status: str) -> None:
+        """A plain line every 30 s when stderr is not a terminal (logs, CI): rich shows no live bar there."""
+        if not console.is_terminal and time.monotonic() - saved["log_at"] >= 30:
+            console.print(f"train {status}", highlight=False, soft_wrap=True)
+            saved["log_at"] = time.monotonic()
+
+    with progress_bar(console) as bar:
+        task = bar.add_task("train", total=1000, status="starting")
+        try:
+            while not finished():
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"])
+                while state["batch"] < len(batches) and not finished():
+                    step_started = time.monotonic()
+                    rate = lr * lr_factor(progress_now(ahead=1), cfg.warmup_ratio, cfg.scheduler)
+                    loss, tokens = train_step(model, optimizer, [train_set[i] for i in batches[state["batch"]]],
+                                              cfg, rate, pad_id, hw, params)
+                    state.update(step=state["step"] + 1, batch=state["batch"] + 1, loss=loss,
+                                 tokens=state["tokens"] + tokens)
+                    record = {"step": state["step"], "epoch": round(state["epoch"] + state["batch"] / len(batches), 3),
+                              "loss": round(loss, 5), "lr": rate,
+                              "tokens_per_s": round(tokens / (time.monotonic() - step_started), 1),
+                              "elapsed_s": round(time.monotonic() - started, 2)}
+                    end_of_epoch = state["batch"] == len(batches)
+                    if val_set and (state["step"] % eval_every == 0 or end_of_epoch or finished()):
+                        state["val_loss"] = record["val_loss"] = round(
+                            validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw), 5)
+                    log.write(record)
+                    status = f"step {state['step']}/{total_steps}  loss {loss:.3f}"
+                    if state["val_loss"] is not None:
+                        status += f"  val {state['val_loss']:.3f}"
+                    status = f"{status}  lr {rate:.1e}  {record['tokens_per_s']:.0f} tok/s"
+                    bar.update(task, completed=int(progress_now() * 1000), status=status)
+                    report(status)
+                    if state["step"] % save_every == 0 or end_of_epoch:
+                        checkpoint()
+                if state["batch"] >= len(batches):
+                    state.update(epoch=state["epoch"] + 1, batch=0)
+        except KeyboardInterrupt:
+            checkpoint()
+            raise Interrupted(state["step"]) from None
+        bar.update(task, completed=1000)
+    checkpoint()
+    return TrainResult(state["step"], time.monotonic() - started, state["tokens"], state["loss"],
+                       state["val_loss"], finished() or "epochs")
+
+
+def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSection, lr: float,
+               pad_id: int, hw: Hardware, params: list[torch.nn.Parameter]) -> tuple[float, int]:
+    """One optimizer step over an effective batch; returns (mean loss per trained token, tokens seen)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    n_trained = max(1, sum(loss_tokens(e) for e in examples))
+    total, seen = 0.0, 0
+    order = list(range(len(examples)))
+    for chunk in micro_batches(order, cfg.micro_batch_size):
+        batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
+        with autocast(hw):
+            loss, _ = summed_loss(model, batch)
+        (loss / n_trained).backward()
+        total += loss.item()
+        seen += int(batch["attention_mask"].sum())
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / n_trained, seen

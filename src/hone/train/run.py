@@ -1,0 +1,74 @@
+"""The run folder: one per training run, holding everything about it.
+
+    <run>/config.yaml     the resolved configuration
+    <run>/run.json        status, base model, data, timings, results
+    <run>/metrics.jsonl   one line per optimizer step
+    <run>/checkpoints/    step-NNNNNNN folders for resume
+    <run>/adapter/        the final PEFT adapter (+ tokenizer); `model/` for full fine-tuning
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from hone import atomic
+from hone.config import RunConfig, to_yaml
+from hone.errors import UserError
+from hone.home import runs_dir
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    """A fresh run folder, at config.output or under the hone home with a dated, named id."""
+    if config.output:
+        path = Path(config.output).expanduser()
+        if (path / "run.json").exists():
+            raise UserError(f"{path} already holds a run; pass another --output, or --resume it")
+    else:
+        name = config.name or (Path(config.data.train).stem if config.data.train else "run")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "run"
+        path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+    path.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path / "config.yaml", to_yaml(config))
+    return path
+
+
+def find_run(ref: str | Path) -> Path:
+    """A run folder from a path, a run id under the hone home, or 'latest'."""
+    path = Path(ref).expanduser()
+    if (path / "run.json").is_file() or (path / "config.yaml").is_file():
+        return path
+    runs = sorted(p for p in runs_dir().iterdir() if (p / "config.yaml").is_file()) if runs_dir().exists() else []
+    if str(ref) == "latest" and runs:
+        return runs[-1]
+    matches = [p for p in runs if p.name == str(ref) or p.name.startswith(str(ref))]
+    if len(matches) == 1:
+        return matches[0]
+    hint = f"; recent runs: {', '.join(p.name for p in runs[-3:])}" if runs else ""
+    raise UserError(f"no run {str(ref)!r} (give a run folder, a run id or 'latest'){hint}")
+
+
+def read_record(run: Path) -> dict:
+    path = Path(run) / "run.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def update_record(run: Path, **fields) -> dict:
+    """Merge `fields` into run.json (atomically) and return the record."""
+    record = read_record(run) | fields
+    atomic.write_json(Path(run) / "run.json", record)
+    return record
+
+
+def load_run_model(run: Path, device: str = "cpu"):
+    """(model, tokenizer) for a finished run: base + adapter merged, or the fully tuned model."""
+    from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
+
+    run = Path(run)
+    record = read_record(run)
+    if (run / "adapter" / "adapter_config.json").is_file():
+        return load_with_adapter(record["base_model"], run / "adapter", device), load_tokenizer(record["base_model"])
+    if (run / "model" / "config.json").is_file():
+        return load_causal_lm(str(run / "model"), device), load_tokenizer(str(run / "model"))
+    raise UserError(f"{run} has no trained model yet (status: {record.get('status', 'unknown')})")

@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hone.errors import ModelNotFound
+from hone.models.catalogue import resolve_model
+
+
+def hone(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "hone.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_bad_data_line_is_a_one_line_error_naming_file_and_line(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                    '{"messages": [{"role": "asistant", "content": "x"}]}\n')
+    result = hone("train", "--data", str(data), "--max-steps", "1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (f"error: {data}:2: messages[0].role is 'asistant'; "
+                         "expected one of system, user, assistant, tool")
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_flag_value_key_suggests(tmp_path):
+    result = hone("config", "show", "--set", "train.lrr=1")
+    assert result.returncode == 2 and "did you mean 'train.lr'" in result.stderr
+
+
+def test_catalogue_lists_embedded_models_as_json():
+    result = hone("models", "catalog", "--json")
+    names = {row["name"]: row for row in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert names["smollm2-135m-instruct"]["default"] and names["smollm2-135m-instruct"]["installed"]
+    assert names["minilm-l6"]["kind"] == "encoder"
+
+
+def test_hub_id_offline_names_local_models(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="hub is unreachable.*smollm2-135m-instruct"):
+        resolve_model("someorg/some-model")
+
+
+def test_minilm_resolves_to_the_wheel_folder():
+    resolved = resolve_model("minilm-l6")
+    assert (resolved.path / "config.json").is_file() and resolved.kind == "encoder"
