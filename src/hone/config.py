@@ -67,7 +67,7 @@ class TrainSection(Section):
 class EvalSection(Section):
     metric: Literal["auto", "exact_match", "json_match"] = Field("auto", description="Test metric; auto picks json_match when references are JSON")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="Generation limit; default from the longest reference answer")
-    batch_size: int = Field(16, ge=1, description="Prompts generated together")
+    batch_size: int = Field(32, ge=1, description="Prompts generated together (larger batches amortise per-step overhead)")
     samples: int = Field(5, ge=0, description="Test prompts shown side by side (base, tuned, expected)")
     base: bool = Field(True, description="Also score the base model on the test data")
 

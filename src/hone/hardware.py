@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ class Hardware:
     autocast: torch.dtype | None  # dtype for autocast regions, None for none
     threads: int
     note: str                   # one line for the user: what was chosen and why
+    frozen_bf16: bool = False   # frozen linear layers compute in bf16 (train/precision.py)
 
 
 def cpu_has_bf16() -> bool:
@@ -37,8 +39,25 @@ def pick_threads(requested: int | None = None) -> int:
     if env and env.isdigit():
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy + 0.25)))
+    return max(1, min(cores, round(cores - busy_cores(cores) + 0.25)))
+
+
+def busy_cores(cores: int, window: float = 0.25) -> float:
+    """Cores in use by other processes right now, from /proc/stat over a short window.
+
+    The load average lags by a minute: a test run that just ended would cost a whole thread.
+    """
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores * (1.0 - (idle1 - idle0) / max(1, total1 - total0))
 
 
 def pick_hardware(precision: str = "auto", threads: int | None = None) -> Hardware:
@@ -60,6 +79,7 @@ def pick_hardware(precision: str = "auto", threads: int | None = None) -> Hardwa
         # fp32 weights and activations, matmuls through oneDNN's bf16 path: ~2x the fp32 speed here,
         # and the LoRA add stays in fp32 (eager bf16 autocast kept only 33% of an early update).
         torch.set_float32_matmul_precision("medium")
-        return Hardware("cpu", None, n, f"CPU, {n} thread(s), fp32 with bf16 matmuls")
+        return Hardware("cpu", None, n, f"CPU, {n} thread(s), fp32 training, frozen weights in bf16",
+                        frozen_bf16=True)
     torch.set_float32_matmul_precision("highest")
     return Hardware("cpu", None, n, f"CPU, {n} thread(s), fp32")

@@ -6,37 +6,13 @@ shape; the rest of hone only ever sees `ChatExample`s.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from hone.data.records import ChatExample
 from hone.errors import DataError
 
 ROLES = ("system", "user", "assistant", "tool")
-
-
-@dataclass
-class ChatExample:
-    messages: list[dict]
-    file: str = ""
-    line: int = 0
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def answer(self) -> str | None:
-        """The last assistant message: what a test item expects the model to say."""
-        for message in reversed(self.messages):
-            if message["role"] == "assistant":
-                return message.get("content") or ""
-        return None
-
-    @property
-    def prompt_messages(self) -> list[dict]:
-        """The conversation before the last assistant message: what a test item asks."""
-        for i in range(len(self.messages) - 1, -1, -1):
-            if self.messages[i]["role"] == "assistant":
-                return self.messages[:i]
-        return list(self.messages)
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:

@@ -29,17 +29,19 @@ def load_tokenizer(model: ResolvedModel | str):
     return tokenizer
 
 
-def load_causal_lm(model: ResolvedModel | str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A causal LM in eval mode on `device`."""
+def load_causal_lm(model: ResolvedModel | str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                   attention: str | None = None):
+    """A causal LM in eval mode on `device`; `attention` picks the kernel (eager, sdpa)."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     resolved = resolve_model(model) if isinstance(model, str) else model
-    lm = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype)
+    extra = {"attn_implementation": attention} if attention else {}
+    lm = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype, **extra)
     return lm.to(device).eval()
 
 
-def load_with_adapter(base: str, adapter_dir, device: str = "cpu"):
+def load_with_adapter(base: ResolvedModel | str, adapter_dir, device: str = "cpu", attention: str | None = None):
     """Base + a PEFT adapter, merged in fp32 into a fresh model for fast generation.
 
     Merged weights stay fp32: a bf16 cast loses most of a LoRA delta (max |dlogit| 2.4 measured).
@@ -48,7 +50,7 @@ def load_with_adapter(base: str, adapter_dir, device: str = "cpu"):
     """
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_causal_lm(base, device), str(adapter_dir))
+    model = PeftModel.from_pretrained(load_causal_lm(base, device, attention=attention), str(adapter_dir))
     return merged_copy(model)
 
 

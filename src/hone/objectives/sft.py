@@ -14,7 +14,8 @@ from rich.console import Console
 
 from hone import __version__, atomic
 from hone.config import RunConfig
-from hone.data.formats import ChatExample, load_chat
+from hone.data.load import load_chat_records as load_chat
+from hone.data.records import ChatExample
 from hone.data.render import tokenize_chat
 from hone.data.split import hold_out
 from hone.errors import ConfigError
@@ -23,8 +24,9 @@ from hone.evaluate.metrics import pick_metric
 from hone.hardware import pick_hardware
 from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer, merged_copy
+from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
 from hone.train.loop import train_loop
+from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.run import new_run_dir, read_record, update_record
 
 
@@ -67,14 +69,15 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     hw = pick_hardware(config.train.precision, config.train.threads)
     console.print(f"[bold]hone[/bold] run folder {run_dir}\n  hardware: {hw.note}")
 
-    # 2. Base model and tokenizer.
+    # 2. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base, hw.device)
-
-    # 3. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
     train_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in train]
     val_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in validation]
+
+    # 3. The base model, with the attention kernel that is fastest for these lengths.
+    attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
+    model = load_causal_lm(base, hw.device, attention=attention)
     truncated = sum(e.truncated for e in train_set + val_set)
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
                   + (f"; [yellow]{truncated} truncated to {config.data.max_length} tokens[/yellow]" if truncated else ""))
@@ -101,6 +104,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     # 5. The adaptation method.
     model = apply_method(model, config.method)
     params = count_parameters(model)
+    if hw.frozen_bf16:
+        bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
     # 6. Train.
@@ -117,7 +122,9 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     # 8. The tuned model on the same test items.
     tuned_eval = None
     if test:
-        tuned = merged_copy(model) if hasattr(model, "merge_and_unload") else model
+        # Reload what was saved onto a fresh fp32 base: the trained model's frozen weights may be bf16,
+        # and this scores exactly the artifact the user gets.
+        tuned = load_with_adapter(base, out, hw.device, attention) if out.name == "adapter" else model
         tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
                                       "tuned eval", console)
 

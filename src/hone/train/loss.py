@@ -38,7 +38,7 @@ def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
     base = _unwrap(model)
     if _head_only_on_trained(model, base):
         # Route through the (possibly peft-wrapped) model's modules: LoRA layers live inside them.
-        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                     use_cache=False).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     else:
