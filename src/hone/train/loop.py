@@ -125,6 +125,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     model.train()
     started = time.monotonic() - state["seconds"]
 
+    saved = {"step": None, "log_at": time.monotonic(), "step_s": 0.0}  # last checkpoint, log line, step time
+
     def progress_now(ahead: int = 0) -> float:
         """Fraction of training done; `ahead`=1 gives the step about to run a non-zero warmup lr."""
         fraction = (state["step"] + ahead) / total_steps
@@ -135,11 +137,10 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     def finished() -> str | None:
         if state["step"] >= total_steps:
             return "max_steps" if cfg.max_steps else "epochs"
-        if cfg.time_budget and time.monotonic() - started >= cfg.time_budget:
+        # Stop when the next step would end nearer past the budget than before it.
+        if cfg.time_budget and time.monotonic() - started + 0.5 * saved["step_s"] >= cfg.time_budget:
             return "time_budget"
         return None
-
-    saved = {"step": None, "log_at": time.monotonic()}
 
     def checkpoint() -> None:
         if saved["step"] == state["step"]:
@@ -164,6 +165,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                     rate = lr * lr_factor(progress_now(ahead=1), cfg.warmup_ratio, cfg.scheduler)
                     loss, tokens = train_step(model, optimizer, [train_set[i] for i in batches[state["batch"]]],
                                               cfg, rate, pad_id, hw, params)
+                    saved["step_s"] = time.monotonic() - step_started
                     state.update(step=state["step"] + 1, batch=state["batch"] + 1, loss=loss,
                                  tokens=state["tokens"] + tokens)
                     record = {"step": state["step"], "epoch": round(state["epoch"] + state["batch"] / len(batches), 3),
