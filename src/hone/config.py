@@ -62,6 +62,10 @@ class TrainSection(Section):
     eval_every: Optional[int] = Field(None, ge=1, description="Validation every N steps; default once per epoch and at the end")
     save_every: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps; default once per epoch")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest first)")
+    early_stopping_patience: Optional[int] = Field(3, ge=1, description="Stop after this many validations without a better validation loss (None: never)")
+    early_stopping_min_delta: float = Field(0.0, ge=0.0, description="A validation loss must beat the best by more than this to count as better")
+    overfit_alarm: int = Field(3, ge=1, description="Raise the overfitting alarm when training loss fell and validation loss rose this many validations in a row")
+    restore_best: bool = Field(True, description="End with the validation-best weights when they beat the last step's")
 
 
 class EvalSection(Section):

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from hone import __version__, atomic
@@ -102,6 +103,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
             base_eval = Evaluation(metric, record["base_answers"], record["base_scores"])
 
     # 5. The adaptation method.
+    torch.manual_seed(config.train.seed)  # adapter initialisation
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if hw.frozen_bf16:
@@ -131,6 +133,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     # 9. Record the results.
     results = {"metric": metric, "steps": result.steps, "stopped_by": result.stopped_by,
                "train_loss": result.loss, "val_loss": result.val_loss, "tokens": result.tokens,
+               "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+               "overfitting_alarms": result.overfitting_alarms,
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
                "trainable_parameters": params.trainable, "total_parameters": params.total}
     if base_eval:

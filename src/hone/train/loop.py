@@ -24,6 +24,7 @@ from hone.hardware import Hardware
 from hone.train.batches import collate, epoch_batches, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from hone.train.loss import summed_loss
+from hone.train.safeguards import ValidationWatch, restore_best, save_best
 
 
 @dataclass
@@ -33,7 +34,10 @@ class TrainResult:
     tokens: int              # non-pad tokens processed
     loss: float | None       # mean training loss over the last logged step
     val_loss: float | None
-    stopped_by: str          # "epochs", "max_steps" or "time_budget"
+    stopped_by: str          # "epochs", "max_steps", "time_budget" or "early_stopping"
+    best_step: int | None = None      # the validation-best step, whose weights the model ends with
+    best_val_loss: float | None = None
+    overfitting_alarms: list[int] | None = None  # steps at which the overfitting alarm was up
 
 
 class Interrupted(Exception):
@@ -116,12 +120,16 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     eval_every = cfg.eval_every or steps_per_epoch
     save_every = cfg.save_every or steps_per_epoch
-    state = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "tokens": 0, "val_loss": None, "loss": None}
+    state = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "tokens": 0, "val_loss": None, "loss": None,
+             "window": [0.0, 0], "watch": ValidationWatch(cfg.early_stopping_patience, cfg.early_stopping_min_delta,
+                                                         cfg.overfit_alarm).state()}
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1], model, optimizer)
+        state = load_checkpoint(checkpoints[-1], model, optimizer)  # restores every RNG too
+    else:
+        torch.manual_seed(cfg.seed)
+    watch = ValidationWatch.from_state(state["watch"])
     log = MetricsLog(Path(run_dir) / "metrics.jsonl", state["step"])
-    torch.manual_seed(cfg.seed + state["step"])
     model.train()
     started = time.monotonic() - state["seconds"]
 
@@ -135,6 +143,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         return min(1.0, fraction)
 
     def finished() -> str | None:
+        if watch.should_stop:
+            return "early_stopping"
         if state["step"] >= total_steps:
             return "max_steps" if cfg.max_steps else "epochs"
         # Stop when the next step would end nearer past the budget than before it.
@@ -146,6 +156,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         if saved["step"] == state["step"]:
             return
         state["seconds"] = time.monotonic() - started
+        state["watch"] = watch.state()
         save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
         saved["step"] = state["step"]
 
@@ -154,6 +165,20 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         if not console.is_terminal and time.monotonic() - saved["log_at"] >= 30:
             console.print(f"train {status}", highlight=False, soft_wrap=True)
             saved["log_at"] = time.monotonic()
+
+    def validate(record: dict) -> None:
+        """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
+        val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw), 5)
+        total, count = state["window"]
+        state.update(val_loss=val, window=[0.0, 0])
+        record["val_loss"] = val
+        seen = watch.observe(state["step"], total / max(1, count), val)
+        if seen.improved and cfg.restore_best:
+            save_best(run_dir, model, state["step"], val)
+        if seen.overfitting:
+            record["overfitting"] = True
+            console.print(f"[yellow]overfitting alarm at step {state['step']}:[/yellow] training loss fell and "
+                          f"validation loss rose {cfg.overfit_alarm} validations in a row", highlight=False)
 
     with progress_bar(console) as bar:
         task = bar.add_task("train", total=1000, status="starting")
@@ -173,13 +198,15 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                               "tokens_per_s": round(tokens / (time.monotonic() - step_started), 1),
                               "elapsed_s": round(time.monotonic() - started, 2)}
                     end_of_epoch = state["batch"] == len(batches)
+                    state["window"] = [state["window"][0] + loss, state["window"][1] + 1]
                     if val_set and (state["step"] % eval_every == 0 or end_of_epoch or finished()):
-                        state["val_loss"] = record["val_loss"] = round(
-                            validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw), 5)
+                        validate(record)
                     log.write(record)
                     status = f"step {state['step']}/{total_steps}  loss {loss:.3f}"
                     if state["val_loss"] is not None:
                         status += f"  val {state['val_loss']:.3f}"
+                    if watch.alarms and watch.alarms[-1] == watch.history[-1][0]:
+                        status += "  [red]overfitting[/red]"
                     status = f"{status}  lr {rate:.1e}  {record['tokens_per_s']:.0f} tok/s"
                     bar.update(task, completed=int(progress_now() * 1000), status=status)
                     report(status)
@@ -192,8 +219,16 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
             raise Interrupted(state["step"]) from None
         bar.update(task, completed=1000)
     checkpoint()
+    stopped_by = finished() or "epochs"
+    if stopped_by == "early_stopping":
+        console.print(f"  stopped early: no better validation loss for {watch.stale} validations "
+                      f"(best {watch.best_loss:.4f} at step {watch.best_step})", highlight=False)
+    if (cfg.restore_best and watch.best_step is not None and watch.best_step != state["step"]
+            and restore_best(run_dir, model)):
+        console.print(f"  kept the weights of step {watch.best_step} (validation loss {watch.best_loss:.4f}, "
+                      f"last step {state['val_loss']:.4f})", highlight=False)
     return TrainResult(state["step"], time.monotonic() - started, state["tokens"], state["loss"],
-                       state["val_loss"], finished() or "epochs")
+                       state["val_loss"], stopped_by, watch.best_step, watch.best_loss, watch.alarms)
 
 
 def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSection, lr: float,
