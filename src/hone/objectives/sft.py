@@ -77,7 +77,9 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     val_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in validation]
 
     # 3. The base model, with the attention kernel that is fastest for these lengths.
-    attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
+    attention = config.train.attention
+    if attention == "auto":
+        attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
     model = load_causal_lm(base, hw.device, attention=attention)
     truncated = sum(e.truncated for e in train_set + val_set)
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
@@ -106,7 +108,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     torch.manual_seed(config.train.seed)  # adapter initialisation
     model = apply_method(model, config.method)
     params = count_parameters(model)
-    if hw.frozen_bf16:
+    if hw.frozen_bf16 and config.train.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 

@@ -12,15 +12,18 @@ from hone.data.render import IGNORE, TokenizedExample
 LENGTH_WINDOW = 8
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = True) -> list[list[int]]:
     """Example indices for each optimizer step of one epoch; the same seed and epoch give the same order."""
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    window = batch_size * LENGTH_WINDOW
+    window = batch_size * (LENGTH_WINDOW if group_by_length else 1)
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        chunk = order[start:start + window]
+        if group_by_length:
+            chunk.sort(key=lambda i: lengths[i])
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches

@@ -73,7 +73,7 @@ def autocast(hw: Hardware):
 
 @torch.no_grad()
 def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: int, pad_id: int,
-                    hw: Hardware) -> float:
+                    hw: Hardware, head_only: bool = True) -> float:
     """Mean cross-entropy per trained token over `examples`."""
     was_training = model.training
     model.eval()
@@ -82,7 +82,7 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
     for chunk in micro_batches(order, micro_batch_size):
         batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
         with autocast(hw):
-            loss, n = summed_loss(model, batch)
+            loss, n = summed_loss(model, batch, head_only)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(1, count)
@@ -168,7 +168,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
 
     def validate(record: dict) -> None:
         """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
-        val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw), 5)
+        val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw, cfg.head_on_trained_only), 5)
         total, count = state["window"]
         state.update(val_loss=val, window=[0.0, 0])
         record["val_loss"] = val
@@ -184,7 +184,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         task = bar.add_task("train", total=1000, status="starting")
         try:
             while not finished():
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"])
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
                 while state["batch"] < len(batches) and not finished():
                     step_started = time.monotonic()
                     rate = lr * lr_factor(progress_now(ahead=1), cfg.warmup_ratio, cfg.scheduler)
@@ -242,7 +242,7 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     for chunk in micro_batches(order, cfg.micro_batch_size):
         batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
         with autocast(hw):
-            loss, _ = summed_loss(model, batch)
+            loss, _ = summed_loss(model, batch, cfg.head_on_trained_only)
         (loss / n_trained).backward()
         total += loss.item()
         seen += int(batch["attention_mask"].sum())

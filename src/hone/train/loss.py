@@ -29,14 +29,17 @@ def _head_only_on_trained(model, base) -> bool:
     return hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
 
 
-def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of token cross-entropies, number of trained tokens) for one micro-batch."""
+def summed_loss(model, batch: dict[str, torch.Tensor], head_only: bool = True) -> tuple[torch.Tensor, int]:
+    """(sum of token cross-entropies, number of trained tokens) for one micro-batch.
+
+    `head_only=False` computes full-vocabulary logits for every position (the common way; kept to
+    measure what skipping them saves)."""
     labels = batch["labels"]
     targets = labels[:, 1:]
     keep = targets != IGNORE
     n_tokens = int(keep.sum())
     base = _unwrap(model)
-    if _head_only_on_trained(model, base):
+    if head_only and _head_only_on_trained(model, base):
         # Route through the (possibly peft-wrapped) model's modules: LoRA layers live inside them.
         hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                     use_cache=False).last_hidden_state
