@@ -43,6 +43,7 @@ RUNNERS = {
     "hone_sdpa_attention": ("hone", {"attention": "sdpa"}),
     "hone_no_length_grouping": ("hone", {"group_by_length": False}),
     "hone_full_logits": ("hone", {"head_on_trained_only": False}),
+    "hone_packing": ("hone", {"packing": True}),  # off by default: measured here whether it pays
 }
 PEERS_DESCRIPTION = {
     "trl_default": "SFTTrainer, SFTConfig defaults + use_cpu=True (bf16 autocast, gradient checkpointing)",

@@ -65,6 +65,7 @@ class TrainSection(Section):
     attention: Literal["auto", "eager", "sdpa"] = Field("auto", description="Attention kernel; auto: eager on CPU for sequences up to 512 tokens (faster there), else sdpa")
     frozen_bf16: bool = Field(True, description="Frozen linear layers compute in bf16 on CPUs with native bf16; trainable parts stay fp32")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding)")
+    packing: bool = Field(False, description="Lay examples end to end in rows of ~1024 tokens with per-example positions (no padding; attention never crosses examples)")
     head_on_trained_only: bool = Field(True, description="Run the output layer only where a token carries loss (no full-vocabulary logits)")
     early_stopping_patience: Optional[int] = Field(3, ge=1, description="Stop after this many validations without a better validation loss (None: never)")
     early_stopping_min_delta: float = Field(0.0, ge=0.0, description="A validation loss must beat the best by more than this to count as better")

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from hone.config import TrainSection
 from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
-from hone.train.batches import collate, epoch_batches, micro_batches
+from hone.train.batches import epoch_batches, make_batch, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from hone.train.loss import summed_loss
 from hone.train.safeguards import ValidationWatch, restore_best, save_best
@@ -73,14 +73,14 @@ def autocast(hw: Hardware):
 
 @torch.no_grad()
 def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: int, pad_id: int,
-                    hw: Hardware, head_only: bool = True) -> float:
+                    hw: Hardware, head_only: bool = True, packing: bool = False) -> float:
     """Mean cross-entropy per trained token over `examples`."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     total, count = 0.0, 0
     for chunk in micro_batches(order, micro_batch_size):
-        batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
+        batch = make_batch([examples[i] for i in chunk], pad_id, packing, hw.device)
         with autocast(hw):
             loss, n = summed_loss(model, batch, head_only)
         total, count = total + float(loss), count + n
@@ -168,7 +168,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
 
     def validate(record: dict) -> None:
         """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
-        val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw, cfg.head_on_trained_only), 5)
+        val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw, cfg.head_on_trained_only,
+                                   cfg.packing), 5)
         total, count = state["window"]
         state.update(val_loss=val, window=[0.0, 0])
         record["val_loss"] = val
@@ -240,12 +241,12 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     total, seen = 0.0, 0
     order = list(range(len(examples)))
     for chunk in micro_batches(order, cfg.micro_batch_size):
-        batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
+        batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device)
         with autocast(hw):
             loss, _ = summed_loss(model, batch, cfg.head_on_trained_only)
         (loss / n_trained).backward()
         total += loss.item()
-        seen += int(batch["attention_mask"].sum())
+        seen += sum(len(examples[i].input_ids) for i in chunk)
     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -42,10 +42,10 @@ def summed_loss(model, batch: dict[str, torch.Tensor], head_only: bool = True) -
     if head_only and _head_only_on_trained(model, base):
         # Route through the (possibly peft-wrapped) model's modules: LoRA layers live inside them.
         hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                    use_cache=False).last_hidden_state
+                                    position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits[:, :-1][keep]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                       position_ids=batch.get("position_ids"), use_cache=False).logits[:, :-1][keep]
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     return loss, n_tokens
