@@ -59,9 +59,25 @@ def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None
                          mark + _clip(result.tuned.answers[i], 160), _clip(example.answer or ""))
         console.print(side)
 
+    hone = hone_command()
     console.print(f"\nRun folder: [bold]{result.run_dir}[/bold]")
-    console.print(f"Chat with the tuned model:  hone chat {result.run_dir}")
-    console.print(f"Generate from a file:       hone generate {result.run_dir} --file prompts.jsonl")
+    console.print(f"Chat with the tuned model:  {hone} chat {result.run_dir}", highlight=False)
+    console.print(f"Generate from a file:       {hone} generate {result.run_dir} --file prompts.jsonl", highlight=False)
+
+
+def hone_command() -> str:
+    """How the user can call hone again: `hone` when it is on PATH, else the path they ran
+    (after `make demo`, `.venv/bin/hone`)."""
+    import os
+    import shutil
+    import sys
+
+    ran = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    on_path = shutil.which("hone")
+    if not ran.endswith("hone") or (on_path and os.path.abspath(on_path) == ran):
+        return "hone"
+    relative = os.path.relpath(ran)
+    return relative if not relative.startswith("..") else ran
 
 
 def _sample_indices(result: SFTResult, samples: int) -> list[int]:
