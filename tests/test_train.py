@@ -128,3 +128,16 @@ def test_head_only_loss_equals_the_full_logits_loss(tiny_model, chat_files):
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     batch = make_batch(examples, tokenizer.pad_token_id, False, "cpu")
     assert summed_loss(model, batch, True)[0].item() == pytest.approx(summed_loss(model, batch, False)[0].item(), rel=1e-5)
+
+
+def test_chat_defaults_to_the_system_prompt_nearly_every_training_example_had():
+    from hone.data.records import ChatExample
+    from hone.objectives.sft import common_system_prompt
+
+    def example(system):
+        head = [{"role": "system", "content": system}] if system else []
+        return ChatExample(head + [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+
+    assert common_system_prompt([example("Be brief.")] * 19 + [example(None)]) == "Be brief."
+    assert common_system_prompt([example("Be brief.")] * 5 + [example("Be long.")] * 5) is None
+    assert common_system_prompt([example(None)] * 3) is None

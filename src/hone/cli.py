@@ -105,8 +105,14 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
     from hone.models.generate import stream_answer
     from hone.train.run import find_run, load_run_model
 
+    from hone.train.run import read_record
+
     hw = pick_hardware()
-    model, tokenizer = load_run_model(find_run(run), hw.device)
+    folder = find_run(run)
+    model, tokenizer = load_run_model(folder, hw.device)
+    if system is None and (system := read_record(folder).get("system_prompt")):
+        err.print(f"[dim]System prompt from the training data: {system!r} (--system '' for none)[/dim]",
+                  highlight=False)
     messages = [{"role": "system", "content": system}] if system else []
     err.print("[dim]Type a message; an empty line quits.[/dim]")
     while True:
@@ -136,11 +142,14 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
     """Answer one prompt or every prompt in a file with a tuned model."""
     from hone.hardware import pick_hardware
     from hone.models.generate import generate_batch
-    from hone.train.run import find_run, load_run_model
+    from hone.train.run import find_run, load_run_model, read_record
 
+    folder = find_run(run)
+    if system is None:
+        system = read_record(folder).get("system_prompt")  # ask the way the model was taught
     conversations = _prompts(prompt, file, system)
     hw = pick_hardware()
-    model, tokenizer = load_run_model(find_run(run), hw.device)
+    model, tokenizer = load_run_model(folder, hw.device)
     answers = generate_batch(model, tokenizer, conversations, max_new_tokens)
     for conversation, answer in zip(conversations, answers):
         if as_json:
@@ -150,9 +159,10 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
 
 
 def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[list[dict]]:
-    from hone.data.formats import ChatExample, check_messages, read_jsonl
+    from hone.data.formats import check_messages, read_jsonl
+    from hone.data.records import ChatExample
 
-    head = [{"role": "system", "content": system}] if system else []
+    head = [{"role": "system", "content": system}] if system else []  # for prompts that bring none
     if prompt is not None:
         return [head + [{"role": "user", "content": prompt}]]
     if file is None:
@@ -163,7 +173,8 @@ def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[
             example = ChatExample(record["messages"])
             if any(m.get("role") == "assistant" for m in record["messages"]):
                 check_messages(record, str(file), line)
-            conversations.append(head + example.prompt_messages)
+            asked = example.prompt_messages
+            conversations.append(asked if asked and asked[0]["role"] == "system" else head + asked)
         elif isinstance(record.get("prompt"), str):
             conversations.append(head + [{"role": "user", "content": record["prompt"]}])
         else:

@@ -52,6 +52,19 @@ def with_system_prompt(examples: list[ChatExample], system_prompt: str | None) -
     return examples
 
 
+def common_system_prompt(examples: list[ChatExample]) -> str | None:
+    """The system message nearly every training example starts with: chat and generate default to it,
+    so the tuned model is asked the way it was taught."""
+    from collections import Counter
+
+    firsts = Counter(e.messages[0]["content"] for e in examples if e.messages[0]["role"] == "system")
+    if firsts:
+        text, count = firsts.most_common(1)[0]
+        if count >= 0.9 * len(examples):
+            return text
+    return None
+
+
 def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> SFTResult:
     """Train and evaluate one SFT run; `run_dir` of an interrupted run resumes it."""
     console = console or Console(stderr=True)
@@ -85,6 +98,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
                   + (f"; [yellow]{truncated} truncated to {config.data.max_length} tokens[/yellow]" if truncated else ""))
     update_record(run_dir, status="running", hone_version=__version__, base_model=config.model.name,
+                  system_prompt=common_system_prompt(train),
                   base_path=str(base.path), method=config.method.name, objective="sft",
                   data={"train": str(config.data.train), "validation": str(config.data.validation or ""),
                         "test": str(config.data.test or ""), "n_train": len(train_set),
