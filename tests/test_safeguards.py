@@ -110,3 +110,37 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, chat_files, 
         return [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses(killed)) == steps
     assert losses(killed) == pytest.approx(losses(tmp_path / "whole"), abs=1e-5)
+
+
+def test_two_processes_on_gloo_match_one_process_with_the_same_global_batch(tiny_model, chat_files, tmp_path):
+    from safetensors.torch import load_file
+
+    args = ["train", "--model", str(tiny_model), "--data", str(chat_files["train"]), "--validation",
+            str(chat_files["validation"]), "--max-steps", "4", "--set", "train.batch_size=8",
+            "--set", "train.micro_batch_size=2", "--set", "train.threads=1", "--set", "data.max_length=64",
+            "--set", "method.lora_r=4", "--lr", "2e-4", "--set", "eval_every=2"]
+    # A small lr: Adam turns float-order noise in a near-zero gradient into a step of ~lr, so the
+    # weight tolerance below only means something when lr x steps is under it.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        done = subprocess.run([sys.executable, "-m", "hone.cli", *args, "--nproc", str(nproc), "--output", str(out)],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[nproc] = out
+    record = json.loads((runs[2] / "run.json").read_text())
+    assert record["distributed"] == {"world_size": 2, "backend": "gloo", "sync": "gradient all-reduce"}
+    assert json.loads((runs[1] / "run.json").read_text())["distributed"] is None
+
+    def metrics(run):
+        return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    one, two = metrics(runs[1]), metrics(runs[2])
+    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], abs=1e-4)
+    assert [m.get("val_loss") for m in two] == pytest.approx([m.get("val_loss") for m in one], abs=1e-4)
+    weights = [load_file(run / "adapter" / "adapter_model.safetensors") for run in (runs[1], runs[2])]
+    for name in weights[0]:
+        difference = weights[0][name] - weights[1][name]
+        assert difference.abs().max() < 1e-4, name
+        if "lora_B" in name:  # initialised at zero: the weights are the training's updates
+            assert difference.norm() < 0.01 * weights[0][name].norm(), name

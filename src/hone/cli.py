@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -51,8 +52,11 @@ def train(
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Any config field: section.field=value"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (folder, id or 'latest')"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N data-parallel processes (torchrun)"),
 ):
     """Fine-tune a model on your data (SFT on chat JSONL)."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_relaunch_under_torchrun(nproc))
     from hone.config import load_config, to_yaml
     from hone.objectives.sft import run_sft
     from hone.summary import print_summary, summary_json
@@ -156,6 +160,23 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
             print(json.dumps({"prompt": conversation[-1]["content"], "answer": answer}, ensure_ascii=False))
         else:
             out.print(answer, markup=False, highlight=False)
+
+
+def _relaunch_under_torchrun(nproc: int) -> int:
+    """Run this same `hone train` command as `nproc` ranks under torchrun; return its exit code."""
+    import subprocess
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "hone.cli", *argv]
+    return subprocess.run(command).returncode
 
 
 def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[list[dict]]:

@@ -26,6 +26,8 @@ from hone.hardware import pick_hardware
 from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
+from hone.train.distributed import close as close_ranks
+from hone.train.distributed import ranks
 from hone.train.loop import train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.run import new_run_dir, read_record, update_record
@@ -79,7 +81,12 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
     test = with_system_prompt(load_chat(config.data.test), config.data.system_prompt) if config.data.test else []
     resume = run_dir is not None
-    run_dir = run_dir or new_run_dir(config)  # only once the data has been read without error
+    # Under torchrun every rank trains; rank 0 alone creates the folder, evaluates, saves and records.
+    team = ranks()
+    if not team.main:
+        console = Console(stderr=True, quiet=True)
+    write_record = update_record if team.main else (lambda run, **fields: fields)
+    run_dir = team.from_main(run_dir or (new_run_dir(config) if team.main else None))  # data read without error
     hw = pick_hardware(config.train.precision, config.train.threads)
     console.print(f"[bold]hone[/bold] run folder {run_dir}\n  hardware: {hw.note}")
 
@@ -97,23 +104,25 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     truncated = sum(e.truncated for e in train_set + val_set)
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
                   + (f"; [yellow]{truncated} truncated to {config.data.max_length} tokens[/yellow]" if truncated else ""))
-    update_record(run_dir, status="running", hone_version=__version__, base_model=config.model.name,
+    write_record(run_dir, status="running", hone_version=__version__, base_model=config.model.name,
                   system_prompt=common_system_prompt(train),
                   base_path=str(base.path), method=config.method.name, objective="sft",
                   data={"train": str(config.data.train), "validation": str(config.data.validation or ""),
                         "test": str(config.data.test or ""), "n_train": len(train_set),
-                        "n_validation": len(val_set), "n_test": len(test), "truncated": truncated})
+                        "n_validation": len(val_set), "n_test": len(test), "truncated": truncated},
+                  distributed={"world_size": team.world, "backend": team.backend, "sync": "gradient all-reduce"}
+                  if team.world > 1 else None)
 
     # 4. The base model on the test split, before any change.
     metric = None
     base_eval = None
-    if test:
+    if test and team.main:
         metric = pick_metric([e.answer or "" for e in test]) if config.eval.metric == "auto" else config.eval.metric
         max_new = config.eval.max_new_tokens or default_max_new_tokens(tokenizer, test)
         if config.eval.base and not (resume and read_record(run_dir).get("base_scores")):
             base_eval = evaluate_answers(model, tokenizer, test, metric, max_new, config.eval.batch_size,
                                          "base eval", console)
-            update_record(run_dir, base_answers=base_eval.answers, base_scores=base_eval.scores)
+            write_record(run_dir, base_answers=base_eval.answers, base_scores=base_eval.scores)
         elif resume and config.eval.base:
             record = read_record(run_dir)
             base_eval = Evaluation(metric, record["base_answers"], record["base_scores"])
@@ -133,13 +142,14 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     # 7. Save the adapter (PEFT format) or the whole model, with the tokenizer beside it.
     model.eval()
     out = run_dir / ("adapter" if config.method.name != "full" else "model")
-    with atomic.folder(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    if team.main:
+        with atomic.folder(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
     # 8. The tuned model on the same test items.
     tuned_eval = None
-    if test:
+    if test and team.main:
         # Reload what was saved onto a fresh fp32 base: the trained model's frozen weights may be bf16,
         # and this scores exactly the artifact the user gets.
         tuned = load_with_adapter(base, out, hw.device, attention) if out.name == "adapter" else model
@@ -160,7 +170,9 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         if base_eval:
             results["items"] = item_outcomes(base_eval, tuned_eval)
     total = time.monotonic() - started
-    record = update_record(run_dir, status="succeeded", results=results, train_seconds=round(result.seconds, 2),
+    record = write_record(run_dir, status="succeeded", results=results, train_seconds=round(result.seconds, 2),
                            total_seconds=round(total, 2), hardware=hw.note,
                            tuned_answers=tuned_eval.answers if tuned_eval else None)
+    team.wait()
+    close_ranks()
     return SFTResult(run_dir, metric, base_eval, tuned_eval, test, result.seconds, total, record)

@@ -23,6 +23,7 @@ from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
 from hone.train.batches import epoch_batches, make_batch, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from hone.train.distributed import Ranks, ranks
 from hone.train.loss import summed_loss
 from hone.train.safeguards import ValidationWatch, restore_best, save_best
 
@@ -77,7 +78,8 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
     """Mean cross-entropy per trained token over `examples`."""
     was_training = model.training
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    team = ranks()
+    order = team.share(sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)))
     total, count = 0.0, 0
     for chunk in micro_batches(order, micro_batch_size):
         batch = make_batch([examples[i] for i in chunk], pad_id, packing, hw.device)
@@ -85,19 +87,24 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
             loss, n = summed_loss(model, batch, head_only)
         total, count = total + float(loss), count + n
     model.train(was_training)
+    total, count = team.sum(total, count)
     return total / max(1, count)
 
 
 class MetricsLog:
     """metrics.jsonl: one JSON object per logged step; on resume, lines past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, keep_up_to_step: int):
-        self.path = Path(path)
+    def __init__(self, path: Path | None, keep_up_to_step: int):
+        self.path = path  # None: a rank other than 0, which logs nothing
+        if path is None:
+            return
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
         kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= keep_up_to_step]
         self.path.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:
+        if self.path is None:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -112,7 +119,10 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                cfg: TrainSection, lr: float, hw: Hardware, run_dir: Path, pad_id: int,
                resume: bool = False, console: Console | None = None) -> TrainResult:
     """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`."""
+    team = ranks()
     console = console or Console(stderr=True)
+    if not team.main:
+        console = Console(stderr=True, quiet=True)  # one voice: rank 0 reports, checkpoints and logs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     lengths = [len(e.input_ids) for e in train_set]
@@ -129,7 +139,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     else:
         torch.manual_seed(cfg.seed)
     watch = ValidationWatch.from_state(state["watch"])
-    log = MetricsLog(Path(run_dir) / "metrics.jsonl", state["step"])
+    log = MetricsLog(Path(run_dir) / "metrics.jsonl" if team.main else None, state["step"])
     model.train()
     started = time.monotonic() - state["seconds"]
 
@@ -143,6 +153,9 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         return min(1.0, fraction)
 
     def finished() -> str | None:
+        return team.from_main(stop_reason())  # every rank must stop at the same step
+
+    def stop_reason() -> str | None:
         if watch.should_stop:
             return "early_stopping"
         if state["step"] >= total_steps:
@@ -157,7 +170,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
             return
         state["seconds"] = time.monotonic() - started
         state["watch"] = watch.state()
-        save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
+        if team.main:
+            save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
         saved["step"] = state["step"]
 
     def report(status: str) -> None:
@@ -174,7 +188,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         state.update(val_loss=val, window=[0.0, 0])
         record["val_loss"] = val
         seen = watch.observe(state["step"], total / max(1, count), val)
-        if seen.improved and cfg.restore_best:
+        if seen.improved and cfg.restore_best and team.main:
             save_best(run_dir, model, state["step"], val)
         if seen.overfitting:
             record["overfitting"] = True
@@ -190,7 +204,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                     step_started = time.monotonic()
                     rate = lr * lr_factor(progress_now(ahead=1), cfg.warmup_ratio, cfg.scheduler)
                     loss, tokens = train_step(model, optimizer, [train_set[i] for i in batches[state["batch"]]],
-                                              cfg, rate, pad_id, hw, params)
+                                              cfg, rate, pad_id, hw, params, team)
                     saved["step_s"] = time.monotonic() - step_started
                     state.update(step=state["step"] + 1, batch=state["batch"] + 1, loss=loss,
                                  tokens=state["tokens"] + tokens)
@@ -220,6 +234,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
             raise Interrupted(state["step"]) from None
         bar.update(task, completed=1000)
     checkpoint()
+    team.wait()  # the best weights are on disk before any rank reads them
     stopped_by = finished() or "epochs"
     if stopped_by == "early_stopping":
         console.print(f"  stopped early: no better validation loss for {watch.stale} validations "
@@ -233,13 +248,17 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
 
 
 def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSection, lr: float,
-               pad_id: int, hw: Hardware, params: list[torch.nn.Parameter]) -> tuple[float, int]:
-    """One optimizer step over an effective batch; returns (mean loss per trained token, tokens seen)."""
+               pad_id: int, hw: Hardware, params: list[torch.nn.Parameter],
+               team: Ranks = Ranks()) -> tuple[float, int]:
+    """One optimizer step over an effective batch; returns (mean loss per trained token, tokens seen).
+
+    Under data parallelism each rank runs its share of the batch; the loss is still normalised by
+    the trained tokens of the whole batch and the gradients are summed, so the step is the same."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     n_trained = max(1, sum(loss_tokens(e) for e in examples))
     total, seen = 0.0, 0
-    order = list(range(len(examples)))
+    order = team.share(list(range(len(examples))))
     for chunk in micro_batches(order, cfg.micro_batch_size):
         batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device)
         with autocast(hw):
@@ -247,7 +266,9 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
         (loss / n_trained).backward()
         total += loss.item()
         seen += sum(len(examples[i].input_ids) for i in chunk)
+    team.sum_gradients(params)
+    total, seen = team.sum(total, seen)
     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total / n_trained, seen
+    return total / n_trained, int(seen)
