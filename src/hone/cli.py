@@ -35,7 +35,9 @@ def _overrides(sets: list[str] | None, **flags) -> dict:
 @app.command()
 def train(
     config: Optional[Path] = typer.Argument(None, help="YAML config (optional)"),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training data (JSONL chat)"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training data (any chat-like shape; see hone data check)"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: Optional[bool] = typer.Option(None, "--strict", help="Stop at the first bad record instead of skipping it"),
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data"),
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
@@ -68,7 +70,8 @@ def train(
                      "data.test": test and str(test), "model.name": model, "method.name": method,
                      "train.lr": lr, "train.epochs": epochs, "train.max_steps": max_steps,
                      "train.batch_size": batch_size, "train.time_budget": time_budget,
-                     "data.system_prompt": system_prompt, "output": output and str(output), "name": name}))
+                     "data.system_prompt": system_prompt,
+                     "data.format": data_format, "data.strict": strict, "output": output and str(output), "name": name}))
     result = run_sft(cfg, run_dir=run_dir, console=err)
     if as_json:
         print(json.dumps(summary_json(result)))
