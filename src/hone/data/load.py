@@ -27,8 +27,11 @@ def check_shape_name(shape: str | None) -> str | None:
 
 
 def iter_records(path: Path, shape: str | None = None, strict: bool = False,
-                 report: ValidationReport | None = None) -> Iterator[Record]:
-    """Stream the valid records of one file or folder; problems go into `report` (or raise if strict)."""
+                 report: ValidationReport | None = None, with_raw: bool = False) -> Iterator[Record]:
+    """Stream the valid records of one file or folder; problems go into `report` (or raise if strict).
+
+    `with_raw` yields (record, raw row) pairs, for writers that keep the user's own shape.
+    """
     check_shape_name(shape)
     report = report if report is not None else ValidationReport()
     report.files.append(str(path))
@@ -55,7 +58,7 @@ def iter_records(path: Path, shape: str | None = None, strict: bool = False,
             report.add(Problem.from_error(exc))
             continue
         report.valid += 1
-        yield record
+        yield (record, row.data) if with_raw else record
     report.shape = file_shape
 
 

@@ -77,8 +77,11 @@ class ValidationReport:
     examples: dict[str, list[Problem]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     keep: int = 20              # problems kept per kind; the rest are only counted
+    listener: object = None     # called with every problem (cleaning logs each one)
 
     def add(self, problem: Problem) -> None:
+        if self.listener:
+            self.listener(problem)
         self.counts[problem.kind] += 1
         kept = self.examples.setdefault(problem.kind, [])
         if len(kept) < self.keep:
