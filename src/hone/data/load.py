@@ -14,7 +14,7 @@ from typing import Iterator
 from hone.data.formats import read_rows
 from hone.data.problems import Problem, RecordError, ValidationReport
 from hone.data.records import ChatExample, PreferenceExample, Record
-from hone.data.shapes import PAIR_SHAPES, SHAPES, detect_shape, to_record  # noqa: F401 (re-exported)
+from hone.data.shapes import PAIR_SHAPES, SHAPES, detect_shape, is_empty, to_record  # noqa: F401 (re-exported)
 from hone.errors import DataError
 
 log = logging.getLogger("hone.data")
@@ -41,6 +41,8 @@ def iter_records(path: Path, shape: str | None = None, strict: bool = False,
         try:
             if row.error:
                 raise row.error
+            if is_empty(row.data):
+                raise RecordError("empty_record", "record is empty", file=row.file, line=row.line)
             found = shape or detect_shape(row.data)
             if found is None:
                 raise RecordError("unrecognized_shape", f"unrecognised record with keys {sorted(row.data)[:8]}; "

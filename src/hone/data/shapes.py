@@ -262,14 +262,14 @@ def _tags(check: Checker, record: dict) -> TagExample:
     return TagExample([str(t) for t in tokens], [str(t) for t in tags], check.file, check.line)
 
 
-def _is_empty(record: dict) -> bool:
+def is_empty(record: dict) -> bool:
     return all(value is None or value == "" or value == [] or value == {} for value in record.values())
 
 
 def to_record(record: dict, shape: str, file: str, line: int | None) -> Record:
     """Validate one raw record of a known shape and normalise it to a canonical record."""
     check = Checker(file, line)
-    if _is_empty(record):
+    if is_empty(record):
         raise check.fail("empty_record", "record is empty")
     if shape == "chat":
         if "weight" in record:

@@ -54,25 +54,28 @@ def parse_sizes(text: str) -> tuple[float, float, float]:
 
 
 def assign_groups(groups: np.ndarray, labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> np.ndarray:
-    """Split index (0, 1, 2) per record: whole groups dealt per label stratum, largest deficit first."""
-    split = np.zeros(len(groups), dtype=np.int8)
+    """Split index (0, 1, 2) per record: whole groups dealt in turn to the split furthest below its share.
+
+    Groups are dealt stratum by stratum (each stratum's groups shuffled), so every label spreads over
+    the splits in proportion, and rare labels still add up to the right global sizes.
+    """
     roots, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     group_label = np.zeros(len(roots), dtype=labels.dtype)
     group_label[inverse[::-1]] = labels[::-1]  # each group takes the label of its first record
     rng = random.Random(seed)
-    choice = np.zeros(len(roots), dtype=np.int8)
-    for stratum in np.unique(group_label):
+    order: list[int] = []
+    for stratum in np.unique(group_label).tolist():
         members = np.nonzero(group_label == stratum)[0].tolist()
         rng.shuffle(members)
-        total = int(sizes[members].sum())
-        filled = [0.0] * len(fractions)
-        for g in members:
-            deficits = [fractions[k] * total - filled[k] for k in range(len(fractions))]
-            k = max(range(len(fractions)), key=lambda i: (deficits[i], -i))
-            choice[g] = k
-            filled[k] += int(sizes[g])
-    split[:] = choice[inverse]
-    return split
+        order += members
+    choice = np.zeros(len(roots), dtype=np.int8)
+    filled, dealt = [0] * len(fractions), 0
+    for g in order:
+        dealt += int(sizes[g])
+        k = max(range(len(fractions)), key=lambda i: (fractions[i] * dealt - filled[i], -i))
+        choice[g] = k
+        filled[k] += int(sizes[g])
+    return choice[inverse]
 
 
 @dataclass
