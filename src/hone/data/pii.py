@@ -14,7 +14,7 @@ KINDS = ("card", "iban", "email", "ip", "phone")
 REDACTION = {"card": "[CARD]", "iban": "[IBAN]", "email": "[EMAIL]", "ip": "[IP]", "phone": "[PHONE]"}
 
 _PATTERNS = {
-    "card": re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])"),
+    "card": re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?!\d|\.\d)"),
     "iban": re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
     "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     "ip": re.compile(r"(?<![\w.:])(?:(?:\d{1,3}\.){3}\d{1,3}|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![\w.:])"),
