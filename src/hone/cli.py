@@ -19,6 +19,8 @@ models_app = typer.Typer(no_args_is_help=True, help="Base models.")
 config_app = typer.Typer(no_args_is_help=True, help="Run configuration.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(no_args_is_help=True, help="Check, split and clean training data.")
+app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
 
@@ -36,7 +38,9 @@ def _overrides(sets: list[str] | None, **flags) -> dict:
 @app.command()
 def train(
     config: Optional[Path] = typer.Argument(None, help="YAML config (optional)"),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training data (JSONL chat)"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training data (any chat-like shape; see hone data check)"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: Optional[bool] = typer.Option(None, "--strict", help="Stop at the first bad record instead of skipping it"),
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data"),
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
@@ -72,7 +76,8 @@ def train(
                      "data.test": test and str(test), "model.name": model, "method.name": method,
                      "train.lr": lr, "train.epochs": epochs, "train.max_steps": max_steps,
                      "train.batch_size": batch_size, "train.time_budget": time_budget,
-                     "data.system_prompt": system_prompt, "output": output and str(output), "name": name}))
+                     "data.system_prompt": system_prompt,
+                     "data.format": data_format, "data.strict": strict, "output": output and str(output), "name": name}))
     result = run_sft(cfg, run_dir=run_dir, console=err)
     if as_json:
         print(json.dumps(summary_json(result)))
@@ -246,6 +251,97 @@ def config_show(config: Optional[Path] = typer.Argument(None, help="YAML config 
             value = f"{cfg.lr:g} (default for {cfg.method.name})"
         table.add_row(path, str(value), description)
     out.print(table)
+
+
+@data_app.command("check")
+def data_check(
+    files: List[Path] = typer.Argument(..., help="Data files: train first, then validation and test (checked for leakage)"),
+    model: str = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens (default: the catalogue default)"),
+    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token counts (no tokenizer load)"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Training length limit (default: data.max_length)"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first problem"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the JSON and HTML report (default: beside the first file)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+):
+    """Validate data and report its quality: problems by line, duplicates, conflicts, PII, lengths, leakage."""
+    from hone.config import DataSection
+    from hone.data.quality import check_data, has_errors
+    from hone.data.report import print_report, render_html
+    from hone.models.catalogue import DEFAULT_MODEL
+    from hone import atomic
+
+    limit = max_seq_len or DataSection().max_length
+    report = check_data(files, None if no_tokens else (model or DEFAULT_MODEL), limit, data_format, strict)
+    first = Path(files[0])
+    folder = output or (first.parent if first.is_file() else first.parent)
+    stem = first.stem if first.is_file() else first.name
+    json_path, html_path = folder / f"{stem}.check.json", folder / f"{stem}.check.html"
+    atomic.write_json(json_path, report)
+    atomic.write_text(html_path, render_html(report))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print_report(report, out)
+        out.print(f"report: {json_path} and {html_path}", highlight=False)
+    if has_errors(report):
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def data_split(
+    file: Path = typer.Argument(..., help="Data file to split"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for train/validation/test.jsonl (default: <name>-split beside the file)"),
+    sizes: str = typer.Option("80/10/10", "--sizes", help="train/validation/test shares"),
+    seed: int = typer.Option(42, "--seed", help="Seed for the shuffle"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record instead of skipping it"),
+    no_near: bool = typer.Option(False, "--no-near", help="Do not keep near-duplicates on the same side"),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
+):
+    """Split data into train/validation/test: seeded, stratified by label, near-duplicates kept together."""
+    from hone.data.split import parse_sizes, split_dataset
+
+    result = split_dataset(file, output, parse_sizes(sizes), seed, data_format, strict, near=not no_near)
+    manifest = result.manifest
+    if as_json:
+        print(json.dumps(manifest))
+        return
+    table = Table(header_style="bold")
+    for column in ("split", "records", "file", "fingerprint"):
+        table.add_column(column)
+    for name, split in manifest["splits"].items():
+        table.add_row(name, f"{split['records']:,}", str(result.out_dir / split["file"]), split["fingerprint"][:16])
+    out.print(table)
+    notes = [f"seed {seed}", f"stratified by {manifest['stratified_by']}" if manifest["stratified_by"] else "not stratified (no labels)"]
+    if manifest["near_duplicates_kept_together"]:
+        notes.append(f"{manifest['near_duplicates_kept_together']} near-duplicate groups kept on one side")
+    if manifest["skipped"]:
+        notes.append(f"{manifest['skipped']} bad records skipped ({', '.join(f'{n} {k}' for k, n in manifest['problems'].items())})")
+    out.print("; ".join(notes) + f"\nmanifest: {result.out_dir / 'split.json'}", highlight=False)
+
+
+@data_app.command("clean")
+def data_clean(
+    file: Path = typer.Argument(..., help="Data file to clean (never modified)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Cleaned JSONL (default: <name>.clean.jsonl beside the file)"),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep duplicates"),
+    no_near: bool = typer.Option(False, "--no-near", help="Drop exact duplicates only, keep near-duplicates"),
+    no_redact: bool = typer.Option(False, "--no-redact", help="Keep PII as it is"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
+):
+    """Write a cleaned copy: invalid records and duplicates dropped, PII redacted; every change logged."""
+    from hone.data.clean import clean_file
+
+    result = clean_file(file, output, dedup=not no_dedup, near=not no_near, redact_pii=not no_redact, shape=data_format)
+    summary = {"output": str(result.output), "log": str(result.log), "kept": result.kept, "changes": result.changes}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    changes = ", ".join(f"{n:,} {action.replace('_', ' ')}" for action, n in result.changes.items()) or "no changes"
+    out.print(f"kept {result.kept:,} records; {changes}\nwrote {result.output}\nlog of every change: {result.log}",
+              highlight=False)
 
 
 def main() -> None:

@@ -29,12 +29,14 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    train: Optional[Path] = Field(None, description="Training data (JSONL, OpenAI chat `messages` per line)")
+    train: Optional[Path] = Field(None, description="Training data: JSONL, JSON, CSV/TSV, Parquet or a saved datasets folder, in any chat-like shape")
     validation: Optional[Path] = Field(None, description="Validation data; when absent, `validation_fraction` of train is held out")
     test: Optional[Path] = Field(None, description="Held-out test data, scored base vs tuned after training")
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given")
     max_length: int = Field(1024, ge=16, description="Longest example in tokens; longer ones are truncated and counted")
     system_prompt: Optional[str] = Field(None, description="System message added to every example that has none")
+    format: Optional[str] = Field(None, description="Data shape (chat, alpaca, sharegpt, prompt_completion, ...); default: detected from the keys")
+    strict: bool = Field(False, description="Stop at the first bad record instead of skipping and counting bad records")
 
 
 class MethodSection(Section):

@@ -74,12 +74,12 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if config.data.train is None:
         raise ConfigError("no training data: pass --data FILE (or data.train in the config)")
     # 1. Data: train, validation (a seeded share of train when no file is given), test.
-    train = with_system_prompt(load_chat(config.data.train), config.data.system_prompt)
+    train = with_system_prompt(load_chat(config.data.train, config.data.format, config.data.strict), config.data.system_prompt)
     if config.data.validation:
-        validation = with_system_prompt(load_chat(config.data.validation), config.data.system_prompt)
+        validation = with_system_prompt(load_chat(config.data.validation, config.data.format, config.data.strict), config.data.system_prompt)
     else:
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
-    test = with_system_prompt(load_chat(config.data.test), config.data.system_prompt) if config.data.test else []
+    test = with_system_prompt(load_chat(config.data.test, config.data.format, config.data.strict), config.data.system_prompt) if config.data.test else []
     resume = run_dir is not None
     # Under torchrun every rank trains; rank 0 alone creates the folder, evaluates, saves and records.
     team = ranks()
