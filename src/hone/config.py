@@ -62,6 +62,7 @@ class TrainSection(Section):
     eval_every: Optional[int] = Field(None, ge=1, description="Validation every N steps; default once per epoch and at the end")
     save_every: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps; default once per epoch")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest first)")
+    report_to: str = Field("tensorboard", description="Training curves besides metrics.jsonl: comma-separated tensorboard, wandb, mlflow, or none")
 
 
 class EvalSection(Section):

@@ -106,8 +106,10 @@ def progress_bar(console: Console) -> Progress:
 
 def train_loop(model, train_set: list[TokenizedExample], val_set: list[TokenizedExample],
                cfg: TrainSection, lr: float, hw: Hardware, run_dir: Path, pad_id: int,
-               resume: bool = False, console: Console | None = None) -> TrainResult:
-    """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`."""
+               resume: bool = False, console: Console | None = None, callbacks: list | None = None) -> TrainResult:
+    """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`.
+
+    `callbacks` get `on_step(record)` after each logged step (trackers: train/trackers.py)."""
     console = console or Console(stderr=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -175,6 +177,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                         state["val_loss"] = record["val_loss"] = round(
                             validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw), 5)
                     log.write(record)
+                    for callback in callbacks or []:
+                        callback.on_step(record)
                     status = f"step {state['step']}/{total_steps}  loss {loss:.3f}"
                     if state["val_loss"] is not None:
                         status += f"  val {state['val_loss']:.3f}"
