@@ -11,7 +11,7 @@ import math
 BLUE, ORANGE, GREEN, RED, GREY = "#3b6fb6", "#e08a2c", "#2f9e5b", "#c8453c", "#8a8f98"
 
 
-def _figure(width: float = 7.2, height: float = 2.8):
+def _figure(width: float = 10.0, height: float = 3.6):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +62,7 @@ def lr_curve(steps: list[dict]) -> str | None:
     points = [(s["step"], s["lr"]) for s in steps if s.get("lr") is not None]
     if not points:
         return None
-    plt, fig, ax = _figure(height=2.0)
+    plt, fig, ax = _figure(height=2.4)
     ax.plot(*zip(*points), color=GREY, linewidth=1.5)
     ax.fill_between(*zip(*points), color=GREY, alpha=0.12)
     ax.set_xlabel("optimizer step")
@@ -79,7 +79,7 @@ def difference_plot(metrics: list[dict]) -> str | None:
     rows = [m for m in rows if m["name"] != "perplexity"]  # a ratio scale: shown in the table only
     if not rows:
         return None
-    plt, fig, ax = _figure(height=0.42 * len(rows) + 0.9)
+    plt, fig, ax = _figure(height=0.3 * len(rows) + 0.8)
     scale = [100.0 if m["percent"] else 1.0 for m in rows]
     for y, (m, k) in enumerate(zip(rows, scale)):
         low, high = m["interval"]

@@ -187,7 +187,15 @@ def training_view(record: dict, steps: list[dict]) -> dict:
     early = stopped_by in EARLY_STOPS or results.get("early_stopped_at") is not None
     stop_step = results.get("early_stopped_at") or (steps[-1]["step"] if early and steps else None)
     alarms = record.get("alarms") or results.get("alarms") or results.get("overfitting") or []
-    return {"loss_svg": plots.loss_curve(steps, best_step, stop_step, "early stop" if early else "stopped"),
+    sentences = []
+    if best:
+        sentences.append(f"Best validation loss {best['val_loss']:.4f} at step {best['step']}.")
+    if stopped_by:
+        sentences.append(f"Training stopped by {stopped_by.replace('_', ' ')}"
+                         + (f" at step {stop_step}." if stop_step else "."))
+    if results.get("train_loss") is not None:
+        sentences.append(f"Final training loss {results['train_loss']:.4f}.")
+    return {"sentences": sentences, "loss_svg": plots.loss_curve(steps, best_step, stop_step, "early stop" if early else "stopped"),
             "lr_svg": plots.lr_curve(steps), "best": best, "stopped_by": stopped_by, "early": early,
             "stop_step": stop_step, "alarms": alarms if isinstance(alarms, list) else [alarms],
             "final_loss": results.get("train_loss"), "val_loss": results.get("val_loss")}

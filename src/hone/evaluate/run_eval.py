@@ -149,7 +149,7 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
     hw = pick_hardware()
     console.print(f"[bold]hone eval[/bold] {target.name}" + (f" against {base_name}" if base_name else "")
                   + f": {len(items)} test items" + (f", {len(cases)} suite cases" if cases else "")
-                  + f"\n  hardware: {hw.note}")
+                  + f"\n  hardware: {hw.device}, {hw.threads} thread(s)")
 
     outputs = {}
     for role, name, run_dir in (("base", base_name, None), ("tuned", target.name, target.run_dir)):

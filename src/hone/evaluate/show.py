@@ -12,11 +12,20 @@ from hone.evaluate.run_eval import EvalResult
 def _value(value, percent: bool) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.1%}" if percent else f"{value:.2f}"
+    if percent:
+        return f"{value:.1%}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.2f}"
 
 
 def _diff(value, percent: bool) -> str:
-    return "-" if value is None else (f"{value * 100:+.1f} pp" if percent else f"{value:+.2f}")
+    return "-" if value is None else (f"{value * 100:+.1f}" if percent else f"{value:+.2f}")
+
+
+def _interval(interval, percent: bool) -> str:
+    if not interval:
+        return "-"
+    low, high = interval
+    return f"[{_diff(low, percent)}, {_diff(high, percent)}]"
 
 
 def _clip(text: str, width: int = 70) -> str:
@@ -31,15 +40,15 @@ def print_eval(result: EvalResult, console: Console) -> None:
         title = f"{comparison.n} test items" + (f": {result.base_name} (base) vs {result.tuned_name}" if has_base
                                                 else f": {result.tuned_name}")
         table = Table(title=title, header_style="bold", title_justify="left")
-        table.add_column("metric")
+        table.add_column("metric", no_wrap=True)
         if has_base:
-            table.add_column("base", justify="right")
-        table.add_column("tuned" if has_base else "score", justify="right")
+            table.add_column("base", justify="right", no_wrap=True)
+        table.add_column("tuned" if has_base else "score", justify="right", no_wrap=True)
         if has_base:
-            for column in ("difference", "95% interval", "items ↑/↓/="):
-                table.add_column(column, justify="right")
+            for column in ("Δ", "95% CI of Δ", "↑ / ↓ / ="):
+                table.add_column(column, justify="right", no_wrap=True)
         for m in comparison.metrics:
-            name = m.name + (" (lower is better)" if not m.higher_is_better else "")
+            name = m.name + (" ↓" if not m.higher_is_better else "")
             name = f"[bold]{name}[/bold]" if m.name == comparison.primary else name
             row = [name]
             if has_base:
@@ -49,13 +58,14 @@ def print_eval(result: EvalResult, console: Console) -> None:
                 good = m.significant and ((m.difference or 0) > 0) == m.higher_is_better
                 colour = "green" if good else "red" if m.significant else "default"
                 row += [f"[{colour}]{_diff(m.difference, m.percent)}[/{colour}]",
-                        f"{_diff(m.interval[0], m.percent)} … {_diff(m.interval[1], m.percent)}",
+                        _interval(m.interval, m.percent),
                         f"{m.improved} / {m.regressed} / {m.unchanged}"]
             table.add_row(*row)
         console.print(table)
         if has_base:
-            console.print(f"[dim]Paired bootstrap over items (1,000 resamples, seed {comparison.seed}); "
-                          f"item outcomes on {comparison.primary}. pp = percentage points.[/dim]")
+            console.print(f"[dim]Δ = tuned - base (percentage points for shares), 95% CI by paired bootstrap over "
+                          f"items (1,000 resamples, seed {comparison.seed}); ↑ / ↓ / = items improved, regressed, "
+                          f"unchanged on {comparison.primary}; ↓ after a name: lower is better.[/dim]")
     if result.suite:
         data = result.suite.to_json()
         base = f"base {data['base_passed']}/{data['n']}, " if data["base_passed"] is not None else ""

@@ -31,8 +31,9 @@ class Check:
     ignore_case: bool = False
 
     def describe(self) -> str:
-        value = "a schema" if self.kind == "json_schema" else repr(self.value)
-        return f"{self.kind} {value}" + (" (any case)" if self.ignore_case else "")
+        if self.kind == "json_schema":
+            return "json_schema (answer is JSON valid against the schema)"
+        return f"{self.kind} {self.value!r}" + (" (any case)" if self.ignore_case else "")
 
     def passes(self, answer: str) -> bool:
         if self.kind in ("contains", "not_contains"):
