@@ -119,3 +119,15 @@ def test_eval_and_report_errors_are_one_line(tmp_path):
     assert "is neither a run" in result.stderr
     with pytest.raises(Exception, match="not a run folder"):
         write_report(tmp_path)
+
+
+def test_eval_of_raw_text_reports_perplexity_only(tiny_model, tmp_path):
+    from hone.evaluate.run_eval import EvalOptions, evaluate_model
+
+    text = tmp_path / "domain.jsonl"
+    text.write_text('{"text": "Rivers carry stones to the sea."}\n{"text": "Maple leaves turn red."}\n')
+    result = evaluate_model(str(tiny_model), EvalOptions(data=text, base=str(tiny_model)))
+    summary = result.to_json()
+    assert summary["n"] == 2 and set(summary["tuned"]) == {"perplexity"}
+    assert summary["tuned"]["perplexity"] == pytest.approx(summary["base"]["perplexity"])  # same model twice
+    assert summary["metrics"][0]["interval"] == pytest.approx([0.0, 0.0])

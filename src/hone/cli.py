@@ -197,10 +197,6 @@ def eval_command(
                           suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
     result = evaluate_model(target, options, console=err)
-    if result.run_dir is not None:
-        from hone.evaluate.report import write_report
-
-        write_report(result.run_dir)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:

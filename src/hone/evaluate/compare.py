@@ -134,6 +134,7 @@ class Comparison:
     tuned_items: list[float]                      # primary metric, per item
     base_items: list[float] | None = None
     seed: int = 0
+    per_item: dict = field(default_factory=dict)  # metric -> {"tuned": [...], "base": [...] or None}
 
     def scores(self, which: str) -> dict[str, float] | None:
         """metric -> value for 'base' or 'tuned' (None when that model was not scored)."""
@@ -145,14 +146,14 @@ class Comparison:
         return {"n": self.n, "primary": self.primary, "seed": self.seed,
                 "base": self.scores("base"), "tuned": self.scores("tuned"),
                 "metrics": [asdict(m) for m in self.metrics],
-                "tuned_items": self.tuned_items, "base_items": self.base_items}
+                "tuned_items": self.tuned_items, "base_items": self.base_items, "per_item": self.per_item}
 
     @classmethod
     def from_json(cls, data: dict) -> "Comparison":
         metrics = [MetricComparison(**{**m, "interval": tuple(m["interval"]) if m.get("interval") else None})
                    for m in data["metrics"]]
         return cls(data["n"], data["primary"], metrics, data["tuned_items"], data.get("base_items"),
-                   data.get("seed", 0))
+                   data.get("seed", 0), data.get("per_item", {}))
 
 
 def compare_answers(metrics: list[Metric], primary: str, references: list[str], tuned_answers: list[str],
@@ -169,6 +170,7 @@ def compare_answers(metrics: list[Metric], primary: str, references: list[str], 
     for metric, tuned, base in (extra or {}).values():
         results.append(compare_metric(metric, tuned, base, seed))
         items[metric.name] = (metric.item_score(tuned), None if base is None else metric.item_score(base))
-    tuned_items, base_items = items[primary]
-    return Comparison(len(references), primary, results, [float(v) for v in tuned_items],
-                      None if base_items is None else [float(v) for v in base_items], seed)
+    per_item = {name: {"tuned": [float(v) for v in t], "base": None if b is None else [float(v) for v in b]}
+                for name, (t, b) in items.items()}
+    return Comparison(len(per_item[primary]["tuned"]), primary, results, per_item[primary]["tuned"],
+                      per_item[primary]["base"], seed, per_item)

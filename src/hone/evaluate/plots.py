@@ -35,6 +35,14 @@ def _svg(plt, fig) -> str:
     return text[text.find("<svg"):]
 
 
+def _integer_steps(ax, last: int) -> None:
+    """Whole-number step ticks from 0, also when only a step or two were logged."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(0, max(last, 2) * 1.03)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def loss_curve(steps: list[dict], best_step: int | None = None, stop_step: int | None = None,
                stop_label: str = "stopped") -> str | None:
     """Training loss per step, validation loss where measured, the best validation point and the stop."""
@@ -43,7 +51,8 @@ def loss_curve(steps: list[dict], best_step: int | None = None, stop_step: int |
     if not train:
         return None
     plt, fig, ax = _figure()
-    ax.plot(*zip(*train), color=BLUE, linewidth=1.3, label="train loss", alpha=0.9)
+    few = {"marker": "o", "markersize": 3} if len(train) <= 20 else {}  # a line of one point is invisible
+    ax.plot(*zip(*train), color=BLUE, linewidth=1.3, label="train loss", alpha=0.9, **few)
     if val:
         ax.plot(*zip(*val), color=ORANGE, linewidth=1.6, marker="o", markersize=3.5, label="validation loss")
         best = min(val, key=lambda p: p[1]) if best_step is None else next((p for p in val if p[0] == best_step),
@@ -52,6 +61,7 @@ def loss_curve(steps: list[dict], best_step: int | None = None, stop_step: int |
                 label=f"best validation {best[1]:.3f} (step {best[0]})")
     if stop_step is not None:
         ax.axvline(stop_step, color=RED, linestyle="--", linewidth=1.1, label=stop_label)
+    _integer_steps(ax, train[-1][0])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per trained token")
     ax.legend(loc="upper right")
@@ -63,8 +73,9 @@ def lr_curve(steps: list[dict]) -> str | None:
     if not points:
         return None
     plt, fig, ax = _figure(height=2.4)
-    ax.plot(*zip(*points), color=GREY, linewidth=1.5)
+    ax.plot(*zip(*points), color=GREY, linewidth=1.5, **({"marker": "o", "markersize": 3} if len(points) <= 20 else {}))
     ax.fill_between(*zip(*points), color=GREY, alpha=0.12)
+    _integer_steps(ax, points[-1][0])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))

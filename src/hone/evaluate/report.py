@@ -107,14 +107,27 @@ def item_table(evaluation: dict, indices: list[int]) -> list[dict]:
 
 
 def worst_regressions(evaluation: dict, limit: int = 5) -> list[dict]:
-    """Items where the tuned model scores lower than the base on the primary metric, biggest drop first."""
-    base, tuned = evaluation.get("base_items"), evaluation.get("tuned_items") or []
-    if not base:
+    """Items the tuned model does worse on, worst first: ordered by the change in the primary metric,
+    ties broken by the next metrics in turn (a binary primary metric leaves many ties)."""
+    if not evaluation.get("base_items"):
         return []
-    primary = next((m for m in evaluation["metrics"] if m["name"] == evaluation["primary"]), None)
-    sign = 1.0 if primary is None or primary["higher_is_better"] else -1.0
-    drops = sorted((sign * (t - b), i) for i, (b, t) in enumerate(zip(base, tuned)) if sign * (t - b) < 0)
-    return item_table(evaluation, [i for _, i in drops[:limit]])
+    per_item = evaluation.get("per_item") or {evaluation["primary"]: {"tuned": evaluation["tuned_items"],
+                                                                      "base": evaluation["base_items"]}}
+    order = [m for m in evaluation["metrics"] if m["name"] in per_item and per_item[m["name"]]["base"]]
+    order.sort(key=lambda m: m["name"] != evaluation["primary"])
+    n = len(evaluation["tuned_items"])
+
+    def change(i: int) -> tuple:
+        """Signed improvement per metric, each scaled to comparable units (shares; BLEU/chrF /100)."""
+        return tuple((1 if m["higher_is_better"] else -1) * (per_item[m["name"]]["tuned"][i] - per_item[m["name"]]["base"][i])
+                     / (1 if m["percent"] else 100) for m in order if m["name"] != "perplexity")
+
+    worse = sorted((change(i), i) for i in range(n) if next((d for d in change(i) if d), 0) < 0)
+    rows = item_table(evaluation, [i for _, i in worse[:limit]])
+    for row, (delta, _) in zip(rows, worse):
+        name, value = next((m["name"], d) for m, d in zip([m for m in order if m["name"] != "perplexity"], delta) if d)
+        row["worse_on"] = f"{name} {value * 100:+.1f}" + (" pp" if name != "bleu" and name != "chrf" else " pts")
+    return rows
 
 
 def sample_indices(evaluation: dict, count: int = 6) -> list[int]:

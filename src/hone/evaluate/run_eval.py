@@ -2,7 +2,7 @@
 
 resolve what to evaluate -> read the test file (and suite) -> base: generate, perplexity ->
 tuned: the same -> every metric with a paired bootstrap interval -> suite checks -> optional judge
--> for a run, save eval.json beside it (the report reads it).
+-> for a run, save eval.json beside it and refresh its report.html.
 """
 from __future__ import annotations
 
@@ -139,6 +139,8 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         raise UserError("nothing to evaluate: pass --data test.jsonl and/or --suite cases.jsonl")
     items = read_test_items(Path(data), target.system_prompt, options.limit) if data else []
     chats = [e for e in items if isinstance(e, ChatExample)]
+    if items and not chats and not options.perplexity:
+        raise UserError(f"{data} holds raw text, which only perplexity can score; drop --no-perplexity")
     cases = load_suite(options.suite) if options.suite else []
     schema = _read_schema(options.schema) if options.schema else None
     references = [e.answer or "" for e in chats]
@@ -186,7 +188,10 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
                                    tuned["answers"], references, options.judge_model or "judge")
     result.seconds = time.monotonic() - started
     if target.run_dir is not None:
+        from hone.evaluate.report import write_report
+
         atomic.write_json(target.run_dir / "eval.json", result.to_json())
+        write_report(target.run_dir)
     return result
 
 
