@@ -208,6 +208,54 @@ def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[
     return conversations
 
 
+@app.command("eval")
+def eval_command(
+    target: str = typer.Argument(..., help="Run folder, run id or 'latest'; or a model (catalogue name, HF folder, .gguf)"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Test data; scored against each last assistant message (default: the run's test file)"),
+    base: Optional[str] = typer.Option(None, "--base", help="Baseline model (default: the run's base model)"),
+    no_base: bool = typer.Option(False, "--no-base", help="Score only the model, no baseline"),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="Metric name or package.module:function (repeatable; default: chosen from the references)"),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON schema the answers must satisfy"),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="Edge-case suite: JSONL of prompts with checks"),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint for a pairwise LLM judge"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name sent to the judge endpoint"),
+    no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity on the test data"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation limit (default from the longest reference)"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts generated together"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test items"),
+    seed: int = typer.Option(0, "--seed", help="Seed for generation and the bootstrap"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
+):
+    """Evaluate a tuned model against its base on held-out data: metrics, intervals, suites, judge."""
+    from hone.evaluate.run_eval import EvalOptions, evaluate_model
+    from hone.evaluate.show import print_eval
+
+    options = EvalOptions(data=data, base=base, compare_base=not no_base, metrics=metric or None, schema=schema,
+                          suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+    result = evaluate_model(target, options, console=err)
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        print_eval(result, out)
+
+
+@app.command()
+def report(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
+           open_page: bool = typer.Option(False, "--open", help="Open the page in a web browser")):
+    """Write the run's self-contained HTML report (runs/<id>/report.html)."""
+    from hone.evaluate.report import write_report
+    from hone.train.run import find_run
+
+    path = write_report(find_run(run))
+    out.print(str(path), highlight=False)
+    if open_page:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            err.print(f"no browser found; open {path.resolve().as_uri()}")
+
+
 @models_app.command("catalog")
 def models_catalog(as_json: bool = typer.Option(False, "--json")):
     """Built-in models that work offline."""

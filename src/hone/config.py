@@ -73,6 +73,7 @@ class TrainSection(Section):
     early_stopping_min_delta: float = Field(0.0, ge=0.0, description="A validation loss must beat the best by more than this to count as better")
     overfit_alarm: int = Field(3, ge=1, description="Raise the overfitting alarm when training loss fell and validation loss rose this many validations in a row")
     restore_best: bool = Field(True, description="End with the validation-best weights when they beat the last step's")
+    report_to: str = Field("tensorboard", description="Training curves besides metrics.jsonl: comma-separated tensorboard, wandb, mlflow, or none")
 
 
 class EvalSection(Section):

@@ -22,7 +22,8 @@ from hone.data.split import hold_out
 from hone.errors import ConfigError
 from hone.evaluate.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
 from hone.evaluate.metrics import pick_metric
-from hone.hardware import pick_hardware
+from hone.evaluate.report import write_report
+from hone.hardware import peak_memory_mb, pick_hardware
 from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
@@ -31,6 +32,7 @@ from hone.train.distributed import ranks
 from hone.train.loop import train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.run import new_run_dir, read_record, update_record
+from hone.train.trackers import Trackers, tracker_names
 
 
 @dataclass
@@ -135,9 +137,14 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
-    # 6. Train.
-    result = train_loop(model, train_set, val_set, config.train, config.lr, hw, run_dir,
-                        tokenizer.pad_token_id, resume=resume, console=console)
+    # 6. Train (curves also go to TensorBoard / W&B / MLflow as train.report_to says).
+    trackers = Trackers(tracker_names(config.train.report_to) if team.main else [], run_dir,
+                        config.model_dump(mode="json"), config.name)
+    try:
+        result = train_loop(model, train_set, val_set, config.train, config.lr, hw, run_dir,
+                            tokenizer.pad_token_id, resume=resume, console=console, callbacks=[trackers])
+    finally:
+        trackers.on_end()
 
     # 7. Save the adapter (PEFT format) or the whole model, with the tokenizer beside it.
     model.eval()
@@ -163,6 +170,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
                "overfitting_alarms": result.overfitting_alarms,
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
                "trainable_parameters": params.trainable, "total_parameters": params.total}
+    results["peak_memory_mb"], results["peak_memory_kind"] = peak_memory_mb(hw.device)
     if base_eval:
         results["base_score"] = base_eval.score
     if tuned_eval:
@@ -173,6 +181,11 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     record = write_record(run_dir, status="succeeded", results=results, train_seconds=round(result.seconds, 2),
                            total_seconds=round(total, 2), hardware=hw.note,
                            tuned_answers=tuned_eval.answers if tuned_eval else None)
+    if team.main:
+        try:  # 10. The report page; a failure here must not cost the trained run
+            console.print(f"  report: {write_report(run_dir)}")
+        except Exception as exc:  # noqa: BLE001
+            console.print(f"[yellow]  report not written ({type(exc).__name__}: {exc}); retry: hone report {run_dir}")
     team.wait()
     close_ranks()
     return SFTResult(run_dir, metric, base_eval, tuned_eval, test, result.seconds, total, record)

@@ -117,8 +117,10 @@ def progress_bar(console: Console) -> Progress:
 
 def train_loop(model, train_set: list[TokenizedExample], val_set: list[TokenizedExample],
                cfg: TrainSection, lr: float, hw: Hardware, run_dir: Path, pad_id: int,
-               resume: bool = False, console: Console | None = None) -> TrainResult:
-    """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`."""
+               resume: bool = False, console: Console | None = None, callbacks: list | None = None) -> TrainResult:
+    """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`.
+
+    `callbacks` get `on_step(record)` after each logged step (trackers: train/trackers.py)."""
     team = ranks()
     console = console or Console(stderr=True)
     if not team.main:
@@ -217,6 +219,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                     if val_set and (state["step"] % eval_every == 0 or end_of_epoch or finished()):
                         validate(record)
                     log.write(record)
+                    for callback in callbacks or []:
+                        callback.on_step(record)
                     status = f"step {state['step']}/{total_steps}  loss {loss:.3f}"
                     if state["val_loss"] is not None:
                         status += f"  val {state['val_loss']:.3f}"
