@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hone.errors import UserError
+from hone.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models on your own hardware.")
@@ -394,7 +394,6 @@ def data_clean(
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2; interrupts say how to resume."""
-    from hone.train.loop import Interrupted
 
     try:
         app()

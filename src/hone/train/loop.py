@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hone.config import TrainSection
+from hone.errors import Interrupted
 from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
 from hone.train.batches import epoch_batches, make_batch, micro_batches
@@ -39,14 +40,6 @@ class TrainResult:
     best_step: int | None = None      # the validation-best step, whose weights the model ends with
     best_val_loss: float | None = None
     overfitting_alarms: list[int] | None = None  # steps at which the overfitting alarm was up
-
-
-class Interrupted(Exception):
-    """Training was interrupted; a checkpoint was saved at `step`."""
-
-    def __init__(self, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint saved")
-        self.step = step
 
 
 def lr_factor(progress: float, warmup_ratio: float, scheduler: str) -> float:
