@@ -62,6 +62,8 @@ class TrainSection(Section):
     eval_every: Optional[int] = Field(None, ge=1, description="Validation every N steps; default once per epoch and at the end")
     save_every: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps; default once per epoch")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest first)")
+    replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training mix drawn from hone's general chats (forgetting mitigation); 0 turns it off")
+    kl_to_base: float = Field(0.0, ge=0.0, description="Weight of KL(base || tuned) on the trained tokens (forgetting mitigation); 0 turns it off")
 
 
 class EvalSection(Section):
@@ -70,6 +72,9 @@ class EvalSection(Section):
     batch_size: int = Field(32, ge=1, description="Prompts generated together (larger batches amortise per-step overhead)")
     samples: int = Field(5, ge=0, description="Test prompts shown side by side (base, tuned, expected)")
     base: bool = Field(True, description="Also score the base model on the test data")
+    forgetting: Optional[bool] = Field(None, description="Run the general-capability probe on base and tuned model; default on, off for models under 10M parameters")
+    probe: Optional[Path] = Field(None, description="Forgetting probe file (JSONL: id, category, prompt, choices, answer); default hone's general-skills probe")
+    max_forgetting: float = Field(5.0, ge=0.0, description="Gate: the run fails its forgetting check when probe accuracy drops by more than this many points")
 
 
 class RunConfig(Section):

@@ -20,6 +20,7 @@ from hone.data.render import tokenize_chat
 from hone.data.split import hold_out
 from hone.errors import ConfigError
 from hone.evaluate.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
+from hone.evaluate.forgetting import ProbeScores, compare_probe, load_probe, probe_wanted, score_probe
 from hone.evaluate.metrics import pick_metric
 from hone.hardware import pick_hardware
 from hone.methods import apply_method, count_parameters
@@ -27,6 +28,8 @@ from hone.models.catalogue import resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
 from hone.train.loop import train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
+from hone.train.regularise import lr_warning
+from hone.train.replay import mix_replay
 from hone.train.run import new_run_dir, read_record, update_record
 
 
@@ -40,6 +43,7 @@ class SFTResult:
     train_seconds: float = 0.0
     total_seconds: float = 0.0
     record: dict = field(default_factory=dict)
+    forgetting: dict | None = None   # the probe's verdict (evaluate/forgetting.py), when it ran
 
 
 def with_system_prompt(examples: list[ChatExample], system_prompt: str | None) -> list[ChatExample]:
@@ -63,6 +67,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         validation = with_system_prompt(load_chat(config.data.validation), config.data.system_prompt)
     else:
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
+    train = mix_replay(train, config.train.replay, config.train.seed)  # general chats vs forgetting
     test = with_system_prompt(load_chat(config.data.test), config.data.system_prompt) if config.data.test else []
     resume = run_dir is not None
     run_dir = run_dir or new_run_dir(config)  # only once the data has been read without error
@@ -101,12 +106,24 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
             record = read_record(run_dir)
             base_eval = Evaluation(metric, record["base_answers"], record["base_scores"])
 
+    # 4b. The forgetting probe on the base (general skills), kept in run.json for resume.
+    probe_base = None
+    if probe_wanted(config.eval.forgetting, model):
+        if resume and read_record(run_dir).get("probe_base"):
+            probe_base = ProbeScores.from_json(read_record(run_dir)["probe_base"])
+        else:
+            probe_base = score_probe(model, tokenizer, load_probe(config.eval.probe), label="forgetting probe (base)",
+                                     console=console)
+            update_record(run_dir, probe_base=probe_base.to_json())
+
     # 5. The adaptation method.
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if hw.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
+    if warning := lr_warning(config.method.name, config.lr, config.train.kl_to_base, config.train.replay):
+        console.print(f"  [yellow]warning: {warning}[/yellow]")
 
     # 6. Train.
     result = train_loop(model, train_set, val_set, config.train, config.lr, hw, run_dir,
@@ -120,13 +137,19 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         tokenizer.save_pretrained(tmp)
 
     # 8. The tuned model on the same test items.
-    tuned_eval = None
-    if test:
+    tuned_eval = forgetting = None
+    if test or probe_base:
         # Reload what was saved onto a fresh fp32 base: the trained model's frozen weights may be bf16,
         # and this scores exactly the artifact the user gets.
         tuned = load_with_adapter(base, out, hw.device, attention) if out.name == "adapter" else model
+    if test:
         tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
                                       "tuned eval", console)
+    if probe_base:
+        probe_tuned = score_probe(tuned, tokenizer, load_probe(config.eval.probe), label="forgetting probe (tuned)",
+                                  console=console)
+        forgetting = compare_probe(probe_base, probe_tuned, config.eval.max_forgetting).to_json()
+        update_record(run_dir, probe_tuned=probe_tuned.to_json())
 
     # 9. Record the results.
     results = {"metric": metric, "steps": result.steps, "stopped_by": result.stopped_by,
@@ -142,5 +165,6 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     total = time.monotonic() - started
     record = update_record(run_dir, status="succeeded", results=results, train_seconds=round(result.seconds, 2),
                            total_seconds=round(total, 2), hardware=hw.note,
-                           tuned_answers=tuned_eval.answers if tuned_eval else None)
-    return SFTResult(run_dir, metric, base_eval, tuned_eval, test, result.seconds, total, record)
+                           tuned_answers=tuned_eval.answers if tuned_eval else None, forgetting=forgetting,
+                           warnings=[w for w in [warning] if w])
+    return SFTResult(run_dir, metric, base_eval, tuned_eval, test, result.seconds, total, record, forgetting)

@@ -24,6 +24,7 @@ from hone.hardware import Hardware
 from hone.train.batches import collate, epoch_batches, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from hone.train.loss import summed_loss
+from hone.train.regularise import kl_to_base
 
 
 @dataclass
@@ -204,10 +205,11 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     n_trained = max(1, sum(loss_tokens(e) for e in examples))
     total, seen = 0.0, 0
     order = list(range(len(examples)))
+    regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     for chunk in micro_batches(order, cfg.micro_batch_size):
         batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
         with autocast(hw):
-            loss, _ = summed_loss(model, batch)
+            loss, _ = summed_loss(model, batch, regularise)
         (loss / n_trained).backward()
         total += loss.item()
         seen += int(batch["attention_mask"].sum())
