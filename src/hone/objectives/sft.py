@@ -67,6 +67,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         validation = with_system_prompt(load_chat(config.data.validation), config.data.system_prompt)
     else:
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
+    n_own = len(train)
     train = mix_replay(train, config.train.replay, config.train.seed)  # general chats vs forgetting
     test = with_system_prompt(load_chat(config.data.test), config.data.system_prompt) if config.data.test else []
     resume = run_dir is not None
@@ -115,6 +116,10 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
             probe_base = score_probe(model, tokenizer, load_probe(config.eval.probe), label="forgetting probe (base)",
                                      console=console)
             update_record(run_dir, probe_base=probe_base.to_json())
+        console.print(f"  forgetting probe: base {probe_base.accuracy:.1%} on {len(probe_base.ids)} general-skills "
+                      f"items ({probe_base.seconds:.0f} s)")
+    if len(train) > n_own:
+        console.print(f"  replay: {len(train) - n_own} of the {len(train)} training examples are hone's general chats")
 
     # 5. The adaptation method.
     model = apply_method(model, config.method)
@@ -150,6 +155,10 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
                                   console=console)
         forgetting = compare_probe(probe_base, probe_tuned, config.eval.max_forgetting).to_json()
         update_record(run_dir, probe_tuned=probe_tuned.to_json())
+        console.print(f"  forgetting probe: tuned {probe_tuned.accuracy:.1%}, drop {forgetting['drop']:+.1f} points "
+                      f"(95% CI {forgetting['ci'][0]:+.1f} to {forgetting['ci'][1]:+.1f}) "
+                      + ("[green]within[/green]" if forgetting["passed"] else "[red]over[/red]")
+                      + f" the {forgetting['gate']:g}-point gate")
 
     # 9. Record the results.
     results = {"metric": metric, "steps": result.steps, "stopped_by": result.stopped_by,
