@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from hone.train.loss import trained_logits
 
-# Peak learning rates above these moved SmolLM2-135M's probe accuracy down within a couple of minutes
-# of training (docs/forgetting.md); practice agrees: full fine-tuning wants ~1e-5, LoRA ~1e-4 to 1e-3.
+# Above these peak rates a run is likely to damage general skills. From practice (full fine-tuning is
+# usually run at 1e-5 to 5e-5, LoRA at 1e-4 to 1e-3); docs/forgetting.md measures full at 5e-4 on SmolLM2.
 RISKY_LR = {"full": 1e-4, "lora": 3e-3}
 
 
