@@ -253,17 +253,20 @@ def runs_list(name: Optional[str] = typer.Option(None, "--name", help="Only runs
         out.print("No runs yet. Start one with: hone train --data FILE")
         return
     table = Table(header_style="bold")
-    for column in ("ref", "id", "status", "method", "base model", "score", "forgetting", "tags", "created"):
-        table.add_column(column, no_wrap=column in ("ref", "id", "status"))
+    tagged = any(row["tags"] for row in rows)
+    for column in ("ref", "status", "method", "score", "forgetting", "created") + (("tags",) if tagged else ()):
+        table.add_column(column, overflow="fold")
     for row in rows:
         metrics = row["metrics"] or {}
         score = metrics.get("tuned_score")
         forgetting = metrics.get("forgetting")
-        table.add_row(row["ref"], row["id"], row["status"], row["method"] or "-", row["base_model"] or "-",
-                      f"{score:.1%}" if isinstance(score, (int, float)) else "-",
-                      (f"{forgetting['drop']:+.1f} pts " + ("ok" if forgetting["passed"] else "[red]FAILED[/red]"))
-                      if forgetting else "-", ", ".join(row["tags"]) or "-", row["created_at"][:19].replace("T", " "))
+        cells = [row["ref"], row["status"], row["method"] or "-",
+                 f"{score:.1%}" if isinstance(score, (int, float)) else "-",
+                 (f"{forgetting['drop']:+.1f} pts " + ("ok" if forgetting["passed"] else "[red]FAIL[/red]"))
+                 if forgetting else "-", row["created_at"][:16].replace("T", " ")]
+        table.add_row(*cells, *([", ".join(row["tags"])] if tagged else []))
     out.print(table)
+    out.print("[dim]hone runs show REF for everything about one run (REF: NAME:VERSION, NAME@TAG or the id)[/dim]")
 
 
 @runs_app.command("show")

@@ -62,7 +62,7 @@ class Run(Base):
     def to_json(self, tags: list[str] | None = None) -> dict[str, Any]:
         out = {column.name: getattr(self, column.name) for column in Run.__table__.columns}
         for key in ("created_at", "updated_at", "finished_at"):
-            out[key] = out[key].isoformat() if out[key] else None
+            out[key] = out[key].isoformat(timespec="seconds") if out[key] else None
         return {**out, "ref": self.ref, "tags": tags or []}
 
 
@@ -154,7 +154,7 @@ def _unique_id(db: Session, path: Path) -> str:
     return candidate
 
 
-def record_start(path: Path, config: dict, name: str) -> Run:
+def record_start(path: Path, config: dict, name: str, created_at: datetime | None = None) -> Run:
     """Register a new run folder (or return its row): the next version of `name`, config, data prints."""
     path = Path(path).resolve()
     data_files = {role: config.get("data", {}).get(role) for role in ("train", "validation", "test")}
@@ -165,7 +165,7 @@ def record_start(path: Path, config: dict, name: str) -> Run:
                 return existing
             version = (db.scalar(select(func.max(Run.version)).where(Run.name == name)) or 0) + 1
             parent = find_by_ref_in(db, config.get("model", {}).get("name") or "", quiet=True)
-            now = _now()
+            now = created_at or _now()
             row = Run(id=_unique_id(db, path), name=name, version=version, status="created", path=str(path),
                       config=config, data=data_fingerprints(data_files), parent_id=parent.id if parent else None,
                       base_model=config.get("model", {}).get("name"), method=config.get("method", {}).get("name"),
@@ -187,7 +187,9 @@ def sync_run(path: Path, record: dict) -> Run:
         if row is None:
             db.close()
             config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) if (path / "config.yaml").is_file() else {}
-            record_start(path, config or {}, _run_name(path, config or {}))
+            started = datetime.fromtimestamp((path / "config.yaml").stat().st_mtime, timezone.utc) if (
+                path / "config.yaml").is_file() else None
+            record_start(path, config or {}, _run_name(path, config or {}), started)
             return sync_run(path, record)
         row.status = record.get("status", row.status)
         row.objective = record.get("objective", row.objective)
