@@ -74,6 +74,8 @@ class TrainSection(Section):
     overfit_alarm: int = Field(3, ge=1, description="Raise the overfitting alarm when training loss fell and validation loss rose this many validations in a row")
     restore_best: bool = Field(True, description="End with the validation-best weights when they beat the last step's")
     report_to: str = Field("tensorboard", description="Training curves besides metrics.jsonl: comma-separated tensorboard, wandb, mlflow, or none")
+    replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training mix drawn from hone's general chats (forgetting mitigation); 0 turns it off")
+    kl_to_base: float = Field(0.0, ge=0.0, description="Weight of KL(base || tuned) on the trained tokens (forgetting mitigation); 0 turns it off")
 
 
 class EvalSection(Section):
@@ -82,6 +84,9 @@ class EvalSection(Section):
     batch_size: int = Field(32, ge=1, description="Prompts generated together (larger batches amortise per-step overhead)")
     samples: int = Field(5, ge=0, description="Test prompts shown side by side (base, tuned, expected)")
     base: bool = Field(True, description="Also score the base model on the test data")
+    forgetting: Optional[bool] = Field(None, description="Run the general-capability probe on base and tuned model; default on, off for models under 10M parameters")
+    probe: Optional[Path] = Field(None, description="Forgetting probe file (JSONL: id, category, prompt, choices, answer); default hone's general-skills probe")
+    max_forgetting: float = Field(5.0, ge=0.0, description="Gate: the run fails its forgetting check when probe accuracy drops by more than this many points")
 
 
 class RunConfig(Section):

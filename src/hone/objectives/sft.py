@@ -21,6 +21,7 @@ from hone.data.render import tokenize_chat
 from hone.data.split import hold_out
 from hone.errors import ConfigError
 from hone.evaluate.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
+from hone.evaluate.forgetting import ProbeScores, compare_probe, load_probe, probe_wanted, score_probe
 from hone.evaluate.metrics import pick_metric
 from hone.evaluate.report import write_report
 from hone.hardware import peak_memory_mb, pick_hardware
@@ -31,6 +32,8 @@ from hone.train.distributed import close as close_ranks
 from hone.train.distributed import ranks
 from hone.train.loop import train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
+from hone.train.regularise import lr_warning
+from hone.train.replay import mix_replay
 from hone.train.run import new_run_dir, read_record, update_record
 from hone.train.trackers import Trackers, tracker_names
 
@@ -45,6 +48,7 @@ class SFTResult:
     train_seconds: float = 0.0
     total_seconds: float = 0.0
     record: dict = field(default_factory=dict)
+    forgetting: dict | None = None   # the probe's verdict (evaluate/forgetting.py), when it ran
 
 
 def with_system_prompt(examples: list[ChatExample], system_prompt: str | None) -> list[ChatExample]:
@@ -81,6 +85,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         validation = with_system_prompt(load_chat(config.data.validation, config.data.format, config.data.strict), config.data.system_prompt)
     else:
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
+    n_own = len(train)
+    train = mix_replay(train, config.train.replay, config.train.seed)  # general chats vs forgetting
     test = with_system_prompt(load_chat(config.data.test, config.data.format, config.data.strict), config.data.system_prompt) if config.data.test else []
     resume = run_dir is not None
     # Under torchrun every rank trains; rank 0 alone creates the folder, evaluates, saves and records.
@@ -129,6 +135,20 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
             record = read_record(run_dir)
             base_eval = Evaluation(metric, record["base_answers"], record["base_scores"])
 
+    # 4b. The forgetting probe on the base (general skills), kept in run.json for resume.
+    probe_base = None
+    if team.main and probe_wanted(config.eval.forgetting, model):
+        if resume and read_record(run_dir).get("probe_base"):
+            probe_base = ProbeScores.from_json(read_record(run_dir)["probe_base"])
+        else:
+            probe_base = score_probe(model, tokenizer, load_probe(config.eval.probe), label="forgetting probe (base)",
+                                     console=console)
+            write_record(run_dir, probe_base=probe_base.to_json())
+        console.print(f"  forgetting probe: base {probe_base.accuracy:.1%} on {len(probe_base.ids)} general-skills "
+                      f"items ({probe_base.seconds:.0f} s)")
+    if len(train) > n_own:
+        console.print(f"  replay: {len(train) - n_own} of the {len(train)} training examples are hone's general chats")
+
     # 5. The adaptation method.
     torch.manual_seed(config.train.seed)  # adapter initialisation
     model = apply_method(model, config.method)
@@ -136,6 +156,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if hw.frozen_bf16 and config.train.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
+    if warning := lr_warning(config.method.name, config.lr, config.train.kl_to_base, config.train.replay):
+        console.print(f"  [yellow]warning: {warning}[/yellow]")
 
     # 6. Train (curves also go to TensorBoard / W&B / MLflow as train.report_to says).
     trackers = Trackers(tracker_names(config.train.report_to) if team.main else [], run_dir,
@@ -155,13 +177,23 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
             tokenizer.save_pretrained(tmp)
 
     # 8. The tuned model on the same test items.
-    tuned_eval = None
-    if test and team.main:
+    tuned_eval = forgetting = None
+    if (test or probe_base) and team.main:
         # Reload what was saved onto a fresh fp32 base: the trained model's frozen weights may be bf16,
         # and this scores exactly the artifact the user gets.
         tuned = load_with_adapter(base, out, hw.device, attention) if out.name == "adapter" else model
+    if test and team.main:
         tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
                                       "tuned eval", console)
+    if probe_base and team.main:
+        probe_tuned = score_probe(tuned, tokenizer, load_probe(config.eval.probe), label="forgetting probe (tuned)",
+                                  console=console)
+        forgetting = compare_probe(probe_base, probe_tuned, config.eval.max_forgetting).to_json()
+        write_record(run_dir, probe_tuned=probe_tuned.to_json())
+        console.print(f"  forgetting probe: tuned {probe_tuned.accuracy:.1%}, drop {forgetting['drop']:+.1f} points "
+                      f"(95% CI {forgetting['ci'][0]:+.1f} to {forgetting['ci'][1]:+.1f}) "
+                      + ("[green]within[/green]" if forgetting["passed"] else "[red]over[/red]")
+                      + f" the {forgetting['gate']:g}-point gate")
 
     # 9. Record the results.
     results = {"metric": metric, "steps": result.steps, "stopped_by": result.stopped_by,
@@ -180,7 +212,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     total = time.monotonic() - started
     record = write_record(run_dir, status="succeeded", results=results, train_seconds=round(result.seconds, 2),
                            total_seconds=round(total, 2), hardware=hw.note,
-                           tuned_answers=tuned_eval.answers if tuned_eval else None)
+                           tuned_answers=tuned_eval.answers if tuned_eval else None, forgetting=forgetting,
+                           warnings=[w for w in [warning] if w])
     if team.main:
         try:  # 10. The report page; a failure here must not cost the trained run
             console.print(f"  report: {write_report(run_dir)}")
@@ -188,4 +221,4 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
             console.print(f"[yellow]  report not written ({type(exc).__name__}: {exc}); retry: hone report {run_dir}")
     team.wait()
     close_ranks()
-    return SFTResult(run_dir, metric, base_eval, tuned_eval, test, result.seconds, total, record)
+    return SFTResult(run_dir, metric, base_eval, tuned_eval, test, result.seconds, total, record, forgetting)

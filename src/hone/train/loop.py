@@ -26,6 +26,7 @@ from hone.train.batches import epoch_batches, make_batch, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from hone.train.distributed import Ranks, ranks
 from hone.train.loss import summed_loss
+from hone.train.regularise import kl_to_base
 from hone.train.safeguards import ValidationWatch, restore_best, save_best
 
 
@@ -256,10 +257,11 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     n_trained = max(1, sum(loss_tokens(e) for e in examples))
     total, seen = 0.0, 0
     order = team.share(list(range(len(examples))))
+    regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     for chunk in micro_batches(order, cfg.micro_batch_size):
         batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device)
         with autocast(hw):
-            loss, _ = summed_loss(model, batch, cfg.head_on_trained_only)
+            loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)
         (loss / n_trained).backward()
         total += loss.item()
         seen += sum(len(examples[i].input_ids) for i in chunk)
