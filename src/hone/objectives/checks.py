@@ -55,6 +55,10 @@ def check_config(config: RunConfig) -> None:
             raise ConfigError("objective grpo needs exactly one of grpo.reward_function "
                               "(`package.module:function`) or grpo.reward_model (a reward run folder)",
                               field="grpo.reward_function")
+        if config.train.batch_size % grpo.num_generations:
+            raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be a multiple of "
+                              f"grpo.num_generations ({grpo.num_generations}): each step scores whole groups",
+                              field="train.batch_size")
         if grpo.reward_function:
             reward_function(grpo.reward_function)
         elif not Path(grpo.reward_model).expanduser().is_dir():
