@@ -84,7 +84,7 @@ def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console
         splits.append((train, validation))
     start = begin_run(config, run_dir, console, {
         "mixture": [{"train": str(s.train), "weight": s.weight, "n_train": len(t), "n_validation": len(v)}
-                    for s, (t, v) in zip(config.mixture, splits)]})
+                    for s, (t, v) in zip(config.mixture, splits)]}, own_loop=True)
 
     # 2. Render each source, then draw the weighted mixture.
     base = resolve_model(config.model.name)

@@ -62,7 +62,7 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
     test = load_texts(config.data.test) if config.data.test else []
     start = begin_run(config, run_dir, console, {
-        "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation), "n_test": len(test)})
+        "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation), "n_test": len(test)}, own_loop=True)
 
     # 2. Pack each split into blocks of token ids; every token is trained.
     base = resolve_model(config.model.name)

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -39,12 +39,19 @@ class RunStart:
     started: float
 
 
-def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: dict) -> RunStart:
-    """Create (or reopen, to resume) the run folder once the data has been read without error."""
+def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: dict,
+              own_loop: bool = False) -> RunStart:
+    """Create (or reopen, to resume) the run folder once the data has been read without error.
+
+    `own_loop`: hone's loop casts frozen linears to bf16 (train/precision.py); Trainer-driven
+    objectives keep fp32 weights with bf16 matmuls, and the hardware line says so.
+    """
     started = time.monotonic()
     resume = run_dir is not None
     run_dir = Path(run_dir) if resume else new_run_dir(config)
     hw = pick_hardware(config.train.precision, config.train.threads)
+    if hw.frozen_bf16 and not own_loop:
+        hw = replace(hw, frozen_bf16=False, note=f"CPU, {hw.threads} thread(s), fp32 training with bf16 matmuls")
     console.print(f"[bold]hone[/bold] {config.objective} run folder {run_dir}\n  hardware: {hw.note}")
     update_record(run_dir, status="running", hone_version=__version__, objective=config.objective,
                   base_model=config.model.name, method=config.method.name, data=data)
