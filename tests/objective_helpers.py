@@ -95,3 +95,10 @@ PROBE = torch.tensor([[1, 500, 600, 700, 800, 900]])
 def logits(model, ids=PROBE):
     model.eval()
     return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+
+def shorter_is_better(completions, **kwargs) -> list[float]:
+    """A grpo reward a random tiny model's samples differ on (their length), so the policy gets a gradient."""
+    from hone.objectives.rewards import completion_text
+
+    return [-len(completion_text(c)) / 10 for c in completions]

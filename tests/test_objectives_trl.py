@@ -46,7 +46,7 @@ def test_grpo_with_a_reward_function_moves_the_policy_and_logs_rewards(tiny_mode
     spy = SavedModelSpy(monkeypatch, grpo)
     prompts = write_jsonl(tmp_path / "chat.jsonl", chat_rows(16))
     cfg = tiny_run_config(tiny_model, tmp_path, "grpo", prompts, train={"max_steps": 2},
-                          grpo={"reward_function": "hone.objectives.rewards:exact_answer",
+                          grpo={"reward_function": "objective_helpers:shorter_is_better",
                                 "max_completion_length": 8, "num_generations": 4})
     result = run(cfg)
     rewards = losses(result.run_dir, "reward")
