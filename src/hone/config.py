@@ -74,6 +74,7 @@ class EvalSection(Section):
 
 # What training optimises (objectives/): one file per objective, `hone.objectives.run` dispatches.
 Objective = Literal["sft", "pretrain", "classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo", "mixture"]
+OBJECTIVES: tuple[str, ...] = Objective.__args__
 
 
 class PretrainSection(Section):
