@@ -105,6 +105,9 @@ def print_objective_summary(result, console: Console) -> None:
                       f"[{colour}]{results['tuned_score']:.4g}")
     if results.get("baseline"):
         table.caption = f"base: {results['baseline']}"
+    if results.get("tuned_margin") is not None:
+        table.add_row("mean log-prob margin, chosen - rejected", f"{results['base_margin']:.4g}",
+                      f"{results['tuned_margin']:.4g}")
     if results.get("tuned_macro_f1") is not None:
         table.add_row("macro-F1", "", f"{results['tuned_macro_f1']:.4g}")
     if results.get("tuned_word_accuracy") is not None:
