@@ -135,3 +135,18 @@ def test_ner_alignment_gives_each_word_one_first_token(tiny_model):
     for position, word in enumerate(starts):
         if word is not None:
             assert words[word].startswith(tokenizer.decode([encoded["input_ids"][position]]).strip())
+
+
+def test_hone_train_objective_flag_prints_results_table_and_json(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    labels = write_jsonl(tmp_path / "labels.jsonl", label_rows(24))
+    command = [sys.executable, "-m", "hone.cli", "train", "--objective", "classify", "-d", str(labels),
+               "-m", str(tiny_model), "--max-steps", "2", "--batch-size", "8", "--set", "threads=1"]
+    done = subprocess.run(command + ["-o", str(tmp_path / "a")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Results (classify)" in done.stdout and "macro-F1" in done.stdout
+    done = subprocess.run(command + ["-o", str(tmp_path / "b"), "--json"], capture_output=True, text=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["objective"] == "classify" and summary["steps"] == 2 and summary["run_dir"] == str(tmp_path / "b")
