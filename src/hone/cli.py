@@ -57,6 +57,7 @@ def train(
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
     method: Optional[str] = typer.Option(None, "--method", help="lora or full"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo or mixture"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate"),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps"),
@@ -70,12 +71,13 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N data-parallel processes (torchrun)"),
 ):
-    """Fine-tune a model on your data (SFT on chat JSONL)."""
+    """Fine-tune a model on your data; --objective picks what training optimises (default sft)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_relaunch_under_torchrun(nproc))
-    from hone.config import load_config, to_yaml
-    from hone.objectives.sft import run_sft
-    from hone.summary import print_summary, summary_json
+    from hone.config import load_config
+    from hone.objectives import run as run_objective
+    from hone.objectives.record import ObjectiveResult
+    from hone.summary import objective_summary_json, print_objective_summary, print_summary, summary_json
     from hone.train.run import find_run
 
     run_dir = None
@@ -86,12 +88,17 @@ def train(
         cfg = load_config(config, _overrides(
             sets, **{"data.train": data and str(data), "data.validation": validation and str(validation),
                      "data.test": test and str(test), "model.name": model, "method.name": method,
-                     "train.lr": lr, "train.epochs": epochs, "train.max_steps": max_steps,
+                     "objective": objective, "train.lr": lr, "train.epochs": epochs, "train.max_steps": max_steps,
                      "train.batch_size": batch_size, "train.time_budget": time_budget,
                      "data.system_prompt": system_prompt,
                      "data.format": data_format, "data.strict": strict, "output": output and str(output), "name": name}))
-    result = run_sft(cfg, run_dir=run_dir, console=err)
-    if as_json:
+    result = run_objective(cfg, run_dir=run_dir, console=err)
+    if isinstance(result, ObjectiveResult):
+        if as_json:
+            print(json.dumps(objective_summary_json(result)))
+        else:
+            print_objective_summary(result, out)
+    elif as_json:
         print(json.dumps(summary_json(result)))
     else:
         print_summary(result, out, cfg.eval.samples)

@@ -89,6 +89,35 @@ class EvalSection(Section):
     max_forgetting: float = Field(5.0, ge=0.0, description="Gate: the run fails its forgetting check when probe accuracy drops by more than this many points")
 
 
+# What training optimises (objectives/): one file per objective, `hone.objectives.run` dispatches.
+Objective = Literal["sft", "pretrain", "classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo", "mixture"]
+OBJECTIVES: tuple[str, ...] = Objective.__args__
+
+
+class PretrainSection(Section):
+    block_size: int = Field(256, ge=16, description="pretrain/mixture: raw text is packed into blocks of this many tokens")
+
+
+class PreferenceSection(Section):
+    beta: float = Field(0.1, gt=0, description="dpo/orpo/simpo: strength of the preference term (DPO: KL to the base)")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin")
+
+
+class GRPOSection(Section):
+    reward_function: Optional[str] = Field(None, description="grpo: reward as a Python function `package.module:function`")
+    reward_model: Optional[str] = Field(None, description="grpo: reward from a trained reward model (a run folder of objective reward)")
+    num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group)")
+    max_completion_length: int = Field(64, ge=1, description="grpo: longest sampled completion in tokens")
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature")
+    beta: float = Field(0.0, ge=0, description="grpo: KL penalty to the base model (0: none, TRL's default)")
+
+
+class MixtureSource(Section):
+    train: Path = Field(description="A training file (chat data or raw text)")
+    weight: float = Field(1.0, gt=0, description="Share of the mixture (weights are normalised)")
+    validation: Optional[Path] = Field(None, description="Its validation file; default a held-out share")
+
+
 class RunConfig(Section):
     name: Optional[str] = Field(None, description="Run name; default from the data file")
     output: Optional[Path] = Field(None, description="Run folder; default <hone home>/runs/<run id>")
@@ -97,6 +126,11 @@ class RunConfig(Section):
     method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    objective: Objective = Field("sft", description="What training optimises: sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo, mixture")
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
+    grpo: GRPOSection = Field(default_factory=GRPOSection)
+    mixture: list[MixtureSource] = Field(default_factory=list, description="mixture: datasets with weights, e.g. [{train: a.jsonl, weight: 0.7}, ...]")
 
     @property
     def lr(self) -> float:

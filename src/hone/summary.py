@@ -99,3 +99,56 @@ def _sample_indices(result: SFTResult, samples: int) -> list[int]:
     if misses and picks:
         picks[-1] = misses[0]
     return sorted(picks)
+
+
+# Objectives other than sft: what their score means, and whether higher is better.
+SCORE_NAMES = {"perplexity": ("perplexity on held-out text", False),
+               "accuracy": ("accuracy", True), "entity_f1": ("entity F1", True),
+               "pairwise_accuracy": ("pairwise accuracy (chosen ranked above rejected)", True),
+               "mean_reward": ("mean reward of greedy answers", True),
+               "weighted validation loss": ("validation loss, weighted by the mixture", False)}
+
+
+def objective_summary_json(result) -> dict:
+    """A non-sft run's summary as plain data (the last line of `--json` output)."""
+    return {"objective": result.objective, **result.results, "run_dir": str(result.run_dir),
+            "train_seconds": round(result.train_seconds, 1), "total_seconds": round(result.total_seconds, 1)}
+
+
+def print_objective_summary(result, console: Console) -> None:
+    """Results table of a pretrain, classify, ner, preference, reward, grpo or mixture run."""
+    results = result.results
+    table = Table(title=f"Results ({result.objective})", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    name, higher = SCORE_NAMES.get(results.get("metric"), (results.get("metric"), True))
+    split = results.get("split")
+    if results.get("tuned_score") is not None:
+        base = results.get("base_score")
+        better = base is None or (results["tuned_score"] > base if higher else results["tuned_score"] < base)
+        colour = "bold green" if better else "bold red"
+        table.add_row(f"{name}{f' ({split})' if split else ''}", "-" if base is None else f"{base:.4g}",
+                      f"[{colour}]{results['tuned_score']:.4g}")
+    if results.get("baseline"):
+        table.caption = f"base: {results['baseline']}"
+    if results.get("tuned_margin") is not None:
+        table.add_row("mean log-prob margin, chosen - rejected", f"{results['base_margin']:.4g}",
+                      f"{results['tuned_margin']:.4g}")
+    if results.get("tuned_macro_f1") is not None:
+        table.add_row("macro-F1", "", f"{results['tuned_macro_f1']:.4g}")
+    if results.get("tuned_word_accuracy") is not None:
+        table.add_row("word accuracy", "", f"{results['tuned_word_accuracy']:.4g}")
+    for source, scores in (results.get("sources") or {}).items():
+        table.add_row(f"  {source} (weight {scores['weight']:g}) val loss", f"{scores['base_val_loss']}",
+                      f"{scores['tuned_val_loss']}")
+    if results.get("first_loss") is not None and results.get("train_loss") is not None:
+        table.add_row("training loss, first -> last step", "", f"{results['first_loss']:.4g} -> {results['train_loss']:.4g}")
+    if results.get("first_train_reward") is not None:
+        table.add_row("training reward, first -> last step", "",
+                      f"{results['first_train_reward']:.4g} -> {results['last_train_reward']:.4g}")
+    rate = f", {results['tokens_per_s']:.0f} tok/s" if results.get("tokens_per_s") else ""
+    table.add_row("training", "", f"{results.get('steps')} steps, {result.train_seconds:.0f} s{rate}")
+    table.add_row("total wall time", "", f"{result.total_seconds:.0f} s")
+    console.print(table)
+    console.print(f"\nRun folder: [bold]{result.run_dir}[/bold] ({results.get('artifact', 'adapter')}/ holds the model)")

@@ -21,14 +21,28 @@ def count_parameters(model) -> ParameterCount:
     return ParameterCount(trainable, sum(p.numel() for p in model.parameters()))
 
 
+def peft_task_type(model) -> str:
+    """peft's task type for a model: it picks the wrapper, and for classifiers it trains and saves the new head."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    if name.endswith("ForTokenClassification"):
+        return "TOKEN_CLS"
+    return "CAUSAL_LM"
+
+
 def lora(model, cfg: MethodSection):
     """LoRA adapters through peft on the chosen linear layers; the base stays frozen."""
     from peft import LoraConfig, get_peft_model
 
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
         t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+    task = peft_task_type(model)
+    # A new classification head trains whole (peft's modules_to_save); peft 0.21 would otherwise put
+    # LoRA on a token classifier's head first and then refuse to make it trainable.
+    extra = {"exclude_modules": ["classifier", "score"]} if task != "CAUSAL_LM" else {}
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
+                        target_modules=targets, task_type=task, **extra)
     return get_peft_model(model, config)
 
 
