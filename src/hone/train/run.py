@@ -50,7 +50,8 @@ def _register(action: str, *args) -> None:
         if not _registry_warned:
             import sys
 
-            sys.stderr.write(f"warning: run not recorded in the registry ({exc}); `hone runs list` "
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # SQLAlchemy appends SQL and a URL
+            sys.stderr.write(f"warning: run not recorded in the registry ({reason}); `hone runs list` "
                              "imports run folders later\n")
             _registry_warned = True
 
