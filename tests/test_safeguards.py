@@ -82,7 +82,7 @@ def test_a_checkpoint_that_fails_mid_write_never_becomes_the_latest(tiny_model, 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, chat_files, tmp_path):
     steps = 16
     args = ["--model", str(tiny_model), "--data", str(chat_files["train"]), "--validation",
-            str(chat_files["validation"]), "--max-steps", str(steps), "--set", "train.save_every=1",
+            str(chat_files["validation"]), "--max-steps", str(steps), "--save-steps", "1",
             "--set", "train.batch_size=4", "--set", "train.micro_batch_size=2", "--set", "train.threads=1",
             "--set", "data.max_length=64", "--set", "method.lora_r=4", "--lr", "5e-3", "--set", "eval_every=4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

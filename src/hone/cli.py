@@ -63,6 +63,7 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Effective batch size"),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Training budget in seconds"),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N steps (default once per epoch)"),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message for examples without one"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder"),
     name: Optional[str] = typer.Option(None, "--name", help="Run name"),
@@ -89,7 +90,7 @@ def train(
             sets, **{"data.train": data and str(data), "data.validation": validation and str(validation),
                      "data.test": test and str(test), "model.name": model, "method.name": method,
                      "objective": objective, "train.lr": lr, "train.epochs": epochs, "train.max_steps": max_steps,
-                     "train.batch_size": batch_size, "train.time_budget": time_budget,
+                     "train.batch_size": batch_size, "train.time_budget": time_budget, "train.save_every": save_steps,
                      "data.system_prompt": system_prompt,
                      "data.format": data_format, "data.strict": strict, "output": output and str(output), "name": name}))
     result = run_objective(cfg, run_dir=run_dir, console=err)
