@@ -22,9 +22,10 @@ from hone.errors import ConfigError
 from hone.evaluate.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
 from hone.evaluate.metrics import pick_metric
 from hone.hardware import pick_hardware
-from hone.methods import apply_method, count_parameters
+from hone.methods import (apply_method, artifact_folder_name, check_method, count_parameters, estimate_memory,
+                          load_tuned, meta_model, save_tuned)
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
+from hone.models.load import load_causal_lm, load_tokenizer
 from hone.train.loop import train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.run import new_run_dir, read_record, update_record
@@ -57,6 +58,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     started = time.monotonic()
     if config.data.train is None:
         raise ConfigError("no training data: pass --data FILE (or data.train in the config)")
+    check_method(config.method, "sft")  # an impossible method/objective pair fails before any work
     # 1. Data: train, validation (a seeded share of train when no file is given), test.
     train = with_system_prompt(load_chat(config.data.train), config.data.system_prompt)
     if config.data.validation:
@@ -64,13 +66,14 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     else:
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
     test = with_system_prompt(load_chat(config.data.test), config.data.system_prompt) if config.data.test else []
+    base = resolve_model(config.model.name)
+    check_method(config.method, "sft", meta_model(base.path))  # e.g. bitfit on a model without biases
     resume = run_dir is not None
     run_dir = run_dir or new_run_dir(config)  # only once the data has been read without error
     hw = pick_hardware(config.train.precision, config.train.threads)
     console.print(f"[bold]hone[/bold] run folder {run_dir}\n  hardware: {hw.note}")
 
     # 2. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
-    base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
     train_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in train]
     val_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in validation]
@@ -106,17 +109,21 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     params = count_parameters(model)
     if hw.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
-    console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
+    longest = max(train_set, key=lambda e: len(e.input_ids))
+    memory = estimate_memory(model, min(config.train.micro_batch_size, len(train_set)), len(longest.input_ids))
+    console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
+                  f"  training memory estimate: {memory}")
 
     # 6. Train.
     result = train_loop(model, train_set, val_set, config.train, config.lr, hw, run_dir,
                         tokenizer.pad_token_id, resume=resume, console=console)
 
-    # 7. Save the adapter (PEFT format) or the whole model, with the tokenizer beside it.
+    # 7. Save what the method trained (adapter/: peft format or trained tensors; model/ for full),
+    # with the tokenizer beside it.
     model.eval()
-    out = run_dir / ("adapter" if config.method.name != "full" else "model")
+    out = run_dir / artifact_folder_name(config.method)
     with atomic.folder(out) as tmp:
-        model.save_pretrained(tmp)
+        save_tuned(model, config.method, tmp)
         tokenizer.save_pretrained(tmp)
 
     # 8. The tuned model on the same test items.
@@ -124,7 +131,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if test:
         # Reload what was saved onto a fresh fp32 base: the trained model's frozen weights may be bf16,
         # and this scores exactly the artifact the user gets.
-        tuned = load_with_adapter(base, out, hw.device, attention) if out.name == "adapter" else model
+        tuned = load_tuned(base, out, hw.device, attention) if out.name == "adapter" else model
         tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
                                       "tuned eval", console)
 
@@ -132,7 +139,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     results = {"metric": metric, "steps": result.steps, "stopped_by": result.stopped_by,
                "train_loss": result.loss, "val_loss": result.val_loss, "tokens": result.tokens,
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
-               "trainable_parameters": params.trainable, "total_parameters": params.total}
+               "trainable_parameters": params.trainable, "total_parameters": params.total,
+               "memory_estimate_bytes": memory.total}
     if base_eval:
         results["base_score"] = base_eval.score
     if tuned_eval:

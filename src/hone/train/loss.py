@@ -43,6 +43,8 @@ def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, in
         logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     else:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits[:, :-1][keep]
+                       use_cache=False).logits
+        # Prompt tuning returns logits for its virtual tokens first: keep the input's own positions.
+        logits = logits[:, logits.shape[1] - labels.shape[1]:][:, :-1][keep]
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     return loss, n_tokens
