@@ -218,3 +218,13 @@ def test_nf4_base_holds_a_fraction_of_the_fp32_bytes(tiny_model):
     assert len(quantized) == len(linears)
     assert sum(tensor_bytes(m.weight) for m in quantized) < before / 5
     assert count_parameters(model).total == count_parameters(load_causal_lm(str(tiny_model))).total
+
+
+def test_hone_methods_lists_every_method_with_its_default_lr():
+    from test_cli import hone
+
+    result = hone("methods", "--json")
+    assert result.returncode == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == set(METHODS)
+    assert rows["lora"]["default_lr"] == 2e-4 and rows["probe"]["objectives"] == ["classify", "ner", "reward"]

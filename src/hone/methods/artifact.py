@@ -85,7 +85,10 @@ def load_tuned(base, folder: Path, device: str = "cpu", attention: str | None = 
     if info["saved"] == "peft":
         from peft import PeftModel
 
-        tuned = PeftModel.from_pretrained(model, str(folder))
+        from hone.methods.peft_methods import quiet_peft_warnings
+
+        with quiet_peft_warnings():
+            tuned = PeftModel.from_pretrained(model, str(folder))
         if tuned.active_peft_config.is_prompt_learning:
             return tuned.eval()  # virtual tokens cannot be merged into weights
         if type(unwrap(tuned)).__name__.endswith("ForCausalLM"):

@@ -34,10 +34,9 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer + self.activations
 
     def __str__(self) -> str:
-        parts = ", ".join(f"{name} {value / GB:.2f}" for name, value in (
-            ("weights", self.weights), ("gradients", self.gradients), ("AdamW", self.optimizer),
-            ("activations", self.activations)))
-        return f"~{self.total / GB:.1f} GB ({parts}; {self.shape[0]} x {self.shape[1]} tokens)"
+        return (f"~{self.total / GB:.1f} GB = weights {self.weights / GB:.2f} + gradients {self.gradients / GB:.2f}"
+                f" + AdamW {self.optimizer / GB:.2f} + activations {self.activations / GB:.2f}"
+                f" ({self.shape[0]}x{self.shape[1]} tokens)")
 
 
 def _layers_in_backward(model: nn.Module) -> int:

@@ -4,6 +4,9 @@ peft wraps the model; its `save_pretrained` writes the adapter in the format oth
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 from torch import nn
 
 from hone.config import MethodSection
@@ -24,11 +27,20 @@ def _lora_config(model: nn.Module, cfg: MethodSection, use_dora: bool = False):
                       target_modules=_targets(cfg), use_dora=use_dora, task_type=peft_task_type(model))
 
 
+@contextlib.contextmanager
+def quiet_peft_warnings():
+    """peft calls transformers' deprecated `is_gradient_checkpointing`; the FutureWarning is noise to a user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _wrap(model: nn.Module, config):
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, config)
+        with quiet_peft_warnings():
+            return get_peft_model(model, config)
     except ValueError as exc:  # peft's message names the modules it could not find
         raise ConfigError(f"method.target_modules: {exc}", field="method.target_modules") from None
 

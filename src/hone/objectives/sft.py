@@ -112,7 +112,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     longest = max(train_set, key=lambda e: len(e.input_ids))
     memory = estimate_memory(model, min(config.train.micro_batch_size, len(train_set)), len(longest.input_ids))
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
-                  f"  training memory estimate: {memory}")
+                  f"  memory estimate: {memory}", soft_wrap=True)
 
     # 6. Train.
     result = train_loop(model, train_set, val_set, config.train, config.lr, hw, run_dir,
