@@ -228,3 +228,9 @@ def test_hone_methods_lists_every_method_with_its_default_lr():
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert set(rows) == set(METHODS)
     assert rows["lora"]["default_lr"] == 2e-4 and rows["probe"]["objectives"] == ["classify", "ner", "reward"]
+
+
+def test_memory_estimate_for_a_probe_counts_no_backward_through_the_model(tiny_model):
+    probed = apply_method(attach_head(load_causal_lm(str(tiny_model)), num_labels=2), MethodSection(name="probe"))
+    estimate = estimate_memory(probed, 4, 64)
+    assert estimate.activations == 0 and estimate.gradients == 4 * (64 * 2 + 2)

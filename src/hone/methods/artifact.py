@@ -68,7 +68,8 @@ def load_tuned(base, folder: Path, device: str = "cpu", attention: str | None = 
     """The tuned model in eval mode: `base` rebuilt as the method saw it, with `folder`'s weights on it.
 
     `build` makes the fresh base (default: the causal LM `base`); objectives with their own heads pass
-    theirs. Mergeable adapters (LoRA, DoRA, IA3) are merged in fp32 into a plain model.
+    theirs (for full fine-tuning, `folder` is a whole model and `build` must load it from there).
+    Mergeable adapters (LoRA, DoRA, IA3) are merged in fp32 into a plain model.
     """
     from hone.models.load import load_causal_lm, merged_copy
 

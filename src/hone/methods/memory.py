@@ -45,7 +45,9 @@ def _layers_in_backward(model: nn.Module) -> int:
     if blocks is None:
         return 0
     # Trainable inputs (embeddings, prompt tuning's virtual tokens, prefix tuning's keys) need every layer.
-    inputs = {id(p) for p in unwrap(model).get_input_embeddings().parameters()}
+    base = unwrap(model)
+    embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    inputs = {id(p) for p in embeddings.parameters()} if embeddings is not None else set()
     if any(p.requires_grad and (id(p) in inputs or "prompt_encoder" in name) for name, p in model.named_parameters()):
         return len(blocks)
     for i, block in enumerate(blocks):
@@ -67,7 +69,8 @@ def estimate_memory(model: nn.Module, micro_batch: int, length: int, trained_tok
     per_token_layer = FP32 * (16 * hidden + 3 * mlp + 2 * heads * length)
     activations = tokens * layers * per_token_layer
     vocab = getattr(config, "vocab_size", 0)
-    if vocab and hasattr(unwrap(model), "get_output_embeddings") and unwrap(model).get_output_embeddings() is not None:
+    head = unwrap(model).get_output_embeddings() if hasattr(unwrap(model), "get_output_embeddings") else None
+    if vocab and head is not None:
         # logits, their softmax and its gradient for the loss-bearing tokens
         activations += 3 * FP32 * vocab * (trained_tokens if trained_tokens is not None else tokens)
     return MemoryEstimate(weights, FP32 * trainable, 2 * FP32 * trainable, activations, (micro_batch, length))

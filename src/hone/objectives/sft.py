@@ -109,8 +109,9 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     params = count_parameters(model)
     if hw.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
-    longest = max(train_set, key=lambda e: len(e.input_ids))
-    memory = estimate_memory(model, min(config.train.micro_batch_size, len(train_set)), len(longest.input_ids))
+    # The largest micro-batch: the longest examples together (length-grouped batching puts them so).
+    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-config.train.micro_batch_size:]
+    memory = estimate_memory(model, len(longest), len(longest[-1].input_ids), sum(e.trained_tokens for e in longest))
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
                   f"  memory estimate: {memory}", soft_wrap=True)
 
