@@ -148,7 +148,7 @@ def test_bitfit_on_llama_names_the_families_where_it_applies(tiny_model):
 
 @pytest.mark.parametrize("method, objective", [("probe", "sft"), ("probe", "dpo"), ("prompt_tuning", "reward")])
 def test_invalid_method_objective_pairs_are_refused(method, objective):
-    with pytest.raises(ConfigError, match=f"method {method} does not apply to objective {objective}"):
+    with pytest.raises(ConfigError, match=f"method '{method}' does not apply to objective '{objective}'"):
         check_method(MethodSection(name=method), objective)
 
 
@@ -161,7 +161,7 @@ def test_invalid_pair_fails_on_the_command_line_before_any_work(tiny_model, chat
     assert result.stderr.strip().splitlines()[-1].startswith("error: bitfit trains bias terms only, and llama")
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
     result = hone("train", "--data", str(chat_files["train"]), "--method", "probe")
-    assert result.returncode == 2 and "does not apply to objective sft" in result.stderr
+    assert result.returncode == 2 and "does not apply to objective 'sft'" in result.stderr
 
 
 def test_probe_trains_a_new_head_on_a_frozen_model_and_reloads(tiny_model, tmp_path, exact_matmuls):

@@ -23,8 +23,12 @@ def _targets(cfg: MethodSection):
 def _lora_config(model: nn.Module, cfg: MethodSection, use_dora: bool = False):
     from peft import LoraConfig
 
+    task = peft_task_type(model)
+    # A new classification head trains whole (peft's modules_to_save); peft 0.21 would otherwise put
+    # LoRA on a token classifier's head first and then refuse to make it trainable.
+    extra = {"exclude_modules": ["classifier", "score"]} if task != "CAUSAL_LM" else {}
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=_targets(cfg), use_dora=use_dora, task_type=peft_task_type(model))
+                      target_modules=_targets(cfg), use_dora=use_dora, task_type=task, **extra)
 
 
 @contextlib.contextmanager

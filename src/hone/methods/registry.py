@@ -71,7 +71,7 @@ def check_pair(cfg: MethodSection, objective: str) -> None:
     if objective in method.objectives:
         return
     fits = ", ".join(m.name for m in _METHODS if objective in m.objectives)
-    raise ConfigError(f"method {cfg.name} does not apply to objective {objective}: {cfg.name} trains "
+    raise ConfigError(f"method {cfg.name!r} does not apply to objective {objective!r}: {cfg.name} trains "
                       f"{method.trains} (for {', '.join(sorted(method.objectives))}); for {objective} "
                       f"choose one of {fits}", field="method.name")
 

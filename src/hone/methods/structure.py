@@ -55,7 +55,7 @@ def peft_task_type(model: nn.Module) -> str:
         return "TOKEN_CLS"
     if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
         return "CAUSAL_LM"
-    return "FEATURE_EXTRACTION"
+    return "CAUSAL_LM"
 
 
 def family(model: nn.Module) -> str:

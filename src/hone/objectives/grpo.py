@@ -1,0 +1,128 @@
+"""RL from a reward with GRPO (TRL GRPOTrainer), top to bottom.
+
+load prompts (chat data: the conversation before the last assistant turn is the prompt, that turn
+the reference `answer` a reward function may use) -> the reward: a Python function by dotted path
+or a trained reward model (a run folder of objective reward) -> load base -> mean reward of the
+base's greedy answers on test prompts -> apply the method -> train: TRL samples
+`grpo.num_generations` completions per prompt and pushes up those that beat their group's mean
+reward (Shao et al. 2024, DeepSeekMath) -> save -> mean reward of the tuned model -> record.
+
+GRPO's logged loss hovers near zero by construction (group-normalised advantages); the reward is
+the number to watch, and metrics.jsonl carries it for every step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from hone.config import RunConfig
+from hone.data.load import load_records
+from hone.data.records import ChatExample
+from hone.data.split import hold_out
+from hone.methods import apply_method, count_parameters
+from hone.models.catalogue import resolve_model
+from hone.models.generate import generate_batch
+from hone.models.load import load_causal_lm, load_tokenizer
+from hone.objectives.checks import require_records, reward_function
+from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
+from hone.objectives.sft import with_system_prompt
+from hone.train.hf_trainer import run_trainer, trainer_arguments
+from hone.train.run import load_run_model
+
+
+def load_prompts(path: Path, system_prompt: str | None) -> list[ChatExample]:
+    records = load_records(path)
+    require_records(records, "grpo", path)
+    return with_system_prompt(records, system_prompt)
+
+
+def reward_from_model(run: Path, device: str, max_length: int):
+    """A reward function that scores prompt + completion with a trained reward model."""
+    from hone.objectives.heads import load_head_run
+    from hone.objectives.reward import reward_ids, rewards
+    from hone.objectives.rewards import completion_text
+
+    model, tokenizer, _ = load_head_run(run, device)
+
+    def reward_model(prompts, completions, **kwargs) -> list[float]:
+        ids = [reward_ids(tokenizer, p if isinstance(p, list) else [{"role": "user", "content": p}],
+                          completion_text(c), max_length) for p, c in zip(prompts, completions)]
+        return rewards(model, tokenizer, ids)
+
+    return reward_model
+
+
+def mean_reward(model, tokenizer, examples: list[ChatExample], reward, max_new_tokens: int, batch_size: int) -> float:
+    """Mean reward of the model's greedy answers to the examples' prompts."""
+    prompts = [e.prompt_messages for e in examples]
+    answers = generate_batch(model, tokenizer, prompts, max_new_tokens, batch_size)
+    scores = reward(prompts=prompts, completions=[[{"role": "assistant", "content": a}] for a in answers],
+                    answer=[e.answer or "" for e in examples])
+    return sum(scores) / max(1, len(scores))
+
+
+def to_dataset(examples: list[ChatExample]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": e.prompt_messages, "answer": e.answer or ""} for e in examples])
+
+
+def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+    """Optimise the model against a reward with GRPO; `run_dir` of an interrupted run resumes it."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    console = console or Console(stderr=True)
+    g = config.grpo
+    # 1. Prompts (with reference answers) and the reward.
+    train = load_prompts(config.data.train, config.data.system_prompt)
+    if config.data.validation:
+        validation = load_prompts(config.data.validation, config.data.system_prompt)
+    else:
+        train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
+    test = load_prompts(config.data.test, config.data.system_prompt) if config.data.test else validation
+    start = begin_run(config, run_dir, console, {
+        "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation),
+        "n_test": len(test) if config.data.test else 0})
+    if g.reward_function:
+        reward = reward_function(g.reward_function)
+    else:
+        reward = reward_from_model(Path(g.reward_model).expanduser(), start.hw.device, config.data.max_length)
+    reward_name = g.reward_function or f"reward model {g.reward_model}"
+
+    # 2. The base model and its mean reward before training.
+    base = resolve_model(config.model.name)
+    tokenizer = load_tokenizer(base)
+    model = load_causal_lm(base, start.hw.device)
+    batch = config.eval.batch_size
+    base_reward = mean_reward(model, tokenizer, test, reward, g.max_completion_length, batch) if test else None
+
+    # 3. The method.
+    model = apply_method(model, config.method)
+    params = count_parameters(model)
+    console.print(f"  data: {len(train)} train, {len(test)} test prompts; reward: {reward_name}")
+    console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}; "
+                  f"{g.num_generations} completions per prompt")
+
+    # 4. Train with TRL: each optimizer step sees batch_size completions, num_generations per prompt.
+    args = trainer_arguments(GRPOConfig, config, start.run_dir, start.hw, num_generations=g.num_generations,
+                             max_completion_length=g.max_completion_length, temperature=g.temperature,
+                             beta=g.beta, generation_batch_size=config.train.batch_size)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=to_dataset(train),
+                          processing_class=tokenizer)
+    summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
+
+    # 5. Save, reload, and the tuned model's mean reward on the same prompts.
+    model = trainer.model
+    model.eval()
+    out = save_artifact(model, tokenizer, start.run_dir)
+    tuned, _ = load_run_model(start.run_dir, start.hw.device)
+    tuned_reward = mean_reward(tuned, tokenizer, test, reward, g.max_completion_length, batch) if test else None
+    logged = [r["reward"] for r in trainer.state.log_history if "reward" in r]
+    results = {"metric": "mean_reward", "split": "test" if config.data.test else "validation",
+               "reward": reward_name, "steps": summary["steps"], "stopped_by": summary["stopped_by"],
+               "first_train_reward": logged[0] if logged else None, "last_train_reward": logged[-1] if logged else None,
+               "base_score": round(base_reward, 4) if base_reward is not None else None,
+               "tuned_score": round(tuned_reward, 4) if tuned_reward is not None else None,
+               "trainable_parameters": params.trainable, "total_parameters": params.total, "artifact": out.name}
+    return finish_run(start, "grpo", results, summary["seconds"])

@@ -1,0 +1,74 @@
+"""Models with a new task head: sequence classification, token classification, a scalar reward.
+
+An encoder (MiniLM/BERT) or a decoder (Llama: LlamaForSequenceClassification scores the last
+non-padding token) gets a randomly initialised linear head. The head always trains, whatever the
+method: a frozen random head can only be wrong. With a peft method the head is one of peft's
+`modules_to_save`, so the adapter folder carries it and `PeftModel.from_pretrained` restores it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hone.models.catalogue import ResolvedModel, resolve_model
+from hone.models.load import load_tokenizer, quiet_transformers
+from hone.train.run import read_record
+
+HEAD_NAMES = ("classifier", "score")
+
+
+def head_class(kind: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}[kind]
+
+
+def load_head_model(base: ResolvedModel | str, kind: str, labels: list[str], device: str = "cpu"):
+    """The base with a new head of len(labels) outputs (one output for a reward model: labels == [])."""
+    quiet_transformers()
+    resolved = resolve_model(base) if isinstance(base, str) else base
+    names = labels or ["reward"]
+    model = head_class(kind).from_pretrained(
+        resolved.path, dtype=torch.float32, num_labels=len(names),
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    if model.config.pad_token_id is None:
+        # Decoders find the last real token of a padded row through the pad id.
+        model.config.pad_token_id = load_tokenizer(resolved).pad_token_id
+    return model.to(device)
+
+
+def train_new_head(model) -> None:
+    """Make the head trainable on a model that is not a peft model (peft's task types handle it there)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in HEAD_NAMES:
+        head = getattr(base, name, None)
+        if isinstance(head, torch.nn.Module) and not hasattr(model, "peft_config"):
+            for parameter in head.parameters():
+                parameter.requires_grad_(True)
+
+
+def load_head_run(run: Path, device: str = "cpu"):
+    """(model, tokenizer, labels) of a finished classify, ner or reward run."""
+    from peft import PeftModel
+
+    from hone.errors import UserError
+
+    run = Path(run)
+    record = read_record(run)
+    kind, labels = record.get("head"), record.get("labels", [])
+    if kind is None:
+        raise UserError(f"{run} is not a classify, ner or reward run (objective: {record.get('objective')})")
+    if (run / "adapter" / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(load_head_model(record["base_model"], kind, labels, device),
+                                          str(run / "adapter"))
+        return model.eval(), load_tokenizer(_folder(run / "adapter")), labels
+    if (run / "model" / "config.json").is_file():
+        quiet_transformers()
+        model = head_class(kind).from_pretrained(run / "model", dtype=torch.float32).to(device)
+        return model.eval(), load_tokenizer(_folder(run / "model")), labels
+    raise UserError(f"{run} has no trained model yet (status: {record.get('status', 'unknown')})")
+
+
+def _folder(path: Path) -> ResolvedModel:
+    return ResolvedModel(str(path), path, "unknown", "folder")

@@ -1,0 +1,150 @@
+"""Token classification (NER: one tag per word), top to bottom.
+
+load tagged words -> tag set from train -> align word tags to sub-word tokens -> base with a token
+head -> apply the method (the head always trains) -> train with transformers' Trainer -> save ->
+entity F1 and word accuracy on the test split -> record.
+
+Alignment works with any fast tokenizer: the words are joined with spaces, and each token is mapped
+to the word its first character falls in (offsets). The first token of a word carries the word's
+tag; the rest of the word, and special tokens, carry no loss (-100), as in the BERT NER recipe.
+A word's prediction is its first token's.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from hone.config import RunConfig
+from hone.data.load import load_records
+from hone.data.records import TagExample
+from hone.data.render import IGNORE
+from hone.data.split import hold_out
+from hone.errors import DataError
+from hone.evaluate.classification import accuracy, entity_f1
+from hone.methods import apply_method, count_parameters
+from hone.models.catalogue import resolve_model
+from hone.models.load import load_tokenizer
+from hone.objectives.checks import require_records
+from hone.objectives.heads import load_head_model, load_head_run, train_new_head
+from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
+from hone.train.hf_trainer import run_trainer, trainer_arguments
+from hone.train.run import update_record
+
+
+def load_tagged(path: Path) -> list[TagExample]:
+    records = load_records(path)
+    require_records(records, "ner", path)
+    return records
+
+
+def first_tokens(tokenizer, words: list[str], max_length: int) -> tuple[dict, list[int | None]]:
+    """Tokenize words joined by spaces; for each token, the index of the word it starts, else None."""
+    text, spans, at = "", [], 0
+    for word in words:
+        spans.append((at, at + len(word)))
+        text += word + " "
+        at += len(word) + 1
+    encoded = tokenizer(text.rstrip(), truncation=True, max_length=max_length, return_offsets_mapping=True)
+    starts, seen = [], set()
+    for start, end in encoded.pop("offset_mapping"):
+        if end <= start:  # special tokens have empty spans
+            starts.append(None)
+            continue
+        start += len(text[start:end]) - len(text[start:end].lstrip())  # a token may carry the leading space
+        word = next((i for i, (a, b) in enumerate(spans) if a <= start < b), None)
+        starts.append(word if word is not None and word not in seen else None)
+        seen.add(word)
+    return encoded, starts
+
+
+def encode(tokenizer, examples: list[TagExample], tags: list[str], max_length: int):
+    from datasets import Dataset
+
+    index = {tag: i for i, tag in enumerate(tags)}
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for example in examples:
+        encoded, starts = first_tokens(tokenizer, example.tokens, max_length)
+        rows["input_ids"].append(encoded["input_ids"])
+        rows["attention_mask"].append(encoded["attention_mask"])
+        rows["labels"].append([index[example.tags[w]] if w is not None else IGNORE for w in starts])
+    return Dataset.from_dict(rows)
+
+
+@torch.no_grad()
+def predict_tags(model, tokenizer, sentences: list[list[str]], max_length: int) -> list[list[str]]:
+    """A tag for every word ("O" for words cut off by truncation)."""
+    model.eval()
+    names = model.config.id2label
+    device = next(model.parameters()).device
+    out = []
+    for words in sentences:
+        encoded, starts = first_tokens(tokenizer, words, max_length)
+        batch = {k: torch.tensor([v], device=device) for k, v in encoded.items()}
+        best = model(**batch).logits[0].argmax(-1).tolist()
+        tags = ["O"] * len(words)
+        for position, word in enumerate(starts):
+            if word is not None:
+                tags[word] = names[best[position]]
+        out.append(tags)
+    return out
+
+
+def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+    """Train a token classifier; `run_dir` of an interrupted run resumes it."""
+    from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
+
+    console = console or Console(stderr=True)
+    # 1. Data: the tag set comes from the training split.
+    train = load_tagged(config.data.train)
+    if config.data.validation:
+        validation = load_tagged(config.data.validation)
+    else:
+        train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
+    test = load_tagged(config.data.test) if config.data.test else validation
+    tags = sorted({t for e in train for t in e.tags})
+    for example in validation + test:
+        unseen = next((t for t in example.tags if t not in tags), None)
+        if unseen is not None:
+            raise DataError(f"tag {unseen!r} never occurs in the training data (tags: {', '.join(tags)})",
+                            file=example.file, line=example.line, field="tags")
+    start = begin_run(config, run_dir, console, {
+        "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation),
+        "n_test": len(test) if config.data.test else 0, "tag_counts": dict(Counter(t for e in train for t in e.tags))})
+    update_record(start.run_dir, head="token", labels=tags)
+
+    # 2. The base with a new token-classification head, and the method.
+    base = resolve_model(config.model.name)
+    tokenizer = load_tokenizer(base)
+    model = load_head_model(base, "token", tags, start.hw.device)
+    model = apply_method(model, config.method)
+    train_new_head(model)
+    params = count_parameters(model)
+    length = min(config.data.max_length, getattr(model.config, "max_position_embeddings", None) or config.data.max_length)
+    console.print(f"  data: {len(train)} train, {len(validation)} validation, {len(test)} test sentences; "
+                  f"{len(tags)} tags: {', '.join(tags)}")
+    console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
+
+    # 3. Train.
+    args = trainer_arguments(TrainingArguments, config, start.run_dir, start.hw)
+    trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train, tags, length),
+                      data_collator=DataCollatorForTokenClassification(tokenizer))
+    summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
+
+    # 4. Save, reload what was saved, score it: entity F1 (exact span and type) and word accuracy.
+    out = save_artifact(model, tokenizer, start.run_dir)
+    tuned, _, _ = load_head_run(start.run_dir, start.hw.device)
+    predicted = predict_tags(tuned, tokenizer, [e.tokens for e in test], length)
+    gold = [e.tags for e in test]
+    flat_p, flat_g = [t for s in predicted for t in s], [t for s in gold for t in s]
+    results = {"metric": "entity_f1", "split": "test" if config.data.test else "validation",
+               "steps": summary["steps"], "stopped_by": summary["stopped_by"],
+               "first_loss": summary["first_loss"], "train_loss": summary["train_loss"],
+               "base_score": 0.0, "baseline": "no entities found (every word tagged O)",
+               "tuned_score": round(entity_f1(predicted, gold), 4),
+               "tuned_word_accuracy": round(accuracy(flat_p, flat_g), 4),
+               "trainable_parameters": params.trainable, "total_parameters": params.total,
+               "artifact": out.name}
+    return finish_run(start, "ner", results, summary["seconds"])

@@ -1,0 +1,79 @@
+"""What every objective writes into its run folder, the same way SFT does.
+
+    config.yaml   the resolved configuration (new_run_dir)
+    run.json      status, objective, method, base model, data sizes, then results and timings
+    metrics.jsonl one line per optimizer step (hone's loop or the Trainer callback)
+    adapter/      a peft adapter (+ tokenizer), or model/ when the whole model (or a non-peft
+                  subset of it) trained; classifiers keep their label names in the config
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from hone import __version__, atomic
+from hone.config import RunConfig
+from hone.hardware import Hardware, pick_hardware
+from hone.train.run import new_run_dir, update_record
+
+
+@dataclass
+class ObjectiveResult:
+    """A finished run of any objective other than sft (which returns its richer SFTResult)."""
+    run_dir: Path
+    objective: str
+    results: dict
+    train_seconds: float = 0.0
+    total_seconds: float = 0.0
+    record: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunStart:
+    run_dir: Path
+    hw: Hardware
+    resume: bool
+    started: float
+
+
+def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: dict,
+              own_loop: bool = False) -> RunStart:
+    """Create (or reopen, to resume) the run folder once the data has been read without error.
+
+    `own_loop`: hone's loop casts frozen linears to bf16 (train/precision.py); Trainer-driven
+    objectives keep fp32 weights with bf16 matmuls, and the hardware line says so.
+    """
+    started = time.monotonic()
+    resume = run_dir is not None
+    run_dir = Path(run_dir) if resume else new_run_dir(config)
+    hw = pick_hardware(config.train.precision, config.train.threads)
+    if hw.frozen_bf16 and not own_loop:
+        hw = replace(hw, frozen_bf16=False, note=f"CPU, {hw.threads} thread(s), fp32 training with bf16 matmuls")
+    console.print(f"[bold]hone[/bold] {config.objective} run folder {run_dir}\n  hardware: {hw.note}")
+    update_record(run_dir, status="running", hone_version=__version__, objective=config.objective,
+                  base_model=config.model.name, method=config.method.name, data=data)
+    return RunStart(run_dir, hw, resume, started)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_artifact(model, tokenizer, run_dir: Path) -> Path:
+    """The trained adapter (peft) or model, with its tokenizer, written atomically."""
+    out = Path(run_dir) / ("adapter" if is_peft(model) else "model")
+    with atomic.folder(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def finish_run(start: RunStart, objective: str, results: dict, train_seconds: float) -> ObjectiveResult:
+    total = time.monotonic() - start.started
+    record = update_record(start.run_dir, status="succeeded", results=results,
+                           train_seconds=round(train_seconds, 2), total_seconds=round(total, 2),
+                           hardware=start.hw.note)
+    return ObjectiveResult(start.run_dir, objective, results, train_seconds, total, record)

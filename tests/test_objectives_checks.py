@@ -1,0 +1,103 @@
+"""Invalid objective x method x data combinations fail in one line, before a run folder exists."""
+from __future__ import annotations
+
+import pytest
+from objective_helpers import label_rows, preference_rows, text_rows, tiny_run_config, write_jsonl
+
+from hone.errors import ConfigError
+from hone.evaluate.classification import accuracy, confusion_matrix, entity_f1, entity_spans, macro_f1
+from hone.objectives import checks, run
+
+
+def fails_before_work(cfg, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        run(cfg)
+    assert "\n" not in str(info.value)
+    assert not (cfg.output / "run.json").exists()
+
+
+def test_classification_data_given_to_dpo_names_the_objective_that_fits(tiny_model, tmp_path):
+    labels = write_jsonl(tmp_path / "labels.jsonl", label_rows(8))
+    fails_before_work(tiny_run_config(tiny_model, tmp_path, "dpo", labels),
+                      r"labels.jsonl: objective 'dpo' needs preference pairs .* it fits objective classify")
+
+
+def test_preference_pairs_given_to_pretrain_fail(tiny_model, tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(8))
+    fails_before_work(tiny_run_config(tiny_model, tmp_path, "pretrain", pairs), r"needs raw text")
+
+
+def test_probe_does_not_apply_to_dpo(tiny_model, tmp_path, monkeypatch):
+    # `probe` arrives with the methods work; the objective side already refuses the pair.
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(8))
+    cfg = tiny_run_config(tiny_model, tmp_path, "dpo", pairs)
+    object.__setattr__(cfg.method, "name", "probe")  # bypass the Literal of this branch's methods
+    fails_before_work(cfg, r"method 'probe' does not apply to objective 'dpo'")
+
+
+def test_grpo_needs_exactly_one_reward(tiny_model, tmp_path):
+    text = write_jsonl(tmp_path / "text.jsonl", text_rows(4))
+    fails_before_work(tiny_run_config(tiny_model, tmp_path, "grpo", text), r"exactly one of grpo.reward_function")
+    cfg = tiny_run_config(tiny_model, tmp_path, "grpo", text, grpo={"reward_function": "no_such_module:f"})
+    fails_before_work(cfg, r"cannot import 'no_such_module'")
+    cfg = tiny_run_config(tiny_model, tmp_path, "grpo", text, grpo={"reward_function": "hone.objectives.rewards"})
+    fails_before_work(cfg, r"must look like package.module:function")
+
+
+def test_grpo_batch_must_hold_whole_groups(tiny_model, tmp_path):
+    text = write_jsonl(tmp_path / "text.jsonl", text_rows(4))
+    cfg = tiny_run_config(tiny_model, tmp_path, "grpo", text, train={"batch_size": 6},
+                          grpo={"reward_function": "hone.objectives.rewards:json_fields", "num_generations": 4})
+    fails_before_work(cfg, r"multiple of grpo.num_generations")
+
+
+def test_mixture_needs_two_sources(tiny_model, tmp_path):
+    text = write_jsonl(tmp_path / "text.jsonl", text_rows(4))
+    fails_before_work(tiny_run_config(tiny_model, tmp_path, "mixture", text, mixture=[{"train": str(text)}]),
+                      r"at least two datasets")
+
+
+def test_classify_label_unseen_in_training_is_a_data_error(tiny_model, tmp_path):
+    from hone.errors import DataError
+
+    train = write_jsonl(tmp_path / "train.jsonl", label_rows(8))
+    test = write_jsonl(tmp_path / "test.jsonl", [{"text": "hm", "label": "neutral"}])
+    cfg = tiny_run_config(tiny_model, tmp_path, "classify", train, data={"test": str(test)})
+    with pytest.raises(DataError, match=r"test.jsonl:1: label 'neutral' in the test data never occurs"):
+        run(cfg)
+
+
+def test_cli_prints_one_line_and_exits_2(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    labels = write_jsonl(tmp_path / "labels.jsonl", label_rows(4))
+    done = subprocess.run([sys.executable, "-m", "hone.cli", "train", "--objective", "reward", "-d", str(labels),
+                           "-m", str(tiny_model), "-o", str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "objective 'reward' needs preference pairs" in done.stderr
+
+
+def test_reward_function_is_resolved_from_its_dotted_path():
+    from hone.objectives.rewards import json_fields
+
+    assert checks.reward_function("hone.objectives.rewards:json_fields") is json_fields
+    scores = json_fields(['{"a": 1, "b": 2}', '{"a": 1, "b": 3}', "not json"], answer=['{"a": 1, "b": 2}'] * 3)
+    assert scores == [1.0, 0.5, 0.0]
+
+
+def test_classification_metrics():
+    predictions, references = ["a", "a", "b", "b"], ["a", "b", "b", "b"]
+    assert accuracy(predictions, references) == 0.75
+    assert macro_f1(predictions, references) == pytest.approx((2 / 3 + 0.8) / 2)
+    assert macro_f1(["a"] * 4, ["a", "a", "a", "b"]) == pytest.approx((6 / 7 + 0) / 2)  # majority guessing is punished
+    assert confusion_matrix(predictions, references, ["a", "b"]) == [[1, 0], [1, 2]]
+
+
+def test_entity_f1_needs_exact_span_and_type():
+    gold = [["B-PER", "I-PER", "O", "B-ITEM"]]
+    assert entity_spans(gold[0]) == {("PER", 0, 2), ("ITEM", 3, 4)}
+    assert entity_f1(gold, gold) == 1.0
+    assert entity_f1([["B-PER", "O", "O", "B-ITEM"]], gold) == 0.5  # a cut-short name does not count
+    assert entity_f1([["O"] * 4], gold) == 0.0
