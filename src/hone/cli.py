@@ -56,7 +56,7 @@ def train(
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data"),
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
-    method: Optional[str] = typer.Option(None, "--method", help="lora or full"),
+    method: Optional[str] = typer.Option(None, "--method", help="Adaptation method (`hone methods` lists them)"),
     objective: Optional[str] = typer.Option(None, "--objective", help="sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo or mixture"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate"),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data"),
@@ -226,6 +226,24 @@ def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[
         else:
             raise UserError("expected `messages` or `prompt` in each line", file=str(file), line=line)
     return conversations
+
+
+@app.command("methods")
+def methods_list(as_json: bool = typer.Option(False, "--json")):
+    """Adaptation methods: what each trains, its default learning rate, where it applies."""
+    from hone.methods import METHODS
+
+    rows = [{"name": m.name, "trains": m.trains, "default_lr": m.default_lr, "saves": m.saves,
+             "objectives": sorted(m.objectives), "choose_when": m.choose_when} for m in METHODS.values()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(header_style="bold")
+    for column in ("method", "trains", "default lr", "choose when"):
+        table.add_column(column, no_wrap=column in ("method", "default lr"))
+    for row in rows:
+        table.add_row(row["name"], row["trains"], f"{row['default_lr']:g}", row["choose_when"])
+    out.print(table)
 
 
 @app.command("eval")

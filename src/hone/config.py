@@ -16,8 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hone.errors import ConfigError
 from hone.models.catalogue import DEFAULT_MODEL
 
-# Learning rates from practice: adapters tolerate (and need) ~10x the rate of full fine-tuning.
-DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
+# Learning rates from practice: adapters tolerate (and need) ~10x the rate of full fine-tuning;
+# the fewer parameters a method trains, the higher its usual rate (docs/methods.md cites each source).
+DEFAULT_LR = {"full": 2e-5, "freeze": 5e-5, "lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "adapters": 1e-3,
+              "prompt_tuning": 3e-2, "prefix_tuning": 1e-2, "ia3": 3e-3, "bitfit": 1e-3, "probe": 1e-3}
+METHOD_NAMES = Literal["full", "freeze", "lora", "dora", "qlora", "adapters", "prompt_tuning",
+                       "prefix_tuning", "ia3", "bitfit", "probe"]
 
 
 class Section(BaseModel):
@@ -40,15 +44,20 @@ class DataSection(Section):
 
 
 class MethodSection(Section):
-    name: Literal["lora", "full"] = Field("lora", description="Adaptation method: lora (adapters on linear layers) or full")
-    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    name: METHOD_NAMES = Field("lora", description="Adaptation method: full, freeze, lora, dora, qlora, adapters, prompt_tuning, prefix_tuning, ia3, bitfit or probe (`hone methods` lists them)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (lora, dora, qlora)")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input")
-    target_modules: str = Field("all-linear", description="Modules that get LoRA: all-linear or comma-separated names")
+    target_modules: str = Field("all-linear", description="Modules that get LoRA/DoRA/IA3: all-linear (IA3: the model's default) or comma-separated names")
+    quantize: Literal["nf4", "int8"] = Field("nf4", description="qlora: the frozen base's format, nf4 (bitsandbytes 4-bit) or int8 (torchao weight-only)")
+    trainable_layers: int = Field(2, ge=1, description="freeze: train only the top N transformer blocks (and the final norm)")
+    trainable_patterns: Optional[str] = Field(None, description="freeze: comma-separated regexes; parameters whose names match train (instead of trainable_layers)")
+    adapter_size: int = Field(64, ge=1, description="adapters: bottleneck width of the adapter after each block's MLP")
+    num_virtual_tokens: int = Field(20, ge=1, description="prompt_tuning, prefix_tuning: learned virtual tokens")
 
 
 class TrainSection(Section):
-    lr: Optional[float] = Field(None, gt=0, description="Peak learning rate; default 2e-4 for lora, 2e-5 for full")
+    lr: Optional[float] = Field(None, gt=0, description="Peak learning rate; default per method (2e-4 lora, 2e-5 full: `hone methods` lists them)")
     epochs: float = Field(3, gt=0, description="Passes over the training data")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs)")
     time_budget: Optional[float] = Field(None, gt=0, description="Training wall-clock budget in seconds; warmup and schedule are spread over it")

@@ -7,6 +7,7 @@ from pathlib import Path
 from hone.config import RunConfig
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.errors import ConfigError
+from hone.methods.registry import check_pair
 
 # The record type each objective trains on (data/records.py).
 NEEDS = {"sft": ChatExample, "pretrain": TextExample, "classify": LabelExample, "ner": TagExample,
@@ -21,24 +22,10 @@ FITS = {ChatExample: "sft (or grpo)", TextExample: "pretrain", LabelExample: "cl
 
 # Objectives that put a new head on the model (sequence or token classification, a scalar reward).
 HEAD_OBJECTIVES = {"classify", "ner", "reward"}
-# Methods that cannot serve an objective, and why. Names not on this branch's method list simply
-# never occur here; the methods module owns the rest (e.g. bitfit on a model without biases).
-NOT_FOR = {
-    "probe": ({"sft", "pretrain", "mixture", "dpo", "orpo", "simpo", "grpo"},
-              "a probe trains a new head on a frozen model, so it fits classify, ner and reward only"),
-    "prompt_tuning": (HEAD_OBJECTIVES, "virtual tokens steer generation; a classification head needs "
-                      "the hidden states to change (use lora, freeze or probe)"),
-    "prefix_tuning": (HEAD_OBJECTIVES, "virtual tokens steer generation; a classification head needs "
-                      "the hidden states to change (use lora, freeze or probe)"),
-}
-
-
 def check_config(config: RunConfig) -> None:
     """Everything about the objective that can be checked without reading data or loading a model."""
     objective, method = config.objective, config.method.name
-    if method in NOT_FOR and objective in NOT_FOR[method][0]:
-        raise ConfigError(f"method {method!r} does not apply to objective {objective!r}: {NOT_FOR[method][1]}",
-                          field="method.name")
+    check_pair(config.method, objective)  # the methods registry knows where each method applies
     if objective == "mixture":
         if len(config.mixture) < 2:
             raise ConfigError("objective mixture needs at least two datasets under `mixture:` "

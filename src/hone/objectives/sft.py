@@ -25,9 +25,10 @@ from hone.evaluate.forgetting import ProbeScores, compare_probe, load_probe, pro
 from hone.evaluate.metrics import pick_metric
 from hone.evaluate.report import write_report
 from hone.hardware import peak_memory_mb, pick_hardware
-from hone.methods import apply_method, count_parameters
+from hone.methods import (apply_method, artifact_folder_name, check_method, count_parameters, estimate_memory,
+                          load_tuned, meta_model, save_tuned)
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
+from hone.models.load import load_causal_lm, load_tokenizer
 from hone.train.distributed import close as close_ranks
 from hone.train.distributed import ranks
 from hone.train.loop import train_loop
@@ -79,6 +80,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     started = time.monotonic()
     if config.data.train is None:
         raise ConfigError("no training data: pass --data FILE (or data.train in the config)")
+    check_method(config.method, "sft")  # an impossible method/objective pair fails before any work
     # 1. Data: train, validation (a seeded share of train when no file is given), test.
     train = with_system_prompt(load_chat(config.data.train, config.data.format, config.data.strict), config.data.system_prompt)
     if config.data.validation:
@@ -88,6 +90,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     n_own = len(train)
     train = mix_replay(train, config.train.replay, config.train.seed)  # general chats vs forgetting
     test = with_system_prompt(load_chat(config.data.test, config.data.format, config.data.strict), config.data.system_prompt) if config.data.test else []
+    base = resolve_model(config.model.name)
+    check_method(config.method, "sft", meta_model(base.path))  # e.g. bitfit on a model without biases
     resume = run_dir is not None
     # Under torchrun every rank trains; rank 0 alone creates the folder, evaluates, saves and records.
     team = ranks()
@@ -99,7 +103,6 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     console.print(f"[bold]hone[/bold] run folder {run_dir}\n  hardware: {hw.note}")
 
     # 2. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
-    base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
     train_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in train]
     val_set = [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in validation]
@@ -155,7 +158,11 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     params = count_parameters(model)
     if hw.frozen_bf16 and config.train.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
-    console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
+    # The largest micro-batch: the longest examples together (length-grouped batching puts them so).
+    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-config.train.micro_batch_size:]
+    memory = estimate_memory(model, len(longest), len(longest[-1].input_ids), sum(e.trained_tokens for e in longest))
+    console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
+                  f"  memory estimate: {memory}", soft_wrap=True)
     if warning := lr_warning(config.method.name, config.lr, config.train.kl_to_base, config.train.replay):
         console.print(f"  [yellow]warning: {warning}[/yellow]")
 
@@ -168,12 +175,13 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     finally:
         trackers.on_end()
 
-    # 7. Save the adapter (PEFT format) or the whole model, with the tokenizer beside it.
+    # 7. Save what the method trained (adapter/: peft format or trained tensors; model/ for full),
+    # with the tokenizer beside it.
     model.eval()
-    out = run_dir / ("adapter" if config.method.name != "full" else "model")
+    out = run_dir / artifact_folder_name(config.method)
     if team.main:
         with atomic.folder(out) as tmp:
-            model.save_pretrained(tmp)
+            save_tuned(model, config.method, tmp)
             tokenizer.save_pretrained(tmp)
 
     # 8. The tuned model on the same test items.
@@ -181,7 +189,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if (test or probe_base) and team.main:
         # Reload what was saved onto a fresh fp32 base: the trained model's frozen weights may be bf16,
         # and this scores exactly the artifact the user gets.
-        tuned = load_with_adapter(base, out, hw.device, attention) if out.name == "adapter" else model
+        tuned = load_tuned(base, out, hw.device, attention) if out.name == "adapter" else model
     if test and team.main:
         tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
                                       "tuned eval", console)
@@ -201,7 +209,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
                "best_step": result.best_step, "best_val_loss": result.best_val_loss,
                "overfitting_alarms": result.overfitting_alarms,
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
-               "trainable_parameters": params.trainable, "total_parameters": params.total}
+               "trainable_parameters": params.trainable, "total_parameters": params.total,
+               "memory_estimate_bytes": memory.total}
     results["peak_memory_mb"], results["peak_memory_kind"] = peak_memory_mb(hw.device)
     if base_eval:
         results["base_score"] = base_eval.score

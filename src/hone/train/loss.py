@@ -40,8 +40,10 @@ def trained_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, he
         hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                                     position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
         return base.get_output_embeddings()(hidden[:, :-1][keep])
-    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                 position_ids=batch.get("position_ids"), use_cache=False).logits[:, :-1][keep]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                   position_ids=batch.get("position_ids"), use_cache=False).logits
+    # Prompt tuning returns logits for its virtual tokens first: keep the input's own positions.
+    return logits[:, logits.shape[1] - batch["input_ids"].shape[1]:][:, :-1][keep]
 
 
 def summed_loss(model, batch: dict[str, torch.Tensor], head_only: bool = True,

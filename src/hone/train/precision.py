@@ -38,6 +38,8 @@ def bf16_frozen_linears(model: nn.Module) -> int:
             continue
         if module.bias is not None and module.bias.requires_grad:
             continue
+        if type(module.weight.data) is not torch.Tensor:  # already quantized (torchao int8 qlora base)
+            continue
         module.to(torch.bfloat16)
         module.register_forward_pre_hook(_to_bf16_input)
         module.register_forward_hook(_to_fp32_output)

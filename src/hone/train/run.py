@@ -106,12 +106,13 @@ def update_record(run: Path, **fields) -> dict:
 
 def load_run_model(run: Path, device: str = "cpu"):
     """(model, tokenizer) for a finished run: base + adapter merged, or the fully tuned model."""
-    from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
+    from hone.methods.artifact import is_tuned_artifact, load_tuned
+    from hone.models.load import load_causal_lm, load_tokenizer
 
     run = Path(run)
     record = read_record(run)
-    if (run / "adapter" / "adapter_config.json").is_file():
-        return load_with_adapter(record["base_model"], run / "adapter", device), load_tokenizer(record["base_model"])
+    if is_tuned_artifact(run / "adapter"):  # any method but full: rebuilt per method onto a fresh base
+        return load_tuned(record["base_model"], run / "adapter", device), load_tokenizer(record["base_model"])
     if (run / "model" / "config.json").is_file():
         return load_causal_lm(str(run / "model"), device), load_tokenizer(str(run / "model"))
     raise UserError(f"{run} has no trained model yet (status: {record.get('status', 'unknown')})")
