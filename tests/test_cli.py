@@ -16,11 +16,11 @@ def test_bad_data_line_is_a_one_line_error_naming_file_and_line(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
                     '{"messages": [{"role": "asistant", "content": "x"}]}\n')
-    result = hone("train", "--data", str(data), "--max-steps", "1")
+    result = hone("train", "--data", str(data), "--max-steps", "1", "--strict")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == (f"error: {data}:2: messages[0].role is 'asistant'; "
-                         "expected one of system, user, assistant, tool")
+                         "expected system, user, assistant or tool")
     assert "Traceback" not in result.stderr
 
 

@@ -89,3 +89,55 @@ def test_loss_falls_on_a_learnable_task(tiny_model, chat_files, tmp_path):
     result = run_sft(cfg)
     losses = [json.loads(l)["loss"] for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_packed_batches_give_the_same_loss_and_gradients_as_padded_ones(tiny_model, chat_files, attention):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hone.train.batches import make_batch
+    from hone.train.loss import summed_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    lines = chat_files["train"].read_text().splitlines()[:6]
+    examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64) for l in lines]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention)
+    results = []
+    for packing in (False, True):
+        model.zero_grad()
+        batch = make_batch(examples, tokenizer.pad_token_id, packing, "cpu")
+        assert ("position_ids" in batch) == packing
+        loss, n = summed_loss(model, batch)
+        loss.backward()
+        results.append((loss.item(), n, model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (padded, n_padded, grad_padded), (packed, n_packed, grad_packed) = results
+    assert n_packed == n_padded
+    assert packed == pytest.approx(padded, rel=1e-5)
+    torch.testing.assert_close(grad_packed, grad_padded, atol=1e-6, rtol=1e-4)
+
+
+def test_head_only_loss_equals_the_full_logits_loss(tiny_model, chat_files):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hone.train.batches import make_batch
+    from hone.train.loss import summed_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64)
+                for l in chat_files["train"].read_text().splitlines()[:4]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    batch = make_batch(examples, tokenizer.pad_token_id, False, "cpu")
+    assert summed_loss(model, batch, True)[0].item() == pytest.approx(summed_loss(model, batch, False)[0].item(), rel=1e-5)
+
+
+def test_chat_defaults_to_the_system_prompt_nearly_every_training_example_had():
+    from hone.data.records import ChatExample
+    from hone.objectives.sft import common_system_prompt
+
+    def example(system):
+        head = [{"role": "system", "content": system}] if system else []
+        return ChatExample(head + [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+
+    assert common_system_prompt([example("Be brief.")] * 19 + [example(None)]) == "Be brief."
+    assert common_system_prompt([example("Be brief.")] * 5 + [example("Be long.")] * 5) is None
+    assert common_system_prompt([example(None)] * 3) is None

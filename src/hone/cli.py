@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hone.errors import UserError
+from hone.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models on your own hardware.")
@@ -18,8 +19,22 @@ models_app = typer.Typer(no_args_is_help=True, help="Base models.")
 config_app = typer.Typer(no_args_is_help=True, help="Run configuration.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(no_args_is_help=True, help="Check, split and clean training data.")
+app.add_typer(data_app, name="data")
+runs_app = typer.Typer(no_args_is_help=True, help="The run registry: list, show, diff, tag and remove runs.")
+app.add_typer(runs_app, name="runs")
 out = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def _global(db: Optional[str] = typer.Option(None, "--db", envvar="HONE_DB", show_envvar=True,
+                                             help="Run registry database URL (default: SQLite under the hone home)")):
+    """Fine-tune language models on your own hardware."""
+    import os
+
+    if db:
+        os.environ["HONE_DB"] = db
 
 
 def _overrides(sets: list[str] | None, **flags) -> dict:
@@ -35,7 +50,9 @@ def _overrides(sets: list[str] | None, **flags) -> dict:
 @app.command()
 def train(
     config: Optional[Path] = typer.Argument(None, help="YAML config (optional)"),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training data (JSONL chat)"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Training data (any chat-like shape; see hone data check)"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: Optional[bool] = typer.Option(None, "--strict", help="Stop at the first bad record instead of skipping it"),
     validation: Optional[Path] = typer.Option(None, "--validation", help="Validation data"),
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
@@ -52,8 +69,11 @@ def train(
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Any config field: section.field=value"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (folder, id or 'latest')"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N data-parallel processes (torchrun)"),
 ):
     """Fine-tune a model on your data; --objective picks what training optimises (default sft)."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_relaunch_under_torchrun(nproc))
     from hone.config import load_config
     from hone.objectives import run as run_objective
     from hone.objectives.record import ObjectiveResult
@@ -70,7 +90,8 @@ def train(
                      "data.test": test and str(test), "model.name": model, "method.name": method,
                      "objective": objective, "train.lr": lr, "train.epochs": epochs, "train.max_steps": max_steps,
                      "train.batch_size": batch_size, "train.time_budget": time_budget,
-                     "data.system_prompt": system_prompt, "output": output and str(output), "name": name}))
+                     "data.system_prompt": system_prompt,
+                     "data.format": data_format, "data.strict": strict, "output": output and str(output), "name": name}))
     result = run_objective(cfg, run_dir=run_dir, console=err)
     if isinstance(result, ObjectiveResult):
         if as_json:
@@ -112,8 +133,14 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
     from hone.models.generate import stream_answer
     from hone.train.run import find_run, load_run_model
 
+    from hone.train.run import read_record
+
     hw = pick_hardware()
-    model, tokenizer = load_run_model(find_run(run), hw.device)
+    folder = find_run(run)
+    model, tokenizer = load_run_model(folder, hw.device)
+    if system is None and (system := read_record(folder).get("system_prompt")):
+        err.print(f"[dim]System prompt from the training data: {system!r} (--system '' for none)[/dim]",
+                  highlight=False)
     messages = [{"role": "system", "content": system}] if system else []
     err.print("[dim]Type a message; an empty line quits.[/dim]")
     while True:
@@ -143,11 +170,14 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
     """Answer one prompt or every prompt in a file with a tuned model."""
     from hone.hardware import pick_hardware
     from hone.models.generate import generate_batch
-    from hone.train.run import find_run, load_run_model
+    from hone.train.run import find_run, load_run_model, read_record
 
+    folder = find_run(run)
+    if system is None:
+        system = read_record(folder).get("system_prompt")  # ask the way the model was taught
     conversations = _prompts(prompt, file, system)
     hw = pick_hardware()
-    model, tokenizer = load_run_model(find_run(run), hw.device)
+    model, tokenizer = load_run_model(folder, hw.device)
     answers = generate_batch(model, tokenizer, conversations, max_new_tokens)
     for conversation, answer in zip(conversations, answers):
         if as_json:
@@ -156,10 +186,28 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
             out.print(answer, markup=False, highlight=False)
 
 
-def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[list[dict]]:
-    from hone.data.formats import ChatExample, check_messages, read_jsonl
+def _relaunch_under_torchrun(nproc: int) -> int:
+    """Run this same `hone train` command as `nproc` ranks under torchrun; return its exit code."""
+    import subprocess
 
-    head = [{"role": "system", "content": system}] if system else []
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "hone.cli", *argv]
+    return subprocess.run(command).returncode
+
+
+def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[list[dict]]:
+    from hone.data.formats import check_messages, read_jsonl
+    from hone.data.records import ChatExample
+
+    head = [{"role": "system", "content": system}] if system else []  # for prompts that bring none
     if prompt is not None:
         return [head + [{"role": "user", "content": prompt}]]
     if file is None:
@@ -170,12 +218,61 @@ def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[
             example = ChatExample(record["messages"])
             if any(m.get("role") == "assistant" for m in record["messages"]):
                 check_messages(record, str(file), line)
-            conversations.append(head + example.prompt_messages)
+            asked = example.prompt_messages
+            conversations.append(asked if asked and asked[0]["role"] == "system" else head + asked)
         elif isinstance(record.get("prompt"), str):
             conversations.append(head + [{"role": "user", "content": record["prompt"]}])
         else:
             raise UserError("expected `messages` or `prompt` in each line", file=str(file), line=line)
     return conversations
+
+
+@app.command("eval")
+def eval_command(
+    target: str = typer.Argument(..., help="Run folder, run id or 'latest'; or a model (catalogue name, HF folder, .gguf)"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Test data; scored against each last assistant message (default: the run's test file)"),
+    base: Optional[str] = typer.Option(None, "--base", help="Baseline model (default: the run's base model)"),
+    no_base: bool = typer.Option(False, "--no-base", help="Score only the model, no baseline"),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="Metric name or package.module:function (repeatable; default: chosen from the references)"),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON schema the answers must satisfy"),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="Edge-case suite: JSONL of prompts with checks"),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint for a pairwise LLM judge"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name sent to the judge endpoint"),
+    no_perplexity: bool = typer.Option(False, "--no-perplexity", help="Skip perplexity on the test data"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation limit (default from the longest reference)"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Prompts generated together"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test items"),
+    seed: int = typer.Option(0, "--seed", help="Seed for generation and the bootstrap"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
+):
+    """Evaluate a tuned model against its base on held-out data: metrics, intervals, suites, judge."""
+    from hone.evaluate.run_eval import EvalOptions, evaluate_model
+    from hone.evaluate.show import print_eval
+
+    options = EvalOptions(data=data, base=base, compare_base=not no_base, metrics=metric or None, schema=schema,
+                          suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+    result = evaluate_model(target, options, console=err)
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        print_eval(result, out)
+
+
+@app.command()
+def report(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
+           open_page: bool = typer.Option(False, "--open", help="Open the page in a web browser")):
+    """Write the run's self-contained HTML report (runs/<id>/report.html)."""
+    from hone.evaluate.report import write_report
+    from hone.train.run import find_run
+
+    path = write_report(find_run(run))
+    out.print(str(path), highlight=False)
+    if open_page:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            err.print(f"no browser found; open {path.resolve().as_uri()}")
 
 
 @models_app.command("catalog")
@@ -223,9 +320,219 @@ def config_show(config: Optional[Path] = typer.Argument(None, help="YAML config 
     out.print(table)
 
 
+@data_app.command("check")
+def data_check(
+    files: List[Path] = typer.Argument(..., help="Data files: train first, then validation and test (checked for leakage)"),
+    model: str = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens (default: the catalogue default)"),
+    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token counts (no tokenizer load)"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Training length limit (default: data.max_length)"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first problem"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the JSON and HTML report (default: beside the first file)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+):
+    """Validate data and report its quality: problems by line, duplicates, conflicts, PII, lengths, leakage."""
+    from hone.config import DataSection
+    from hone.data.quality import check_data, has_errors
+    from hone.data.report import print_report, render_html
+    from hone.models.catalogue import DEFAULT_MODEL
+    from hone import atomic
+
+    limit = max_seq_len or DataSection().max_length
+    report = check_data(files, None if no_tokens else (model or DEFAULT_MODEL), limit, data_format, strict)
+    first = Path(files[0])
+    folder = output or (first.parent if first.is_file() else first.parent)
+    stem = first.stem if first.is_file() else first.name
+    json_path, html_path = folder / f"{stem}.check.json", folder / f"{stem}.check.html"
+    atomic.write_json(json_path, report)
+    atomic.write_text(html_path, render_html(report))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print_report(report, out)
+        out.print(f"report: {json_path} and {html_path}", highlight=False)
+    if has_errors(report):
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def data_split(
+    file: Path = typer.Argument(..., help="Data file to split"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for train/validation/test.jsonl (default: <name>-split beside the file)"),
+    sizes: str = typer.Option("80/10/10", "--sizes", help="train/validation/test shares"),
+    seed: int = typer.Option(42, "--seed", help="Seed for the shuffle"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record instead of skipping it"),
+    no_near: bool = typer.Option(False, "--no-near", help="Do not keep near-duplicates on the same side"),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
+):
+    """Split data into train/validation/test: seeded, stratified by label, near-duplicates kept together."""
+    from hone.data.split import parse_sizes, split_dataset
+
+    result = split_dataset(file, output, parse_sizes(sizes), seed, data_format, strict, near=not no_near)
+    manifest = result.manifest
+    if as_json:
+        print(json.dumps(manifest))
+        return
+    table = Table(header_style="bold")
+    for column in ("split", "records", "file", "fingerprint"):
+        table.add_column(column)
+    for name, split in manifest["splits"].items():
+        table.add_row(name, f"{split['records']:,}", str(result.out_dir / split["file"]), split["fingerprint"][:16])
+    out.print(table)
+    notes = [f"seed {seed}", f"stratified by {manifest['stratified_by']}" if manifest["stratified_by"] else "not stratified (no labels)"]
+    if manifest["near_duplicates_kept_together"]:
+        notes.append(f"{manifest['near_duplicates_kept_together']} near-duplicate groups kept on one side")
+    if manifest["skipped"]:
+        notes.append(f"{manifest['skipped']} bad records skipped ({', '.join(f'{n} {k}' for k, n in manifest['problems'].items())})")
+    out.print("; ".join(notes) + f"\nmanifest: {result.out_dir / 'split.json'}", highlight=False)
+
+
+@data_app.command("clean")
+def data_clean(
+    file: Path = typer.Argument(..., help="Data file to clean (never modified)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Cleaned JSONL (default: <name>.clean.jsonl beside the file)"),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep duplicates"),
+    no_near: bool = typer.Option(False, "--no-near", help="Drop exact duplicates only, keep near-duplicates"),
+    no_redact: bool = typer.Option(False, "--no-redact", help="Keep PII as it is"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
+):
+    """Write a cleaned copy: invalid records and duplicates dropped, PII redacted; every change logged."""
+    from hone.data.clean import clean_file
+
+    result = clean_file(file, output, dedup=not no_dedup, near=not no_near, redact_pii=not no_redact, shape=data_format)
+    summary = {"output": str(result.output), "log": str(result.log), "kept": result.kept, "changes": result.changes}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    changes = ", ".join(f"{n:,} {action.replace('_', ' ')}" for action, n in result.changes.items()) or "no changes"
+    out.print(f"kept {result.kept:,} records; {changes}\nwrote {result.output}\nlog of every change: {result.log}",
+              highlight=False)
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)[:120]
+    return "-" if value is None else str(value)
+
+
+@runs_app.command("list")
+def runs_list(name: Optional[str] = typer.Option(None, "--name", help="Only runs of this name"),
+              status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status"),
+              limit: int = typer.Option(20, "--limit", help="Newest N runs (0: all)"),
+              as_json: bool = typer.Option(False, "--json")):
+    """Registered runs, newest first (run folders made before the registry are imported first)."""
+    from hone.registry import import_run_folders, list_runs
+
+    import_run_folders()
+    rows = list_runs(name, status, limit or None)
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    if not rows:
+        out.print("No runs yet. Start one with: hone train --data FILE")
+        return
+    table = Table(header_style="bold")
+    tagged = any(row["tags"] for row in rows)
+    for column in ("ref", "status", "method", "score", "forgetting", "created") + (("tags",) if tagged else ()):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        metrics = row["metrics"] or {}
+        score = metrics.get("tuned_score")
+        forgetting = metrics.get("forgetting")
+        cells = [row["ref"], row["status"], row["method"] or "-",
+                 f"{score:.1%}" if isinstance(score, (int, float)) else "-",
+                 (f"{forgetting['drop']:+.1f} pts " + ("ok" if forgetting["passed"] else "[red]FAIL[/red]"))
+                 if forgetting else "-", row["created_at"][:16].replace("T", " ")]
+        table.add_row(*cells, *([", ".join(row["tags"])] if tagged else []))
+    out.print(table)
+    out.print("[dim]hone runs show REF for everything about one run (REF: NAME:VERSION, NAME@TAG or the id)[/dim]")
+
+
+@runs_app.command("show")
+def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or NAME@TAG"),
+              as_json: bool = typer.Option(False, "--json")):
+    """Everything recorded about one run."""
+    from hone.registry.store import show_run
+
+    row = show_run(ref)
+    if as_json:
+        print(json.dumps(row, default=str))
+        return
+    table = Table(show_header=False, title=f"{row['ref']}  ({row['id']})")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in ("status", "path", "base_model", "base_model_hash", "method", "objective", "parent_id", "tags",
+                "hone_version", "created_at", "finished_at"):
+        table.add_row(key, _fmt(row[key]))
+    for role, info in (row["data"] or {}).items():
+        table.add_row(f"data.{role}", f"{info['path']}  sha256 {info['sha256'][:16]}…")
+    for key, value in (row["metrics"] or {}).items():
+        if not isinstance(value, list):
+            table.add_row(f"metrics.{key}", _fmt(value))
+    for key, value in (row["artifacts"] or {}).items():
+        table.add_row(f"artifacts.{key}", _fmt(value))
+    table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in (row["libraries"] or {}).items()))
+    out.print(table)
+
+
+@runs_app.command("diff")
+def runs_diff(a: str = typer.Argument(..., help="First run"), b: str = typer.Argument(..., help="Second run"),
+              as_json: bool = typer.Option(False, "--json")):
+    """What differs between two runs: config, data, base model, metrics."""
+    from hone.registry import diff_runs
+
+    diff = diff_runs(a, b)
+    if as_json:
+        print(json.dumps(diff, default=str))
+        return
+    table = Table(header_style="bold")
+    for column in ("field", a, b):
+        table.add_column(column, overflow="fold")
+    for section in ("run", "config", "data", "metrics"):
+        for key, left, right in diff[section]:
+            table.add_row(key if section == "run" else f"{section}.{key}", _fmt(left), _fmt(right))
+    out.print(table if table.row_count else "No differences.")
+
+
+@runs_app.command("tag")
+def runs_tag(ref: str = typer.Argument(..., help="Run id, NAME:VERSION or NAME@TAG"),
+             tag: str = typer.Argument(..., help="Tag, e.g. production"),
+             remove: bool = typer.Option(False, "--remove", help="Remove the tag instead")):
+    """Point NAME@TAG at a run (moving it from another version of the same name)."""
+    from hone.registry import set_tag
+
+    row, previous = set_tag(ref, tag, remove)
+    if remove:
+        out.print(f"{row.name}@{tag} removed (was {row.ref})")
+    else:
+        moved = f" (moved from {previous})" if previous and previous != row.id else ""
+        out.print(f"{row.name}@{tag} -> {row.ref} ({row.id}){moved}")
+
+
+@runs_app.command("rm")
+def runs_rm(ref: str = typer.Argument(..., help="Run id, NAME:VERSION or NAME@TAG"),
+            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before deleting files"),
+            keep_files: bool = typer.Option(False, "--keep-files", help="Forget the run but keep its folder")):
+    """Remove a run from the registry and delete its folder (asks first)."""
+    from pathlib import Path as _Path
+
+    from hone.registry import get_run, remove_run
+
+    row = get_run(ref)
+    folder = _Path(row.path)
+    if not keep_files and folder.is_dir() and not yes:
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        if not typer.confirm(f"Delete run {row.ref} ({row.id}) and its folder {folder} ({size / 1e6:.1f} MB)?"):
+            err.print("Nothing removed.")
+            raise typer.Exit(1)
+    remove_run(ref, delete_files=not keep_files)
+    out.print(f"Removed {row.ref} ({row.id})" + ("" if keep_files or not folder.exists() else f"; deleted {folder}"))
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; interrupts say how to resume."""
-    from hone.train.loop import Interrupted
 
     try:
         app()

@@ -29,12 +29,14 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    train: Optional[Path] = Field(None, description="Training data (JSONL, OpenAI chat `messages` per line)")
+    train: Optional[Path] = Field(None, description="Training data: JSONL, JSON, CSV/TSV, Parquet or a saved datasets folder, in any chat-like shape")
     validation: Optional[Path] = Field(None, description="Validation data; when absent, `validation_fraction` of train is held out")
     test: Optional[Path] = Field(None, description="Held-out test data, scored base vs tuned after training")
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out for validation when no validation file is given")
     max_length: int = Field(1024, ge=16, description="Longest example in tokens; longer ones are truncated and counted")
     system_prompt: Optional[str] = Field(None, description="System message added to every example that has none")
+    format: Optional[str] = Field(None, description="Data shape (chat, alpaca, sharegpt, prompt_completion, ...); default: detected from the keys")
+    strict: bool = Field(False, description="Stop at the first bad record instead of skipping and counting bad records")
 
 
 class MethodSection(Section):
@@ -62,6 +64,18 @@ class TrainSection(Section):
     eval_every: Optional[int] = Field(None, ge=1, description="Validation every N steps; default once per epoch and at the end")
     save_every: Optional[int] = Field(None, ge=1, description="Checkpoint every N steps; default once per epoch")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest first)")
+    attention: Literal["auto", "eager", "sdpa"] = Field("auto", description="Attention kernel; auto: eager on CPU for sequences up to 512 tokens (faster there), else sdpa")
+    frozen_bf16: bool = Field(True, description="Frozen linear layers compute in bf16 on CPUs with native bf16; trainable parts stay fp32")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding)")
+    packing: bool = Field(False, description="Lay examples end to end in rows of ~1024 tokens with per-example positions (no padding; attention never crosses examples)")
+    head_on_trained_only: bool = Field(True, description="Run the output layer only where a token carries loss (no full-vocabulary logits)")
+    early_stopping_patience: Optional[int] = Field(3, ge=1, description="Stop after this many validations without a better validation loss (None: never)")
+    early_stopping_min_delta: float = Field(0.0, ge=0.0, description="A validation loss must beat the best by more than this to count as better")
+    overfit_alarm: int = Field(3, ge=1, description="Raise the overfitting alarm when training loss fell and validation loss rose this many validations in a row")
+    restore_best: bool = Field(True, description="End with the validation-best weights when they beat the last step's")
+    report_to: str = Field("tensorboard", description="Training curves besides metrics.jsonl: comma-separated tensorboard, wandb, mlflow, or none")
+    replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training mix drawn from hone's general chats (forgetting mitigation); 0 turns it off")
+    kl_to_base: float = Field(0.0, ge=0.0, description="Weight of KL(base || tuned) on the trained tokens (forgetting mitigation); 0 turns it off")
 
 
 class EvalSection(Section):
@@ -70,6 +84,9 @@ class EvalSection(Section):
     batch_size: int = Field(32, ge=1, description="Prompts generated together (larger batches amortise per-step overhead)")
     samples: int = Field(5, ge=0, description="Test prompts shown side by side (base, tuned, expected)")
     base: bool = Field(True, description="Also score the base model on the test data")
+    forgetting: Optional[bool] = Field(None, description="Run the general-capability probe on base and tuned model; default on, off for models under 10M parameters")
+    probe: Optional[Path] = Field(None, description="Forgetting probe file (JSONL: id, category, prompt, choices, answer); default hone's general-skills probe")
+    max_forgetting: float = Field(5.0, ge=0.0, description="Gate: the run fails its forgetting check when probe accuracy drops by more than this many points")
 
 
 # What training optimises (objectives/): one file per objective, `hone.objectives.run` dispatches.

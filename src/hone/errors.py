@@ -24,3 +24,11 @@ class ConfigError(UserError):
 
 class ModelNotFound(UserError):
     """A model name or path does not resolve to weights on this machine."""
+
+
+class Interrupted(Exception):
+    """Training was interrupted; a checkpoint was saved at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved")
+        self.step = step

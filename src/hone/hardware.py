@@ -83,3 +83,14 @@ def pick_hardware(precision: str = "auto", threads: int | None = None) -> Hardwa
                         frozen_bf16=True)
     torch.set_float32_matmul_precision("highest")
     return Hardware("cpu", None, n, f"CPU, {n} thread(s), fp32")
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    """(peak memory in MB, what was measured): the GPU's peak allocation, else the process's peak RSS."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, "GPU allocated"
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10), "process resident"  # bytes on macOS, KiB on Linux

@@ -19,6 +19,7 @@ def summary_json(result: SFTResult) -> dict:
         "val_loss": result.record.get("results", {}).get("val_loss"),
         "steps": result.record.get("results", {}).get("steps"),
         "run_dir": str(result.run_dir),
+        "forgetting": result.forgetting,
     }
 
 
@@ -40,6 +41,12 @@ def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None
         items = results["items"]
         table.add_row("items improved / regressed / unchanged", "",
                       f"{items['improved']} / {items['regressed']} / {items['unchanged']}")
+    if result.forgetting:
+        f = result.forgetting
+        verdict = "[green]passed[/green]" if f["passed"] else "[bold red]FAILED[/bold red]"
+        table.add_row(f"general-skills probe ({f['n']} items)", f"{f['base']:.1f}%", f"{f['tuned']:.1f}%")
+        table.add_row("forgetting (drop, 95% CI)", "",
+                      f"{f['drop']:+.1f} pts [{f['ci'][0]:+.1f}, {f['ci'][1]:+.1f}]; gate {f['gate']:g}: {verdict}")
     if results.get("val_loss") is not None:
         table.add_row("validation loss (per trained token)", "", f"{results['val_loss']:.4f}")
     table.add_row("training", "", f"{results.get('steps')} steps, {result.train_seconds:.0f} s, "
@@ -59,9 +66,29 @@ def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None
                          mark + _clip(result.tuned.answers[i], 160), _clip(example.answer or ""))
         console.print(side)
 
+    hone = hone_command()
+    if result.forgetting and not result.forgetting["passed"]:
+        console.print(f"[bold red]Forgetting check failed[/bold red]: general-skills accuracy fell "
+                      f"{result.forgetting['drop']:.1f} points (gate {result.forgetting['gate']:g}). Try a lower "
+                      "--lr, --set train.replay=0.2 or --set train.kl_to_base=0.5 (docs/forgetting.md).")
     console.print(f"\nRun folder: [bold]{result.run_dir}[/bold]")
-    console.print(f"Chat with the tuned model:  hone chat {result.run_dir}")
-    console.print(f"Generate from a file:       hone generate {result.run_dir} --file prompts.jsonl")
+    console.print(f"Chat with the tuned model:  {hone} chat {result.run_dir}", highlight=False)
+    console.print(f"Generate from a file:       {hone} generate {result.run_dir} --file prompts.jsonl", highlight=False)
+
+
+def hone_command() -> str:
+    """How the user can call hone again: `hone` when it is on PATH, else the path they ran
+    (after `make demo`, `.venv/bin/hone`)."""
+    import os
+    import shutil
+    import sys
+
+    ran = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    on_path = shutil.which("hone")
+    if not ran.endswith("hone") or (on_path and os.path.abspath(on_path) == ran):
+        return "hone"
+    relative = os.path.relpath(ran)
+    return relative if not relative.startswith("..") else ran
 
 
 def _sample_indices(result: SFTResult, samples: int) -> list[int]:

@@ -1,104 +1,100 @@
 """One entry point for data: `load_records(path)` -> canonical records (data/records.py).
 
-The shape of each record is recognised from its keys; the data issue widens the file types (CSV,
-Parquet, folders), the shapes and the validation behind this same function.
+Any file type formats.py reads, any shape shapes.py knows (detected from the keys, or forced with
+`shape=`). Bad records are skipped and counted, never silently: the count and the first problem
+are logged, and `strict=True` turns the first problem into the error. `iter_records` streams for
+files too large to hold; `load_with_report` also returns the grouped problems.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Iterator
 
-from hone.data.formats import check_messages, read_jsonl
-from hone.data.records import (ChatExample, LabelExample, PreferenceExample, Record, TagExample,
-                               TextExample)
+from hone.data.formats import read_rows
+from hone.data.problems import Problem, RecordError, ValidationReport
+from hone.data.records import ChatExample, PreferenceExample, Record
+from hone.data.shapes import PAIR_SHAPES, SHAPES, detect_shape, is_empty, to_record  # noqa: F401 (re-exported)
 from hone.errors import DataError
 
-# Single-turn shapes that become a user message and an assistant answer.
-PAIR_SHAPES = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
-               "input_output": ("input", "output")}
-SHAPES = ("chat", "alpaca", *PAIR_SHAPES, "preference", "label", "tags", "text")
+log = logging.getLogger("hone.data")
 
 
-def detect_shape(record: dict) -> str | None:
-    """The shape a record's keys say it has, or None."""
-    keys = set(record)
-    if "messages" in keys:
-        return "chat"
-    if {"chosen", "rejected"} <= keys:
-        return "preference"
-    if {"instruction", "output"} <= keys:
-        return "alpaca"
-    for shape, (ask, answer) in PAIR_SHAPES.items():
-        if {ask, answer} <= keys:
-            return shape
-    if {"tokens", "tags"} <= keys:
-        return "tags"
-    if {"text", "label"} <= keys:
-        return "label"
-    if "text" in keys:
-        return "text"
-    return None
+def check_shape_name(shape: str | None) -> str | None:
+    if shape is not None and shape not in SHAPES:
+        raise DataError(f"unknown format {shape!r}; expected one of {', '.join(SHAPES)}")
+    return shape
 
 
-def _string(record: dict, key: str, file: str, line: int) -> str:
-    value = record.get(key)
-    if not isinstance(value, str):
-        raise DataError(f"`{key}` must be a string, got {type(value).__name__}", file=file, line=line, field=key)
-    return value
+def iter_records(path: Path, shape: str | None = None, strict: bool = False,
+                 report: ValidationReport | None = None, with_raw: bool = False) -> Iterator[Record]:
+    """Stream the valid records of one file or folder; problems go into `report` (or raise if strict).
+
+    `with_raw` yields (record, raw row) pairs, for writers that keep the user's own shape.
+    """
+    check_shape_name(shape)
+    report = report if report is not None else ValidationReport()
+    report.files.append(str(path))
+    file_shape = shape
+    for row in read_rows(Path(path), report.notes):
+        report.records += 1
+        try:
+            if row.error:
+                raise row.error
+            if is_empty(row.data):
+                raise RecordError("empty_record", "record is empty", file=row.file, line=row.line)
+            found = shape or detect_shape(row.data)
+            if found is None:
+                raise RecordError("unrecognized_shape", f"unrecognised record with keys {sorted(row.data)[:8]}; "
+                                  f"expected the keys of one of: {', '.join(SHAPES)} (or force one with --format)",
+                                  file=row.file, line=row.line)
+            if file_shape is None:
+                file_shape = report.shape = found
+            elif found != file_shape:
+                raise RecordError("mixed_shapes", f"record looks like {found!r} but earlier records are "
+                                  f"{file_shape!r}; keep one shape per file", file=row.file, line=row.line)
+            record = to_record(row.data, found, row.file, row.line)
+        except RecordError as exc:
+            if strict:
+                raise
+            report.add(Problem.from_error(exc))
+            continue
+        report.valid += 1
+        yield (record, row.data) if with_raw else record
+    report.shape = file_shape
 
 
-def to_record(record: dict, shape: str, file: str, line: int) -> Record:
-    """Normalise one raw record of a known shape."""
-    if shape == "chat":
-        return ChatExample(check_messages(record, file, line), file, line, tools=record.get("tools"))
-    if shape == "alpaca":
-        prompt = _string(record, "instruction", file, line)
-        extra = record.get("input") or ""
-        prompt = f"{prompt}\n\n{extra}" if extra else prompt
-        return ChatExample([{"role": "user", "content": prompt},
-                            {"role": "assistant", "content": _string(record, "output", file, line)}], file, line)
-    if shape in PAIR_SHAPES:
-        ask, answer = PAIR_SHAPES[shape]
-        return ChatExample([{"role": "user", "content": _string(record, ask, file, line)},
-                            {"role": "assistant", "content": _string(record, answer, file, line)}], file, line)
-    if shape == "preference":
-        prompt = record.get("prompt", "")
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        return PreferenceExample(messages, _string(record, "chosen", file, line),
-                                 _string(record, "rejected", file, line), file, line)
-    if shape == "label":
-        return LabelExample(_string(record, "text", file, line), str(record["label"]), file, line)
-    if shape == "tags":
-        tokens, tags = record["tokens"], record["tags"]
-        if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
-            raise DataError("`tokens` and `tags` must be lists of the same length", file=file, line=line,
-                            field="tags")
-        return TagExample([str(t) for t in tokens], [str(t) for t in tags], file, line)
-    return TextExample(_string(record, "text", file, line), file, line)
-
-
-def load_records(path: Path, shape: str | None = None) -> list[Record]:
-    """Every record of a JSONL file as canonical records; one shape per file (detected or forced)."""
-    file, records, seen = str(path), [], None
-    for line, raw in read_jsonl(Path(path)):
-        found = shape or detect_shape(raw)
-        if found is None:
-            raise DataError(f"unrecognised record with keys {sorted(raw)}; expected one of the shapes "
-                            f"{', '.join(SHAPES)}", file=file, line=line)
-        if seen and found != seen:
-            raise DataError(f"record is {found!r} but earlier records are {seen!r}; one shape per file",
-                            file=file, line=line)
-        seen = found
-        records.append(to_record(raw, found, file, line))
+def load_with_report(path: Path, shape: str | None = None, strict: bool = False) -> tuple[list[Record], ValidationReport]:
+    """All valid records of a file and the report of what was skipped; no valid record is an error."""
+    report = ValidationReport()
+    records = list(iter_records(path, shape, strict, report))
     if not records:
-        raise DataError("no examples in file", file=file)
+        detail = f" ({report.summary_line()})" if report.problems else ""
+        raise DataError(f"no valid examples in file{detail}", file=str(path))
+    return records, report
+
+
+def load_records(path: Path, shape: str | None = None, strict: bool = False) -> list[Record]:
+    """Every valid record of a file as canonical records; skipped ones are logged as a warning."""
+    records, report = load_with_report(path, shape, strict)
+    if report.problems:
+        log.warning("%s: %s; see all with: hone data check %s (--strict stops at the first)",
+                    path, report.summary_line(), path)
     return records
 
 
-def load_chat_records(path: Path) -> list[ChatExample]:
-    """Records of a file whose shape becomes chat (chat, alpaca, prompt/completion, ...): SFT's input."""
-    records = load_records(path)
-    if not isinstance(records[0], ChatExample):
-        kind = type(records[0]).__name__
+def load_chat_records(path: Path, shape: str | None = None, strict: bool = False) -> list[ChatExample]:
+    """Records of any chat-like shape (chat, ShareGPT, alpaca, prompt/completion, ...): SFT's input.
+
+    Preference pairs are accepted too and become their prompt plus the preferred answer.
+    """
+    records = load_records(path, shape, strict)
+    first = records[0]
+    if isinstance(first, PreferenceExample):
+        return [ChatExample(r.prompt + [{"role": "assistant", "content": r.chosen}], r.file, r.line)
+                for r in records]
+    if not isinstance(first, ChatExample):
+        kind = type(first).__name__
         raise DataError(f"these are {kind} records, not chat or instruction data; SFT needs a user "
                         "prompt and an assistant answer", file=str(path))
     return records

@@ -12,7 +12,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def quiet_transformers() -> None:
+    import warnings
+
     import transformers
+
+    # peft asks transformers a deprecated question on every wrap; the user can do nothing about it.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

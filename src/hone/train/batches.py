@@ -12,15 +12,18 @@ from hone.data.render import IGNORE, TokenizedExample
 LENGTH_WINDOW = 8
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = True) -> list[list[int]]:
     """Example indices for each optimizer step of one epoch; the same seed and epoch give the same order."""
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    window = batch_size * LENGTH_WINDOW
+    window = batch_size * (LENGTH_WINDOW if group_by_length else 1)
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        chunk = order[start:start + window]
+        if group_by_length:
+            chunk.sort(key=lambda i: lengths[i])
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -43,3 +46,37 @@ def collate(examples: list[TokenizedExample], pad_id: int, pad_to_multiple: int 
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def collate_packed(examples: list[TokenizedExample], row_tokens: int = 1024) -> dict[str, torch.Tensor]:
+    """Examples laid end to end in rows of at most `row_tokens` (longer examples get a row each),
+    with position ids restarting at each example and no attention mask: transformers then builds a
+    block-diagonal causal mask, so no example attends to another (tested against unpacked losses).
+    Rows are right-padded with a dummy example of IGNORE labels.
+    """
+    rows: list[list[TokenizedExample]] = [[]]
+    for example in examples:
+        used = sum(len(e.input_ids) for e in rows[-1])
+        if rows[-1] and used + len(example.input_ids) > row_tokens:
+            rows.append([])
+        rows[-1].append(example)
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for example in row:
+            n = len(example.input_ids)
+            ids[r, at:at + n] = torch.tensor(example.input_ids)
+            labels[r, at + 1:at + n] = torch.tensor(example.labels[1:])  # never predict across a boundary
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # the padding is one more (ignored) sequence
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": None}
+
+
+def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool, device: str) -> dict:
+    """Tensors for one micro-batch on `device`, padded or packed."""
+    batch = collate_packed(examples) if packing else collate(examples, pad_id)
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

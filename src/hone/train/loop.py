@@ -19,11 +19,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hone.config import TrainSection
+from hone.errors import Interrupted
 from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
-from hone.train.batches import collate, epoch_batches, micro_batches
+from hone.train.batches import epoch_batches, make_batch, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from hone.train.distributed import Ranks, ranks
 from hone.train.loss import summed_loss
+from hone.train.regularise import kl_to_base
+from hone.train.safeguards import ValidationWatch, restore_best, save_best
 
 
 @dataclass
@@ -33,15 +37,10 @@ class TrainResult:
     tokens: int              # non-pad tokens processed
     loss: float | None       # mean training loss over the last logged step
     val_loss: float | None
-    stopped_by: str          # "epochs", "max_steps" or "time_budget"
-
-
-class Interrupted(Exception):
-    """Training was interrupted; a checkpoint was saved at `step`."""
-
-    def __init__(self, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint saved")
-        self.step = step
+    stopped_by: str          # "epochs", "max_steps", "time_budget" or "early_stopping"
+    best_step: int | None = None      # the validation-best step, whose weights the model ends with
+    best_val_loss: float | None = None
+    overfitting_alarms: list[int] | None = None  # steps at which the overfitting alarm was up
 
 
 def lr_factor(progress: float, warmup_ratio: float, scheduler: str) -> float:
@@ -69,31 +68,37 @@ def autocast(hw: Hardware):
 
 @torch.no_grad()
 def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: int, pad_id: int,
-                    hw: Hardware) -> float:
+                    hw: Hardware, head_only: bool = True, packing: bool = False) -> float:
     """Mean cross-entropy per trained token over `examples`."""
     was_training = model.training
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    team = ranks()
+    order = team.share(sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)))
     total, count = 0.0, 0
     for chunk in micro_batches(order, micro_batch_size):
-        batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
+        batch = make_batch([examples[i] for i in chunk], pad_id, packing, hw.device)
         with autocast(hw):
-            loss, n = summed_loss(model, batch)
+            loss, n = summed_loss(model, batch, head_only)
         total, count = total + float(loss), count + n
     model.train(was_training)
+    total, count = team.sum(total, count)
     return total / max(1, count)
 
 
 class MetricsLog:
     """metrics.jsonl: one JSON object per logged step; on resume, lines past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, keep_up_to_step: int):
-        self.path = Path(path)
+    def __init__(self, path: Path | None, keep_up_to_step: int):
+        self.path = path  # None: a rank other than 0, which logs nothing
+        if path is None:
+            return
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
         kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= keep_up_to_step]
         self.path.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:
+        if self.path is None:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -106,9 +111,14 @@ def progress_bar(console: Console) -> Progress:
 
 def train_loop(model, train_set: list[TokenizedExample], val_set: list[TokenizedExample],
                cfg: TrainSection, lr: float, hw: Hardware, run_dir: Path, pad_id: int,
-               resume: bool = False, console: Console | None = None) -> TrainResult:
-    """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`."""
+               resume: bool = False, console: Console | None = None, callbacks: list | None = None) -> TrainResult:
+    """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`.
+
+    `callbacks` get `on_step(record)` after each logged step (trackers: train/trackers.py)."""
+    team = ranks()
     console = console or Console(stderr=True)
+    if not team.main:
+        console = Console(stderr=True, quiet=True)  # one voice: rank 0 reports, checkpoints and logs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     lengths = [len(e.input_ids) for e in train_set]
@@ -116,14 +126,20 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     eval_every = cfg.eval_every or steps_per_epoch
     save_every = cfg.save_every or steps_per_epoch
-    state = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "tokens": 0, "val_loss": None, "loss": None}
+    state = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "tokens": 0, "val_loss": None, "loss": None,
+             "window": [0.0, 0], "watch": ValidationWatch(cfg.early_stopping_patience, cfg.early_stopping_min_delta,
+                                                         cfg.overfit_alarm).state()}
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1], model, optimizer)
-    log = MetricsLog(Path(run_dir) / "metrics.jsonl", state["step"])
-    torch.manual_seed(cfg.seed + state["step"])
+        state = load_checkpoint(checkpoints[-1], model, optimizer)  # restores every RNG too
+    else:
+        torch.manual_seed(cfg.seed)
+    watch = ValidationWatch.from_state(state["watch"])
+    log = MetricsLog(Path(run_dir) / "metrics.jsonl" if team.main else None, state["step"])
     model.train()
     started = time.monotonic() - state["seconds"]
+
+    saved = {"step": None, "log_at": time.monotonic(), "step_s": 0.0}  # last checkpoint, log line, step time
 
     def progress_now(ahead: int = 0) -> float:
         """Fraction of training done; `ahead`=1 gives the step about to run a non-zero warmup lr."""
@@ -133,19 +149,25 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         return min(1.0, fraction)
 
     def finished() -> str | None:
+        return team.from_main(stop_reason())  # every rank must stop at the same step
+
+    def stop_reason() -> str | None:
+        if watch.should_stop:
+            return "early_stopping"
         if state["step"] >= total_steps:
             return "max_steps" if cfg.max_steps else "epochs"
-        if cfg.time_budget and time.monotonic() - started >= cfg.time_budget:
+        # Stop when the next step would end nearer past the budget than before it.
+        if cfg.time_budget and time.monotonic() - started + 0.5 * saved["step_s"] >= cfg.time_budget:
             return "time_budget"
         return None
-
-    saved = {"step": None, "log_at": time.monotonic()}
 
     def checkpoint() -> None:
         if saved["step"] == state["step"]:
             return
         state["seconds"] = time.monotonic() - started
-        save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
+        state["watch"] = watch.state()
+        if team.main:
+            save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
         saved["step"] = state["step"]
 
     def report(status: str) -> None:
@@ -154,16 +176,32 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
             console.print(f"train {status}", highlight=False, soft_wrap=True)
             saved["log_at"] = time.monotonic()
 
+    def validate(record: dict) -> None:
+        """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
+        val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw, cfg.head_on_trained_only,
+                                   cfg.packing), 5)
+        total, count = state["window"]
+        state.update(val_loss=val, window=[0.0, 0])
+        record["val_loss"] = val
+        seen = watch.observe(state["step"], total / max(1, count), val)
+        if seen.improved and cfg.restore_best and team.main:
+            save_best(run_dir, model, state["step"], val)
+        if seen.overfitting:
+            record["overfitting"] = True
+            console.print(f"[yellow]overfitting alarm at step {state['step']}:[/yellow] training loss fell and "
+                          f"validation loss rose {cfg.overfit_alarm} validations in a row", highlight=False)
+
     with progress_bar(console) as bar:
         task = bar.add_task("train", total=1000, status="starting")
         try:
             while not finished():
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"])
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
                 while state["batch"] < len(batches) and not finished():
                     step_started = time.monotonic()
                     rate = lr * lr_factor(progress_now(ahead=1), cfg.warmup_ratio, cfg.scheduler)
                     loss, tokens = train_step(model, optimizer, [train_set[i] for i in batches[state["batch"]]],
-                                              cfg, rate, pad_id, hw, params)
+                                              cfg, rate, pad_id, hw, params, team)
+                    saved["step_s"] = time.monotonic() - step_started
                     state.update(step=state["step"] + 1, batch=state["batch"] + 1, loss=loss,
                                  tokens=state["tokens"] + tokens)
                     record = {"step": state["step"], "epoch": round(state["epoch"] + state["batch"] / len(batches), 3),
@@ -171,13 +209,17 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                               "tokens_per_s": round(tokens / (time.monotonic() - step_started), 1),
                               "elapsed_s": round(time.monotonic() - started, 2)}
                     end_of_epoch = state["batch"] == len(batches)
+                    state["window"] = [state["window"][0] + loss, state["window"][1] + 1]
                     if val_set and (state["step"] % eval_every == 0 or end_of_epoch or finished()):
-                        state["val_loss"] = record["val_loss"] = round(
-                            validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw), 5)
+                        validate(record)
                     log.write(record)
+                    for callback in callbacks or []:
+                        callback.on_step(record)
                     status = f"step {state['step']}/{total_steps}  loss {loss:.3f}"
                     if state["val_loss"] is not None:
                         status += f"  val {state['val_loss']:.3f}"
+                    if watch.alarms and watch.alarms[-1] == watch.history[-1][0]:
+                        status += "  [red]overfitting[/red]"
                     status = f"{status}  lr {rate:.1e}  {record['tokens_per_s']:.0f} tok/s"
                     bar.update(task, completed=int(progress_now() * 1000), status=status)
                     report(status)
@@ -190,26 +232,42 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
             raise Interrupted(state["step"]) from None
         bar.update(task, completed=1000)
     checkpoint()
+    team.wait()  # the best weights are on disk before any rank reads them
+    stopped_by = finished() or "epochs"
+    if stopped_by == "early_stopping":
+        console.print(f"  stopped early: no better validation loss for {watch.stale} validations "
+                      f"(best {watch.best_loss:.4f} at step {watch.best_step})", highlight=False)
+    if (cfg.restore_best and watch.best_step is not None and watch.best_step != state["step"]
+            and restore_best(run_dir, model)):
+        console.print(f"  kept the weights of step {watch.best_step} (validation loss {watch.best_loss:.4f}, "
+                      f"last step {state['val_loss']:.4f})", highlight=False)
     return TrainResult(state["step"], time.monotonic() - started, state["tokens"], state["loss"],
-                       state["val_loss"], finished() or "epochs")
+                       state["val_loss"], stopped_by, watch.best_step, watch.best_loss, watch.alarms)
 
 
 def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSection, lr: float,
-               pad_id: int, hw: Hardware, params: list[torch.nn.Parameter]) -> tuple[float, int]:
-    """One optimizer step over an effective batch; returns (mean loss per trained token, tokens seen)."""
+               pad_id: int, hw: Hardware, params: list[torch.nn.Parameter],
+               team: Ranks = Ranks()) -> tuple[float, int]:
+    """One optimizer step over an effective batch; returns (mean loss per trained token, tokens seen).
+
+    Under data parallelism each rank runs its share of the batch; the loss is still normalised by
+    the trained tokens of the whole batch and the gradients are summed, so the step is the same."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     n_trained = max(1, sum(loss_tokens(e) for e in examples))
     total, seen = 0.0, 0
-    order = list(range(len(examples)))
+    order = team.share(list(range(len(examples))))
+    regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     for chunk in micro_batches(order, cfg.micro_batch_size):
-        batch = {k: v.to(hw.device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
+        batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device)
         with autocast(hw):
-            loss, _ = summed_loss(model, batch)
+            loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)
         (loss / n_trained).backward()
         total += loss.item()
-        seen += int(batch["attention_mask"].sum())
+        seen += sum(len(examples[i].input_ids) for i in chunk)
+    team.sum_gradients(params)
+    total, seen = team.sum(total, seen)
     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total / n_trained, seen
+    return total / n_trained, int(seen)

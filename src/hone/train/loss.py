@@ -29,20 +29,33 @@ def _head_only_on_trained(model, base) -> bool:
     return hasattr(base, "get_decoder") and base.get_output_embeddings() is not None
 
 
-def summed_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of token cross-entropies, number of trained tokens) for one micro-batch."""
+def trained_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, head_only: bool = True) -> torch.Tensor:
+    """Logits predicting the tokens where `keep` (shape of labels[:, 1:]) is true: (n_kept, vocab).
+
+    `head_only=False` computes full-vocabulary logits for every position first (the common way; kept
+    to measure what skipping them saves)."""
+    base = _unwrap(model)
+    if head_only and _head_only_on_trained(model, base):
+        # Route through the (possibly peft-wrapped) model's modules: LoRA layers live inside them.
+        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                    position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+        return base.get_output_embeddings()(hidden[:, :-1][keep])
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                 position_ids=batch.get("position_ids"), use_cache=False).logits[:, :-1][keep]
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor], head_only: bool = True,
+                regularise=None) -> tuple[torch.Tensor, int]:
+    """(sum of token cross-entropies, number of trained tokens) for one micro-batch.
+
+    `regularise(model, batch, keep, logits)` adds a summed penalty on the same tokens (train/regularise.py).
+    """
     labels = batch["labels"]
     targets = labels[:, 1:]
     keep = targets != IGNORE
     n_tokens = int(keep.sum())
-    base = _unwrap(model)
-    if _head_only_on_trained(model, base):
-        # Route through the (possibly peft-wrapped) model's modules: LoRA layers live inside them.
-        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                    use_cache=False).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits[:, :-1][keep]
+    logits = trained_logits(model, batch, keep, head_only)
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    if regularise is not None:
+        loss = loss + regularise(model, batch, keep, logits)
     return loss, n_tokens

@@ -31,11 +31,33 @@ def new_run_dir(config: RunConfig) -> Path:
         path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
     path.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path / "config.yaml", to_yaml(config))
+    _register("record_start", path, config.model_dump(mode="json"), config.name or (
+        Path(config.data.train).stem if config.data.train else path.name))
     return path
 
 
+_registry_warned = False
+
+
+def _register(action: str, *args) -> None:
+    """Mirror the run into the registry (hone.registry); a registry outage never stops training."""
+    global _registry_warned
+    from hone import registry
+
+    try:
+        getattr(registry, action)(*args)
+    except Exception as exc:  # noqa: BLE001 - the run folder keeps everything; say so once and go on
+        if not _registry_warned:
+            import sys
+
+            sys.stderr.write(f"warning: run not recorded in the registry ({exc}); `hone runs list` "
+                             "imports run folders later\n")
+            _registry_warned = True
+
+
 def find_run(ref: str | Path) -> Path:
-    """A run folder from a path, a run id under the hone home, or 'latest'."""
+    """A run folder from a path, a run id under the hone home, a registered name ('support-bot:3',
+    'support-bot@production', 'support-bot' for its newest succeeded version) or 'latest'."""
     path = Path(ref).expanduser()
     if (path / "run.json").is_file() or (path / "config.yaml").is_file():
         return path
@@ -45,8 +67,27 @@ def find_run(ref: str | Path) -> Path:
     matches = [p for p in runs if p.name == str(ref) or p.name.startswith(str(ref))]
     if len(matches) == 1:
         return matches[0]
+    registered = _registered_run(str(ref))
+    if registered is not None:
+        return registered
     hint = f"; recent runs: {', '.join(p.name for p in runs[-3:])}" if runs else ""
-    raise UserError(f"no run {str(ref)!r} (give a run folder, a run id or 'latest'){hint}")
+    raise UserError(f"no run {str(ref)!r} (give a run folder, a run id, NAME:VERSION, NAME@TAG or 'latest'){hint}")
+
+
+def _registered_run(ref: str) -> Path | None:
+    """A run folder named in the registry: `support-bot:3`, `support-bot@production`, `support-bot`."""
+    from hone.registry import parse_ref, resolve_ref
+
+    try:
+        parse_ref(ref)
+    except UserError:
+        return None
+    row = resolve_ref(ref)
+    if row is None:
+        return None
+    if not Path(row.path).is_dir():
+        raise UserError(f"{row.ref} is registered at {row.path}, but that folder is gone")
+    return Path(row.path)
 
 
 def read_record(run: Path) -> dict:
@@ -58,6 +99,7 @@ def update_record(run: Path, **fields) -> dict:
     """Merge `fields` into run.json (atomically) and return the record."""
     record = read_record(run) | fields
     atomic.write_json(Path(run) / "run.json", record)
+    _register("sync_run", Path(run), record)
     return record
 
 

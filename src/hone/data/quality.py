@@ -1,0 +1,265 @@
+"""The data quality report: what is wrong with a data set and what is weak, with line numbers.
+
+One streaming pass per file keeps a few integers per record (hashes, lengths, group keys) in
+compact arrays, so a multi-GB file is checked in bounded memory. Then: exact and near-duplicates,
+the same input with conflicting outputs or labels, label balance, token lengths with the model's
+tokenizer and what `max_seq_len` truncates, empty or very short outputs, PII, leakage between the
+files (train/validation/test), tokens per epoch and a training-time estimate from runs measured here.
+"""
+from __future__ import annotations
+
+import json
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hone.data.content import (Fingerprint, canonical, full_text, input_text, label_of, output_text, short_hash,
+                               text_fields, training_text)
+from hone.data.load import iter_records
+from hone.data.neardup import NearDuplicates
+from hone.data.pii import KINDS as PII_KINDS, find_pii
+from hone.data.problems import Problem, ValidationReport
+from hone.data.records import ChatExample, PreferenceExample
+from hone.errors import DataError
+
+LISTED = 20          # line numbers listed per finding; the counts are always complete
+SHORT_OUTPUT = 3     # an answer of at most this many characters is "very short"
+TOKEN_BATCH = 256
+
+
+@dataclass
+class FileScan:
+    """What one pass over one file keeps: per-record arrays and running counts."""
+    path: str
+    report: ValidationReport
+    lines: array = field(default_factory=lambda: array("q"))
+    full: array = field(default_factory=lambda: array("Q"))       # canonical-record hash
+    inputs: array = field(default_factory=lambda: array("Q"))     # input-text hash
+    outputs: array = field(default_factory=lambda: array("Q"))    # output-text hash
+    tokens: array = field(default_factory=lambda: array("q"))
+    labels: Counter = field(default_factory=Counter)
+    short: list = field(default_factory=list)
+    short_count: int = 0
+    pii: dict = field(default_factory=lambda: {kind: [0, []] for kind in PII_KINDS})
+    fingerprint: str = ""
+
+
+class TokenCounter:
+    """Token lengths with the model's tokenizer, in batches (a batch call is ~10x faster than one by one)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.pending, self.out = tokenizer, [], None
+
+    def add(self, item, out: array) -> None:
+        self.out = out
+        if isinstance(item, list):
+            from hone.data.render import render
+
+            item = render(self.tokenizer, item)
+        self.pending.append(item)
+        if len(self.pending) >= TOKEN_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            ids = self.tokenizer(self.pending, add_special_tokens=False)["input_ids"]
+            self.out.extend(len(x) for x in ids)
+            self.pending = []
+
+
+def scan_file(path: Path, shape: str | None, strict: bool, near: NearDuplicates, counter: TokenCounter | None) -> FileScan:
+    """One streaming pass: validate, hash, count, tokenize, feed the near-duplicate index."""
+    scan = FileScan(str(path), ValidationReport())
+    fingerprint = Fingerprint()
+    for record in iter_records(path, shape, strict, scan.report):
+        line = record.line or 0
+        scan.lines.append(line)
+        fingerprint.add(record)
+        scan.full.append(short_hash(canonical(record)))
+        scan.inputs.append(short_hash(input_text(record)))
+        answer = output_text(record)
+        scan.outputs.append(short_hash(answer) if answer is not None else 0)
+        if (label := label_of(record)) is not None:
+            scan.labels[label] += 1
+        if isinstance(record, (ChatExample, PreferenceExample)) and len((answer or "").strip()) <= SHORT_OUTPUT:
+            scan.short_count += 1
+            if len(scan.short) < LISTED:
+                scan.short.append(line)
+        for _field, text in text_fields(record):
+            for kind, _start, _end in find_pii(text):
+                entry = scan.pii[kind]
+                entry[0] += 1
+                if len(entry[1]) < LISTED and line not in entry[1]:
+                    entry[1].append(line)
+        near.add(full_text(record))
+        if counter:
+            counter.add(training_text(record), scan.tokens)
+    if counter:
+        counter.flush()
+    scan.fingerprint = fingerprint.hexdigest()
+    return scan
+
+
+def _duplicate_groups(keys: np.ndarray) -> list[np.ndarray]:
+    """Indices of records sharing a key, one array per key that occurs more than once."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.nonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])[0]
+    ends = np.r_[starts[1:], len(keys)]
+    return [np.sort(order[s:e]) for s, e in zip(starts, ends) if e - s > 1]
+
+
+def _findings(groups: list[np.ndarray], lines: np.ndarray) -> dict:
+    return {"groups": len(groups), "extra_copies": sum(len(g) - 1 for g in groups),
+            "examples": [lines[g[:LISTED]].tolist() for g in groups[:LISTED]]}
+
+
+def _conflicts(scan: FileScan) -> dict:
+    """Inputs that appear with more than one different output (answer or label)."""
+    inputs, outputs = np.frombuffer(scan.inputs, np.uint64), np.frombuffer(scan.outputs, np.uint64)
+    lines = np.frombuffer(scan.lines, np.int64)
+    groups = [g for g in _duplicate_groups(inputs) if len(np.unique(outputs[g])) > 1]
+    return {"inputs": len(groups), "records": int(sum(len(g) for g in groups)),
+            "examples": [lines[g[:LISTED]].tolist() for g in groups[:LISTED]]}
+
+
+def _token_stats(tokens: np.ndarray, max_seq_len: int, context: int | None) -> dict:
+    if not len(tokens):
+        return {}
+    q = np.percentile(tokens, [10, 50, 90, 99])
+    return {"min": int(tokens.min()), "p10": int(q[0]), "median": int(q[1]), "mean": round(float(tokens.mean()), 1),
+            "p90": int(q[2]), "p99": int(q[3]), "max": int(tokens.max()), "total": int(tokens.sum()),
+            "max_seq_len": max_seq_len, "truncated": int((tokens > max_seq_len).sum()),
+            "context": context, "over_context": int((tokens > context).sum()) if context else 0,
+            "histogram": _histogram(tokens)}
+
+
+def _histogram(tokens: np.ndarray, bins: int = 20) -> dict:
+    counts, edges = np.histogram(tokens, bins=min(bins, max(1, len(np.unique(tokens)))))
+    return {"counts": counts.tolist(), "edges": [round(float(e), 1) for e in edges]}
+
+
+def _label_balance(labels: Counter) -> dict:
+    if not labels:
+        return {}
+    most, least = labels.most_common()[0], labels.most_common()[-1]
+    return {"labels": dict(labels.most_common()), "classes": len(labels),
+            "imbalance": round(most[1] / max(1, least[1]), 2), "rarest": least[0], "commonest": most[0]}
+
+
+def _leakage(scans: list[FileScan], groups: np.ndarray, offsets: list[int]) -> list[dict]:
+    """Records shared between each pair of files: identical, same input, or near-duplicate."""
+    found = []
+    for a in range(len(scans)):
+        for b in range(a + 1, len(scans)):
+            sa, sb = scans[a], scans[b]
+            exact = set(sa.full) & set(sb.full)
+            same_input = set(sa.inputs) & set(sb.inputs)
+            ga = set(groups[offsets[a]:offsets[a + 1]].tolist())
+            gb = groups[offsets[b]:offsets[b + 1]]
+            lines_b = np.frombuffer(sb.lines, np.int64)
+            near_lines = [int(lines_b[i]) for i, g in enumerate(gb.tolist()) if g in ga]
+            exact_lines = [int(l) for l, h in zip(sb.lines, sb.full) if h in exact][:LISTED]
+            input_lines = [int(l) for l, h in zip(sb.lines, sb.inputs) if h in same_input][:LISTED]
+            found.append({"files": [sa.path, sb.path], "exact": sum(h in exact for h in sb.full),
+                          "same_input": sum(h in same_input for h in sb.inputs), "near": len(near_lines),
+                          "exact_lines": exact_lines, "same_input_lines": input_lines,
+                          "near_lines": near_lines[:LISTED]})
+    return found
+
+
+def measured_throughput(model: str) -> dict | None:
+    """tokens/s of the latest successful run of `model` on this machine (from its run folder)."""
+    import yaml
+
+    from hone.home import runs_dir
+
+    folder = runs_dir()
+    if not folder.exists():
+        return None
+    for run in sorted(folder.iterdir(), reverse=True):
+        try:
+            record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+            config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        speed = (record.get("results") or {}).get("tokens_per_s")
+        if record.get("status") == "succeeded" and speed and (config.get("model") or {}).get("name") == model:
+            return {"tokens_per_s": speed, "run": run.name, "method": (config.get("method") or {}).get("name")}
+    return None
+
+
+def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1024, shape: str | None = None,
+               strict: bool = False, epochs: float = 3, tokenizer=None) -> dict:
+    """The quality report of one or more files (train first, then validation and test) as a dict.
+
+    `model` None skips tokenizing (no token lengths, no time estimate); `tokenizer` overrides loading.
+    """
+    context = None
+    if model and tokenizer is None:
+        from hone.models.catalogue import resolve_model
+        from hone.models.load import load_tokenizer
+
+        resolved = resolve_model(model)
+        tokenizer = load_tokenizer(resolved)
+        context = model_context(Path(resolved.path))
+    near = NearDuplicates()
+    scans = [scan_file(Path(p), shape, strict, near, TokenCounter(tokenizer) if tokenizer else None) for p in paths]
+    groups = near.groups()
+    near.close()
+    offsets = np.cumsum([0] + [len(s.lines) for s in scans]).tolist()
+    files = []
+    for i, scan in enumerate(scans):
+        lines, full = np.frombuffer(scan.lines, np.int64), np.frombuffer(scan.full, np.uint64)
+        exact = _duplicate_groups(full)
+        mine = groups[offsets[i]:offsets[i + 1]]
+        near_groups = [g for g in _duplicate_groups(mine) if len(np.unique(full[g])) > 1]
+        tokens = np.frombuffer(scan.tokens, np.int64)
+        if context:
+            for line, n in zip(scan.lines, scan.tokens):
+                if n > context:
+                    scan.report.add(Problem("too_long", f"{n} tokens, longer than the model's context of {context}",
+                                            scan.path, line))
+        files.append({
+            "file": scan.path, "shape": scan.report.shape, "records": scan.report.records,
+            "valid": scan.report.valid, "fingerprint": scan.fingerprint, "validation": scan.report.as_dict(),
+            "exact_duplicates": _findings(exact, lines), "near_duplicates": _findings(near_groups, lines),
+            "conflicts": _conflicts(scan), "labels": _label_balance(scan.labels),
+            "short_outputs": {"count": scan.short_count, "lines": scan.short, "max_chars": SHORT_OUTPUT},
+            "pii": {kind: {"count": n, "lines": lines_} for kind, (n, lines_) in scan.pii.items() if n},
+            "tokens": _token_stats(tokens, max_seq_len, context) if tokenizer else {}})
+    report = {"model": model, "files": files, "leakage": _leakage(scans, groups, offsets)}
+    if tokenizer is not None and files[0]["tokens"]:
+        report["training"] = _estimate(files[0]["tokens"]["total"], epochs, model)
+    return report
+
+
+def model_context(folder: Path) -> int | None:
+    """The model's context length (max_position_embeddings in its config.json), if it says."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings") or config.get("n_positions")
+    return int(value) if isinstance(value, int) else None
+
+
+def _estimate(tokens_per_epoch: int, epochs: float, model: str | None) -> dict:
+    measured = measured_throughput(model) if model else None
+    estimate = {"tokens_per_epoch": tokens_per_epoch, "epochs": epochs, "measured": measured}
+    if measured:
+        estimate["seconds"] = round(tokens_per_epoch * epochs / measured["tokens_per_s"], 1)
+    return estimate
+
+
+def has_errors(report: dict) -> bool:
+    return any(f["validation"]["skipped"] for f in report["files"])
+
+
+def require_records(report: dict) -> None:
+    for entry in report["files"]:
+        if not entry["valid"]:
+            raise DataError("no valid examples in file", file=entry["file"])

@@ -1,0 +1,209 @@
+"""`hone eval`: a tuned model (a run, or any model) against its base on held-out data, top to bottom.
+
+resolve what to evaluate -> read the test file (and suite) -> base: generate, perplexity ->
+tuned: the same -> every metric with a paired bootstrap interval -> suite checks -> optional judge
+-> for a run, save eval.json beside it and refresh its report.html.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from hone import atomic
+from hone.data.load import load_records
+from hone.data.records import ChatExample, LabelExample, TextExample
+from hone.errors import DataError, UserError
+from hone.evaluate.compare import Comparison, compare_answers, default_max_new_tokens, generate_answers
+from hone.evaluate.judge import JudgeResult, judge_pairs, openai_chat
+from hone.evaluate.metrics import pick_metrics
+from hone.evaluate.perplexity import perplexity_metric, perplexity_statistics
+from hone.evaluate.suites import SuiteResult, load_suite, score_suite
+
+SUITE_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class EvalOptions:
+    data: Path | None = None             # test file; a run's own test split by default
+    base: str | None = None              # baseline model; a run's base model by default
+    compare_base: bool = True
+    metrics: list[str] | None = None     # metric names or dotted paths; None: chosen from the references
+    schema: Path | None = None           # JSON schema the answers must satisfy
+    suite: Path | None = None            # edge-case suite (suites.py)
+    judge_url: str | None = None         # OpenAI-compatible endpoint for pairwise judging
+    judge_model: str | None = None
+    perplexity: bool = True
+    max_new_tokens: int | None = None
+    batch_size: int = 32
+    limit: int | None = None             # first N test items only
+    seed: int = 0
+
+
+@dataclass
+class EvalResult:
+    tuned_name: str
+    base_name: str | None
+    run_dir: Path | None = None
+    examples: list = field(default_factory=list)
+    comparison: Comparison | None = None
+    tuned_answers: list[str] = field(default_factory=list)
+    base_answers: list[str] | None = None
+    suite: SuiteResult | None = None
+    judge: JudgeResult | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        comparison = self.comparison.to_json() if self.comparison else {"n": 0, "base": None, "tuned": None}
+        return {"model": self.tuned_name, "base_model": self.base_name,
+                "run_dir": str(self.run_dir) if self.run_dir else None, **comparison,
+                "prompts": [e.prompt_messages[-1]["content"] if isinstance(e, ChatExample) and e.prompt_messages
+                            else "" for e in self.examples],
+                "references": [e.answer if isinstance(e, ChatExample) else None for e in self.examples],
+                "tuned_answers": self.tuned_answers, "base_answers": self.base_answers,
+                "suite": self.suite.to_json() if self.suite else None,
+                "judge": self.judge.to_json() if self.judge else None,
+                "seconds": round(self.seconds, 1)}
+
+
+@dataclass
+class Target:
+    name: str
+    run_dir: Path | None
+    base: str | None
+    system_prompt: str | None = None
+    max_length: int = 1024
+    test: Path | None = None
+
+
+def resolve_target(ref: str) -> Target:
+    """A run (folder, id or 'latest') or a model (catalogue name, HF folder, .gguf)."""
+    from hone.config import load_config
+    from hone.models.catalogue import resolve_model
+    from hone.train.run import find_run, read_record
+
+    try:
+        run = find_run(ref)
+    except UserError:
+        run = None
+    if run is not None and (run / "config.yaml").is_file():
+        config, record = load_config(run / "config.yaml"), read_record(run)
+        return Target(str(run), run, record.get("base_model") or config.model.name, config.data.system_prompt,
+                      config.data.max_length, Path(config.data.test) if config.data.test else None)
+    try:
+        resolve_model(ref)
+    except UserError as exc:
+        raise UserError(f"{ref!r} is neither a run (folder, id or 'latest') nor a model: {exc}") from None
+    return Target(ref, None, None)
+
+
+def load_model(ref: str, run_dir: Path | None, device: str):
+    from hone.models.load import load_causal_lm, load_tokenizer
+    from hone.train.run import load_run_model
+
+    if run_dir is not None:
+        return load_run_model(run_dir, device)
+    return load_causal_lm(ref, device), load_tokenizer(ref)
+
+
+def read_test_items(path: Path, system_prompt: str | None, limit: int | None) -> list:
+    """Chat-like records (scored against their last assistant message) or raw text (perplexity only)."""
+    records = load_records(path)[:limit] if limit else load_records(path)
+    items = []
+    for record in records:
+        if isinstance(record, LabelExample):
+            record = ChatExample([{"role": "user", "content": record.text},
+                                  {"role": "assistant", "content": record.label}], record.file, record.line)
+        if isinstance(record, ChatExample):
+            if system_prompt and record.messages[0]["role"] != "system":
+                record.messages.insert(0, {"role": "system", "content": system_prompt})
+        elif not isinstance(record, TextExample):
+            raise DataError(f"{type(record).__name__} records cannot be scored by `hone eval`; give chat, "
+                            "instruction, label or text data", file=str(path))
+        items.append(record)
+    return items
+
+
+def evaluate_model(ref: str, options: EvalOptions, console: Console | None = None) -> EvalResult:
+    """Score the model `ref` (and its base) on `options.data` and/or `options.suite`."""
+    from hone.hardware import pick_hardware
+
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    target = resolve_target(ref)
+    data = options.data or target.test
+    if data is None and options.suite is None:
+        raise UserError("nothing to evaluate: pass --data test.jsonl and/or --suite cases.jsonl")
+    items = read_test_items(Path(data), target.system_prompt, options.limit) if data else []
+    chats = [e for e in items if isinstance(e, ChatExample)]
+    if items and not chats and not options.perplexity:
+        raise UserError(f"{data} holds raw text, which only perplexity can score; drop --no-perplexity")
+    cases = load_suite(options.suite) if options.suite else []
+    schema = _read_schema(options.schema) if options.schema else None
+    references = [e.answer or "" for e in chats]
+    metrics, primary = pick_metrics(references, options.metrics, schema) if chats else ([], "perplexity")
+    base_name = (options.base or target.base) if options.compare_base else None
+    if options.judge_url and not base_name:
+        raise UserError("the judge compares base and tuned answers: give --base MODEL (or evaluate a run)")
+    hw = pick_hardware()
+    console.print(f"[bold]hone eval[/bold] {target.name}" + (f" against {base_name}" if base_name else "")
+                  + f": {len(items)} test items" + (f", {len(cases)} suite cases" if cases else "")
+                  + f"\n  hardware: {hw.device}, {hw.threads} thread(s)")
+
+    outputs = {}
+    for role, name, run_dir in (("base", base_name, None), ("tuned", target.name, target.run_dir)):
+        if name is None:
+            continue
+        model, tokenizer = load_model(name, run_dir, hw.device)
+        torch.manual_seed(options.seed)
+        max_new = options.max_new_tokens or (default_max_new_tokens(tokenizer, chats) if chats else None)
+        outputs[role] = {
+            "answers": generate_answers(model, tokenizer, chats, max_new, options.batch_size, f"{role} eval",
+                                        console) if chats else [],
+            "perplexity": perplexity_statistics(model, tokenizer, items, target.max_length)
+            if options.perplexity and items else None,
+            "suite": generate_answers(model, tokenizer, [ChatExample(c.messages) for c in cases],
+                                      options.max_new_tokens or SUITE_MAX_NEW_TOKENS, options.batch_size,
+                                      f"{role} suite", console) if cases else [],
+        }
+        del model
+
+    tuned, base = outputs["tuned"], outputs.get("base")
+    result = EvalResult(target.name, base_name, target.run_dir, items, tuned_answers=tuned["answers"],
+                        base_answers=base["answers"] if base else None)
+    if items:
+        extra = {}
+        if tuned["perplexity"] is not None:
+            extra["perplexity"] = (perplexity_metric(), tuned["perplexity"], base["perplexity"] if base else None)
+        result.comparison = compare_answers(metrics, primary, references, tuned["answers"],
+                                            base["answers"] if base else None, extra, options.seed)
+    if cases:
+        result.suite = score_suite(str(options.suite), cases, tuned["suite"], base["suite"] if base else None)
+    if options.judge_url and chats:
+        chat = openai_chat(options.judge_url, options.judge_model or "judge")
+        result.judge = judge_pairs(chat, [e.prompt_messages[-1]["content"] for e in chats], base["answers"],
+                                   tuned["answers"], references, options.judge_model or "judge")
+    result.seconds = time.monotonic() - started
+    if target.run_dir is not None:
+        from hone.evaluate.report import write_report
+
+        atomic.write_json(target.run_dir / "eval.json", result.to_json())
+        write_report(target.run_dir)
+    return result
+
+
+def _read_schema(path: Path) -> dict:
+    import json
+
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("schema file not found", file=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"invalid JSON ({exc.msg} at line {exc.lineno})", file=str(path)) from None
+    if not isinstance(schema, dict):
+        raise UserError("a JSON schema must be an object", file=str(path))
+    return schema

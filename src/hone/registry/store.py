@@ -1,0 +1,352 @@
+"""Runs, versions and tags in a database: SQLite under the hone home, or any SQLAlchemy URL.
+
+The run folder stays the source of truth (run.json, config.yaml); the registry indexes it so runs can
+be listed, compared, named and found again. train/run.py writes here when a run starts and each time
+its record changes. `HONE_DB` (or `hone --db URL`) picks the database, e.g.
+`postgresql+psycopg://user@host/hone`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from hone.errors import UserError
+from hone.home import hone_home, runs_dir
+from hone.registry.fingerprint import data_fingerprints, file_sha256, folder_sha256, library_versions
+from hone.registry.refs import Ref
+
+FINISHED = {"succeeded", "failed"}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(40), default="created")
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)          # role -> {path, sha256, bytes}
+    base_model: Mapped[Optional[str]] = mapped_column(Text)
+    base_model_hash: Mapped[Optional[str]] = mapped_column(String(64))
+    method: Mapped[Optional[str]] = mapped_column(String(40))
+    objective: Mapped[Optional[str]] = mapped_column(String(40))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    artifacts: Mapped[dict] = mapped_column(JSON, default=dict)     # name -> {path, bytes}
+    parent_id: Mapped[Optional[str]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    hone_version: Mapped[Optional[str]] = mapped_column(String(40))
+    libraries: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_json(self, tags: list[str] | None = None) -> dict[str, Any]:
+        out = {column.name: getattr(self, column.name) for column in Run.__table__.columns}
+        for key in ("created_at", "updated_at", "finished_at"):
+            out[key] = out[key].isoformat(timespec="seconds") if out[key] else None
+        return {**out, "ref": self.ref, "tags": tags or []}
+
+
+class Tag(Base):
+    """`name@tag` points at one run of that name; setting it again moves it."""
+    __tablename__ = "tags"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+
+
+class ModelHash(Base):
+    """Content hashes of model folders, keyed by path, size and mtime so a 500 MB model is read once."""
+    __tablename__ = "model_hashes"
+
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    stamp: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+_engines: dict[str, Any] = {}
+
+
+def database_url() -> str:
+    return os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'registry.db'}"
+
+
+def session() -> Session:
+    url = database_url()
+    if url not in _engines:
+        try:
+            engine = create_engine(url)
+            Base.metadata.create_all(engine)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise UserError(f"cannot open the run registry at {_safe(url)}: {exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0]}") from None
+        _engines[url] = engine
+    return Session(_engines[url], expire_on_commit=False)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
+        return url
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def model_hash(db: Session, folder: Path) -> str | None:
+    """sha256 over a model folder's files, cached by path, total size and newest mtime."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return file_sha256(folder) if folder.is_file() else None
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    stamp = f"{sum(p.stat().st_size for p in files)}:{max((p.stat().st_mtime_ns for p in files), default=0)}"
+    cached = db.get(ModelHash, str(folder.resolve()))
+    if cached and cached.stamp == stamp:
+        return cached.sha256
+    digest = folder_sha256(folder)
+    db.merge(ModelHash(path=str(folder.resolve()), stamp=stamp, sha256=digest))
+    return digest
+
+
+def _artifacts(path: Path) -> dict[str, dict]:
+    found = {}
+    for name in ("adapter", "model"):
+        folder = path / name
+        if folder.is_dir():
+            found[name] = {"path": str(folder), "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())}
+    checkpoints = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
+    if checkpoints:
+        found["checkpoints"] = {"path": str(path / "checkpoints"), "latest": checkpoints[-1].name, "count": len(checkpoints)}
+    return found
+
+
+def _unique_id(db: Session, path: Path) -> str:
+    base = path.name
+    candidate, n = base, 1
+    while (row := db.get(Run, candidate)) is not None and row.path != str(path):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def record_start(path: Path, config: dict, name: str, created_at: datetime | None = None) -> Run:
+    """Register a new run folder (or return its row): the next version of `name`, config, data prints."""
+    path = Path(path).resolve()
+    data_files = {role: config.get("data", {}).get(role) for role in ("train", "validation", "test")}
+    for attempt in range(3):  # two runs of one name starting together: the unique (name, version) decides
+        with session() as db:
+            existing = db.scalar(select(Run).where(Run.path == str(path)))
+            if existing:
+                return existing
+            version = (db.scalar(select(func.max(Run.version)).where(Run.name == name)) or 0) + 1
+            parent = find_by_ref_in(db, config.get("model", {}).get("name") or "", quiet=True)
+            now = created_at or _now()
+            row = Run(id=_unique_id(db, path), name=name, version=version, status="created", path=str(path),
+                      config=config, data=data_fingerprints(data_files), parent_id=parent.id if parent else None,
+                      base_model=config.get("model", {}).get("name"), method=config.get("method", {}).get("name"),
+                      libraries=library_versions(), created_at=now, updated_at=now)
+            db.add(row)
+            try:
+                db.commit()
+                return row
+            except IntegrityError:
+                db.rollback()
+    raise UserError(f"could not register {path}: its name and version kept colliding")
+
+
+def sync_run(path: Path, record: dict) -> Run:
+    """Copy a run's record (run.json fields) into its registry row; registers the folder if it is new."""
+    path = Path(path).resolve()
+    with session() as db:
+        row = db.scalar(select(Run).where(Run.path == str(path)))
+        if row is None:
+            db.close()
+            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) if (path / "config.yaml").is_file() else {}
+            started = datetime.fromtimestamp((path / "config.yaml").stat().st_mtime, timezone.utc) if (
+                path / "config.yaml").is_file() else None
+            record_start(path, config or {}, _run_name(path, config or {}), started)
+            return sync_run(path, record)
+        row.status = record.get("status", row.status)
+        row.objective = record.get("objective", row.objective)
+        row.method = record.get("method", row.method)
+        row.base_model = record.get("base_model", row.base_model)
+        row.hone_version = record.get("hone_version", row.hone_version)
+        if record.get("base_path") and not row.base_model_hash:
+            row.base_model_hash = model_hash(db, Path(record["base_path"]))
+        metrics = dict(record.get("results") or {})
+        if record.get("forgetting"):
+            metrics["forgetting"] = record["forgetting"]
+        for key in ("train_seconds", "total_seconds"):
+            if key in record:
+                metrics[key] = record[key]
+        row.metrics = metrics
+        row.artifacts = _artifacts(path)
+        row.updated_at = _now()
+        if row.status in FINISHED and row.finished_at is None:
+            row.finished_at = row.updated_at
+        db.commit()
+        return row
+
+
+def _run_name(path: Path, config: dict) -> str:
+    if config.get("name"):
+        return str(config["name"])
+    train = (config.get("data") or {}).get("train")
+    return Path(train).stem if train else path.name
+
+
+def import_run_folders(folder: Path | None = None) -> int:
+    """Register run folders under the hone home that the registry has not seen (older runs); return how many."""
+    folder = folder or runs_dir()
+    with session() as db:
+        known = set(db.scalars(select(Run.path)))
+    added = 0
+    for path in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
+        if str(path.resolve()) not in known:
+            record = json.loads((path / "run.json").read_text(encoding="utf-8")) if (path / "run.json").is_file() else {}
+            sync_run(path, record)
+            added += 1
+    return added
+
+
+def find_by_ref_in(db: Session, text: str, quiet: bool = False) -> Run | None:
+    from hone.registry.refs import parse_ref
+
+    try:
+        ref = parse_ref(text)
+    except UserError:
+        if quiet:
+            return None
+        raise
+    if ref.version is None and ref.tag is None and (row := db.get(Run, ref.name)) is not None:
+        return row
+    if ref.tag:
+        tag = db.get(Tag, (ref.name, ref.tag))
+        return db.get(Run, tag.run_id) if tag else None
+    query = select(Run).where(Run.name == ref.name)
+    if ref.version is not None:
+        return db.scalar(query.where(Run.version == ref.version))
+    newest = query.order_by(Run.version.desc())
+    return db.scalar(newest.where(Run.status == "succeeded")) or db.scalar(newest)
+
+
+def find_by_ref(ref: Ref) -> Run | None:
+    with session() as db:
+        return find_by_ref_in(db, str(ref))
+
+
+def get_run(text: str) -> Run:
+    """The run a reference names, or a UserError listing what exists."""
+    with session() as db:
+        row = find_by_ref_in(db, text)
+        if row is None:
+            names = sorted(set(db.scalars(select(Run.name))))
+            hint = f"; registered names: {', '.join(names[:8])}" if names else "; no runs are registered yet"
+            raise UserError(f"no run {text!r} in the registry{hint}")
+        return row
+
+
+def tags_of(db: Session, run_id: str) -> list[str]:
+    return sorted(db.scalars(select(Tag.tag).where(Tag.run_id == run_id)))
+
+
+def list_runs(name: str | None = None, status: str | None = None, limit: int | None = None) -> list[dict]:
+    """Registered runs, newest first, as plain dicts (with their tags)."""
+    with session() as db:
+        query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
+        if name:
+            query = query.where(Run.name == name)
+        if status:
+            query = query.where(Run.status == status)
+        if limit:
+            query = query.limit(limit)
+        return [row.to_json(tags_of(db, row.id)) for row in db.scalars(query)]
+
+
+def show_run(text: str) -> dict:
+    row = get_run(text)
+    with session() as db:
+        return row.to_json(tags_of(db, row.id))
+
+
+def set_tag(text: str, tag: str, remove: bool = False) -> tuple[Run, str | None]:
+    """Point `name@tag` at the run `text` names (moving it from another version); return (run, previous id)."""
+    row = get_run(text)
+    with session() as db:
+        current = db.get(Tag, (row.name, tag))
+        previous = current.run_id if current else None
+        if remove:
+            if previous != row.id:
+                raise UserError(f"{row.ref} has no tag {tag!r}")
+            db.delete(current)
+        elif current:
+            current.run_id = row.id
+        else:
+            db.add(Tag(name=row.name, tag=tag, run_id=row.id))
+        db.commit()
+    return row, previous
+
+
+def remove_run(text: str, delete_files: bool = True) -> Run:
+    """Forget a run (its tags go with it) and, unless told otherwise, delete its folder."""
+    row = get_run(text)
+    with session() as db:
+        for tag in db.scalars(select(Tag).where(Tag.run_id == row.id)):
+            db.delete(tag)
+        for child in db.scalars(select(Run).where(Run.parent_id == row.id)):
+            child.parent_id = None
+        db.delete(db.get(Run, row.id))
+        db.commit()
+    if delete_files and Path(row.path).is_dir():
+        shutil.rmtree(row.path)
+    return row
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: data}
+
+
+def diff_runs(a: str, b: str) -> dict[str, list[tuple[str, Any, Any]]]:
+    """What differs between two runs: config fields, data fingerprints, base model, and metrics."""
+    left, right = show_run(a), show_run(b)
+    out = {}
+    for section in ("config", "data", "metrics"):
+        la, lb = _flatten(left[section] or {}), _flatten(right[section] or {})
+        rows = [(key, la.get(key), lb.get(key)) for key in sorted(set(la) | set(lb)) if la.get(key) != lb.get(key)]
+        if section == "metrics":  # per-item lists (answers, probe items) are noise in a diff
+            rows = [r for r in rows if not isinstance(r[1], list) or len(r[1]) <= 4]
+        out[section] = rows
+    out["run"] = [(key, left[key], right[key]) for key in ("ref", "status", "base_model", "base_model_hash",
+                                                           "method", "objective", "parent_id", "hone_version")
+                  if left[key] != right[key]]
+    return out
