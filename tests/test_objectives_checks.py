@@ -5,7 +5,7 @@ import pytest
 from objective_helpers import label_rows, preference_rows, text_rows, tiny_run_config, write_jsonl
 
 from hone.errors import ConfigError
-from hone.evaluate.classification import accuracy, confusion_matrix, entity_f1, entity_spans, macro_f1
+from hone.evaluate.classification import classification_scores, entity_f1, entity_spans
 from hone.objectives import checks, run
 
 
@@ -87,12 +87,13 @@ def test_reward_function_is_resolved_from_its_dotted_path():
     assert scores == [1.0, 0.5, 0.0]
 
 
-def test_classification_metrics():
-    predictions, references = ["a", "a", "b", "b"], ["a", "b", "b", "b"]
-    assert accuracy(predictions, references) == 0.75
-    assert macro_f1(predictions, references) == pytest.approx((2 / 3 + 0.8) / 2)
-    assert macro_f1(["a"] * 4, ["a", "a", "a", "b"]) == pytest.approx((6 / 7 + 0) / 2)  # majority guessing is punished
-    assert confusion_matrix(predictions, references, ["a", "b"]) == [[1, 0], [1, 2]]
+def test_classifier_scores_record_accuracy_macro_f1_and_confusion_rows_by_true_label():
+    scores = classification_scores(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b", "c"])
+    assert scores["accuracy"] == 0.75
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2, abs=1e-4)  # "c" never occurs: not averaged
+    assert scores["confusion_matrix"]["rows"] == [[1, 0, 0], [1, 2, 0], [0, 0, 0]]
+    majority = classification_scores(["a"] * 4, ["a", "a", "a", "b"], ["a", "b"])
+    assert majority["macro_f1"] == pytest.approx((6 / 7 + 0) / 2, abs=1e-4)  # majority guessing is punished
 
 
 def test_entity_f1_needs_exact_span_and_type():

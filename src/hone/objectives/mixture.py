@@ -65,9 +65,10 @@ def draw_mixture(sources: list[list[TokenizedExample]], weights: list[float], se
 
 
 def source_names(sources: list[MixtureSource]) -> list[str]:
-    """Short names for the sources: file stems, numbered when two share one."""
+    """Short names for the sources: file stems, with their folder when two share a stem (orders/train)."""
     stems = [Path(s.train).stem for s in sources]
-    return [f"{i + 1}-{stem}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]
+    names = [f"{Path(s.train).parent.name}/{stem}" if stems.count(stem) > 1 else stem for s, stem in zip(sources, stems)]
+    return [f"{i + 1}-{name}" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
 
 def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:

@@ -23,7 +23,8 @@ from hone.data.records import TagExample
 from hone.data.render import IGNORE
 from hone.data.split import hold_out
 from hone.errors import DataError
-from hone.evaluate.classification import accuracy, entity_f1
+from hone.evaluate.classification import entity_f1
+from hone.evaluate.metrics import accuracy
 from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
@@ -144,7 +145,7 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
                "first_loss": summary["first_loss"], "train_loss": summary["train_loss"],
                "base_score": 0.0, "baseline": "no entities found (every word tagged O)",
                "tuned_score": round(entity_f1(predicted, gold), 4),
-               "tuned_word_accuracy": round(accuracy(flat_p, flat_g), 4),
+               "tuned_word_accuracy": round(accuracy(flat_g, flat_p), 4),
                "trainable_parameters": params.trainable, "total_parameters": params.total,
                "artifact": out.name}
     return finish_run(start, "ner", results, summary["seconds"])
