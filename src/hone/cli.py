@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hone.cli_data import data_app
+from hone.cli_runs import runs_app
 from hone.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -19,9 +21,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Base models.")
 config_app = typer.Typer(no_args_is_help=True, help="Run configuration.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
-data_app = typer.Typer(no_args_is_help=True, help="Check, split and clean training data.")
 app.add_typer(data_app, name="data")
-runs_app = typer.Typer(no_args_is_help=True, help="The run registry: list, show, diff, tag and remove runs.")
 app.add_typer(runs_app, name="runs")
 out = Console()
 err = Console(stderr=True)
@@ -337,217 +337,6 @@ def config_show(config: Optional[Path] = typer.Argument(None, help="YAML config 
             value = f"{cfg.lr:g} (default for {cfg.method.name})"
         table.add_row(path, str(value), description)
     out.print(table)
-
-
-@data_app.command("check")
-def data_check(
-    files: List[Path] = typer.Argument(..., help="Data files: train first, then validation and test (checked for leakage)"),
-    model: str = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens (default: the catalogue default)"),
-    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token counts (no tokenizer load)"),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Training length limit (default: data.max_length)"),
-    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first problem"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the JSON and HTML report (default: beside the first file)"),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
-):
-    """Validate data and report its quality: problems by line, duplicates, conflicts, PII, lengths, leakage."""
-    from hone.config import DataSection
-    from hone.data.quality import check_data, has_errors
-    from hone.data.report import print_report, render_html
-    from hone.models.catalogue import DEFAULT_MODEL
-    from hone import atomic
-
-    limit = max_seq_len or DataSection().max_length
-    report = check_data(files, None if no_tokens else (model or DEFAULT_MODEL), limit, data_format, strict)
-    first = Path(files[0])
-    folder = output or (first.parent if first.is_file() else first.parent)
-    stem = first.stem if first.is_file() else first.name
-    json_path, html_path = folder / f"{stem}.check.json", folder / f"{stem}.check.html"
-    atomic.write_json(json_path, report)
-    atomic.write_text(html_path, render_html(report))
-    if as_json:
-        print(json.dumps(report))
-    else:
-        print_report(report, out)
-        out.print(f"report: {json_path} and {html_path}", highlight=False)
-    if has_errors(report):
-        raise typer.Exit(1)
-
-
-@data_app.command("split")
-def data_split(
-    file: Path = typer.Argument(..., help="Data file to split"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for train/validation/test.jsonl (default: <name>-split beside the file)"),
-    sizes: str = typer.Option("80/10/10", "--sizes", help="train/validation/test shares"),
-    seed: int = typer.Option(42, "--seed", help="Seed for the shuffle"),
-    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record instead of skipping it"),
-    no_near: bool = typer.Option(False, "--no-near", help="Do not keep near-duplicates on the same side"),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
-):
-    """Split data into train/validation/test: seeded, stratified by label, near-duplicates kept together."""
-    from hone.data.split import parse_sizes, split_dataset
-
-    result = split_dataset(file, output, parse_sizes(sizes), seed, data_format, strict, near=not no_near)
-    manifest = result.manifest
-    if as_json:
-        print(json.dumps(manifest))
-        return
-    table = Table(header_style="bold")
-    for column in ("split", "records", "file", "fingerprint"):
-        table.add_column(column)
-    for name, split in manifest["splits"].items():
-        table.add_row(name, f"{split['records']:,}", str(result.out_dir / split["file"]), split["fingerprint"][:16])
-    out.print(table)
-    notes = [f"seed {seed}", f"stratified by {manifest['stratified_by']}" if manifest["stratified_by"] else "not stratified (no labels)"]
-    if manifest["near_duplicates_kept_together"]:
-        notes.append(f"{manifest['near_duplicates_kept_together']} near-duplicate groups kept on one side")
-    if manifest["skipped"]:
-        notes.append(f"{manifest['skipped']} bad records skipped ({', '.join(f'{n} {k}' for k, n in manifest['problems'].items())})")
-    out.print("; ".join(notes) + f"\nmanifest: {result.out_dir / 'split.json'}", highlight=False)
-
-
-@data_app.command("clean")
-def data_clean(
-    file: Path = typer.Argument(..., help="Data file to clean (never modified)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Cleaned JSONL (default: <name>.clean.jsonl beside the file)"),
-    no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep duplicates"),
-    no_near: bool = typer.Option(False, "--no-near", help="Drop exact duplicates only, keep near-duplicates"),
-    no_redact: bool = typer.Option(False, "--no-redact", help="Keep PII as it is"),
-    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
-):
-    """Write a cleaned copy: invalid records and duplicates dropped, PII redacted; every change logged."""
-    from hone.data.clean import clean_file
-
-    result = clean_file(file, output, dedup=not no_dedup, near=not no_near, redact_pii=not no_redact, shape=data_format)
-    summary = {"output": str(result.output), "log": str(result.log), "kept": result.kept, "changes": result.changes}
-    if as_json:
-        print(json.dumps(summary))
-        return
-    changes = ", ".join(f"{n:,} {action.replace('_', ' ')}" for action, n in result.changes.items()) or "no changes"
-    out.print(f"kept {result.kept:,} records; {changes}\nwrote {result.output}\nlog of every change: {result.log}",
-              highlight=False)
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)[:120]
-    return "-" if value is None else str(value)
-
-
-@runs_app.command("list")
-def runs_list(name: Optional[str] = typer.Option(None, "--name", help="Only runs of this name"),
-              status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status"),
-              limit: int = typer.Option(20, "--limit", help="Newest N runs (0: all)"),
-              as_json: bool = typer.Option(False, "--json")):
-    """Registered runs, newest first (run folders made before the registry are imported first)."""
-    from hone.registry import import_run_folders, list_runs
-
-    import_run_folders()
-    rows = list_runs(name, status, limit or None)
-    if as_json:
-        print(json.dumps(rows, default=str))
-        return
-    if not rows:
-        out.print("No runs yet. Start one with: hone train --data FILE")
-        return
-    table = Table(header_style="bold")
-    tagged = any(row["tags"] for row in rows)
-    for column in ("ref", "status", "method", "score", "forgetting", "created") + (("tags",) if tagged else ()):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        metrics = row["metrics"] or {}
-        score = metrics.get("tuned_score")
-        forgetting = metrics.get("forgetting")
-        cells = [row["ref"], row["status"], row["method"] or "-",
-                 f"{score:.1%}" if isinstance(score, (int, float)) else "-",
-                 (f"{forgetting['drop']:+.1f} pts " + ("ok" if forgetting["passed"] else "[red]FAIL[/red]"))
-                 if forgetting else "-", row["created_at"][:16].replace("T", " ")]
-        table.add_row(*cells, *([", ".join(row["tags"])] if tagged else []))
-    out.print(table)
-    out.print("[dim]hone runs show REF for everything about one run (REF: NAME:VERSION, NAME@TAG or the id)[/dim]")
-
-
-@runs_app.command("show")
-def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or NAME@TAG"),
-              as_json: bool = typer.Option(False, "--json")):
-    """Everything recorded about one run."""
-    from hone.registry.store import show_run
-
-    row = show_run(ref)
-    if as_json:
-        print(json.dumps(row, default=str))
-        return
-    table = Table(show_header=False, title=f"{row['ref']}  ({row['id']})")
-    table.add_column("field", style="bold")
-    table.add_column("value", overflow="fold")
-    for key in ("status", "path", "base_model", "base_model_hash", "method", "objective", "parent_id", "tags",
-                "hone_version", "created_at", "finished_at"):
-        table.add_row(key, _fmt(row[key]))
-    for role, info in (row["data"] or {}).items():
-        table.add_row(f"data.{role}", f"{info['path']}  sha256 {info['sha256'][:16]}…")
-    for key, value in (row["metrics"] or {}).items():
-        if not isinstance(value, list):
-            table.add_row(f"metrics.{key}", _fmt(value))
-    for key, value in (row["artifacts"] or {}).items():
-        table.add_row(f"artifacts.{key}", _fmt(value))
-    table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in (row["libraries"] or {}).items()))
-    out.print(table)
-
-
-@runs_app.command("diff")
-def runs_diff(a: str = typer.Argument(..., help="First run"), b: str = typer.Argument(..., help="Second run"),
-              as_json: bool = typer.Option(False, "--json")):
-    """What differs between two runs: config, data, base model, metrics."""
-    from hone.registry import diff_runs
-
-    diff = diff_runs(a, b)
-    if as_json:
-        print(json.dumps(diff, default=str))
-        return
-    table = Table(header_style="bold")
-    for column in ("field", a, b):
-        table.add_column(column, overflow="fold")
-    for section in ("run", "config", "data", "metrics"):
-        for key, left, right in diff[section]:
-            table.add_row(key if section == "run" else f"{section}.{key}", _fmt(left), _fmt(right))
-    out.print(table if table.row_count else "No differences.")
-
-
-@runs_app.command("tag")
-def runs_tag(ref: str = typer.Argument(..., help="Run id, NAME:VERSION or NAME@TAG"),
-             tag: str = typer.Argument(..., help="Tag, e.g. production"),
-             remove: bool = typer.Option(False, "--remove", help="Remove the tag instead")):
-    """Point NAME@TAG at a run (moving it from another version of the same name)."""
-    from hone.registry import set_tag
-
-    row, previous = set_tag(ref, tag, remove)
-    if remove:
-        out.print(f"{row.name}@{tag} removed (was {row.ref})")
-    else:
-        moved = f" (moved from {previous})" if previous and previous != row.id else ""
-        out.print(f"{row.name}@{tag} -> {row.ref} ({row.id}){moved}")
-
-
-@runs_app.command("rm")
-def runs_rm(ref: str = typer.Argument(..., help="Run id, NAME:VERSION or NAME@TAG"),
-            yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before deleting files"),
-            keep_files: bool = typer.Option(False, "--keep-files", help="Forget the run but keep its folder")):
-    """Remove a run from the registry and delete its folder (asks first)."""
-    from pathlib import Path as _Path
-
-    from hone.registry import get_run, remove_run
-
-    row = get_run(ref)
-    folder = _Path(row.path)
-    if not keep_files and folder.is_dir() and not yes:
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        if not typer.confirm(f"Delete run {row.ref} ({row.id}) and its folder {folder} ({size / 1e6:.1f} MB)?"):
-            err.print("Nothing removed.")
-            raise typer.Exit(1)
-    remove_run(ref, delete_files=not keep_files)
-    out.print(f"Removed {row.ref} ({row.id})" + ("" if keep_files or not folder.exists() else f"; deleted {folder}"))
 
 
 def main() -> None:

@@ -1,0 +1,106 @@
+"""`hone data`: check, split and clean training data (the CLI side of hone.data)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+out = Console()
+err = Console(stderr=True)
+data_app = typer.Typer(no_args_is_help=True, help="Check, split and clean training data.")
+
+
+@data_app.command("check")
+def data_check(
+    files: List[Path] = typer.Argument(..., help="Data files: train first, then validation and test (checked for leakage)"),
+    model: str = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens (default: the catalogue default)"),
+    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token counts (no tokenizer load)"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Training length limit (default: data.max_length)"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first problem"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the JSON and HTML report (default: beside the first file)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+):
+    """Validate data and report its quality: problems by line, duplicates, conflicts, PII, lengths, leakage."""
+    from hone.config import DataSection
+    from hone.data.quality import check_data, has_errors
+    from hone.data.report import print_report, render_html
+    from hone.models.catalogue import DEFAULT_MODEL
+    from hone import atomic
+
+    limit = max_seq_len or DataSection().max_length
+    report = check_data(files, None if no_tokens else (model or DEFAULT_MODEL), limit, data_format, strict)
+    first = Path(files[0])
+    folder = output or (first.parent if first.is_file() else first.parent)
+    stem = first.stem if first.is_file() else first.name
+    json_path, html_path = folder / f"{stem}.check.json", folder / f"{stem}.check.html"
+    atomic.write_json(json_path, report)
+    atomic.write_text(html_path, render_html(report))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print_report(report, out)
+        out.print(f"report: {json_path} and {html_path}", highlight=False)
+    if has_errors(report):
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def data_split(
+    file: Path = typer.Argument(..., help="Data file to split"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for train/validation/test.jsonl (default: <name>-split beside the file)"),
+    sizes: str = typer.Option("80/10/10", "--sizes", help="train/validation/test shares"),
+    seed: int = typer.Option(42, "--seed", help="Seed for the shuffle"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad record instead of skipping it"),
+    no_near: bool = typer.Option(False, "--no-near", help="Do not keep near-duplicates on the same side"),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
+):
+    """Split data into train/validation/test: seeded, stratified by label, near-duplicates kept together."""
+    from hone.data.split import parse_sizes, split_dataset
+
+    result = split_dataset(file, output, parse_sizes(sizes), seed, data_format, strict, near=not no_near)
+    manifest = result.manifest
+    if as_json:
+        print(json.dumps(manifest))
+        return
+    table = Table(header_style="bold")
+    for column in ("split", "records", "file", "fingerprint"):
+        table.add_column(column)
+    for name, split in manifest["splits"].items():
+        table.add_row(name, f"{split['records']:,}", str(result.out_dir / split["file"]), split["fingerprint"][:16])
+    out.print(table)
+    notes = [f"seed {seed}", f"stratified by {manifest['stratified_by']}" if manifest["stratified_by"] else "not stratified (no labels)"]
+    if manifest["near_duplicates_kept_together"]:
+        notes.append(f"{manifest['near_duplicates_kept_together']} near-duplicate groups kept on one side")
+    if manifest["skipped"]:
+        notes.append(f"{manifest['skipped']} bad records skipped ({', '.join(f'{n} {k}' for k, n in manifest['problems'].items())})")
+    out.print("; ".join(notes) + f"\nmanifest: {result.out_dir / 'split.json'}", highlight=False)
+
+
+@data_app.command("clean")
+def data_clean(
+    file: Path = typer.Argument(..., help="Data file to clean (never modified)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Cleaned JSONL (default: <name>.clean.jsonl beside the file)"),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep duplicates"),
+    no_near: bool = typer.Option(False, "--no-near", help="Drop exact duplicates only, keep near-duplicates"),
+    no_redact: bool = typer.Option(False, "--no-redact", help="Keep PII as it is"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="Force the data shape (default: detected)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
+):
+    """Write a cleaned copy: invalid records and duplicates dropped, PII redacted; every change logged."""
+    from hone.data.clean import clean_file
+
+    result = clean_file(file, output, dedup=not no_dedup, near=not no_near, redact_pii=not no_redact, shape=data_format)
+    summary = {"output": str(result.output), "log": str(result.log), "kept": result.kept, "changes": result.changes}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    changes = ", ".join(f"{n:,} {action.replace('_', ' ')}" for action, n in result.changes.items()) or "no changes"
+    out.print(f"kept {result.kept:,} records; {changes}\nwrote {result.output}\nlog of every change: {result.log}",
+              highlight=False)
