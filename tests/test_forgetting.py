@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -158,9 +161,17 @@ def test_forgetting_gate_trips_on_a_destructive_run_and_stays_quiet_on_a_gentle_
 
     quiet = run_sft(gentle).forgetting
     assert quiet["base"] == 100.0 and quiet["passed"] and quiet["drop"] <= 10
-    tripped = run_sft(destructive)
-    record = json.loads((tripped.run_dir / "run.json").read_text())
-    assert record["forgetting"] == tripped.forgetting
-    assert not tripped.forgetting["passed"] and tripped.forgetting["drop"] > 10
-    assert tripped.forgetting["lost"] >= 2 and set(tripped.forgetting) >= {"base", "tuned", "drop", "ci", "gate", "passed"}
+    # Through the CLI: the run is saved, and the exit status (3) tells scripts it failed its check.
+    from hone.config import to_yaml
+
+    config_file = tmp_path / "destructive.yaml"
+    config_file.write_text(to_yaml(destructive))
+    done = subprocess.run([sys.executable, "-m", "hone.cli", "train", str(config_file)], capture_output=True,
+                          text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "Forgetting check failed" in done.stdout
+    record = json.loads((tmp_path / "destructive" / "run.json").read_text())
+    forgetting = record["forgetting"]
+    assert not forgetting["passed"] and forgetting["drop"] > 10
+    assert forgetting["lost"] >= 2 and set(forgetting) >= {"base", "tuned", "drop", "ci", "gate", "passed"}
     assert "high for full" in record["warnings"][0]

@@ -103,6 +103,8 @@ def train(
         print(json.dumps(summary_json(result)))
     else:
         print_summary(result, out, cfg.eval.samples)
+    if getattr(result, "forgetting", None) and not result.forgetting["passed"]:
+        raise typer.Exit(3)  # the run is saved, but it failed its forgetting check: scripts and CI must see it
 
 
 @app.command()
