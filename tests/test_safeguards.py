@@ -144,3 +144,18 @@ def test_two_processes_on_gloo_match_one_process_with_the_same_global_batch(tiny
         assert difference.abs().max() < 1e-4, name
         if "lora_B" in name:  # initialised at zero: the weights are the training's updates
             assert difference.norm() < 0.01 * weights[0][name].norm(), name
+
+
+def test_a_registered_tuned_model_is_a_base_for_the_next_run(tiny_model, chat_files, tmp_path):
+    cfg = tiny_config(tiny_model, chat_files, tmp_path, max_steps=2)
+    cfg.name = "support-bot"
+    cfg.data.test = None
+    first = run_sft(cfg).run_dir
+    done = subprocess.run([sys.executable, "-m", "hone.cli", "train", "--model", "support-bot:1", "--data",
+                           str(chat_files["train"]), "--max-steps", "1", "--set", "data.max_length=64",
+                           "--set", "train.threads=1", "--output", str(tmp_path / "second")],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "second" / "run.json").read_text())
+    assert record["base_model"] == str(first / "merged")
+    assert (first / "merged" / "config.json").is_file()

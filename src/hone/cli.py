@@ -81,6 +81,8 @@ def train(
     from hone.summary import objective_summary_json, print_objective_summary, print_summary, summary_json
     from hone.train.run import find_run
 
+    if model and (":" in model or "@" in model) and not Path(model).exists():
+        model = str(_registered_base(model))
     run_dir = None
     if resume:
         run_dir = find_run(resume)
@@ -187,6 +189,15 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
             print(json.dumps({"prompt": conversation[-1]["content"], "answer": answer}, ensure_ascii=False))
         else:
             out.print(answer, markup=False, highlight=False)
+
+
+def _registered_base(ref: str) -> Path:
+    """`--model support-bot:3` or `support-bot@production`: train on top of that tuned model."""
+    from hone.train.run import find_run, tuned_model_folder
+
+    folder = tuned_model_folder(find_run(ref))
+    err.print(f"  base: {ref} -> {folder}", highlight=False)
+    return folder
 
 
 def _relaunch_under_torchrun(nproc: int) -> int:

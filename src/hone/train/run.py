@@ -116,3 +116,21 @@ def load_run_model(run: Path, device: str = "cpu"):
     if (run / "model" / "config.json").is_file():
         return load_causal_lm(str(run / "model"), device), load_tokenizer(str(run / "model"))
     raise UserError(f"{run} has no trained model yet (status: {record.get('status', 'unknown')})")
+
+
+def tuned_model_folder(run: Path) -> Path:
+    """A plain model folder holding a finished run's tuned model, to train on top of it.
+
+    A fully tuned run already has one (`model/`); an adapter run gets its adapter merged into a fresh
+    copy of its base once, written atomically to `merged/`."""
+    from hone import atomic
+
+    run = Path(run)
+    for folder in (run / "model", run / "merged"):
+        if (folder / "config.json").is_file():
+            return folder
+    model, tokenizer = load_run_model(run)
+    with atomic.folder(run / "merged") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return run / "merged"
