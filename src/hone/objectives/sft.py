@@ -31,7 +31,8 @@ from hone.models.catalogue import resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer
 from hone.train.distributed import close as close_ranks
 from hone.train.distributed import ranks
-from hone.train.loop import train_loop
+from hone.train.batches import micro_batches
+from hone.train.loop import token_cap, train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.regularise import lr_warning
 from hone.train.replay import mix_replay
@@ -159,7 +160,10 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if hw.frozen_bf16 and config.train.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
     # The largest micro-batch: the longest examples together (length-grouped batching puts them so).
-    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-config.train.micro_batch_size:]
+    lengths = [len(e.input_ids) for e in train_set]
+    by_length = sorted(range(len(train_set)), key=lambda i: -lengths[i])
+    longest = [train_set[i] for i in micro_batches(by_length, config.train.micro_batch_size, lengths,
+                                                    token_cap(config.train, hw))[0]][::-1]
     memory = estimate_memory(model, len(longest), len(longest[-1].input_ids), sum(e.trained_tokens for e in longest))
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
                   f"  memory estimate: {memory}", soft_wrap=True)
