@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hone.cli_data import data_app
+from hone.cli_plan import plan_command
 from hone.cli_runs import runs_app
 from hone.errors import Interrupted, UserError
 
@@ -25,6 +26,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 out = Console()
 err = Console(stderr=True)
+app.command("plan")(plan_command)
 
 
 @app.callback()
