@@ -31,6 +31,7 @@ from hone.models.catalogue import resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer
 from hone.train.distributed import close as close_ranks
 from hone.train.distributed import ranks
+from hone.launch import launcher_name
 from hone.train.batches import micro_batches
 from hone.train.loop import token_cap, train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
@@ -122,7 +123,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
                   data={"train": str(config.data.train), "validation": str(config.data.validation or ""),
                         "test": str(config.data.test or ""), "n_train": len(train_set),
                         "n_validation": len(val_set), "n_test": len(test), "truncated": truncated},
-                  distributed={"world_size": team.world, "backend": team.backend, "sync": "gradient all-reduce"}
+                  distributed={"world_size": team.world, "backend": team.backend, "sync": "gradient all-reduce",
+                               "launcher": launcher_name()}
                   if team.world > 1 else None)
 
     # 4. The base model on the test split, before any change.
