@@ -48,3 +48,29 @@ def test_accelerate_launch_with_the_ddp_config_matches_one_process(tiny_model, c
     def losses(run):
         return [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses(runs["accelerate"]) == pytest.approx(losses(runs["one"]), abs=1e-4)
+
+
+def test_a_trainer_driven_objective_runs_as_two_processes_with_one_record(tiny_model, tmp_path):
+    """DPO through TRL under torchrun: the same global batch per step, rank 0 alone logs, saves and scores."""
+    from pathlib import Path
+
+    import hone
+
+    data = Path(hone.__file__).parent / "datasets" / "order-preferences"
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join((data / "train.jsonl").read_text().splitlines(keepends=True)[:16]))
+    test.write_text("".join((data / "test.jsonl").read_text().splitlines(keepends=True)[:4]))
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "hone.cli", "train", "--objective", "dpo", "--model", str(tiny_model),
+                           "--data", str(train), "--test", str(test), "--max-steps", "2", "--batch-size", "4",
+                           "--set", "train.micro_batch_size=2", "--set", "train.threads=1", "--set", "data.max_length=96",
+                           "--set", "data.validation_fraction=0", "--set", "method.lora_r=4", "--nproc", "2",
+                           "--output", str(out)], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    assert record["distributed"] == {"world_size": 2, "backend": "gloo", "sync": "Trainer (DDP)", "launcher": "torchrun"}
+    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2]            # one line per step: rank 1 writes nothing
+    assert steps[-1]["epoch"] == pytest.approx(2 * 4 / 16)  # 4 examples per step in all, not 4 per process
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -17,6 +17,8 @@ from rich.console import Console
 from hone import __version__, atomic
 from hone.config import RunConfig
 from hone.hardware import Hardware, pick_hardware
+from hone.launch import launcher_name
+from hone.train.distributed import ranks
 from hone.train.run import new_run_dir, update_record
 
 
@@ -48,13 +50,18 @@ def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: d
     """
     started = time.monotonic()
     resume = run_dir is not None
-    run_dir = Path(run_dir) if resume else new_run_dir(config)
+    team = ranks()  # under torchrun/accelerate: rank 0 makes the folder, the others train into it
+    run_dir = team.from_main(Path(run_dir) if resume else (new_run_dir(config) if team.main else None))
     hw = pick_hardware(config.train.precision, config.train.threads)
     if hw.frozen_bf16 and not own_loop:
         hw = replace(hw, frozen_bf16=False, note=f"CPU, {hw.threads} thread(s), fp32 training with bf16 matmuls")
     console.print(f"[bold]hone[/bold] {config.objective} run folder {run_dir}\n  hardware: {hw.note}")
-    update_record(run_dir, status="running", hone_version=__version__, objective=config.objective,
-                  base_model=config.model.name, method=config.method.name, data=data)
+    if team.main:
+        distributed = ({"world_size": team.world, "backend": team.backend, "sync": "Trainer (DDP)",
+                        "launcher": launcher_name()} if team.world > 1 else None)
+        update_record(run_dir, status="running", hone_version=__version__, objective=config.objective,
+                      base_model=config.model.name, method=config.method.name, data=data,
+                      distributed=distributed)
     return RunStart(run_dir, hw, resume, started)
 
 

@@ -22,6 +22,8 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from hone.config import RunConfig
 from hone.hardware import Hardware
+from hone.train.distributed import close as close_ranks
+from hone.train.distributed import ranks
 from hone.train.loop import Interrupted, progress_bar
 
 # Keys of a Trainer log that are bookkeeping, not measurements of the step.
@@ -31,12 +33,13 @@ _SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "tr
 def trainer_arguments(args_class, config: RunConfig, run_dir: Path, hw: Hardware, **specific):
     """An instance of `args_class` (TrainingArguments or a TRL config) from hone's settings."""
     t = config.train
-    micro = min(t.micro_batch_size, t.batch_size)
+    world = ranks().world  # batch_size is the effective batch over every process
+    micro = max(1, min(t.micro_batch_size, t.batch_size // world))
     steps_per_save = t.save_every
     kwargs = dict(
         output_dir=str(Path(run_dir) / "checkpoints"),
         per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=max(1, t.batch_size // micro),
+        gradient_accumulation_steps=max(1, t.batch_size // (micro * world)),
         learning_rate=config.lr, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a share of the steps in transformers 5
         lr_scheduler_type="constant_with_warmup" if t.scheduler == "constant" else t.scheduler,
@@ -73,7 +76,8 @@ class HoneCallback(TrainerCallback):
         self.task = self.bar.add_task("train", total=1000, status="starting")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.time_budget and time.monotonic() - self.started >= self.time_budget:
+        over = bool(self.time_budget) and time.monotonic() - self.started >= self.time_budget
+        if ranks().from_main(over):  # every process stops at the same step, or one waits forever
             self.stopped_by_budget = True
             control.should_training_stop = True
             control.should_save = True
@@ -89,6 +93,8 @@ class HoneCallback(TrainerCallback):
             name = {"learning_rate": "lr"}.get(key, key.replace("eval_", "val_", 1))
             record[name] = round(float(value), 6)
         record["elapsed_s"] = round(time.monotonic() - self.started, 2)
+        if not state.is_world_process_zero:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.last.update(record)
@@ -129,6 +135,10 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
     trainer.add_callback(callback)
     checkpoints = Path(run_dir) / "checkpoints"
     has_checkpoint = resume and any(checkpoints.glob("checkpoint-*"))
+    team = ranks()
+    if not team.main:
+        console = Console(stderr=True, quiet=True)
+        callback.console, callback.bar = console, progress_bar(console)
     try:
         trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
     except KeyboardInterrupt:
@@ -138,6 +148,15 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
         if not saved:
             raise
         raise Interrupted(max(saved)) from None
+    if team.world > 1:
+        # Training is the only collective work: rank 0 saves and evaluates alone, the others are done.
+        trainer.model_wrapped = trainer.model
+        import gc
+        gc.collect()
+        team.wait()
+        close_ranks()
+        if not team.main:
+            raise SystemExit(0)
     state = trainer.state
     if callback.stopped_by_budget:
         stopped_by = "time_budget"
