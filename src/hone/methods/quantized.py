@@ -19,7 +19,7 @@ from torch import nn
 
 from hone.config import MethodSection
 from hone.errors import ConfigError
-from hone.methods.structure import unwrap
+from hone.methods.structure import task_head, unwrap
 
 LIBRARY = {"nf4": "bitsandbytes", "int8": "torchao"}
 
@@ -31,13 +31,15 @@ def quiet_quantization_libraries() -> None:
 
 
 def _quantizable(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, layer) for every plain linear layer except the output head."""
+    """(parent, attribute, layer) for every plain linear layer except the output head and a new task
+    head (a classifier's head trains whole, so it stays fp32)."""
     base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    heads = {id(m) for m in (head, task_head(model)) if m is not None}
     found = []
     for parent in base.modules():
         for name, child in parent.named_children():
-            if type(child) is nn.Linear and child is not head:
+            if type(child) is nn.Linear and id(child) not in heads:
                 found.append((parent, name, child))
     return found
 
@@ -68,6 +70,10 @@ def _nf4(layer: nn.Linear, dtype: torch.dtype) -> nn.Module:
     quantized.weight = bnb.nn.Params4bit(layer.weight.data.detach().to("cpu"), requires_grad=False, quant_type="nf4")
     if layer.bias is not None:
         quantized.bias = nn.Parameter(layer.bias.data.detach(), requires_grad=False)
+    # bitsandbytes 0.50 repacks a CPU NF4 weight for a bf16 inference kernel the first time the layer
+    # runs in eval mode without gradients (a validation pass), rounding its scales to bf16 for good;
+    # training after that ran on a base ~4e-4 off, and the forward pass no longer matched the reload.
+    quantized.support_avx512bf16_for_cpu = False
     return quantized.to(device)  # bitsandbytes quantizes on the move to a device
 
 

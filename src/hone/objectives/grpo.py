@@ -115,7 +115,7 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     # 5. Save, reload, and the tuned model's mean reward on the same prompts.
     model = trainer.model
     model.eval()
-    out = save_artifact(model, tokenizer, start.run_dir)
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _ = load_run_model(start.run_dir, start.hw.device)
     tuned_reward = mean_reward(tuned, tokenizer, test, reward, g.max_completion_length, batch) if test else None
     logged = [r["reward"] for r in trainer.state.log_history if "reward" in r]

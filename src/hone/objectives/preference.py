@@ -140,7 +140,7 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     # 5. Save, reload exactly what was saved, score it on the same pairs.
     model = trainer.model
     model.eval()
-    out = save_artifact(model, tokenizer, start.run_dir)
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _ = load_run_model(start.run_dir, start.hw.device)
     tuned_scores = preference_scores(tuned, tokenizer, test, length) if test else {}
     last = summary["last_log"]
