@@ -23,6 +23,7 @@ from hone.objectives.heads import load_head_run
 from hone.train.run import load_run_model
 
 LR = {**TEST_LR, "probe": 3e-2}
+LR_WITH_HEAD = {**LR, "ia3": 0.3}  # ia3 at 1.0 overshot on ner (1.44 -> 0.06 -> 3.92)
 HEADS = {"classify", "ner", "reward"}
 VALID, INVALID = method_objective_pairs(), method_objective_pairs(valid=False)
 MODULES = ["sft", "pretrain", "classify", "ner", "preference", "reward", "grpo", "mixture"]
@@ -62,7 +63,7 @@ def matrix_config(model: Path, tmp_path: Path, method: str, objective: str):
         "objective": objective, "model": {"name": str(model)}, "output": str(tmp_path / "run"),
         "data": {"max_length": 64, **data}, "pretrain": {"block_size": 16},
         "method": {"name": method, **SMALL},
-        "train": {"lr": LR[method], "max_steps": 3, "batch_size": 4, "micro_batch_size": 4, "threads": 1,
+        "train": {"lr": (LR_WITH_HEAD if objective in HEADS else LR)[method], "max_steps": 3, "batch_size": 4, "micro_batch_size": 4, "threads": 1,
                   "precision": "fp32", "warmup_ratio": 0.0, "scheduler": "constant", "eval_every": 100},
         "eval": {"base": False, "forgetting": False, "max_new_tokens": 2}, **sections})
 

@@ -1,7 +1,9 @@
 """Quantized frozen bases for qlora: bitsandbytes NF4 (4-bit) or torchao int8 weight-only.
 
-Every frozen linear layer except the output head is quantized in place after loading; LoRA then
-trains in fp32 on top. The saved adapter is reloaded onto the same base passed through the same
+Every frozen linear layer except the output head is quantized; LoRA then trains in fp32 on top.
+`load_quantized` quantizes NF4 layers as the weights stream in from safetensors, so the whole fp32
+model is never in memory (transformers' own bitsandbytes loading peaked at 1.0 GB for SmolLM2-135M
+on this CPU, more than the 0.4 GB of a plain fp32 load); other bases are quantized after loading. The saved adapter is reloaded onto the same base passed through the same
 quantizer and dequantized to fp32 (`round_trip_base`), so the reloaded model computes what was
 trained, and merges and generates at fp32 speed.
 
@@ -44,12 +46,17 @@ def _quantizable(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     return found
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """True once the base's linear layers are NF4 (quantized while loading, or by quantize_base)."""
+    return any(getattr(getattr(m, "weight", None), "quant_state", None) is not None for m in unwrap(model).modules())
+
+
 def check_quantized(model: nn.Module, cfg: MethodSection) -> None:
     library = LIBRARY[cfg.quantize]
     if importlib.util.find_spec(library) is None:
         raise ConfigError(f"qlora with method.quantize={cfg.quantize} needs {library}: "
                           "pip install 'hone[qlora]'", field="method.quantize")
-    if not _quantizable(model):
+    if not _quantizable(model) and not is_quantized(model):
         raise ConfigError("qlora quantizes linear layers and this model has none it can quantize "
                           "(GPT-2 uses Conv1D); choose lora", field="method.name")
 
@@ -93,6 +100,77 @@ def quantize_base(model: nn.Module, kind: str, dtype: torch.dtype | None = None)
         targets = {id(layer) for _, _, layer in _quantizable(model)}
         quantize_(unwrap(model), Int8WeightOnlyConfig(), filter_fn=lambda module, fqn: id(module) in targets)
     return model
+
+
+def load_quantized(path, device: str = "cpu", attention: str | None = None) -> nn.Module:
+    """A causal LM from a safetensors folder with its linear layers (not the output head) in NF4,
+    quantized one tensor at a time as they are read: the same layers and the same quantizer as
+    `quantize_base`, so `round_trip_base` reloads what trained."""
+    import json
+    from pathlib import Path
+
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    quiet_quantization_libraries()
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()}) \
+        if index.is_file() else [folder / "model.safetensors"]
+    config = AutoConfig.from_pretrained(folder)
+    extra = {"attn_implementation": attention} if attention else {}
+    with init_empty_weights(include_buffers=False):  # parameters on "meta"; rotary buffers computed for real
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **extra)
+    layers = {f"{_name(model, parent)}{name}": (parent, name, layer) for parent, name, layer in _quantizable(model)}
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # a layer's weight and bias may come in either order
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as weights:
+            for key in weights.keys():
+                tensor = weights.get_tensor(key).float()
+                prefix, _, attribute = key.rpartition(".")
+                if prefix not in layers or attribute not in ("weight", "bias"):
+                    _set_tensor(model, key, tensor)
+                    continue
+                parent, name, layer = layers[prefix]
+                got = pending.setdefault(prefix, {})
+                got[attribute] = tensor
+                if "weight" in got and ("bias" in got or layer.bias is None):
+                    layer.weight = nn.Parameter(got["weight"], requires_grad=False)
+                    if layer.bias is not None:
+                        layer.bias = nn.Parameter(got["bias"], requires_grad=False)
+                    setattr(parent, name, _nf4(layer, compute_dtype()))
+                    del pending[prefix], got, tensor
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise ConfigError(f"{folder}: weights missing for {len(missing)} parameters (first: {missing[0]})")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.is_loaded_in_4bit = True
+    return model.to(device).eval()
+
+
+def _name(model: nn.Module, module: nn.Module) -> str:
+    """The dotted prefix of `module` inside `model` ('' for the model itself)."""
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return f"{name}." if name else ""
+    raise KeyError(type(module).__name__)
+
+
+def _set_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    """Put a checkpoint tensor into the parameter or buffer `key` names (keys the model lacks are skipped,
+    as transformers skips them)."""
+    owner_name, _, attribute = key.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name)
+    except AttributeError:
+        return
+    if attribute in owner._parameters:
+        owner._parameters[attribute] = nn.Parameter(tensor, requires_grad=False)
+    elif attribute in owner._buffers:
+        owner._buffers[attribute] = tensor
 
 
 def round_trip_base(model: nn.Module, kind: str) -> nn.Module:
