@@ -30,24 +30,24 @@ MODULES = ["sft", "pretrain", "classify", "ner", "preference", "reward", "grpo",
 
 
 def rows_for(objective: str) -> list[dict]:
-    """Four training rows for `objective` (two distinct ones where labels need two classes)."""
+    """Two training rows for `objective` (two distinct ones where labels need two classes)."""
     if objective in ("sft", "grpo"):
-        return [{"messages": [{"role": "user", "content": "Say apple"}, {"role": "assistant", "content": "apple"}]}] * 4
+        return [{"messages": [{"role": "user", "content": "Say apple"}, {"role": "assistant", "content": "apple"}]}] * 2
     if objective == "pretrain":
-        return [{"text": " ".join(WORDS)}] * 2
+        return [{"text": " ".join(WORDS)}]
     if objective == "classify":
-        return [{"text": "the parcel was great", "label": "good"}, {"text": "the parcel was late", "label": "bad"}] * 2
+        return [{"text": "the parcel was great", "label": "good"}, {"text": "the parcel was late", "label": "bad"}]
     if objective == "ner":
-        return [{"tokens": ["Maria", "ordered", "3", "mugs"], "tags": ["B-PER", "O", "B-QTY", "B-ITEM"]}] * 4
-    return [{"prompt": "Say apple", "chosen": "apple", "rejected": "elppa no no"}] * 4  # dpo/orpo/simpo/reward
+        return [{"tokens": ["Maria", "ordered", "3", "mugs"], "tags": ["B-PER", "O", "B-QTY", "B-ITEM"]}] * 2
+    return [{"prompt": "Say apple", "chosen": "apple", "rejected": "elppa no no"}] * 2  # dpo/orpo/simpo/reward
 
 
 def matrix_config(model: Path, tmp_path: Path, method: str, objective: str):
-    """Three full-batch steps of 4 examples at a rate that moves a random 2-layer model; fp32."""
+    """Three full-batch steps of 2 examples at a rate that moves a random 2-layer model; fp32."""
     sections: dict = {}
     if objective == "mixture":
-        chat = write_jsonl(tmp_path / "chat.jsonl", rows_for("sft")[:2])
-        text = write_jsonl(tmp_path / "text.jsonl", rows_for("pretrain")[:1] * 2)
+        chat = write_jsonl(tmp_path / "chat.jsonl", rows_for("sft")[:1])
+        text = write_jsonl(tmp_path / "text.jsonl", rows_for("pretrain"))
         sections["mixture"] = [{"train": str(chat), "weight": 1, "validation": str(chat)},
                                {"train": str(text), "weight": 1, "validation": str(text)}]
         data = {}
@@ -63,7 +63,7 @@ def matrix_config(model: Path, tmp_path: Path, method: str, objective: str):
         "objective": objective, "model": {"name": str(model)}, "output": str(tmp_path / "run"),
         "data": {"max_length": 64, **data}, "pretrain": {"block_size": 16},
         "method": {"name": method, **SMALL},
-        "train": {"lr": (LR_WITH_HEAD if objective in HEADS else LR)[method], "max_steps": 3, "batch_size": 4, "micro_batch_size": 4, "threads": 1,
+        "train": {"lr": (LR_WITH_HEAD if objective in HEADS else LR)[method], "max_steps": 3, "batch_size": 2, "micro_batch_size": 2, "threads": 1,
                   "precision": "fp32", "warmup_ratio": 0.0, "scheduler": "constant", "eval_every": 100},
         "eval": {"base": False, "forgetting": False, "max_new_tokens": 2}, **sections})
 

@@ -26,9 +26,9 @@ from hone.evaluate.metrics import pick_metric
 from hone.evaluate.report import write_report
 from hone.hardware import peak_memory_mb, pick_hardware
 from hone.methods import (apply_method, artifact_folder_name, check_method, count_parameters, estimate_memory,
-                          load_tuned, meta_model)
+                          load_base, load_tuned, meta_model)
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer
+from hone.models.load import load_tokenizer
 from hone.objectives.record import save_artifact
 from hone.train.distributed import close as close_ranks
 from hone.train.distributed import ranks
@@ -112,7 +112,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     attention = config.train.attention
     if attention == "auto":
         attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
-    model = load_causal_lm(base, hw.device, attention=attention)
+    model = load_base(base, config.method, hw.device, attention)  # qlora: NF4 as it loads
     truncated = sum(e.truncated for e in train_set + val_set)
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
                   + (f"; [yellow]{truncated} truncated to {config.data.max_length} tokens[/yellow]" if truncated else ""))
