@@ -61,7 +61,7 @@ def matrix_config(model: Path, tmp_path: Path, method: str, objective: str):
                             "max_completion_length": 4}
     return build_config({
         "objective": objective, "model": {"name": str(model)}, "output": str(tmp_path / "run"),
-        "data": {"max_length": 64, **data}, "pretrain": {"block_size": 16},
+        "data": {"max_length": 64, "system_prompt": "Be brief.", **data}, "pretrain": {"block_size": 16},
         "method": {"name": method, **SMALL},
         "train": {"lr": (LR_WITH_HEAD if objective in HEADS else LR)[method], "max_steps": 3, "batch_size": 2, "micro_batch_size": 2, "threads": 1,
                   "precision": "fp32", "warmup_ratio": 0.0, "scheduler": "constant", "eval_every": 100},
