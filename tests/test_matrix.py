@@ -22,7 +22,7 @@ from hone.methods.registry import method_objective_pairs
 from hone.objectives.heads import load_head_run
 from hone.train.run import load_run_model
 
-LR = {**TEST_LR, "probe": 3e-2}
+LR = {**TEST_LR, "probe": 1e-2}
 LR_WITH_HEAD = {**LR, "ia3": 0.3}  # ia3 at 1.0 overshot on ner (1.44 -> 0.06 -> 3.92)
 HEADS = {"classify", "ner", "reward"}
 VALID, INVALID = method_objective_pairs(), method_objective_pairs(valid=False)
@@ -36,7 +36,7 @@ def rows_for(objective: str) -> list[dict]:
     if objective == "pretrain":
         return [{"text": " ".join(WORDS)}]
     if objective == "classify":
-        return [{"text": "the parcel was great", "label": "good"}, {"text": "the parcel was late", "label": "bad"}]
+        return [{"text": "great lovely perfect parcel", "label": "good"}, {"text": "broken late awful parcel", "label": "bad"}]
     if objective == "ner":
         return [{"tokens": ["Maria", "ordered", "3", "mugs"], "tags": ["B-PER", "O", "B-QTY", "B-ITEM"]}] * 2
     return [{"prompt": "Say apple", "chosen": "apple", "rejected": "elppa no no"}] * 2  # dpo/orpo/simpo/reward
@@ -135,3 +135,31 @@ def test_method_that_does_not_apply_to_objective_fails_in_one_line(method, objec
 def test_bitfit_on_a_model_without_biases_fails_in_one_line(objective, tiny_model, tmp_path):
     fails_before_work(matrix_config(tiny_model, tmp_path, "bitfit", objective),
                       r"bitfit trains bias terms only, and llama models have none; it applies to BERT/MiniLM")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT (biases everywhere, as MiniLM has) with the embedded MiniLM's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from hone.models.catalogue import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6").path)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # no dropout: the same batch gives the same loss
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("method,objective", [(m, o) for m in ("bitfit", "probe", "adapters") for o in ("classify", "ner")])
+def test_encoder_methods_train_and_reload_on_a_bert(method, objective, tiny_bert, tmp_path, monkeypatch):
+    saved = SavedModel(monkeypatch)
+    result = objectives.run(matrix_config(tiny_bert, tmp_path, method, objective))
+    losses = logged(result.run_dir, "loss")
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    reloaded = load_head_run(result.run_dir)[0]
+    torch.testing.assert_close(outputs(reloaded), outputs(saved.model), atol=1e-5, rtol=1e-5)
