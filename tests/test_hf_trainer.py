@@ -60,6 +60,16 @@ def test_warmup_spreads_over_the_budget_too(tmp_path):
     callback.bar.stop()
 
 
+def test_first_step_under_a_budget_trains_at_a_warmup_lr_above_zero(tmp_path):
+    clock = FakeClock()
+    callback = HoneCallback(tmp_path, time_budget=100.0, console=Console(quiet=True), clock=clock)
+    optimizer, scheduler = cosine_scheduler(10, warmup_steps=2)
+    assert optimizer.param_groups[0]["lr"] == 0.0  # the Trainer's schedule: step 1 at warmup's 0
+    start(callback, scheduler, 10, tmp_path)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)  # step 1 of a 2-step warmup
+    callback.bar.stop()
+
+
 def test_steps_lead_when_they_run_out_before_the_budget(tmp_path):
     clock = FakeClock()
     callback = HoneCallback(tmp_path, time_budget=1000.0, console=Console(quiet=True), clock=clock)
@@ -69,7 +79,7 @@ def test_steps_lead_when_they_run_out_before_the_budget(tmp_path):
     for _ in range(5):
         clock.now += 1.0  # fast steps: 5 of 10 done after 0.5% of the budget
         lrs.append(step(optimizer, scheduler))
-    assert lrs[-1] == pytest.approx(0.5, abs=1e-6)  # cosine at 5/10 steps
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.6)), abs=1e-6)  # the 6th step's lr: cosine at 6/10
     callback.bar.stop()
 
 

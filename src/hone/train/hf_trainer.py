@@ -80,14 +80,21 @@ class HoneCallback(TrainerCallback):
         if self.time_budget and hasattr(lr_scheduler, "lr_lambdas"):
             total = max(1, state.max_steps)
             lr_scheduler.lr_lambdas = [self._over_budget(f, total) for f in lr_scheduler.lr_lambdas]
+            groups = lr_scheduler.optimizer.param_groups  # the step about to run gets its lr now, not warmup's 0
+            for group, base, budgeted in zip(groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
+                group["lr"] = base * budgeted(lr_scheduler.last_epoch)
+            lr_scheduler._last_lr = [group["lr"] for group in groups]
         self.bar.start()
         self.task = self.bar.add_task("train", total=1000, status="starting")
 
     def _over_budget(self, lr_lambda, total: int):
-        """`lr_lambda` (a function of the step) evaluated at the step the elapsed share of the budget stands for."""
+        """`lr_lambda` (a function of the step) at the step the elapsed share of the budget stands for.
+
+        As in hone's loop, the lr is that of the step about to run (step + 1): where a budget fits only a
+        few steps, warmup's lr of 0 for the first one would waste it (a dpo run on the loaded CPU fit two)."""
         def budgeted(step: int) -> float:
             spent = min(1.0, (self.clock() - self.started) / self.time_budget)
-            return lr_lambda(max(float(step), spent * total))
+            return lr_lambda(max(float(step + 1), spent * total))
         return budgeted
 
     def on_step_end(self, args, state, control, **kwargs):
