@@ -3,9 +3,10 @@
 Every frozen linear layer except the output head is quantized; LoRA then trains in fp32 on top.
 `load_quantized` quantizes NF4 layers as the weights stream in from safetensors, so the whole fp32
 model is never in memory (transformers' own bitsandbytes loading peaked at 1.0 GB for SmolLM2-135M
-on this CPU, more than the 0.4 GB of a plain fp32 load); other bases are quantized after loading. The saved adapter is reloaded onto the same base passed through the same
-quantizer and dequantized to fp32 (`round_trip_base`), so the reloaded model computes what was
-trained, and merges and generates at fp32 speed.
+on this CPU, more than the 0.4 GB of a plain fp32 load); other bases are quantized after loading.
+The saved adapter is reloaded onto the same base passed through the same quantizer and dequantized
+to fp32 (`round_trip_base`), so the reloaded model computes what was trained, and merges and
+generates at fp32 speed.
 
 Measured here (field notes §5, SmolLM2-135M): NF4 base 110 MB instead of 538 MB fp32, int8 164 MB.
 bitsandbytes' fast CPU kernel comes from a hub this machine cannot reach, so NF4 runs a slower
@@ -104,8 +105,8 @@ def quantize_base(model: nn.Module, kind: str, dtype: torch.dtype | None = None)
 
 def load_base(base, cfg: MethodSection, device: str = "cpu", attention: str | None = None) -> nn.Module:
     """The causal LM a method starts from: for qlora with NF4 from a safetensors folder, quantized
-    while loading (peak RSS of the load 0.24 GB against 0.68 GB quantizing after an fp32 load, for
-    SmolLM2-135M); otherwise the fp32 base, which `apply_method` quantizes for qlora."""
+    while loading (SmolLM2-135M: the load raised peak RSS by 0.24 GB, against 0.68 GB for an fp32
+    load quantized afterwards); otherwise the fp32 base, which `apply_method` quantizes for qlora."""
     from pathlib import Path
 
     from hone.models.catalogue import resolve_model
@@ -162,7 +163,6 @@ def load_quantized(path, device: str = "cpu", attention: str | None = None) -> n
         raise ConfigError(f"{folder}: weights missing for {len(missing)} parameters (first: {missing[0]})")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    model.is_loaded_in_4bit = True
     return model.to(device).eval()
 
 
