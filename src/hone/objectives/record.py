@@ -3,8 +3,9 @@
     config.yaml   the resolved configuration (new_run_dir)
     run.json      status, objective, method, base model, data sizes, then results and timings
     metrics.jsonl one line per optimizer step (hone's loop or the Trainer callback)
-    adapter/      a peft adapter (+ tokenizer), or model/ when the whole model (or a non-peft
-                  subset of it) trained; classifiers keep their label names in the config
+    adapter/      what the method trained (+ tokenizer), written by methods/artifact.py's
+                  `save_tuned`: a peft adapter, or the trained tensors (freeze, bitfit, adapters,
+                  probe; a classifier's head among them); model/ for full fine-tuning
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pathlib import Path
 from rich.console import Console
 
 from hone import __version__, atomic
-from hone.config import RunConfig
+from hone.config import MethodSection, RunConfig
 from hone.hardware import Hardware, pick_hardware
 from hone.launch import launcher_name
+from hone.methods import artifact_folder_name, check_method, meta_model, save_tuned
 from hone.train.distributed import ranks
 from hone.train.run import new_run_dir, update_record
 
@@ -49,6 +51,7 @@ def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: d
     objectives keep fp32 weights with bf16 matmuls, and the hardware line says so.
     """
     started = time.monotonic()
+    check_method_on_model(config)
     resume = run_dir is not None
     team = ranks()  # under torchrun/accelerate: rank 0 makes the folder, the others train into it
     run_dir = team.from_main(Path(run_dir) if resume else (new_run_dir(config) if team.main else None))
@@ -65,15 +68,29 @@ def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: d
     return RunStart(run_dir, hw, resume, started)
 
 
+# The transformers class each objective builds its model with: a meta copy of it is what the method check sees.
+MODEL_CLASS = {"classify": "AutoModelForSequenceClassification", "reward": "AutoModelForSequenceClassification",
+               "ner": "AutoModelForTokenClassification"}
+
+
+def check_method_on_model(config: RunConfig) -> None:
+    """The method against the model's structure (bitfit needs biases, probe a head, ...), on a weightless
+    copy: an impossible choice fails in one line before the run folder, data rendering or loading."""
+    from hone.models.catalogue import resolve_model
+
+    model = meta_model(resolve_model(config.model.name).path, MODEL_CLASS.get(config.objective, "AutoModelForCausalLM"))
+    check_method(config.method, config.objective, model)
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_artifact(model, tokenizer, run_dir: Path) -> Path:
-    """The trained adapter (peft) or model, with its tokenizer, written atomically."""
-    out = Path(run_dir) / ("adapter" if is_peft(model) else "model")
+def save_artifact(model, tokenizer, run_dir: Path, method: MethodSection) -> Path:
+    """What `method` trained (adapter/, or model/ for full fine-tuning) with the tokenizer, written atomically."""
+    out = Path(run_dir) / artifact_folder_name(method)
     with atomic.folder(out) as tmp:
-        model.save_pretrained(tmp)
+        save_tuned(model, method, tmp)
         tokenizer.save_pretrained(tmp)
     return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from hone import __version__, atomic
+from hone import __version__
 from hone.config import RunConfig
 from hone.data.load import load_chat_records as load_chat
 from hone.data.records import ChatExample
@@ -26,9 +26,10 @@ from hone.evaluate.metrics import pick_metric
 from hone.evaluate.report import write_report
 from hone.hardware import peak_memory_mb, pick_hardware
 from hone.methods import (apply_method, artifact_folder_name, check_method, count_parameters, estimate_memory,
-                          load_tuned, meta_model, save_tuned)
+                          load_base, load_tuned, meta_model)
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer
+from hone.models.load import load_tokenizer
+from hone.objectives.record import save_artifact
 from hone.train.distributed import close as close_ranks
 from hone.train.distributed import ranks
 from hone.launch import launcher_name
@@ -113,7 +114,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     attention = config.train.attention
     if attention == "auto":
         attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
-    model = load_causal_lm(base, hw.device, attention=attention)
+    model = load_base(base, config.method, hw.device, attention)  # qlora: NF4 as it loads
     truncated = sum(e.truncated for e in train_set + val_set)
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
                   + (f"; [yellow]{truncated} truncated to {config.data.max_length} tokens[/yellow]" if truncated else ""))
@@ -186,9 +187,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     model.eval()
     out = run_dir / artifact_folder_name(config.method)
     if team.main:
-        with atomic.folder(out) as tmp:
-            save_tuned(model, config.method, tmp)
-            tokenizer.save_pretrained(tmp)
+        save_artifact(model, tokenizer, run_dir, config.method)
 
     # 8. The tuned model on the same test items.
     tuned_eval = forgetting = None
