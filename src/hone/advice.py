@@ -291,7 +291,8 @@ def apply_advice(config: RunConfig, advice: Advice) -> RunConfig:
 
 def advice_rows(advice: Advice) -> list[tuple[str, str, str]]:
     """(setting, value, reason) rows, in the order a reader wants them."""
-    minutes = f"~{advice.seconds / 60:.1f} min" if advice.seconds is not None else "-"
+    seconds = advice.seconds
+    minutes = "-" if seconds is None else f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
     values = {"objective": advice.objective, "method": advice.method, "lr": f"{advice.lr:g}",
               "epochs": f"{advice.epochs:g}", "batch_size": str(advice.batch_size),
               "max_length": f"{advice.max_length} tokens", "time": minutes}
