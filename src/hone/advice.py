@@ -280,8 +280,8 @@ def apply_advice(config: RunConfig, advice: Advice) -> RunConfig:
     data.setdefault("method", {}).setdefault("name", advice.method)
     train = data.setdefault("train", {})
     train.setdefault("lr", advice.lr)
-    if "max_steps" not in train and "time_budget" not in train:
-        train.setdefault("epochs", advice.epochs)
+    if "max_steps" not in train:
+        train.setdefault("epochs", advice.epochs)  # with a time budget, the most passes it may take
     train.setdefault("batch_size", advice.batch_size)
     train.setdefault("micro_batch_size", min(advice.batch_size, config.train.micro_batch_size))
     data.setdefault("data", {}).setdefault("max_length", advice.max_length)
