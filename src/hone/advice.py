@@ -182,19 +182,24 @@ def pick_epochs(method: str, n: int) -> tuple[float, str]:
 
 def example_tokens(stats: DataStats, tokenizer, objective: str) -> list[int]:
     """Tokens per example: a sample tokenized the way training will see it, the rest scaled by chars/token."""
-    from hone.data.render import prompt_for_generation, render
+    from hone.data.render import render
+    from hone.objectives.classify import classifier_text
 
+    templated = bool(getattr(tokenizer, "chat_template", None))
     exact = []
     for record in stats.samples:
         if isinstance(record, ChatExample):
-            text = (prompt_for_generation(tokenizer, record.prompt_messages) if objective == "classify"
-                    else render(tokenizer, record.messages))
+            text = (classifier_text(tokenizer, record.prompt_messages) if objective == "classify"
+                    else render(tokenizer, record.messages) if templated
+                    else " ".join(m.get("content") or "" for m in record.messages))
         elif isinstance(record, LabelExample):
             text = record.text
         elif isinstance(record, TagExample):
             text = " ".join(record.tokens)
         elif isinstance(record, PreferenceExample):
-            text = render(tokenizer, record.prompt, add_generation_prompt=True) + max(record.chosen, record.rejected, key=len)
+            prompt = (render(tokenizer, record.prompt, add_generation_prompt=True) if templated
+                      else " ".join(m.get("content") or "" for m in record.prompt))
+            text = prompt + max(record.chosen, record.rejected, key=len)
         else:
             text = record.text
         exact.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))

@@ -56,11 +56,10 @@ class Predictor:
             from hone.models.generate import generate_batch
 
             return generate_batch(self.model, self.tokenizer, conversations, max_new_tokens, batch_size)
-        from hone.data.render import prompt_for_generation
-        from hone.objectives.classify import predict
+        from hone.objectives.classify import classifier_text, predict
 
         if self.record.get("prompt_format") == "chat":
-            texts = [prompt_for_generation(self.tokenizer, c) for c in conversations]
+            texts = [classifier_text(self.tokenizer, c) for c in conversations]
         else:  # trained on plain text: the user's last message is the text
             texts = [next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in conversations]
         return predict(self.model, self.tokenizer, texts, self.max_length, batch_size)

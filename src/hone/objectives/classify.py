@@ -53,8 +53,16 @@ def chat_as_labels(records: list[ChatExample], tokenizer, system_prompt: str | N
     from hone.objectives.sft import with_system_prompt
 
     with_system_prompt(records, system_prompt)
-    return [LabelExample(prompt_for_generation(tokenizer, r.prompt_messages), (r.answer or "").strip(), r.file, r.line)
+    return [LabelExample(classifier_text(tokenizer, r.prompt_messages), (r.answer or "").strip(), r.file, r.line)
             for r in records]
+
+
+def classifier_text(tokenizer, messages: list[dict]) -> str:
+    """What a classifier trained from chat data reads: the rendered prompt, or (a model without a chat
+    template, such as an encoder) the user's last message."""
+    if getattr(tokenizer, "chat_template", None):
+        return prompt_for_generation(tokenizer, messages)
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def check_labels(examples: list[LabelExample], labels: list[str], split: str) -> None:
