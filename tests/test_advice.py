@@ -38,6 +38,13 @@ def free_form_rows(n: int, seed: int = 0) -> list[dict]:
             for w in (rng.choice(words) for _ in range(n))]
 
 
+def json_rows(n: int) -> list[dict]:
+    """Few distinct short answers, but JSON: structured output to generate, not labels."""
+    return [{"messages": [{"role": "user", "content": f"Reverse {w}"},
+                          {"role": "assistant", "content": json.dumps({"reversed": w[::-1]})}]}
+            for w in ["apple", "river", "stone"] * (n // 3)]
+
+
 def config_for(tiny_model, **data):
     return build_config({"model": {"name": str(tiny_model)}, **({"data": data} if data else {})})
 
@@ -50,6 +57,7 @@ def config_for(tiny_model, **data):
     (preference_rows(30), "dpo", "lora"),
     (tag_rows(30), "ner", "lora"),
     (free_form_rows(60), "sft", "lora"),
+    (json_rows(60), "sft", "lora"),
 ])
 def test_advice_picks_the_objective_and_method_for_each_data_shape(tiny_model, tmp_path, rows, objective, method):
     advice = advise(write_jsonl(tmp_path / "data.jsonl", rows), config_for(tiny_model))
@@ -127,6 +135,11 @@ def test_chat_label_data_trains_a_classifier_by_default_that_answers_and_scores_
     answered = hone("generate", str(run_dir), "-p", "Hi, I was charged twice. Thanks 5", "--json")
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout.strip().splitlines()[-1])["answer"] in TEAMS
+
+    chatted = subprocess.run([sys.executable, "-m", "hone.cli", "chat", str(run_dir)], input="the invoice is wrong\n\n",
+                             capture_output=True, text=True)
+    assert chatted.returncode == 0, chatted.stderr
+    assert "classifier" in chatted.stderr and chatted.stdout.split("model> ")[1].split()[0] in TEAMS
 
     scored = hone("eval", str(run_dir), "--data", str(test), "--json")
     assert scored.returncode == 0, scored.stderr

@@ -23,6 +23,7 @@ from hone.data.load import iter_records
 from hone.data.problems import ValidationReport
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.errors import DataError
+from hone.evaluate.metrics import parse_json_answer
 
 # A closed answer set: at most this many distinct answers, each short, each seen often enough to learn.
 MAX_LABELS = 50
@@ -33,11 +34,17 @@ MIN_PER_LABEL = 3
 TINY = 100
 # How many examples are tokenized to learn this data's characters per token (the rest are scaled).
 TOKENIZED_SAMPLE = 200
-# Throughput of LoRA training of SmolLM2-135M on this machine's kind (2 cores, fp32 with bf16 matmuls):
-# 350-380 tok/s measured (field notes §11). Other models scale by parameter count; a probe only runs
-# the forward pass (about a third of forward + backward).
+# Throughput of LoRA training of SmolLM2-135M on this machine's kind (2 idle cores, fp32 with bf16
+# matmuls): 350-380 tok/s measured (field notes §11). Other models scale by parameter count, and a
+# loaded machine by cores / load (the label benchmark's SFT ran 86 tok/s at load ~6 on 2 cores; this
+# rule predicts 120).
 MEASURED_TOKENS_PER_S = 360.0
 MEASURED_PARAMETERS = 134_515_008
+# benchmarks/label_task.py, the same 27 steps of 16 examples on one loaded machine: hone's loop (sft)
+# 273 s, transformers' Trainer (classify, LoRA) 446 s; a probe step took 7.0 s against 16.5 s.
+TRAINER_OBJECTIVES = {"classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo"}
+TRAINER_SPEED = 0.6
+PROBE_SPEED = 2.4
 
 FIELDS = ("objective", "method", "lr", "epochs", "batch_size", "max_length")
 
@@ -53,6 +60,7 @@ class DataStats:
     answers: Counter = field(default_factory=Counter)   # chat: last assistant answer -> count (capped)
     labels: Counter = field(default_factory=Counter)    # text/label and tags
     long_answers: int = 0            # chat answers longer than MAX_LABEL_WORDS words
+    json_answers: int = 0            # chat answers that are JSON: structured output, not labels
     chars: list[int] = field(default_factory=list)      # per example: characters the model reads
     samples: list = field(default_factory=list)         # the first TOKENIZED_SAMPLE records
 
@@ -99,6 +107,8 @@ def read_stats(path: Path, shape: str | None = None) -> DataStats:
             answer = (record.answer or "").strip()
             if len(answer.split()) > MAX_LABEL_WORDS:
                 stats.long_answers += 1
+            elif answer[:1] in "{[" and parse_json_answer(answer) is not None:
+                stats.json_answers += 1
             elif answer in stats.answers or len(stats.answers) <= MAX_LABELS:
                 stats.answers[answer] += 1
             stats.chars.append(sum(len(m.get("content") or "") for m in record.messages))
@@ -124,6 +134,8 @@ def closed_answer_set(stats: DataStats) -> tuple[bool, str]:
     """Do the chat answers come from a small closed set of labels? (yes/no, the one-line reason)"""
     if stats.long_answers:
         return False, f"{stats.long_answers} of {stats.n} answers are longer than {MAX_LABEL_WORDS} words: free-form answers"
+    if stats.json_answers:
+        return False, f"{stats.json_answers} of {stats.n} answers are JSON: structured output to generate"
     if len(stats.answers) > MAX_LABELS:
         return False, f"more than {MAX_LABELS} distinct answers: not a closed label set"
     if len(stats.answers) < 2:
@@ -218,14 +230,23 @@ def pick_max_length(lengths: list[int], model_limit: int | None) -> tuple[int, s
                     f"{cut} of {len(lengths)}" + (" (the model's limit)" if model_limit == length else ""))
 
 
-def estimate_seconds(tokens: int, method: str, parameters: int | None) -> tuple[float, str]:
-    """Training time from tokens and throughput measured on this kind of machine."""
+def estimate_seconds(tokens: int, objective: str, method: str, parameters: int | None) -> tuple[float, str]:
+    """Training time from tokens, throughput measured on this kind of machine, and its current load."""
+    import os
+
     rate = MEASURED_TOKENS_PER_S * MEASURED_PARAMETERS / max(parameters or MEASURED_PARAMETERS, 1)
+    notes = ["LoRA on SmolLM2-135M ran 350-380 tok/s on 2 idle cores (field notes §11), scaled by model size"]
+    if objective in TRAINER_OBJECTIVES:
+        rate *= TRAINER_SPEED
+        notes.append(f"x{TRAINER_SPEED} on transformers' Trainer")
     if method == "probe":
-        rate *= 3
-    return tokens / rate, (f"{tokens:,} tokens at ~{rate:,.0f} tok/s (LoRA on SmolLM2-135M ran 350-380 tok/s on "
-                           "2 cores, field notes §11; scaled by model size" + ("; a probe runs forward only, ~3x"
-                                                                             if method == "probe" else "") + ")")
+        rate *= PROBE_SPEED
+        notes.append(f"x{PROBE_SPEED} for a probe (frozen model)")
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores:
+        rate *= cores / load
+        notes.append(f"x{cores / load:.2f} for the current load ({load:.1f} on {cores} cores)")
+    return tokens / rate, f"{tokens:,} tokens at ~{rate:,.0f} tok/s ({'; '.join(notes)})"
 
 
 def advise(path: Path, config: RunConfig | None = None, model: str | None = None) -> Advice:
@@ -268,7 +289,7 @@ def advise(path: Path, config: RunConfig | None = None, model: str | None = None
         max_length, reasons["max_length"] = pick_max_length(lengths, limit)
     tokens = sum(min(n, max_length) for n in lengths)
     n_tokens = round(tokens * n_train / max(1, stats.n) * epochs)
-    seconds, reasons["time"] = estimate_seconds(n_tokens, method, parameters)
+    seconds, reasons["time"] = estimate_seconds(n_tokens, objective, method, parameters)
     labels = None
     counts = stats.answers if stats.kind == "ChatExample" else stats.labels
     if objective in ("classify", "ner") and counts:
