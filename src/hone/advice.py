@@ -342,9 +342,9 @@ def choose_recipe(config: RunConfig, console=None) -> RunConfig:
         recipe = {"objective": "mixture", "method": config.method.name, "source": "advised",
                   "reasons": {"objective": "several datasets under `mixture:`"}}
         return config.model_copy(update={"objective": "mixture", "recipe": recipe})
-    if config.data.train is None:
-        raise ConfigError("no training data: pass --data FILE (or data.train)", field="data.train")
     if config.objective == "auto":
+        if config.data.train is None:
+            raise ConfigError("no training data: pass --data FILE (or data.train)", field="data.train")
         advice = advise(config.data.train, config)
         say(f"[bold]hone[/bold] recipe for {config.data.train} ({advice.n_examples} examples, shape "
             f"{advice.shape}); override with --objective / --method / --lr:", highlight=False)
@@ -352,6 +352,8 @@ def choose_recipe(config: RunConfig, console=None) -> RunConfig:
             say(f"  {name}: [bold]{value}[/bold]  [dim]{reason}[/dim]", highlight=False)
         return apply_advice(config, advice)
     try:  # forced: record what the data alone would have picked, without changing any setting
+        if config.data.train is None:
+            raise UserError("no single training file")  # mixture; check_config says what is missing
         advised, why = pick_objective(read_stats(Path(config.data.train), config.data.format))
     except UserError:
         advised, why = None, ""
