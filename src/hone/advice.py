@@ -315,6 +315,15 @@ def apply_advice(config: RunConfig, advice: Advice) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
+def fits(objective: str, kind: str | None) -> bool:
+    """Can `objective` train on records of this kind? (classify also reads chat data with a closed answer set)"""
+    from hone.objectives.checks import NEEDS
+
+    wanted = NEEDS.get(objective)
+    return wanted is None or wanted.__name__ == kind or (objective in ("classify", "sft") and kind == "ChatExample") \
+        or (objective == "sft" and kind == "PreferenceExample")
+
+
 def advice_rows(advice: Advice) -> list[tuple[str, str, str]]:
     """(setting, value, reason) rows, in the order a reader wants them."""
     seconds = advice.seconds
@@ -354,9 +363,12 @@ def choose_recipe(config: RunConfig, console=None) -> RunConfig:
     try:  # forced: record what the data alone would have picked, without changing any setting
         if config.data.train is None:
             raise UserError("no single training file")  # mixture; check_config says what is missing
-        advised, why = pick_objective(read_stats(Path(config.data.train), config.data.format))
+        stats = read_stats(Path(config.data.train), config.data.format)
+        advised, why = pick_objective(stats)
     except UserError:
         advised, why = None, ""
+    if advised and not fits(config.objective, stats.kind):
+        advised = None  # the objective cannot read this data at all: its own one-line error says why
     note = (f"the data suggests {advised}: {why}" if advised and advised != config.objective
             else "the data agrees" if advised else "")
     if advised and advised != config.objective:
