@@ -59,7 +59,7 @@ def train(
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
     method: Optional[str] = typer.Option(None, "--method", help="Adaptation method (`hone methods` lists them)"),
-    objective: Optional[str] = typer.Option(None, "--objective", help="sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo or mixture"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="auto (default: chosen from the data), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo or mixture"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate"),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps"),
@@ -76,7 +76,7 @@ def train(
     launcher: str = typer.Option("torchrun", "--launcher", help="How --nproc starts them: torchrun or accelerate"),
     accelerate_config: str = typer.Option("ddp", "--accelerate-config", help="With --launcher accelerate: ddp, fsdp2, deepspeed-zero2, deepspeed-zero3 or a YAML file"),
 ):
-    """Fine-tune a model on your data; --objective picks what training optimises (default sft)."""
+    """Fine-tune a model on your data; without --objective hone reads the data and picks the recipe (hone plan)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_relaunch(nproc, launcher, accelerate_config))
     from hone.config import load_config
@@ -140,13 +140,16 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
     """Chat with a tuned model (streaming). Empty line or Ctrl-D quits."""
     from hone.hardware import pick_hardware
     from hone.models.generate import stream_answer
-    from hone.train.run import find_run, load_run_model
-
-    from hone.train.run import read_record
+    from hone.predict import Predictor
+    from hone.train.run import find_run, read_record
 
     hw = pick_hardware()
     folder = find_run(run)
-    model, tokenizer = load_run_model(folder, hw.device)
+    predictor = Predictor(folder, hw.device)
+    if predictor.kind == "classifier":
+        err.print(f"[dim]A classifier: it answers with one of {len(predictor.labels)} labels "
+                  f"({', '.join(predictor.labels[:8])}{', …' if len(predictor.labels) > 8 else ''}).[/dim]",
+                  highlight=False)
     if system is None and (system := read_record(folder).get("system_prompt")):
         err.print(f"[dim]System prompt from the training data: {system!r} (--system '' for none)[/dim]",
                   highlight=False)
@@ -162,7 +165,9 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
         messages.append({"role": "user", "content": text})
         out.print("model> ", end="")
         parts = []
-        for piece in stream_answer(model, tokenizer, messages, max_new_tokens, temperature):
+        pieces = ([predictor.answer(messages)] if predictor.kind == "classifier" else
+                  stream_answer(predictor.model, predictor.tokenizer, messages, max_new_tokens, temperature))
+        for piece in pieces:
             parts.append(piece)
             out.print(piece, end="", markup=False, highlight=False)
         out.print()
@@ -176,18 +181,17 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
              system: Optional[str] = typer.Option(None, "--system", help="System message"),
              max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
              as_json: bool = typer.Option(False, "--json", help="One JSON object per answer")):
-    """Answer one prompt or every prompt in a file with a tuned model."""
+    """Answer one prompt or every prompt in a file with a tuned model (a classifier answers with its label)."""
     from hone.hardware import pick_hardware
-    from hone.models.generate import generate_batch
-    from hone.train.run import find_run, load_run_model, read_record
+    from hone.predict import Predictor
+    from hone.train.run import find_run, read_record
 
     folder = find_run(run)
     if system is None:
         system = read_record(folder).get("system_prompt")  # ask the way the model was taught
     conversations = _prompts(prompt, file, system)
     hw = pick_hardware()
-    model, tokenizer = load_run_model(folder, hw.device)
-    answers = generate_batch(model, tokenizer, conversations, max_new_tokens)
+    answers = Predictor(folder, hw.device).answers(conversations, max_new_tokens)
     for conversation, answer in zip(conversations, answers):
         if as_json:
             print(json.dumps({"prompt": conversation[-1]["content"], "answer": answer}, ensure_ascii=False))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -9,22 +10,63 @@ from rich.console import Console
 from rich.table import Table
 
 out = Console()
+# Objectives whose model is the causal LM the memory plan describes (classify/ner/reward add a head).
+LM_OBJECTIVES = ("sft", "pretrain", "mixture", "dpo", "orpo", "simpo", "grpo")
 
 
 def plan_command(
-    model: str = typer.Argument("smollm2-135m-instruct", help="Catalogue name, local folder, or a size such as 7b or 360m"),
+    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Catalogue name, local folder, or a size such as 7b or 360m"),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Read this training data and advise the recipe (objective, method, lr, epochs, ...)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (same as MODEL)"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="With --data: keep this objective, advise the rest"),
     method: Optional[List[str]] = typer.Option(None, "--method", help="Plan only these methods (default: every causal-LM method)"),
     length: int = typer.Option(512, "--length", help="Tokens per sequence"),
     batch: int = typer.Option(8, "--batch", help="Sequences per optimizer step"),
     examples: int = typer.Option(1000, "--examples", help="Training examples per epoch"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for a named GPU instead of this machine (h100, a100, l4, t4, ...)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the idle cores now)"),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="With --data: force the data shape (default: detected)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan (or the advice) as JSON"),
 ):
-    """Estimate training memory and time per epoch for each method, and say which fit."""
+    """Before training: memory and time per epoch for each method (and, with --data, the recipe the data calls for)."""
+    model = model or model_arg
+    if data is not None:
+        advice = _advise(data, model, objective, method[0] if method else None, data_format, as_json)
+        if as_json or advice.objective not in LM_OBJECTIVES:
+            return
+        method, length, batch, examples = [advice.method], advice.max_length, advice.batch_size, advice.n_examples
+        out.print()
+    _plan(model or "smollm2-135m-instruct", method or None, length, batch, examples, gpu, threads, as_json)
+
+
+def _advise(data: Path, model, objective, method, data_format, as_json: bool):
+    from hone.advice import advice_rows, advise
+    from hone.cli import _overrides
+    from hone.config import load_config
+    from hone.summary import hone_command
+
+    cfg = load_config(None, _overrides(None, **{"model.name": model, "objective": objective, "method.name": method,
+                                               "data.format": data_format}))
+    advice = advise(data, cfg)
+    if as_json:
+        print(json.dumps(advice.to_json(), ensure_ascii=False))
+        return advice
+    table = Table(title=f"Recipe for {data} ({advice.n_examples} examples, {advice.shape})", header_style="bold")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True, style="bold")
+    table.add_column("why")
+    for row in advice_rows(advice):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"Train with it:  {hone_command()} train --data {data}"
+              + (f" -m {model}" if model else "") + "   (any flag overrides the advice)", highlight=False)
+    return advice
+
+
+def _plan(model: str, methods, length: int, batch: int, examples: int, gpu, threads, as_json: bool) -> None:
     from hone.plan import GB, make_plan
 
-    plan = make_plan(model, method or None, length, batch, examples, gpu, threads)
+    plan = make_plan(model, methods, length, batch, examples, gpu, threads)
     if as_json:
         print(json.dumps(plan.as_dict()))
         return

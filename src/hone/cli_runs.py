@@ -73,8 +73,13 @@ def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or
         table.add_row(key, _fmt(row[key]))
     for role, info in (row["data"] or {}).items():
         table.add_row(f"data.{role}", f"{info['path']}  sha256 {info['sha256'][:16]}…")
-    for key, value in (row["metrics"] or {}).items():
-        if not isinstance(value, list):
+    metrics = row["metrics"] or {}
+    if metrics.get("recipe"):
+        from hone.evaluate.report import recipe_line
+
+        table.add_row("recipe", recipe_line(metrics["recipe"]))
+    for key, value in metrics.items():
+        if not isinstance(value, list) and key != "recipe":
             table.add_row(f"metrics.{key}", _fmt(value))
     for key, value in (row["artifacts"] or {}).items():
         table.add_row(f"artifacts.{key}", _fmt(value))

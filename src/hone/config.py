@@ -102,6 +102,9 @@ class EvalSection(Section):
 # What training optimises (objectives/): one file per objective, `hone.objectives.run` dispatches.
 Objective = Literal["sft", "pretrain", "classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo", "mixture"]
 OBJECTIVES: tuple[str, ...] = Objective.__args__
+# "auto": hone reads the training data and picks the objective (hone/advice.py; docs/recipes.md).
+ObjectiveChoice = Literal["auto", "sft", "pretrain", "classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo",
+                          "mixture"]
 
 
 class PretrainSection(Section):
@@ -136,11 +139,12 @@ class RunConfig(Section):
     method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
-    objective: Objective = Field("sft", description="What training optimises: sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo, mixture")
+    objective: ObjectiveChoice = Field("auto", description="What training optimises: auto (read the data and choose, `hone plan --data FILE` shows why), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo, mixture")
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
     grpo: GRPOSection = Field(default_factory=GRPOSection)
     mixture: list[MixtureSource] = Field(default_factory=list, description="mixture: datasets with weights, e.g. [{train: a.jsonl, weight: 0.7}, ...]")
+    recipe: Optional[dict] = Field(None, description="Written by hone: how objective and method were chosen (advised or forced) and why")
 
     @property
     def lr(self) -> float:

@@ -20,6 +20,7 @@ def summary_json(result: SFTResult) -> dict:
         "steps": result.record.get("results", {}).get("steps"),
         "run_dir": str(result.run_dir),
         "forgetting": result.forgetting,
+        "recipe": result.record.get("recipe"),
     }
 
 
@@ -66,6 +67,7 @@ def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None
                          mark + _clip(result.tuned.answers[i], 160), _clip(example.answer or ""))
         console.print(side)
 
+    print_recipe(result.record, console)
     hone = hone_command()
     if result.forgetting and not result.forgetting["passed"]:
         console.print(f"[bold red]Forgetting check failed[/bold red]: general-skills accuracy fell "
@@ -74,6 +76,15 @@ def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None
     console.print(f"\nRun folder: [bold]{result.run_dir}[/bold]")
     console.print(f"Chat with the tuned model:  {hone} chat {result.run_dir}", highlight=False)
     console.print(f"Generate from a file:       {hone} generate {result.run_dir} --file prompts.jsonl", highlight=False)
+
+
+def print_recipe(record: dict, console: Console) -> None:
+    """One line: which recipe ran and whether hone advised it or the user forced it."""
+    recipe = record.get("recipe")
+    if recipe:
+        console.print(f"Recipe: {recipe.get('objective')} + {recipe.get('method')} "
+                      f"({'advised by hone' if recipe.get('source') == 'advised' else 'chosen by you'}; "
+                      "why: run.json `recipe`, hone runs show)", highlight=False)
 
 
 def hone_command() -> str:
@@ -111,7 +122,8 @@ SCORE_NAMES = {"perplexity": ("perplexity on held-out text", False),
 
 def objective_summary_json(result) -> dict:
     """A non-sft run's summary as plain data (the last line of `--json` output)."""
-    return {"objective": result.objective, **result.results, "run_dir": str(result.run_dir),
+    return {"objective": result.objective, **result.results, "recipe": result.record.get("recipe"),
+            "run_dir": str(result.run_dir),
             "train_seconds": round(result.train_seconds, 1), "total_seconds": round(result.total_seconds, 1)}
 
 
@@ -151,4 +163,5 @@ def print_objective_summary(result, console: Console) -> None:
     table.add_row("training", "", f"{results.get('steps')} steps, {result.train_seconds:.0f} s{rate}")
     table.add_row("total wall time", "", f"{result.total_seconds:.0f} s")
     console.print(table)
+    print_recipe(result.record, console)
     console.print(f"\nRun folder: [bold]{result.run_dir}[/bold] ({results.get('artifact', 'adapter')}/ holds the model)")

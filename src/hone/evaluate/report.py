@@ -214,6 +214,16 @@ def training_view(record: dict, steps: list[dict]) -> dict:
             "final_loss": results.get("train_loss"), "val_loss": results.get("val_loss")}
 
 
+def recipe_line(recipe: dict | None) -> str | None:
+    """'classify + lora (advised by hone: ...)' or '(forced: ...)': which recipe produced the run."""
+    if not recipe:
+        return None
+    source = recipe.get("source")
+    why = (recipe.get("reasons") or {}).get("objective", "")
+    how = {"advised": "advised by hone", "forced": "chosen by the user"}.get(source, source or "not recorded")
+    return f"{recipe.get('objective')} + {recipe.get('method')} ({how}{': ' + why if why else ''})"
+
+
 def build_context(run: Path) -> dict:
     record = json.loads((run / "run.json").read_text(encoding="utf-8")) if (run / "run.json").is_file() else {}
     config_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
@@ -235,6 +245,7 @@ def build_context(run: Path) -> dict:
                    ("method", method.get("name", "") + (f", r {method['lora_r']}, alpha {method['lora_alpha']}, "
                                                        f"{method.get('target_modules', '')}" if method.get("name") == "lora" else "")),
                    ("objective", record.get("objective", "sft")),
+                   ("recipe", recipe_line(record.get("recipe"))),
                    ("learning rate", f"{train.get('lr'):g}" if train.get("lr") else "method default"),
                    ("schedule", f"{train.get('scheduler', '')}, warmup {train.get('warmup_ratio', 0):.0%}"),
                    ("length", f"{train['max_steps']} steps" if train.get("max_steps") else

@@ -19,7 +19,7 @@ from hone.data.records import ChatExample, LabelExample, TextExample
 from hone.errors import DataError, UserError
 from hone.evaluate.compare import Comparison, compare_answers, default_max_new_tokens, generate_answers
 from hone.evaluate.judge import JudgeResult, judge_pairs, openai_chat
-from hone.evaluate.metrics import pick_metrics
+from hone.evaluate.metrics import label_metrics, normalise_label, pick_metrics
 from hone.evaluate.perplexity import perplexity_metric, perplexity_statistics
 from hone.evaluate.suites import SuiteResult, load_suite, score_suite
 
@@ -55,6 +55,8 @@ class EvalResult:
     suite: SuiteResult | None = None
     judge: JudgeResult | None = None
     seconds: float = 0.0
+    recipe: dict | None = None           # how the run's objective and method were chosen (advised or forced)
+    classification: dict | None = None   # a classifier run: accuracy, macro-F1, confusion matrix, base and tuned
 
     def to_json(self) -> dict:
         comparison = self.comparison.to_json() if self.comparison else {"n": 0, "base": None, "tuned": None}
@@ -66,6 +68,7 @@ class EvalResult:
                 "tuned_answers": self.tuned_answers, "base_answers": self.base_answers,
                 "suite": self.suite.to_json() if self.suite else None,
                 "judge": self.judge.to_json() if self.judge else None,
+                "recipe": self.recipe, "classification": self.classification,
                 "seconds": round(self.seconds, 1)}
 
 
@@ -77,6 +80,19 @@ class Target:
     system_prompt: str | None = None
     max_length: int = 1024
     test: Path | None = None
+    record: dict = field(default_factory=dict)
+
+    @property
+    def classifier(self) -> bool:
+        """A run with a sequence-classification head: it answers with a label instead of generating."""
+        return self.record.get("head") == "sequence"
+
+    @property
+    def recipe(self) -> dict | None:
+        if self.run_dir is None:
+            return None
+        return self.record.get("recipe") or {"objective": self.record.get("objective"),
+                                             "method": self.record.get("method"), "source": "not recorded"}
 
 
 def resolve_target(ref: str) -> Target:
@@ -92,7 +108,7 @@ def resolve_target(ref: str) -> Target:
     if run is not None and (run / "config.yaml").is_file():
         config, record = load_config(run / "config.yaml"), read_record(run)
         return Target(str(run), run, record.get("base_model") or config.model.name, config.data.system_prompt,
-                      config.data.max_length, Path(config.data.test) if config.data.test else None)
+                      config.data.max_length, Path(config.data.test) if config.data.test else None, record)
     try:
         resolve_model(ref)
     except UserError as exc:
@@ -145,6 +161,8 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
     schema = _read_schema(options.schema) if options.schema else None
     references = [e.answer or "" for e in chats]
     metrics, primary = pick_metrics(references, options.metrics, schema) if chats else ([], "perplexity")
+    if target.classifier and chats and not options.metrics and not any(m.name == "accuracy" for m in metrics):
+        metrics = label_metrics(references) + metrics  # a classifier is scored as one, however many labels
     base_name = (options.base or target.base) if options.compare_base else None
     if options.judge_url and not base_name:
         raise UserError("the judge compares base and tuned answers: give --base MODEL (or evaluate a run)")
@@ -156,6 +174,9 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
     outputs = {}
     for role, name, run_dir in (("base", base_name, None), ("tuned", target.name, target.run_dir)):
         if name is None:
+            continue
+        if role == "tuned" and target.classifier:  # the label it scores highest is its answer
+            outputs[role] = classifier_outputs(target.run_dir, chats, cases, options.batch_size, hw.device, console)
             continue
         model, tokenizer = load_model(name, run_dir, hw.device)
         torch.manual_seed(options.seed)
@@ -173,13 +194,16 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
 
     tuned, base = outputs["tuned"], outputs.get("base")
     result = EvalResult(target.name, base_name, target.run_dir, items, tuned_answers=tuned["answers"],
-                        base_answers=base["answers"] if base else None)
+                        base_answers=base["answers"] if base else None, recipe=target.recipe)
     if items:
         extra = {}
         if tuned["perplexity"] is not None:
             extra["perplexity"] = (perplexity_metric(), tuned["perplexity"], base["perplexity"] if base else None)
         result.comparison = compare_answers(metrics, primary, references, tuned["answers"],
                                             base["answers"] if base else None, extra, options.seed)
+    if target.classifier and chats:
+        result.classification = classifier_scores(target.record.get("labels", []), references, tuned["answers"],
+                                                  base["answers"] if base else None)
     if cases:
         result.suite = score_suite(str(options.suite), cases, tuned["suite"], base["suite"] if base else None)
     if options.judge_url and chats:
@@ -193,6 +217,32 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         atomic.write_json(target.run_dir / "eval.json", result.to_json())
         write_report(target.run_dir)
     return result
+
+
+def classifier_outputs(run_dir: Path, chats: list, cases: list, batch_size: int, device: str,
+                       console: Console) -> dict:
+    """A classifier run's answers (its labels) for the test items and suite cases; no perplexity."""
+    from hone.predict import Predictor
+
+    predictor = Predictor(run_dir, device)
+    console.print(f"  {run_dir.name} is a classifier ({len(predictor.labels)} labels): its answer is the label "
+                  "it scores highest; the base model generates its answer", highlight=False)
+    return {"answers": predictor.answers([e.prompt_messages for e in chats], batch_size=batch_size) if chats else [],
+            "perplexity": None,
+            "suite": predictor.answers([c.messages for c in cases], batch_size=batch_size) if cases else []}
+
+
+def classifier_scores(labels: list[str], references: list[str], tuned: list[str], base: list[str] | None) -> dict:
+    """Accuracy, macro-F1 and the confusion matrix of the classifier and of the base model's generated answers
+    (an answer counts as a label when it equals one up to case, spacing and a final full stop)."""
+    from hone.evaluate.classification import classification_scores
+
+    loose = {normalise_label(label): label for label in labels}
+    references = [r.strip() for r in references]
+    out = {"labels": labels, "tuned": classification_scores([t.strip() for t in tuned], references, labels)}
+    if base is not None:
+        out["base"] = classification_scores([loose.get(normalise_label(b), b) for b in base], references, labels)
+    return out
 
 
 def _read_schema(path: Path) -> dict:

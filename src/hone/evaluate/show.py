@@ -6,6 +6,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
+from hone.evaluate.report import recipe_line
 from hone.evaluate.run_eval import EvalResult
 
 
@@ -33,9 +34,27 @@ def _clip(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def print_classification(classification: dict, console: Console) -> None:
+    labels = classification["labels"]
+    roles = [r for r in ("base", "tuned") if r in classification]
+    scores = ", ".join(f"{role} accuracy {classification[role]['accuracy']:.1%} / macro-F1 "
+                       f"{classification[role]['macro_f1']:.3f}" for role in roles)
+    console.print(f"\n[bold]Classifier[/bold]: {scores} (base: its generated answer, matched to a label up to case)")
+    matrix = Table(title="Confusion matrix (tuned): rows true label, columns predicted", header_style="bold",
+                   title_justify="left")
+    matrix.add_column("")
+    for label in labels:
+        matrix.add_column(_clip(label, 16), justify="right")
+    for label, row in zip(labels, classification["tuned"]["confusion_matrix"]["rows"]):
+        matrix.add_row(_clip(label, 24), *[str(n) for n in row])
+    console.print(matrix)
+
+
 def print_eval(result: EvalResult, console: Console) -> None:
     comparison = result.comparison
     has_base = result.base_name is not None
+    if line := recipe_line(result.recipe):
+        console.print(f"Recipe: {line}", highlight=False)
     if comparison:
         title = f"{comparison.n} test items" + (f": {result.base_name} (base) vs {result.tuned_name}" if has_base
                                                 else f": {result.tuned_name}")
@@ -66,6 +85,8 @@ def print_eval(result: EvalResult, console: Console) -> None:
             console.print(f"[dim]Δ = tuned - base (percentage points for shares), 95% CI by paired bootstrap over "
                           f"items (1,000 resamples, seed {comparison.seed}); ↑ / ↓ / = items improved, regressed, "
                           f"unchanged on {comparison.primary}; ↓ after a name: lower is better.[/dim]")
+    if result.classification:
+        print_classification(result.classification, console)
     if result.suite:
         data = result.suite.to_json()
         base = f"base {data['base_passed']}/{data['n']}, " if data["base_passed"] is not None else ""

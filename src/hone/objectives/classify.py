@@ -1,6 +1,7 @@
 """Sequence classification (text -> one label), top to bottom.
 
-load labelled text -> label set from train -> tokenize -> base with a new head -> apply the method
+load labelled text (or chat data with a closed answer set: the rendered conversation up to the
+assistant turn is the text, the answer is the label) -> label set from train -> tokenize -> base with a new head -> apply the method
 (the head always trains) -> train with transformers' Trainer -> save -> accuracy, macro-F1 and the
 confusion matrix on the test split, against the majority-class baseline -> record.
 
@@ -18,7 +19,8 @@ from rich.console import Console
 
 from hone.config import RunConfig
 from hone.data.load import load_records
-from hone.data.records import LabelExample
+from hone.data.records import ChatExample, LabelExample
+from hone.data.render import prompt_for_generation
 from hone.data.split import hold_out
 from hone.errors import DataError
 from hone.evaluate.classification import classification_scores
@@ -32,10 +34,35 @@ from hone.train.hf_trainer import run_trainer, trainer_arguments
 from hone.train.run import update_record
 
 
-def load_labelled(path: Path) -> list[LabelExample]:
-    records = load_records(path)
+def load_labelled(path: Path, tokenizer=None, system_prompt: str | None = None) -> list[LabelExample]:
+    """Labelled text; chat records (given the tokenizer to render them) become prompt -> answer label."""
+    return as_labels(load_records(path), path, tokenizer, system_prompt)
+
+
+def as_labels(records: list, path: Path, tokenizer=None, system_prompt: str | None = None) -> list[LabelExample]:
+    if isinstance(records[0], ChatExample) and tokenizer is not None:
+        return chat_as_labels(records, tokenizer, system_prompt)
     require_records(records, "classify", path)
     return records
+
+
+def chat_as_labels(records: list[ChatExample], tokenizer, system_prompt: str | None = None) -> list[LabelExample]:
+    """Chat examples as labelled text: the conversation before the last assistant turn, rendered as
+    generation would see it (the head reads the assistant header's last token), and the answer as the
+    label, so the classifier answers prompts in the shape the user trained and tests with."""
+    from hone.objectives.sft import with_system_prompt
+
+    with_system_prompt(records, system_prompt)
+    return [LabelExample(classifier_text(tokenizer, r.prompt_messages), (r.answer or "").strip(), r.file, r.line)
+            for r in records]
+
+
+def classifier_text(tokenizer, messages: list[dict]) -> str:
+    """What a classifier trained from chat data reads: the rendered prompt, or (a model without a chat
+    template, such as an encoder) the user's last message."""
+    if getattr(tokenizer, "chat_template", None):
+        return prompt_for_generation(tokenizer, messages)
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def check_labels(examples: list[LabelExample], labels: list[str], split: str) -> None:
@@ -79,14 +106,23 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
     """Train a sequence classifier; `run_dir` of an interrupted run resumes it."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    from hone.objectives.sft import common_system_prompt
+
     console = console or Console(stderr=True)
+    base = resolve_model(config.model.name)
+    tokenizer = load_tokenizer(base)
     # 1. Data: the label set comes from the training split; other splits may not add labels.
-    train = load_labelled(config.data.train)
+    system = config.data.system_prompt
+    records = load_records(config.data.train)
+    chat = isinstance(records[0], ChatExample)
+    if chat:
+        system = system or common_system_prompt(records)
+    train = as_labels(records, config.data.train, tokenizer, system)
     if config.data.validation:
-        validation = load_labelled(config.data.validation)
+        validation = load_labelled(config.data.validation, tokenizer, system)
     else:
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
-    test = load_labelled(config.data.test) if config.data.test else validation
+    test = load_labelled(config.data.test, tokenizer, system) if config.data.test else validation
     labels = sorted({e.label for e in train})
     if len(labels) < 2:
         raise DataError(f"classification needs at least two labels; training data has only {labels}",
@@ -96,11 +132,11 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
     start = begin_run(config, run_dir, console, {
         "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation),
         "n_test": len(test) if config.data.test else 0, "label_counts": dict(Counter(e.label for e in train))})
-    update_record(start.run_dir, head="sequence", labels=labels)
+    # prompt_format "chat": the classifier reads rendered conversations (predict.py renders them the same way).
+    update_record(start.run_dir, head="sequence", labels=labels, prompt_format="chat" if chat else "text",
+                  **({"system_prompt": system} if chat else {}))
 
     # 2. The base with a new classification head, and the adaptation method.
-    base = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(base)
     model = load_head_model(base, "sequence", labels, start.hw.device)
     model = apply_method(model, config.method)
     train_new_head(model)

@@ -201,7 +201,7 @@ def sync_run(path: Path, record: dict) -> Run:
         metrics = dict(record.get("results") or {})
         if record.get("forgetting"):
             metrics["forgetting"] = record["forgetting"]
-        for key in ("train_seconds", "total_seconds"):
+        for key in ("train_seconds", "total_seconds", "recipe"):
             if key in record:
                 metrics[key] = record[key]
         row.metrics = metrics

@@ -33,6 +33,8 @@ def new_run_dir(config: RunConfig) -> Path:
     atomic.write_text(path / "config.yaml", to_yaml(config))
     _register("record_start", path, config.model_dump(mode="json"), config.name or (
         Path(config.data.train).stem if config.data.train else path.name))
+    if config.recipe:  # how the objective was chosen (hone/advice.py), for run.json and the registry
+        update_record(path, recipe=config.recipe)
     return path
 
 
