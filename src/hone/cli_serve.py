@@ -31,13 +31,14 @@ def serve(
     rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="Requests per minute per key (default 600; 0: no limit)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap every job at N optimizer steps"),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
     lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="A silent worker's job is resumed elsewhere after this long (default 30)"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
 
     settings = _settings(db, base_model, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
-                         time_budget=time_budget, lease_seconds=lease_seconds)
+                         time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds)
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
                                    "keys are sent in clear text unless a TLS proxy is in front", highlight=False)
@@ -49,12 +50,13 @@ def worker(
     base_model: Optional[List[str]] = typer.Option(None, "--base-model", help="Base models (as for hone serve)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap every job at N optimizer steps"),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
     lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="Lease length in seconds (default 30)"),
 ):
     """Train queued fine-tuning jobs from the service database (run on any machine that shares it)."""
     from hone.serve.worker import Worker
 
-    Worker(_settings(db, base_model, max_steps=max_steps, time_budget=time_budget,
+    Worker(_settings(db, base_model, max_steps=max_steps, time_budget=time_budget, save_every=save_every,
                      lease_seconds=lease_seconds)).run_forever()
 
 

@@ -70,7 +70,18 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 def start_workers(n: int, settings: ServeSettings) -> list[subprocess.Popen]:
     """`hone worker` processes sharing the server's database and settings."""
     env = {**os.environ, **settings.to_env()}
-    return [subprocess.Popen([sys.executable, "-m", "hone.cli", "worker"], env=env) for _ in range(n)]
+    return [subprocess.Popen([sys.executable, "-m", "hone.cli", "worker"], env=env, preexec_fn=_die_with_parent)
+            for _ in range(n)]
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when the server dies, however it dies (uvicorn re-raises the
+    signal that stopped it, so a `finally` in the server does not always run)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_workers(workers: list[subprocess.Popen], wait: float = 60.0) -> None:

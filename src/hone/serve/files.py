@@ -64,10 +64,12 @@ def _copy_limited(upload: UploadFile, target: Path, limit: int) -> int:
 
 def check_training_data(path: Path, filename: str) -> tuple[str | None, int]:
     """(shape, examples) of a data file, or a 400 naming the first bad line and field."""
-    from hone.data.load import load_with_report
+    from hone.data.load import iter_records
+    from hone.data.problems import ValidationReport
 
+    report = ValidationReport()
     try:
-        records, report = load_with_report(path)
+        n = sum(1 for _ in iter_records(path, report=report))
     except UserError as exc:
         message = str(exc).replace(str(path), filename)
         raise APIError(400, f"Invalid file format. {message}", param="file", code="invalid_file_format") from None
@@ -77,7 +79,10 @@ def check_training_data(path: Path, filename: str) -> tuple[str | None, int]:
         more = f" ({report.problems - 1} more problems; `hone data check` lists them all)" if report.problems > 1 else ""
         raise APIError(400, f"Invalid file format. Line {first.line}{field}: {first.message}{more}",
                        param="file", code="invalid_file_format")
-    return report.shape, len(records)
+    if n == 0:
+        raise APIError(400, "Invalid file format. The file holds no examples.", param="file",
+                       code="invalid_file_format")
+    return report.shape, n
 
 
 @router.post("/files")

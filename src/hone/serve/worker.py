@@ -121,6 +121,11 @@ class Worker:
                 self.requeue(job, token, step)
                 raise KeyboardInterrupt from None
             say(worker=self.name, job=job_id, event="interrupted", reason=beat.reason, step=step)
+            if beat.reason != "lost":
+                with db.session(self.settings.db) as s:
+                    kept = f"at step {step}; its checkpoint is kept" if step else "before its first step"
+                    db.add_event(s, job_id, f"Training stopped ({beat.reason}) {kept}")
+                    s.commit()
             self.release(job, token)
         except JobFailed as exc:
             beat.stop()
