@@ -117,6 +117,8 @@ class Worker:
         except (Interrupted, KeyboardInterrupt) as exc:
             beat.stop()
             step = exc.step if isinstance(exc, Interrupted) else None
+            if beat.reason != "lost":
+                beat.sync_progress()  # the checkpoint the interrupt just saved, and the last steps
             if beat.reason is None:  # this worker is shutting down: the job goes back to the queue
                 self.requeue(job, token, step)
                 raise KeyboardInterrupt from None
