@@ -197,3 +197,27 @@ def test_openapi_schema_is_published(server):
     with urllib.request.urlopen(server.url.removesuffix("/v1") + "/openapi.json") as response:
         paths = json.load(response)["paths"]
     assert "/v1/files" in paths and "/v1/fine_tuning/jobs/{job_id}/checkpoints" in paths
+
+
+def test_dpo_job_trains_on_preference_pairs(acme):
+    pairs = [{"input": {"messages": [{"role": "user", "content": f"Greet user {i}"}]},
+              "preferred_output": [{"role": "assistant", "content": f"Hello, user {i}!"}],
+              "non_preferred_output": [{"role": "assistant", "content": "No."}]} for i in range(12)]
+    f = acme.files.create(file=jsonl(pairs, "pairs.jsonl"), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError, match="beta"):
+        acme.fine_tuning.jobs.create(model="tiny", training_file=f.id,
+                                     method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}})
+    job = acme.fine_tuning.jobs.create(model="tiny", training_file=f.id,
+                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}})
+    job = wait_finished(acme, job.id)
+    assert job.status == "succeeded", job.error
+    hp = job.method.dpo.hyperparameters
+    assert hp.beta == 0.2 and hp.n_epochs == 8 and hp.batch_size == 12  # "auto" resolved for 12 pairs
+    metrics = [e for e in acme.fine_tuning.jobs.list_events(job.id) if e.type == "metrics"]
+    assert metrics and 0 < metrics[-1].data["train_loss"] < 1  # DPO's loss starts at ln 2
+    # a chat file cannot feed a dpo job: the job fails on validation, naming the file
+    chats = acme.files.create(file=jsonl(chat_rows(10)), purpose="fine-tune")
+    failed = wait_finished(acme, acme.fine_tuning.jobs.create(model="tiny", training_file=chats.id,
+                                                              method={"type": "dpo"}).id)
+    assert failed.status == "failed" and failed.error.code == "invalid_file_format"
+    assert failed.error.param == "training_file" and "preference pairs" in failed.error.message

@@ -10,7 +10,7 @@ import pytest
 
 from serve_helpers import chat_rows, jsonl, start_server, wait_finished, wait_for
 
-STEPS = 40
+STEPS = 24
 
 
 def test_concurrent_claims_take_each_job_exactly_once(tmp_path):
