@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import openai
 import pytest
@@ -185,7 +186,7 @@ def test_another_org_gets_404_for_everything(server, acme):
     catalog = DatabaseCatalog(ServeSettings(db=server.db, base_models={"tiny": "/unused"}))
     assert catalog.resolve("globex", job.fine_tuned_model) is None
     mine = catalog.resolve("acme", job.fine_tuned_model)
-    assert mine.owned_by == "acme" and mine.base == "/unused" and mine.tuned and mine.adapter
+    assert mine.owned_by == "acme" and mine.base == "/unused" and (Path(mine.tuned) / "adapter").is_dir()
     assert job.fine_tuned_model not in [m.id for m in catalog.list("globex")]
     assert not catalog.delete("globex", job.fine_tuned_model) and catalog.delete("acme", job.fine_tuned_model)
     assert catalog.resolve("acme", job.fine_tuned_model) is None
@@ -221,3 +222,12 @@ def test_dpo_job_trains_on_preference_pairs(acme):
                                                               method={"type": "dpo"}).id)
     assert failed.status == "failed" and failed.error.code == "invalid_file_format"
     assert failed.error.param == "training_file" and "preference pairs" in failed.error.message
+
+
+def test_a_tuned_model_can_be_tuned_again(acme):
+    f = acme.files.create(file=jsonl(chat_rows(10)), purpose="fine-tune")
+    first = wait_finished(acme, acme.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="v1").id)
+    second = wait_finished(acme, acme.fine_tuning.jobs.create(model=first.fine_tuned_model, training_file=f.id,
+                                                              suffix="v2").id)
+    assert second.status == "succeeded", second.error
+    assert second.model == first.fine_tuned_model and second.fine_tuned_model.startswith("ft:tiny:acme:v2:")

@@ -1,8 +1,8 @@
 """The models an org may use: the server's base models and the org's succeeded fine-tunes.
 
-inference.py (part B) serves what this resolves. `tuned` is the plain model folder of a tuned run
-(hone.train.run.tuned_model_folder: the adapter merged into a copy of its base, or model/ for full
-fine-tuning); `adapter` is the run's own adapter folder, for serving many adapters over one base.
+inference.py (part B) serves what this resolves. `tuned` is the job's run folder: its adapter/ (LoRA
+by default, loaded onto a shared base) or model/ (full fine-tuning) is the tuned artifact, and
+hone.train.run.tuned_model_folder(run) turns it into a plain model folder when one is needed.
 """
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ class ModelSource:
     """What inference needs to load a model."""
     id: str                   # the OpenAI model id: "ft:tiny:acme:bot:AbC123xy" or a base name
     base: str                 # a base model spec resolve_model() accepts (catalogue name, folder)
-    tuned: str | None         # plain model folder of the tuned model; None for a base model
+    tuned: str | None         # run folder of the tuned model (adapter/ or model/ inside); None for a base model
     owned_by: str             # org, or "system" for base models
     created: int              # unix seconds
-    adapter: str | None = None  # the run's adapter folder (PEFT or hone's format), when it has one
 
 
 class Catalog(Protocol):
@@ -46,13 +45,11 @@ class DatabaseCatalog:
         return ModelSource(name, spec, None, "system", created)
 
     def _tuned(self, job: db.Job) -> ModelSource | None:
-        from hone.train.run import tuned_model_folder
+        from hone.methods.artifact import is_tuned_artifact
 
         run = Path(job.run_dir or "")
-        try:
-            folder = tuned_model_folder(run)  # made when the job succeeded; found again at once
-        except Exception:  # noqa: BLE001 - a run folder removed by hand: the model is gone
-            return None
+        if not any(is_tuned_artifact(run / sub) for sub in ("adapter", "model")):
+            return None  # the run folder was removed by hand: the model is gone
         parent = job.model
         while parent.startswith("ft:"):  # fine-tuned again: the base is its parent's base
             source = self.resolve(job.org, parent)
@@ -60,9 +57,7 @@ class DatabaseCatalog:
                 return None
             parent = source.base
         base = self.settings.base_models.get(parent, parent)
-        adapter = run / "adapter"
-        return ModelSource(job.fine_tuned_model, base, str(folder), job.org, job.finished_at or job.created_at,
-                           str(adapter) if adapter.is_dir() else None)
+        return ModelSource(job.fine_tuned_model, base, str(run), job.org, job.finished_at or job.created_at)
 
     def _jobs(self, org: str, model_id: str | None = None) -> list[db.Job]:
         with db.session(self.settings.db) as s:
