@@ -69,14 +69,14 @@ class Server:
                 proc.kill()
 
 
-def start_server(home: Path, *args: str, workers: int = 1, extra_env: dict | None = None) -> Server:
-    """`hone serve` on a free loopback port with its own database; returns once it answers."""
+def start_server(home: Path, *args: str, workers: int = 1, db: str | None = None) -> Server:
+    """`hone serve` on a free loopback port with its own database (SQLite unless `db`); returns once it answers."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    db = f"sqlite:///{home / 'serve.db'}"
+    db = db or f"sqlite:///{home / 'serve.db'}"
     log = home / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "hone.cli", "serve", "--port", str(port), "--db", db,
-                             "--workers", str(workers), *args], env={**hone_env(home), **(extra_env or {})},
+                             "--workers", str(workers), *args], env=hone_env(home),
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}/v1", db, home, proc, log)
     deadline = time.monotonic() + 120

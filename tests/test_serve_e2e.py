@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from serve_helpers import chat_rows, jsonl, start_server, wait_finished, wait_for
+from test_registry import postgres_url  # noqa: F401 - the throwaway PostgreSQL server fixture
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +232,22 @@ def test_a_tuned_model_can_be_tuned_again(acme):
                                                               suffix="v2").id)
     assert second.status == "succeeded", second.error
     assert second.model == first.fine_tuned_model and second.fine_tuned_model.startswith("ft:tiny:acme:v2:")
+
+
+def test_postgresql_database_runs_a_job(tiny_model, tmp_path, postgres_url):
+    srv = start_server(tmp_path / "pg", "--base-model", f"tiny={tiny_model}", "--max-steps", "2", workers=1,
+                       db=postgres_url)
+    try:
+        client = srv.client("acme")
+        f = client.files.create(file=jsonl(chat_rows(10)), purpose="fine-tune")
+        job = wait_finished(client, client.fine_tuning.jobs.create(model="tiny", training_file=f.id).id)
+        assert job.status == "succeeded", job.error
+        assert [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id) if e.type == "metrics"] == [2, 1]
+        with pytest.raises(openai.NotFoundError):
+            srv.client("globex").fine_tuning.jobs.retrieve(job.id)
+    finally:
+        srv.stop()
+        from hone.serve import db
+
+        with db.session(postgres_url) as s:
+            db.Base.metadata.drop_all(s.get_bind())

@@ -9,16 +9,30 @@ import time
 import pytest
 
 from serve_helpers import chat_rows, jsonl, start_server, wait_finished, wait_for
+from test_registry import postgres_url  # noqa: F401 - the throwaway PostgreSQL server fixture
 
 STEPS = 24
 
 
-def test_concurrent_claims_take_each_job_exactly_once(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'serve.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    from hone.serve import db
+
+    with db.session(url) as s:  # leave the shared server empty for the next test
+        db.Base.metadata.drop_all(s.get_bind())
+
+
+def test_concurrent_claims_take_each_job_exactly_once(database):
     from hone.serve import db
     from hone.serve.settings import ServeSettings
     from hone.serve.worker import Worker
 
-    settings = ServeSettings(db=f"sqlite:///{tmp_path / 'serve.db'}", lease_seconds=60)
+    settings = ServeSettings(db=database, lease_seconds=60)
     with db.session(settings.db) as s:
         for i in range(12):
             s.add(db.Job(id=f"ftjob-{i:02d}", org="acme", model="tiny", training_file="file-x", seed=0,

@@ -10,6 +10,7 @@ Each table has an integer `seq` (insertion order, the pagination cursor) and the
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import string
@@ -109,7 +110,10 @@ _makers: dict[str, sessionmaker] = {}
 
 def database_url(url: str | None = None) -> str:
     """`--db`, else HONE_DB, else SQLite in the hone home (the run registry's rule; its own file)."""
-    return url or os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'serve.db'}"
+    url = url or os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'serve.db'}"
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]  # SQLAlchemy's default driver is psycopg2; hone ships psycopg 3
+    return url
 
 
 def session(url: str | None = None) -> Session:
