@@ -7,7 +7,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from serve_helpers import chat_rows, jsonl, start_server, wait_finished, wait_for
+from serve_helpers import chat_rows, jsonl, start_server, wait_finished
 from test_registry import postgres_url  # noqa: F401 - the throwaway PostgreSQL server fixture
 
 

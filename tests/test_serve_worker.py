@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 
@@ -158,3 +159,40 @@ def test_pause_keeps_the_checkpoint_and_resume_continues_from_it(server):
     assert resumed and resumed[0].endswith(f"from its checkpoint at step {saved}")
     steps = _metric_steps(client, job.id)
     assert steps == list(range(1, steps[-1] + 1)) and steps[-1] > saved
+
+
+def test_sigterm_puts_the_job_back_in_the_queue_and_another_worker_resumes_it(server):
+    client = server.client("acme")
+    f = client.files.create(file=jsonl(chat_rows(24)), purpose="fine-tune")
+    first = server.start_worker(*server.worker_args)
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id)
+    wait_for(lambda: _checkpointed_and_running(client, job.id), what="a first checkpoint")
+    first.send_signal(signal.SIGTERM)  # what `hone serve` does to its workers when it stops
+    assert first.wait(timeout=120) == 0
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+    stopped = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if " stopped" in e.message]
+    assert stopped and "it resumes from step" in stopped[0]
+    server.start_worker(*server.worker_args)
+    assert wait_finished(client, job.id).status == "succeeded"
+    steps = _metric_steps(client, job.id)
+    assert steps == list(range(1, steps[-1] + 1))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and /proc are Linux's")
+def test_workers_stop_when_their_server_dies(tiny_model, tmp_path):
+    import os
+
+    srv = start_server(tmp_path / "dies", "--base-model", f"tiny={tiny_model}", workers=1)
+    children = [int(pid) for pid in open(f"/proc/{srv.process.pid}/task/{srv.process.pid}/children").read().split()]
+    assert len(children) == 1
+    srv.process.send_signal(signal.SIGKILL)
+    srv.process.wait()
+
+    def gone():
+        try:
+            os.kill(children[0], 0)
+            with open(f"/proc/{children[0]}/status") as status:
+                return "zombie" in status.read()
+        except ProcessLookupError:
+            return True
+    wait_for(gone, timeout=60, what="the worker to exit")
