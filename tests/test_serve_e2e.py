@@ -25,8 +25,10 @@ def acme(server):
 
 
 def test_upload_train_poll_events_checkpoints_and_results(acme):
-    f = acme.files.create(file=jsonl(chat_rows(12)), purpose="fine-tune")
+    f = acme.files.create(file=jsonl(chat_rows(12)), purpose="fine-tune",
+                          expires_after={"anchor": "created_at", "seconds": 3600})
     assert f.object == "file" and f.status == "processed" and f.filename == "train.jsonl"
+    assert f.expires_at == f.created_at + 3600
     assert f.id in [x.id for x in acme.files.list(purpose="fine-tune")]
     assert acme.files.content(f.id).read().decode().count("\n") == 11
 

@@ -94,12 +94,12 @@ def upload_file(request: Request, file: UploadFile, purpose: str = Form(...),
     if purpose not in PURPOSES:
         raise APIError(400, f"purpose {purpose!r} is not supported here; hone serve stores 'fine-tune' files.",
                        param="purpose")
-    expires_at = None
+    created, expires_at = db.now(), None
     if expires_seconds is not None:
         if expires_anchor not in (None, "created_at") or not 3600 <= expires_seconds <= 2592000:
             raise APIError(400, "expires_after needs anchor 'created_at' and seconds between 3600 and 2592000.",
                            param="expires_after")
-        expires_at = db.now() + expires_seconds
+        expires_at = created + expires_seconds
     settings = request.app.state.settings
     file_id = db.new_id("file-")
     stored = file_id + _extension(file.filename)
@@ -113,7 +113,7 @@ def upload_file(request: Request, file: UploadFile, purpose: str = Form(...),
     finally:
         tmp.unlink(missing_ok=True)
     row = db.File(id=file_id, org=org, filename=Path(file.filename or "upload").name[:255], stored=stored,
-                  purpose=purpose, bytes=size, created_at=db.now(), expires_at=expires_at, shape=shape,
+                  purpose=purpose, bytes=size, created_at=created, expires_at=expires_at, shape=shape,
                   examples=examples)
     with db.session(settings.db) as s:
         s.add(row)

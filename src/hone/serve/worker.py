@@ -240,7 +240,8 @@ class Worker:
         if job.started_at is None:
             values["started_at"] = db.now()
         if not self._update(job, token, (message,), ("queued", "running"), **values):
-            beat.reason = beat.reason or "stopped"  # cancelled or paused while its files were checked
+            with db.session(self.settings.db) as s:  # cancelled or paused while its files were checked
+                beat.reason = beat.reason or s.scalar(select(db.Job.request).where(db.Job.id == job.id)) or "lost"
             raise KeyboardInterrupt
         job.run_dir = str(beat.run_dir)
         say(worker=self.name, job=job.id, event="running", resume=resume, run_dir=str(beat.run_dir))
@@ -263,6 +264,8 @@ class Worker:
                 db.add_event(s, job.id, f"New fine-tuned model created: {name}")
                 db.add_event(s, job.id, "The job has successfully completed")
                 s.commit()
+        else:  # cancelled or paused in the last moments: the request wins, the worker lets go
+            self.release(job, token)
         say(worker=self.name, job=job.id, event="succeeded" if done else "finished-after-stop", model=name)
 
     def results_file(self, job: db.Job, run_dir: Path) -> str:
