@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
@@ -28,8 +29,17 @@ log = logging.getLogger("hone.serve.requests")
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """The service as an ASGI app (`uvicorn` runs it; tests can call it in-process)."""
     settings = settings or ServeSettings.from_env()
-    app = FastAPI(title="hone serve", version="1", description="OpenAI-compatible fine-tuning and inference, "
-                  "self-hosted. Authenticate with 'Authorization: Bearer KEY' (hone keys create --org NAME).")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        engine = getattr(app.state, "engine", None)  # the inference engine (part B), when mounted
+        if engine is not None and hasattr(engine, "close"):
+            engine.close()
+
+    app = FastAPI(title="hone serve", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible fine-tuning and inference, self-hosted. Authenticate with "
+                  "'Authorization: Bearer KEY' (hone keys create --org NAME).")
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_limit)
     app.state.catalog = DatabaseCatalog(settings)
@@ -42,7 +52,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     except ImportError:
         pass
     else:
-        app.include_router(make_inference_router(app.state.catalog, current_org))
+        router = make_inference_router(app.state.catalog, current_org)
+        app.state.engine = getattr(router, "engine", None)
+        app.include_router(router)
 
     @app.middleware("http")
     async def request_log(request: Request, call_next):
