@@ -253,3 +253,27 @@ def test_postgresql_database_runs_a_job(tiny_model, tmp_path, postgres_url):
 
         with db.session(postgres_url) as s:
             db.Base.metadata.drop_all(s.get_bind())
+
+
+def test_chat_with_the_tuned_model_streamed_and_not(server, acme):
+    """Runs once the inference router (serve/inference.py, part B) is in the tree."""
+    pytest.importorskip("hone.serve.inference")
+    f = acme.files.create(file=jsonl(chat_rows(10)), purpose="fine-tune")
+    job = wait_finished(acme, acme.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="chat").id)
+    assert job.status == "succeeded", job.error
+    assert {"tiny", job.fine_tuned_model} <= {m.id for m in acme.models.list()}
+    assert acme.models.retrieve(job.fine_tuned_model).owned_by == "acme"
+    ask = {"model": job.fine_tuned_model, "messages": [{"role": "user", "content": "apple"}], "max_tokens": 6,
+           "temperature": 0}
+    reply = acme.chat.completions.create(**ask)
+    assert reply.choices[0].message.role == "assistant" and reply.usage.total_tokens > 0
+    chunks = list(acme.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+    other = server.client("globex")
+    with pytest.raises(openai.NotFoundError):
+        other.chat.completions.create(**ask)
+    assert job.fine_tuned_model not in {m.id for m in other.models.list()}
+    assert acme.models.delete(job.fine_tuned_model).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        acme.chat.completions.create(**ask)
