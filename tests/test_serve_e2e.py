@@ -277,3 +277,17 @@ def test_chat_with_the_tuned_model_streamed_and_not(server, acme):
     assert acme.models.delete(job.fine_tuned_model).deleted is True
     with pytest.raises(openai.NotFoundError):
         acme.chat.completions.create(**ask)
+
+
+def test_request_log_is_one_json_line_per_request_without_keys(server):
+    client = server.client("initech")
+    key = client.api_key
+    client.files.list()
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve("file-nope")
+    lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith('{"time"')]
+    requests = [line for line in lines if line.get("request_id") and line.get("org") == "initech"]
+    assert [(r["method"], r["path"], r["status"]) for r in requests[-2:]] == [
+        ("GET", "/v1/files", 200), ("GET", "/v1/files/file-nope", 404)]
+    assert all(isinstance(r["ms"], float) for r in requests)
+    assert key not in server.log.read_text()
