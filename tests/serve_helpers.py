@@ -58,6 +58,18 @@ class Server:
         self.workers.append(proc)
         return proc
 
+    def stop_workers(self) -> None:
+        """SIGTERM every worker started here and wait: a test leaves no worker behind for the next."""
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
     def stop(self) -> None:
         for proc in [*self.workers, self.process]:
             if proc.poll() is None:

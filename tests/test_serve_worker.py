@@ -70,7 +70,7 @@ def test_concurrent_claims_take_each_job_exactly_once(database):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
+def shared_server(tiny_model, tmp_path_factory):
     """No workers of its own: each test starts (and kills) `hone worker` processes."""
     srv = start_server(tmp_path_factory.mktemp("serve-workers"), "--base-model", f"tiny={tiny_model}", workers=0)
     args = ["--base-model", f"tiny={tiny_model}", "--max-steps", str(STEPS), "--save-every", "4",
@@ -78,6 +78,13 @@ def server(tiny_model, tmp_path_factory):
     srv.worker_args = args
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def server(shared_server):
+    """The module's server; the workers a test starts are stopped when it ends."""
+    yield shared_server
+    shared_server.stop_workers()
 
 
 def _checkpointed_and_running(client, job_id):
@@ -117,8 +124,6 @@ def test_sigkill_worker_mid_job_resumes_from_checkpoint_on_one_worker(server):
     assert steps == list(range(1, steps[-1] + 1)) and steps[-1] > seen
     logs = [server.home / f"worker-{i}.log" for i in range(n_before, n_before + 2)]
     assert _claims(server, job.id, logs) == 1
-    for proc in server.workers[n_before:]:
-        proc.send_signal(signal.SIGTERM)
 
 
 def test_cancel_stops_a_running_job(server):
