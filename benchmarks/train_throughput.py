@@ -44,6 +44,7 @@ RUNNERS = {
     "hone_no_length_grouping": ("hone", {"group_by_length": False}),
     "hone_full_logits": ("hone", {"head_on_trained_only": False}),
     "hone_packing": ("hone", {"packing": True}),  # off by default: measured here whether it pays
+    "hone_no_token_cap": ("hone", {"micro_batch_tokens": 1_000_000}),  # the whole batch in one pass
 }
 PEERS_DESCRIPTION = {
     "trl_default": "SFTTrainer, SFTConfig defaults + use_cpu=True (bf16 autocast, gradient checkpointing)",

@@ -71,9 +71,9 @@ class SavedModelSpy:
         self.model = None
         original = module.save_artifact
 
-        def spy(model, tokenizer, run_dir):
+        def spy(model, tokenizer, run_dir, method):
             self.model = model
-            return original(model, tokenizer, run_dir)
+            return original(model, tokenizer, run_dir, method)
 
         monkeypatch.setattr(module, "save_artifact", spy)
 

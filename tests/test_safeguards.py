@@ -130,7 +130,8 @@ def test_two_processes_on_gloo_match_one_process_with_the_same_global_batch(tiny
         assert done.returncode == 0, done.stderr[-3000:]
         runs[nproc] = out
     record = json.loads((runs[2] / "run.json").read_text())
-    assert record["distributed"] == {"world_size": 2, "backend": "gloo", "sync": "gradient all-reduce"}
+    assert record["distributed"] == {"world_size": 2, "backend": "gloo", "sync": "gradient all-reduce",
+                                     "launcher": "torchrun"}
     assert json.loads((runs[1] / "run.json").read_text())["distributed"] is None
 
     def metrics(run):

@@ -31,18 +31,33 @@ def test_accumulated_micro_batches_give_the_same_update_as_one_batch(tiny_model,
     examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64) for l in lines]
     hw = pick_hardware("fp32", 1)
     updates = []
-    for micro in (8, 1):
+    # one pass; one example per pass; passes of at most 100 padded tokens (2-3 examples here)
+    for micro in ({"micro_batch_size": 8, "micro_batch_tokens": 10**6}, {"micro_batch_size": 1},
+                  {"micro_batch_size": 8, "micro_batch_tokens": 100}):
         model = AutoModelForCausalLM.from_pretrained(tiny_model)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         params = list(model.parameters())
         optimizer = torch.optim.SGD(params, lr=1.0)  # update == -gradient, so scaling bugs show
-        cfg = build_config({"train": {"micro_batch_size": micro, "max_grad_norm": 1e9}}).train
+        cfg = build_config({"train": {**micro, "max_grad_norm": 1e9}}).train
         loss, _ = train_step(model, optimizer, examples, cfg, 1.0, tokenizer.pad_token_id, hw, params)
         updates.append((loss, {n: before[n] - p.detach() for n, p in model.named_parameters()}))
-    (loss_a, grads_a), (loss_b, grads_b) = updates
-    assert loss_a == pytest.approx(loss_b, rel=1e-5)
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4)
+    (loss_a, grads_a) = updates[0]
+    for loss_b, grads_b in updates[1:]:
+        assert loss_a == pytest.approx(loss_b, rel=1e-5)
+        for name in grads_a:
+            torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batches_respect_the_token_cap_and_keep_order():
+    from hone.train.batches import micro_batches
+
+    lengths = [10, 20, 30, 40, 200, 50]
+    chunks = micro_batches(list(range(6)), 3, lengths, max_tokens=90)
+    assert chunks == [[0, 1, 2], [3], [4], [5]]  # 3x30 fits; 2x40 would, but 200 alone exceeds: one per pass
+    assert sum(chunks, []) == list(range(6))
+    assert micro_batches(list(range(6)), 4) == [[0, 1, 2, 3], [4, 5]]
+    for chunk in micro_batches(list(range(6)), 6, lengths, max_tokens=100):
+        assert len(chunk) == 1 or len(chunk) * max(lengths[i] for i in chunk) <= 100
 
 
 def test_sft_run_writes_metrics_adapter_and_scores(tiny_model, chat_files, tmp_path):

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hone.cli_data import data_app
+from hone.cli_plan import plan_command
 from hone.cli_runs import runs_app
 from hone.cli_serve import keys_app, serve as serve_command, worker as worker_command
 from hone.errors import Interrupted, UserError
@@ -29,6 +30,7 @@ app.command("serve")(serve_command)
 app.command("worker")(worker_command)
 out = Console()
 err = Console(stderr=True)
+app.command("plan")(plan_command)
 
 
 @app.callback()
@@ -74,11 +76,13 @@ def train(
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Any config field: section.field=value"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (folder, id or 'latest')"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N data-parallel processes (torchrun)"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N data-parallel processes"),
+    launcher: str = typer.Option("torchrun", "--launcher", help="How --nproc starts them: torchrun or accelerate"),
+    accelerate_config: str = typer.Option("ddp", "--accelerate-config", help="With --launcher accelerate: ddp, fsdp2, deepspeed-zero2, deepspeed-zero3 or a YAML file"),
 ):
     """Fine-tune a model on your data; --objective picks what training optimises (default sft)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_relaunch_under_torchrun(nproc))
+        raise typer.Exit(_relaunch(nproc, launcher, accelerate_config))
     from hone.config import load_config
     from hone.objectives import run as run_objective
     from hone.objectives.record import ObjectiveResult
@@ -204,21 +208,22 @@ def _registered_base(ref: str) -> Path:
     return folder
 
 
-def _relaunch_under_torchrun(nproc: int) -> int:
-    """Run this same `hone train` command as `nproc` ranks under torchrun; return its exit code."""
+def _relaunch(nproc: int, launcher: str, config: str) -> int:
+    """Run this same `hone train` command as `nproc` processes; return their exit code."""
     import subprocess
+
+    from hone.launch import launch_command
 
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
             skip = False
-        elif arg == "--nproc":
+        elif arg in ("--nproc", "--launcher", "--accelerate-config"):
             skip = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(("--nproc=", "--launcher=", "--accelerate-config=")):
             argv.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "hone.cli", *argv]
-    return subprocess.run(command).returncode
+    command, env = launch_command(nproc, argv, launcher, config)
+    return subprocess.run(command, env=env).returncode
 
 
 def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[list[dict]]:

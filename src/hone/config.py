@@ -63,6 +63,7 @@ class TrainSection(Section):
     time_budget: Optional[float] = Field(None, gt=0, description="Training wall-clock budget in seconds; warmup and schedule are spread over it")
     batch_size: int = Field(16, ge=1, description="Effective batch: examples per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="Examples per forward pass; gradient accumulation makes up batch_size")
+    micro_batch_tokens: Optional[int] = Field(None, ge=1, description="Most padded tokens per forward pass (bounds activation memory); default 512 on CPU, no cap on GPU")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of training spent warming up the learning rate")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")

@@ -90,7 +90,9 @@ def freeze(model: nn.Module, cfg: MethodSection) -> nn.Module:
 
 
 def check_bitfit(model: nn.Module, cfg: MethodSection) -> None:
-    if not any(name.endswith("bias") for name, _ in model.named_parameters()):
+    head = task_head(model)  # a new classifier's own bias does not count: bitfit would then be a probe
+    in_head = {id(p) for p in head.parameters()} if head is not None else set()
+    if not any(name.endswith("bias") and id(p) not in in_head for name, p in model.named_parameters()):
         raise ConfigError(f"bitfit trains bias terms only, and {family(model)} models have none; it applies "
                           f"to {BIAS_FAMILIES}. For this model choose lora or ia3", field="method.name")
 

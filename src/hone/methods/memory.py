@@ -56,8 +56,11 @@ def _layers_in_backward(model: nn.Module) -> int:
     return 0
 
 
-def estimate_memory(model: nn.Module, micro_batch: int, length: int, trained_tokens: int | None = None) -> MemoryEstimate:
-    """Training memory for `micro_batch` sequences of `length` tokens (`trained_tokens` carrying loss)."""
+def estimate_memory(model: nn.Module, micro_batch: int, length: int, trained_tokens: int | None = None,
+                    eager_attention: bool = True) -> MemoryEstimate:
+    """Training memory for `micro_batch` sequences of `length` tokens (`trained_tokens` carrying loss).
+
+    Eager attention keeps its L x L weights per head for backward; SDPA's fused kernels do not."""
     weights = sum(tensor_bytes(p) for p in model.parameters()) + sum(tensor_bytes(b) for b in model.buffers())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     config = unwrap(model).config
@@ -66,7 +69,7 @@ def estimate_memory(model: nn.Module, micro_batch: int, length: int, trained_tok
     heads = getattr(config, "num_attention_heads", 1)
     layers = _layers_in_backward(model)
     tokens = micro_batch * length
-    per_token_layer = FP32 * (16 * hidden + 3 * mlp + 2 * heads * length)
+    per_token_layer = FP32 * (16 * hidden + 3 * mlp + (2 * heads * length if eager_attention else 0))
     activations = tokens * layers * per_token_layer
     vocab = getattr(config, "vocab_size", 0)
     head = unwrap(model).get_output_embeddings() if hasattr(unwrap(model), "get_output_embeddings") else None

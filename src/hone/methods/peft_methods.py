@@ -61,10 +61,18 @@ def dora(model: nn.Module, cfg: MethodSection):
 
 def qlora(model: nn.Module, cfg: MethodSection):
     """QLoRA (Dettmers et al. 2023): the frozen base in 4-bit NF4 (or int8), LoRA trained on top in fp32."""
-    from hone.methods.quantized import quantize_base
+    from hone.methods.quantized import is_quantized, quantize_base
+    from hone.methods.structure import unwrap
 
-    quantize_base(model, cfg.quantize)
-    return _wrap(model, _lora_config(model, cfg))
+    if not is_quantized(model):  # else quantized while loading (quantized.load_quantized)
+        quantize_base(model, cfg.quantize)
+    unwrap(model).is_loaded_in_4bit = cfg.quantize == "nf4"  # peft then uses its bitsandbytes LoRA layer
+    wrapped = _wrap(model, _lora_config(model, cfg))
+    # TRL casts the trainable parameters of a model that says it is 4-bit to bf16 (the QLoRA paper's
+    # recipe). hone keeps LoRA in fp32 (eager bf16 rounds early updates away, field notes §4), and a
+    # classifier head in bf16 fails against fp32 activations: once wrapped, the flag has done its job.
+    unwrap(wrapped).is_loaded_in_4bit = False
+    return wrapped
 
 
 def ia3(model: nn.Module, cfg: MethodSection):

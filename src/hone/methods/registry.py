@@ -65,6 +65,12 @@ _METHODS = [
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
 
 
+def method_objective_pairs(valid: bool = True) -> list[tuple[str, str]]:
+    """(method, objective) pairs that apply (or, with valid=False, those refused). `Method.objectives`
+    above is the one table: `check_pair`'s errors and tests/test_matrix.py's parametrisation both read it."""
+    return [(m.name, o) for m in _METHODS for o in sorted(ALL_OBJECTIVES) if (o in m.objectives) == valid]
+
+
 def check_pair(cfg: MethodSection, objective: str) -> None:
     """Refuse a method that does not apply to `objective`, naming the methods that do."""
     method = METHODS[cfg.name]

@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hone.config import RunConfig
+from hone.launch import check_launch
 from hone.objectives.checks import check_config
 
 # objective -> (module, function); each function takes (config, run_dir=None, console=None).
@@ -32,6 +33,7 @@ RUNNERS = {
 def run(config: RunConfig, run_dir: Path | None = None, console: Console | None = None):
     """Train `config.objective`; invalid objective/method/data combinations fail before any work."""
     check_config(config)
+    check_launch(config.objective)
     module, function = RUNNERS[config.objective]
     runner = getattr(importlib.import_module(f"hone.objectives.{module}"), function)
     return runner(config, run_dir=run_dir, console=console)

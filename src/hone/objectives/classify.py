@@ -117,7 +117,7 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
     # 4. Save, reload what was saved, and score it on the test split.
-    out = save_artifact(model, tokenizer, start.run_dir)
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _, _ = load_head_run(start.run_dir, start.hw.device)
     predictions = predict(tuned, tokenizer, [e.text for e in test], length)
     references = [e.label for e in test]

@@ -20,10 +20,10 @@ from hone.config import RunConfig
 from hone.data.load import load_records
 from hone.data.records import ChatExample
 from hone.data.split import hold_out
-from hone.methods import apply_method, count_parameters
+from hone.methods import apply_method, count_parameters, load_base
 from hone.models.catalogue import resolve_model
 from hone.models.generate import generate_batch
-from hone.models.load import load_causal_lm, load_tokenizer
+from hone.models.load import load_tokenizer
 from hone.objectives.checks import require_records, reward_function
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
 from hone.objectives.sft import with_system_prompt
@@ -93,7 +93,7 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     # 2. The base model and its mean reward before training.
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base, start.hw.device)
+    model = load_base(base, config.method, start.hw.device)  # qlora: NF4 as it loads
     batch = config.eval.batch_size
     base_reward = mean_reward(model, tokenizer, test, reward, g.max_completion_length, batch) if test else None
 
@@ -115,7 +115,7 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     # 5. Save, reload, and the tuned model's mean reward on the same prompts.
     model = trainer.model
     model.eval()
-    out = save_artifact(model, tokenizer, start.run_dir)
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _ = load_run_model(start.run_dir, start.hw.device)
     tuned_reward = mean_reward(tuned, tokenizer, test, reward, g.max_completion_length, batch) if test else None
     logged = [r["reward"] for r in trainer.state.log_history if "reward" in r]

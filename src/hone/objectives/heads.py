@@ -49,24 +49,25 @@ def train_new_head(model) -> None:
 
 
 def load_head_run(run: Path, device: str = "cpu"):
-    """(model, tokenizer, labels) of a finished classify, ner or reward run."""
-    from peft import PeftModel
-
+    """(model, tokenizer, labels) of a finished classify, ner or reward run: the method's artifact
+    (methods/artifact.py) put back onto a fresh base with a new head of the same shape."""
     from hone.errors import UserError
+    from hone.methods.artifact import is_tuned_artifact, load_tuned
 
     run = Path(run)
     record = read_record(run)
     kind, labels = record.get("head"), record.get("labels", [])
     if kind is None:
         raise UserError(f"{run} is not a classify, ner or reward run (objective: {record.get('objective')})")
-    if (run / "adapter" / "adapter_config.json").is_file():
-        model = PeftModel.from_pretrained(load_head_model(record["base_model"], kind, labels, device),
-                                          str(run / "adapter"))
-        return model.eval(), load_tokenizer(_folder(run / "adapter")), labels
-    if (run / "model" / "config.json").is_file():
-        quiet_transformers()
-        model = head_class(kind).from_pretrained(run / "model", dtype=torch.float32).to(device)
-        return model.eval(), load_tokenizer(_folder(run / "model")), labels
+    for folder in (run / "adapter", run / "model"):
+        if is_tuned_artifact(folder):
+            if folder.name == "model":  # full fine-tuning saved the whole model, head included
+                build = lambda: head_class(kind).from_pretrained(folder, dtype=torch.float32).to(device)  # noqa: E731
+            else:
+                build = lambda: load_head_model(record["base_model"], kind, labels, device)  # noqa: E731
+            quiet_transformers()
+            model = load_tuned(record["base_model"], folder, device, build=build)
+            return model.eval(), load_tokenizer(_folder(folder)), labels
     raise UserError(f"{run} has no trained model yet (status: {record.get('status', 'unknown')})")
 
 

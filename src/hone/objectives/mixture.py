@@ -22,9 +22,9 @@ from hone.data.records import ChatExample, TextExample
 from hone.data.render import TokenizedExample, tokenize_chat
 from hone.data.split import hold_out
 from hone.errors import ConfigError
-from hone.methods import apply_method, count_parameters
+from hone.methods import apply_method, count_parameters, load_base, load_tuned
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
+from hone.models.load import load_tokenizer
 from hone.objectives.pretrain import pack_blocks
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, is_peft, save_artifact
 from hone.objectives.sft import with_system_prompt
@@ -103,7 +103,7 @@ def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console
     # 3. The base model, and its loss on each source's validation split.
     longest = max(len(e.input_ids) for e in train_set + val_set)
     attention = pick_attention(start.hw.device, longest)
-    model = load_causal_lm(base, start.hw.device, attention=attention)
+    model = load_base(base, config.method, start.hw.device, attention)  # qlora: NF4 as it loads
     micro, pad = config.train.micro_batch_size, tokenizer.pad_token_id
     base_losses = [validation_loss(model, v, micro, pad, start.hw) if v else None for v in val_sources]
 
@@ -118,8 +118,8 @@ def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console
 
     # 5. Save, reload what was saved, and each source's validation loss again.
     model.eval()
-    out = save_artifact(model, tokenizer, start.run_dir)
-    tuned = load_with_adapter(base, out, start.hw.device, attention) if is_peft(model) else model
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
+    tuned = load_tuned(base, out, start.hw.device, attention) if out.name == "adapter" else model
     tuned_losses = [validation_loss(tuned, v, micro, pad, start.hw) if v else None for v in val_sources]
     per_source = {n: {"weight": w, "n_train": len(t), "base_val_loss": _round(b), "tuned_val_loss": _round(a)}
                   for n, w, t, b, a in zip(names, weights, train_sources, base_losses, tuned_losses)}

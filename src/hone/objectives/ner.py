@@ -135,7 +135,7 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
     # 4. Save, reload what was saved, score it: entity F1 (exact span and type) and word accuracy.
-    out = save_artifact(model, tokenizer, start.run_dir)
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _, _ = load_head_run(start.run_dir, start.hw.device)
     predicted = predict_tags(tuned, tokenizer, [e.tokens for e in test], length)
     gold = [e.tags for e in test]

@@ -28,9 +28,9 @@ from hone.data.load import load_records
 from hone.data.records import PreferenceExample
 from hone.data.render import IGNORE, tokenize_chat
 from hone.data.split import hold_out
-from hone.methods import apply_method, count_parameters
+from hone.methods import apply_method, count_parameters, load_base
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer
+from hone.models.load import load_tokenizer
 from hone.objectives.checks import require_records
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
 from hone.train.batches import collate
@@ -123,7 +123,7 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     # 2. The base model, and how often it already prefers the chosen answer.
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
-    model = load_causal_lm(base, start.hw.device)
+    model = load_base(base, config.method, start.hw.device)  # qlora: NF4 as it loads
     length = config.data.max_length
     base_scores = preference_scores(model, tokenizer, test, length) if test else {}
 
@@ -140,7 +140,7 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     # 5. Save, reload exactly what was saved, score it on the same pairs.
     model = trainer.model
     model.eval()
-    out = save_artifact(model, tokenizer, start.run_dir)
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _ = load_run_model(start.run_dir, start.hw.device)
     tuned_scores = preference_scores(tuned, tokenizer, test, length) if test else {}
     last = summary["last_log"]

@@ -20,9 +20,9 @@ from hone.data.load import load_records
 from hone.data.records import TextExample
 from hone.data.render import TokenizedExample
 from hone.data.split import hold_out
-from hone.methods import apply_method, count_parameters
+from hone.methods import apply_method, count_parameters, load_base, load_tuned
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer, load_with_adapter
+from hone.models.load import load_tokenizer
 from hone.objectives.checks import require_records
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, is_peft, save_artifact
 from hone.train.loop import train_loop, validation_loss
@@ -76,7 +76,7 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
 
     # 3. The base model, and its perplexity on held-out text before any change.
     attention = pick_attention(start.hw.device, size)
-    model = load_causal_lm(base, start.hw.device, attention=attention)
+    model = load_base(base, config.method, start.hw.device, attention)  # qlora: NF4 as it loads
     micro, pad = config.train.micro_batch_size, tokenizer.pad_token_id
     base_ppl = perplexity(model, test_set, micro, pad, start.hw) if test_set else None
 
@@ -93,8 +93,8 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
 
     # 6. Save, and score exactly what was saved.
     model.eval()
-    out = save_artifact(model, tokenizer, start.run_dir)
-    tuned = load_with_adapter(base, out, start.hw.device, attention) if is_peft(model) else model
+    out = save_artifact(model, tokenizer, start.run_dir, config.method)
+    tuned = load_tuned(base, out, start.hw.device, attention) if out.name == "adapter" else model
     tuned_ppl = perplexity(tuned, test_set, micro, pad, start.hw) if test_set else None
 
     results = {"metric": "perplexity", "split": "test" if test else "validation", "steps": result.steps,

@@ -3,8 +3,9 @@
     config.yaml   the resolved configuration (new_run_dir)
     run.json      status, objective, method, base model, data sizes, then results and timings
     metrics.jsonl one line per optimizer step (hone's loop or the Trainer callback)
-    adapter/      a peft adapter (+ tokenizer), or model/ when the whole model (or a non-peft
-                  subset of it) trained; classifiers keep their label names in the config
+    adapter/      what the method trained (+ tokenizer), written by methods/artifact.py's
+                  `save_tuned`: a peft adapter, or the trained tensors (freeze, bitfit, adapters,
+                  probe; a classifier's head among them); model/ for full fine-tuning
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from pathlib import Path
 from rich.console import Console
 
 from hone import __version__, atomic
-from hone.config import RunConfig
+from hone.config import MethodSection, RunConfig
 from hone.hardware import Hardware, pick_hardware
+from hone.launch import launcher_name
+from hone.methods import artifact_folder_name, check_method, meta_model, save_tuned
+from hone.train.distributed import ranks
 from hone.train.run import new_run_dir, update_record
 
 
@@ -47,26 +51,46 @@ def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: d
     objectives keep fp32 weights with bf16 matmuls, and the hardware line says so.
     """
     started = time.monotonic()
+    check_method_on_model(config)
     resume = run_dir is not None
-    run_dir = Path(run_dir) if resume else new_run_dir(config)
+    team = ranks()  # under torchrun/accelerate: rank 0 makes the folder, the others train into it
+    run_dir = team.from_main(Path(run_dir) if resume else (new_run_dir(config) if team.main else None))
     hw = pick_hardware(config.train.precision, config.train.threads)
     if hw.frozen_bf16 and not own_loop:
         hw = replace(hw, frozen_bf16=False, note=f"CPU, {hw.threads} thread(s), fp32 training with bf16 matmuls")
     console.print(f"[bold]hone[/bold] {config.objective} run folder {run_dir}\n  hardware: {hw.note}")
-    update_record(run_dir, status="running", hone_version=__version__, objective=config.objective,
-                  base_model=config.model.name, method=config.method.name, data=data)
+    if team.main:
+        distributed = ({"world_size": team.world, "backend": team.backend, "sync": "Trainer (DDP)",
+                        "launcher": launcher_name()} if team.world > 1 else None)
+        update_record(run_dir, status="running", hone_version=__version__, objective=config.objective,
+                      base_model=config.model.name, method=config.method.name, data=data,
+                      distributed=distributed)
     return RunStart(run_dir, hw, resume, started)
+
+
+# The transformers class each objective builds its model with: a meta copy of it is what the method check sees.
+MODEL_CLASS = {"classify": "AutoModelForSequenceClassification", "reward": "AutoModelForSequenceClassification",
+               "ner": "AutoModelForTokenClassification"}
+
+
+def check_method_on_model(config: RunConfig) -> None:
+    """The method against the model's structure (bitfit needs biases, probe a head, ...), on a weightless
+    copy: an impossible choice fails in one line before the run folder, data rendering or loading."""
+    from hone.models.catalogue import resolve_model
+
+    model = meta_model(resolve_model(config.model.name).path, MODEL_CLASS.get(config.objective, "AutoModelForCausalLM"))
+    check_method(config.method, config.objective, model)
 
 
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_artifact(model, tokenizer, run_dir: Path) -> Path:
-    """The trained adapter (peft) or model, with its tokenizer, written atomically."""
-    out = Path(run_dir) / ("adapter" if is_peft(model) else "model")
+def save_artifact(model, tokenizer, run_dir: Path, method: MethodSection) -> Path:
+    """What `method` trained (adapter/, or model/ for full fine-tuning) with the tokenizer, written atomically."""
+    out = Path(run_dir) / artifact_folder_name(method)
     with atomic.folder(out) as tmp:
-        model.save_pretrained(tmp)
+        save_tuned(model, method, tmp)
         tokenizer.save_pretrained(tmp)
     return out
 

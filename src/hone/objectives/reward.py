@@ -106,7 +106,7 @@ def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console 
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
     # 4. Save, reload, score.
-    out = save_artifact(trainer.model, tokenizer, start.run_dir)
+    out = save_artifact(trainer.model, tokenizer, start.run_dir, config.method)
     tuned, _, _ = load_head_run(start.run_dir, start.hw.device)
     tuned_accuracy = pairwise_accuracy(tuned, tokenizer, test, length) if test else None
     results = {"metric": "pairwise_accuracy", "split": "test" if config.data.test else "validation",

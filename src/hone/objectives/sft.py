@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from hone import __version__, atomic
+from hone import __version__
 from hone.config import RunConfig
 from hone.data.load import load_chat_records as load_chat
 from hone.data.records import ChatExample
@@ -26,12 +26,15 @@ from hone.evaluate.metrics import pick_metric
 from hone.evaluate.report import write_report
 from hone.hardware import peak_memory_mb, pick_hardware
 from hone.methods import (apply_method, artifact_folder_name, check_method, count_parameters, estimate_memory,
-                          load_tuned, meta_model, save_tuned)
+                          load_base, load_tuned, meta_model)
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_causal_lm, load_tokenizer
+from hone.models.load import load_tokenizer
+from hone.objectives.record import save_artifact
 from hone.train.distributed import close as close_ranks
 from hone.train.distributed import ranks
-from hone.train.loop import train_loop
+from hone.launch import launcher_name
+from hone.train.batches import micro_batches
+from hone.train.loop import token_cap, train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.regularise import lr_warning
 from hone.train.replay import mix_replay
@@ -111,7 +114,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     attention = config.train.attention
     if attention == "auto":
         attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
-    model = load_causal_lm(base, hw.device, attention=attention)
+    model = load_base(base, config.method, hw.device, attention)  # qlora: NF4 as it loads
     truncated = sum(e.truncated for e in train_set + val_set)
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
                   + (f"; [yellow]{truncated} truncated to {config.data.max_length} tokens[/yellow]" if truncated else ""))
@@ -121,7 +124,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
                   data={"train": str(config.data.train), "validation": str(config.data.validation or ""),
                         "test": str(config.data.test or ""), "n_train": len(train_set),
                         "n_validation": len(val_set), "n_test": len(test), "truncated": truncated},
-                  distributed={"world_size": team.world, "backend": team.backend, "sync": "gradient all-reduce"}
+                  distributed={"world_size": team.world, "backend": team.backend, "sync": "gradient all-reduce",
+                               "launcher": launcher_name()}
                   if team.world > 1 else None)
 
     # 4. The base model on the test split, before any change.
@@ -159,7 +163,10 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if hw.frozen_bf16 and config.train.frozen_bf16:
         bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
     # The largest micro-batch: the longest examples together (length-grouped batching puts them so).
-    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-config.train.micro_batch_size:]
+    lengths = [len(e.input_ids) for e in train_set]
+    by_length = sorted(range(len(train_set)), key=lambda i: -lengths[i])
+    longest = [train_set[i] for i in micro_batches(by_length, config.train.micro_batch_size, lengths,
+                                                    token_cap(config.train, hw))[0]][::-1]
     memory = estimate_memory(model, len(longest), len(longest[-1].input_ids), sum(e.trained_tokens for e in longest))
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
                   f"  memory estimate: {memory}", soft_wrap=True)
@@ -180,9 +187,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     model.eval()
     out = run_dir / artifact_folder_name(config.method)
     if team.main:
-        with atomic.folder(out) as tmp:
-            save_tuned(model, config.method, tmp)
-            tokenizer.save_pretrained(tmp)
+        save_artifact(model, tokenizer, run_dir, config.method)
 
     # 8. The tuned model on the same test items.
     tuned_eval = forgetting = None

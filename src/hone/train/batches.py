@@ -29,8 +29,25 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     return batches
 
 
-def micro_batches(indices: list[int], micro_batch_size: int) -> list[list[int]]:
-    return [indices[i:i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+def micro_batches(indices: list[int], micro_batch_size: int, lengths: list[int] | None = None,
+                  max_tokens: int | None = None) -> list[list[int]]:
+    """Consecutive slices of `indices` of at most `micro_batch_size` examples and, given `lengths`, at
+    most `max_tokens` padded tokens (examples x the longest one; never fewer than one example).
+
+    The token cap bounds the activations a forward pass keeps for backward, whatever the lengths:
+    they, not the weights, dominate training memory (a LoRA step of 8 x ~140 tokens on the embedded
+    model peaked at 3.8 GB, of 4 x ~140 tokens at 2.9 GB)."""
+    if lengths is None or max_tokens is None:
+        return [indices[i:i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
+    chunks, chunk, longest = [], [], 0
+    for i in indices:
+        wider = max(longest, lengths[i])
+        if chunk and (len(chunk) >= micro_batch_size or (len(chunk) + 1) * wider > max_tokens):
+            chunks.append(chunk)
+            chunk, wider = [], lengths[i]
+        chunk.append(i)
+        longest = wider
+    return chunks + [chunk] if chunk else chunks
 
 
 def collate(examples: list[TokenizedExample], pad_id: int, pad_to_multiple: int = 8) -> dict[str, torch.Tensor]:

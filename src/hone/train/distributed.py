@@ -66,8 +66,8 @@ class Ranks:
 def ranks() -> Ranks:
     """This process's place in a torchrun/accelerate launch (a single process when not launched)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Ranks()
+    if world == 1 or _closed:
+        return Ranks()  # after close(), what is left runs on rank 0 alone
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
@@ -76,6 +76,11 @@ def ranks() -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size(), dist.get_backend())
 
 
+_closed = False
+
+
 def close() -> None:
+    global _closed
     if dist.is_initialized():
         dist.destroy_process_group()
+        _closed = True

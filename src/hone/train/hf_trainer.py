@@ -3,7 +3,7 @@
 The classification, preference, reward and RL objectives train through `transformers.Trainer` or
 TRL's trainers (TRL does preference and RL well). This module maps hone's `train:` section onto
 their arguments, avoids their CPU pitfalls, and adds one callback that writes metrics.jsonl,
-draws hone's progress bar and stops at the wall-clock budget.
+draws hone's progress bar, stops at the wall-clock budget and spreads the lr schedule over it.
 
 CPU pitfalls handled (field notes §4): TRL configs default to bf16=True, which raises "Your setup
 doesn't support bf16/gpu" on CPU, and to gradient checkpointing (-11% speed). hone trains fp32 on
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -22,6 +23,8 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from hone.config import RunConfig
 from hone.hardware import Hardware
+from hone.train.distributed import close as close_ranks
+from hone.train.distributed import ranks
 from hone.train.loop import Interrupted, progress_bar
 
 # Keys of a Trainer log that are bookkeeping, not measurements of the step.
@@ -31,12 +34,13 @@ _SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "tr
 def trainer_arguments(args_class, config: RunConfig, run_dir: Path, hw: Hardware, **specific):
     """An instance of `args_class` (TrainingArguments or a TRL config) from hone's settings."""
     t = config.train
-    micro = min(t.micro_batch_size, t.batch_size)
+    world = ranks().world  # batch_size is the effective batch over every process
+    micro = max(1, min(t.micro_batch_size, t.batch_size // world))
     steps_per_save = t.save_every
     kwargs = dict(
         output_dir=str(Path(run_dir) / "checkpoints"),
         per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=max(1, t.batch_size // micro),
+        gradient_accumulation_steps=max(1, t.batch_size // (micro * world)),
         learning_rate=config.lr, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a share of the steps in transformers 5
         lr_scheduler_type="constant_with_warmup" if t.scheduler == "constant" else t.scheduler,
@@ -55,25 +59,51 @@ def trainer_arguments(args_class, config: RunConfig, run_dir: Path, hw: Hardware
 
 
 class HoneCallback(TrainerCallback):
-    """metrics.jsonl lines, hone's progress bar and the wall-clock budget for a Trainer."""
+    """metrics.jsonl lines, hone's progress bar and the wall-clock budget for a Trainer.
 
-    def __init__(self, run_dir: Path, time_budget: float | None, console: Console):
+    With a time budget the Trainer's schedule (built over the steps that epochs or max_steps give)
+    would barely leave warmup before the budget stops it. As in hone's own loop, the schedule then
+    runs on progress = max(steps done / steps planned, seconds spent / budget): warmup and decay
+    both finish by the end of the budget, whichever limit comes first. `clock` is for tests.
+    """
+
+    def __init__(self, run_dir: Path, time_budget: float | None, console: Console,
+                 clock: Callable[[], float] = time.monotonic):
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.time_budget, self.console = time_budget, console
-        self.started = time.monotonic()
+        self.time_budget, self.console, self.clock = time_budget, console, clock
+        self.started = clock()
         self.logged_at = self.started
         self.bar = progress_bar(console)
         self.task = None
         self.stopped_by_budget = False
         self.last: dict = {}
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.monotonic() - _elapsed_before(self.path, state.global_step)
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.started = self.clock() - _elapsed_before(self.path, state.global_step)
+        if self.time_budget and hasattr(lr_scheduler, "lr_lambdas"):
+            total = max(1, state.max_steps)
+            lr_scheduler.lr_lambdas = [self._over_budget(f, total) for f in lr_scheduler.lr_lambdas]
+            groups = lr_scheduler.optimizer.param_groups  # the step about to run gets its lr now, not warmup's 0
+            for group, base, budgeted in zip(groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
+                group["lr"] = base * budgeted(lr_scheduler.last_epoch)
+            lr_scheduler._last_lr = [group["lr"] for group in groups]
         self.bar.start()
         self.task = self.bar.add_task("train", total=1000, status="starting")
 
+    def _over_budget(self, lr_lambda, total: int):
+        """`lr_lambda` (a function of the step) at the step the elapsed share of the budget stands for.
+
+        As in hone's loop, the lr is that of the step about to run (step + 1): where a budget fits only a
+        few steps, warmup's lr of 0 for the first one would waste it (a dpo run on the loaded CPU fit two)."""
+        def budgeted(step: int) -> float:
+            # rank 0's clock, so every process steps with the same lr
+            spent = ranks().from_main(min(1.0, (self.clock() - self.started) / self.time_budget))
+            return lr_lambda(max(float(step + 1), spent * total))
+        return budgeted
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.time_budget and time.monotonic() - self.started >= self.time_budget:
+        over = bool(self.time_budget) and self.clock() - self.started >= self.time_budget
+        if ranks().from_main(over):  # every process stops at the same step, or one waits forever
             self.stopped_by_budget = True
             control.should_training_stop = True
             control.should_save = True
@@ -88,7 +118,9 @@ class HoneCallback(TrainerCallback):
                 continue
             name = {"learning_rate": "lr"}.get(key, key.replace("eval_", "val_", 1))
             record[name] = round(float(value), 6)
-        record["elapsed_s"] = round(time.monotonic() - self.started, 2)
+        record["elapsed_s"] = round(self.clock() - self.started, 2)
+        if not state.is_world_process_zero:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.last.update(record)
@@ -100,9 +132,9 @@ class HoneCallback(TrainerCallback):
         if self.time_budget:
             done = max(done, record["elapsed_s"] / self.time_budget)
         self.bar.update(self.task, completed=int(min(1.0, done) * 1000), status=status)
-        if not self.console.is_terminal and time.monotonic() - self.logged_at >= 30:
+        if not self.console.is_terminal and self.clock() - self.logged_at >= 30:
             self.console.print(f"train {status}", highlight=False, soft_wrap=True)
-            self.logged_at = time.monotonic()
+            self.logged_at = self.clock()
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.task is not None:
@@ -129,6 +161,10 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
     trainer.add_callback(callback)
     checkpoints = Path(run_dir) / "checkpoints"
     has_checkpoint = resume and any(checkpoints.glob("checkpoint-*"))
+    team = ranks()
+    if not team.main:
+        console = Console(stderr=True, quiet=True)
+        callback.console, callback.bar = console, progress_bar(console)
     try:
         trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
     except KeyboardInterrupt:
@@ -138,12 +174,21 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
         if not saved:
             raise
         raise Interrupted(max(saved)) from None
+    if team.world > 1:
+        # Training is the only collective work: rank 0 saves and evaluates alone, the others are done.
+        trainer.model_wrapped = trainer.model
+        import gc
+        gc.collect()
+        team.wait()
+        close_ranks()
+        if not team.main:
+            raise SystemExit(0)
     state = trainer.state
     if callback.stopped_by_budget:
         stopped_by = "time_budget"
     else:
         stopped_by = "max_steps" if config.train.max_steps else "epochs"
     losses = [r["loss"] for r in state.log_history if "loss" in r]
-    return {"steps": state.global_step, "seconds": round(time.monotonic() - callback.started, 2),
+    return {"steps": state.global_step, "seconds": round(callback.clock() - callback.started, 2),
             "stopped_by": stopped_by, "train_loss": losses[-1] if losses else None,
             "first_loss": losses[0] if losses else None, "last_log": callback.last}

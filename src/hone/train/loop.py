@@ -55,6 +55,15 @@ def lr_factor(progress: float, warmup_ratio: float, scheduler: str) -> float:
     return 1.0
 
 
+# Padded tokens per forward pass on CPU unless train.micro_batch_tokens says otherwise: activations
+# kept for backward grow with them while the speed does not (docs/speed.md).
+CPU_MICRO_BATCH_TOKENS = 512
+
+
+def token_cap(cfg: TrainSection, hw: Hardware) -> int | None:
+    return cfg.micro_batch_tokens or (CPU_MICRO_BATCH_TOKENS if hw.device == "cpu" else None)
+
+
 def loss_tokens(example: TokenizedExample) -> int:
     """Tokens that carry loss: a label at position 0 is never predicted."""
     return sum(label != IGNORE for label in example.labels[1:])
@@ -68,14 +77,16 @@ def autocast(hw: Hardware):
 
 @torch.no_grad()
 def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: int, pad_id: int,
-                    hw: Hardware, head_only: bool = True, packing: bool = False) -> float:
+                    hw: Hardware, head_only: bool = True, packing: bool = False,
+                    max_tokens: int | None = None) -> float:
     """Mean cross-entropy per trained token over `examples`."""
     was_training = model.training
     model.eval()
     team = ranks()
     order = team.share(sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)))
     total, count = 0.0, 0
-    for chunk in micro_batches(order, micro_batch_size):
+    lengths = [len(e.input_ids) for e in examples]
+    for chunk in micro_batches(order, micro_batch_size, lengths, max_tokens):
         batch = make_batch([examples[i] for i in chunk], pad_id, packing, hw.device)
         with autocast(hw):
             loss, n = summed_loss(model, batch, head_only)
@@ -179,7 +190,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     def validate(record: dict) -> None:
         """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
         val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw, cfg.head_on_trained_only,
-                                   cfg.packing), 5)
+                                   cfg.packing, token_cap(cfg, hw)), 5)
         total, count = state["window"]
         state.update(val_loss=val, window=[0.0, 0])
         record["val_loss"] = val
@@ -263,7 +274,8 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     total, seen = 0.0, 0
     order = team.share(list(range(len(examples))))
     regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
-    for chunk in micro_batches(order, cfg.micro_batch_size):
+    lengths = [len(e.input_ids) for e in examples]
+    for chunk in micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw)):
         batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device)
         with autocast(hw):
             loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)

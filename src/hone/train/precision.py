@@ -44,7 +44,21 @@ def bf16_frozen_linears(model: nn.Module) -> int:
         module.register_forward_pre_hook(_to_bf16_input)
         module.register_forward_hook(_to_fp32_output)
         count += 1
+    _own_fp32_weights(model)
     return count
+
+
+@torch.no_grad()
+def _own_fp32_weights(model: nn.Module) -> None:
+    """Copy the frozen fp32 weights left (embeddings, norms) out of the loaded file's memory map.
+
+    transformers maps the safetensors file and the fp32 tensors alias it; while one does, every page
+    read during loading stays resident: 405 of the embedded model's 538 MB, after its linears were
+    already copied to bf16. Copying the rest unmaps the file (peak RSS of a LoRA step 3.0 -> 2.6 GB).
+    """
+    for param in model.parameters():
+        if param.dtype == torch.float32 and not param.requires_grad:
+            param.data = param.data.clone()
 
 
 def pick_attention(device: str, longest: int) -> str:

@@ -1,0 +1,75 @@
+"""Launching `hone train` as several processes: torchrun (default) or accelerate with a shipped config.
+
+Configs (pass a name to `hone train --nproc N --launcher accelerate --accelerate-config NAME`, or a path):
+  ddp              data parallel; on CPU hosts hone sets ACCELERATE_USE_CPU=1 so that accelerate starts N
+                   processes on gloo (a MULTI_CPU config, or `--cpu`, silently starts ONE: field notes §9)
+  fsdp2            FSDP2 sharding, for the Trainer-driven objectives on GPUs
+  deepspeed-zero2  DeepSpeed ZeRO-2, for the Trainer-driven objectives on GPUs (pip install 'hone[deepspeed]')
+  deepspeed-zero3  DeepSpeed ZeRO-3, likewise
+hone's own loop (sft, pretrain, mixture) is data parallel by design: it refuses the sharding configs in
+one line rather than silently training unsharded.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hone.errors import ConfigError
+
+CONFIGS = {"ddp": "ddp.yaml", "fsdp2": "fsdp2.yaml", "deepspeed-zero2": "deepspeed_zero2.yaml",
+           "deepspeed-zero3": "deepspeed_zero3.yaml"}
+HONE_LOOP_OBJECTIVES = ("sft", "pretrain", "mixture")
+
+
+def accelerate_config(name_or_path: str) -> Path:
+    if name_or_path in CONFIGS:
+        return Path(__file__).parent / CONFIGS[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"no accelerate config {name_or_path!r}: use one of {', '.join(CONFIGS)} or a YAML file",
+                          field="--accelerate-config")
+    return path
+
+
+def launch_command(nproc: int, argv: list[str], launcher: str = "torchrun", config: str = "ddp") -> tuple[list[str], dict]:
+    """(command, environment) that runs `hone <argv>` as `nproc` processes."""
+    import torch
+
+    env = dict(os.environ)
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "hone.cli", *argv], env
+    if launcher != "accelerate":
+        raise ConfigError(f"unknown launcher {launcher!r}: torchrun or accelerate", field="--launcher")
+    path = accelerate_config(config)
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "1"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path),
+            "--num_processes", str(nproc), "-m", "hone.cli", *argv], env
+
+
+def launcher_name() -> str | None:
+    """Which launcher started this process: accelerate (it sets ACCELERATE_* variables) or torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    return "accelerate" if any(k.startswith("ACCELERATE_") for k in os.environ) else "torchrun"
+
+
+def sharding_requested() -> str | None:
+    """The sharding an accelerate launch asked for (FSDP or DeepSpeed), from the variables it sets."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return f"FSDP{os.environ.get('FSDP_VERSION', '1')}"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "DeepSpeed"
+    return None
+
+
+def check_launch(objective: str) -> None:
+    """hone's loop all-reduces gradients (plain data parallelism); it does not shard. Say so up front."""
+    sharding = sharding_requested()
+    if sharding and objective in HONE_LOOP_OBJECTIVES:
+        raise ConfigError(f"objective {objective} trains in hone's data-parallel loop, which does not shard: "
+                          f"launch it with the ddp config instead of {sharding} (sharding configs apply to the "
+                          "Trainer-driven objectives: classify, ner, dpo, orpo, simpo, reward, grpo)",
+                          field="--accelerate-config")
