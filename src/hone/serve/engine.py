@@ -55,8 +55,8 @@ class Answer:
 class Job:
     """One API request: `n` answers to each of its prompts, reported as events through `emit`.
 
-    Events (called on the scheduler thread): ("delta", index, text), ("done", [Answer...]),
-    ("error", exception). Choice `index` is prompt_number * n + j, as OpenAI numbers them.
+    Events (called on the scheduler thread): ("delta", index, text), ("finish", index) when a choice
+    ends, ("done", [Answer...]) when all have, ("error", exception). Choice `index` is prompt_number * n + j, as OpenAI numbers them.
     """
 
     def __init__(self, source, prompts: list[list[int]], n: int, max_tokens: list[int], stop: list[str],
@@ -77,6 +77,7 @@ class Job:
             return
         answer.text, answer.finish_reason, answer.tokens = text, reason, tokens
         self._open -= 1
+        self.emit(("finish", index))
         if self._open == 0:
             self.emit(("done", self.answers))
 
@@ -129,7 +130,8 @@ class Engine:
     """Loads models on demand and answers Jobs on one scheduler thread."""
 
     def __init__(self, max_tuned: int = 4, batch_window: float = 0.005, max_batch: int = 8,
-                 threads: int | None = None):
+                 default_max_tokens: int = 512, threads: int | None = None):
+        self.default_max_tokens = default_max_tokens   # an answer's length when the request sets none
         self.max_tuned, self.batch_window, self.max_batch = max(1, max_tuned), batch_window, max(1, max_batch)
         self._threads = threads
         self._device: str | None = None
