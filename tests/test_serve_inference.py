@@ -338,3 +338,56 @@ def test_held_back_keeps_possible_stop_starts_and_broken_characters():
     assert held_back("hello", ["xyz"]) == 0
     assert held_back("abc\ufffd", []) == 1
     assert held_back("say EN", ["END"]) == 2   # "EN" may start "END"
+
+
+def answer_on(engine, source, messages, max_tokens: int = 8) -> str:
+    """Run one greedy job on `engine` directly and wait for its answer (`messages` may be raw text)."""
+    from hone.data.render import prompt_for_generation
+    from hone.serve.engine import Job, Sampling
+
+    done, events = threading.Event(), []
+
+    def emit(event):
+        events.append(event)
+        if event[0] in ("done", "error"):
+            done.set()
+
+    text = messages if isinstance(messages, str) else prompt_for_generation(engine.tokenizer(source), messages)
+    prompt = engine.encode(source, text)
+    engine.submit(Job(source, [prompt], 1, [max_tokens], [], Sampling(0.0), emit))
+    assert done.wait(120)
+    assert events[-1][0] == "done", events[-1]
+    return events[-1][1][0].text
+
+
+def test_adapters_share_one_base_and_other_methods_load_alone(models, tmp_path):
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hone.serve.engine import Engine
+
+    torch.manual_seed(4)
+    prompt_tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(models["base"]),
+                                  PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        prompt_tuned.prompt_encoder["default"].embedding.weight.normal_(0, 1.0)
+    prompt_tuned.save_pretrained(tmp_path / "prompt")
+    base = str(models["base"])
+    a1, a2 = (Source(k, base, str(models[k]), "acme", 0) for k in ("a1", "a2"))
+    prompt = Source("prompt", base, str(tmp_path / "prompt"), "acme", 0)
+    plain = Source("base", base, None, "system", 0)
+    engine = Engine(max_tuned=2, batch_window=0.0, threads=1)
+    try:
+        expected = {s.id: answer_on(engine, s, HELLO) for s in (plain, a1, a2)}
+        assert expected["a1"] == reference_answer(models["base"], models["a1"], HELLO, 8)
+        assert [Path(p).name for p in engine.loaded()] == ["a1", "a2"]
+        assert answer_on(engine, a1, HELLO) == expected["a1"]          # a1 used last: a2 goes next
+        tuned = answer_on(engine, prompt, "The cat")
+        assert [Path(p).name for p in engine.loaded()] == ["a1", "prompt"]
+        assert tuned != answer_on(engine, plain, "The cat")            # the virtual tokens are on
+        assert {s.id: answer_on(engine, s, HELLO) for s in (plain, a1, a2)} == expected
+        engine.unload(a1)
+        assert answer_on(engine, plain, HELLO) == expected["base"]
+    finally:
+        engine.close()

@@ -20,7 +20,9 @@ import itertools
 import queue
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -120,10 +122,15 @@ def tuned_artifact(tuned: str | Path) -> Path:
 
 def is_shared_adapter(folder: Path) -> bool:
     """LoRA and DoRA adapters load onto the shared base; anything else needs its own model."""
+    import json
+
     from hone.methods.artifact import read_method
 
     info = read_method(folder)
-    return info["saved"] == "peft" and info["method"] in ("lora", "dora")
+    if info["saved"] != "peft" or info["method"] not in ("lora", "dora"):
+        return False
+    peft_type = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
+    return peft_type == "LORA"   # a bare peft folder reads as lora; prompt tuning & co. are not
 
 
 class Engine:
@@ -139,6 +146,7 @@ class Engine:
         self._tuned: OrderedDict[str, _Tuned] = OrderedDict()   # least recently used first
         self._tokenizers: dict[str, object] = {}
         self._contexts: dict[str, int | None] = {}
+        self._encode_lock = threading.Lock()
         self._guard = threading.RLock()      # the dicts above; never held while generating
         self._names = itertools.count()
         self._queue: queue.Queue = queue.Queue()
@@ -158,6 +166,13 @@ class Engine:
             if spec not in self._tokenizers:
                 self._tokenizers[spec] = load_tokenizer(spec)
             return self._tokenizers[spec]
+
+    def encode(self, source, text: str) -> list[int]:
+        """Token ids of `text` with `source`'s tokenizer. Serialised: a fast tokenizer encoding on two
+        threads at once can fail with "Already borrowed" (its padding state is mutable)."""
+        tokenizer = self.tokenizer(source)
+        with self._encode_lock:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def context_length(self, source) -> int | None:
         """How many tokens prompt + answer may hold (the model's position limit), None if unknown."""
@@ -218,11 +233,12 @@ class Engine:
                 self._bases[spec] = _Base(model, load_tokenizer(spec))
             return self._bases[spec]
 
-    def _load(self, source) -> tuple[torch.nn.Module, object, threading.Lock, str | None]:
-        """(model, tokenizer, lock, adapter) for `source`; adapter None = the base with adapters off."""
+    def _load(self, source) -> tuple[torch.nn.Module, object, threading.Lock, Callable]:
+        """(model, tokenizer, lock, scope) for `source`; `scope()` switches the shared base to the
+        source's adapter (or off, for the base itself) for one generate() call, under the lock."""
         if source.tuned is BASE:
             base = self._base(source.base)
-            return base.model, base.tokenizer, base.lock, None
+            return base.model, base.tokenizer, base.lock, lambda: adapter_scope(base.model, None)
         folder = tuned_artifact(source.tuned)
         key = str(folder.resolve())
         with self._guard:
@@ -234,8 +250,8 @@ class Engine:
             self._tuned.move_to_end(key)
         if entry.adapter is not None:
             base = self._bases[entry.base]
-            return base.model, base.tokenizer, base.lock, entry.adapter
-        return entry.model, entry.tokenizer, entry.lock, None
+            return base.model, base.tokenizer, base.lock, lambda: adapter_scope(base.model, entry.adapter)
+        return entry.model, entry.tokenizer, entry.lock, nullcontext
 
     def _load_tuned(self, base_spec: str, folder: Path) -> _Tuned:
         if not folder.is_dir():
@@ -313,9 +329,9 @@ class Engine:
         if not live:
             return
         try:
-            model, tokenizer, lock, adapter = self._load(live[0].source)
-            with lock:
-                generate_rows(model, tokenizer, live, adapter, self._hardware())
+            model, tokenizer, lock, scope = self._load(live[0].source)
+            with lock, scope():
+                generate_rows(model, tokenizer, live, self._hardware())
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request, the thread goes on
             for job in live:
                 job.fail(exc)
@@ -399,10 +415,8 @@ def held_back(text: str, stops: list[str]) -> int:
 
 
 @torch.no_grad()
-def generate_rows(model, tokenizer, jobs: list[Job], adapter: str | None, device: str) -> None:
+def generate_rows(model, tokenizer, jobs: list[Job], device: str) -> None:
     """One generate() call for every row of `jobs` (same model, same sampling), left-padded."""
-    from contextlib import nullcontext
-
     from transformers import GenerationConfig, StoppingCriteriaList
 
     rows = [_Row(job, p * job.n + j, prompt, job.max_tokens[p])
@@ -423,16 +437,23 @@ def generate_rows(model, tokenizer, jobs: list[Job], adapter: str | None, device
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)   # one thread generates, so the global generator is ours
     progress = RowProgress(tokenizer, rows, eos)
-    from peft import PeftModel
-
-    peft_model = isinstance(model, PeftModel)
-    if peft_model and adapter is not None:
-        model.set_adapter(adapter)
-    scope = model.disable_adapter() if peft_model and adapter is None else nullcontext()
-    with scope:
+    with warnings.catch_warnings():   # peft warns on every prompt-tuned call that it drops position ids
+        warnings.filterwarnings("ignore", message="Position ids are not supported")
         model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                        stopping_criteria=StoppingCriteriaList([progress]))
     progress.finish_all()
+
+
+def adapter_scope(model, adapter: str | None):
+    """The shared base with `adapter` active, or with every adapter off when `adapter` is None."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return nullcontext()
+    if adapter is None:
+        return model.disable_adapter()
+    model.set_adapter(adapter)
+    return nullcontext()
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

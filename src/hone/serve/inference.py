@@ -68,8 +68,8 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     router = APIRouter()
     router.engine = engine  # the app closes it on shutdown; tests read what it holds
 
-    def resolve(org: str, model_id: str, param: str | None = "model"):
-        source = catalog.resolve(org, model_id)
+    async def resolve(org: str, model_id: str, param: str | None = "model"):
+        source = await asyncio.to_thread(catalog.resolve, org, model_id)   # the catalog may query a database
         if source is None:
             raise APIError(404, f"The model `{model_id}` does not exist or you do not have access to it.",
                            param=param, code="model_not_found")
@@ -77,19 +77,19 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
 
     @router.get("/v1/models")
     async def list_models(org: str = Depends(current_org)) -> dict:
-        return {"object": "list", "data": [model_object(s) for s in catalog.list(org)]}
+        return {"object": "list", "data": [model_object(s) for s in await asyncio.to_thread(catalog.list, org)]}
 
     @router.get("/v1/models/{model:path}")
     async def retrieve_model(model: str, org: str = Depends(current_org)) -> dict:
-        return model_object(resolve(org, model, param=None))
+        return model_object(await resolve(org, model, param=None))
 
     @router.delete("/v1/models/{model:path}")
     async def delete_model(model: str, org: str = Depends(current_org)) -> dict:
-        source = resolve(org, model, param=None)
+        source = await resolve(org, model, param=None)
         if source.tuned is BASE:
             raise APIError(403, f"{model} is a base model; only fine-tuned models can be deleted",
                            code="model_not_deletable")
-        if not catalog.delete(org, model):
+        if not await asyncio.to_thread(catalog.delete, org, model):
             raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
                            code="model_not_found")
         await asyncio.to_thread(engine.unload, source)
@@ -97,7 +97,7 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
-        source = resolve(org, body.model)
+        source = await resolve(org, body.model)
         messages = [chat_message(m, i) for i, m in enumerate(body.messages)]
         prompt = await asyncio.to_thread(encode, engine, source, messages)
         limit = await asyncio.to_thread(token_limit, engine, source, [prompt],
@@ -113,7 +113,7 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, org: str = Depends(current_org)):
-        source = resolve(org, body.model)
+        source = await resolve(org, body.model)
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts:
             raise APIError(400, "prompt must not be an empty list", param="prompt")
@@ -154,8 +154,8 @@ def encode(engine: Engine, source, prompt: str | list[dict]) -> list[int]:
             text = prompt_for_generation(tokenizer, prompt)
         except Exception as exc:  # noqa: BLE001 - jinja raises for conversations the template forbids
             raise APIError(400, f"the model's chat template rejects these messages: {exc}", param="messages")
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]  # as hone's pretrain objective tokenizes
+        return engine.encode(source, text)
+    ids = engine.encode(source, prompt)  # no special tokens, as hone's pretrain objective tokenizes
     return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
 
 
