@@ -42,7 +42,7 @@ def conversations(n: int) -> list[list[dict]]:
 def run_jobs(engine, source, chats, tokens: int, together: bool) -> tuple[list[str], int, float]:
     """(answers, generated tokens, seconds) for `chats` submitted all at once or one by one."""
     from hone.data.render import prompt_for_generation
-    from hone.serve.engine import Job, Sampling
+    from hone.serve.generation import Job, Sampling
 
     prompts = [engine.encode(source, prompt_for_generation(engine.tokenizer(source), c)) for c in chats]
     results: dict[int, object] = {}

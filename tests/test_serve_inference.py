@@ -332,7 +332,7 @@ def test_concurrent_requests_are_all_answered_correctly(server):
 
 
 def test_held_back_keeps_possible_stop_starts_and_broken_characters():
-    from hone.serve.engine import held_back
+    from hone.serve.generation import held_back
 
     assert held_back("hello wor", ["world"]) == 3
     assert held_back("hello", ["xyz"]) == 0
@@ -343,7 +343,7 @@ def test_held_back_keeps_possible_stop_starts_and_broken_characters():
 def answer_on(engine, source, messages, max_tokens: int = 8) -> str:
     """Run one greedy job on `engine` directly and wait for its answer (`messages` may be raw text)."""
     from hone.data.render import prompt_for_generation
-    from hone.serve.engine import Job, Sampling
+    from hone.serve.generation import Job, Sampling
 
     done, events = threading.Event(), []
 
@@ -389,5 +389,37 @@ def test_adapters_share_one_base_and_other_methods_load_alone(models, tmp_path):
         assert {s.id: answer_on(engine, s, HELLO) for s in (plain, a1, a2)} == expected
         engine.unload(a1)
         assert answer_on(engine, plain, HELLO) == expected["base"]
+    finally:
+        engine.close()
+
+
+def test_requests_for_different_adapters_share_one_generate_call(models):
+    from hone.data.render import prompt_for_generation
+    from hone.serve.engine import Engine
+    from hone.serve.generation import Job, Sampling
+
+    base = str(models["base"])
+    sources = [Source("base", base, None, "system", 0)] + [Source(k, base, str(models[k]), "acme", 0) for k in ("a1", "a2")]
+    expected = [reference_answer(models["base"], None, HELLO, 8),
+                reference_answer(models["base"], models["a1"], HELLO, 8),
+                reference_answer(models["base"], models["a2"], HELLO, 8)]
+    engine = Engine(max_tuned=2, batch_window=2.0, threads=1)   # a wide window: all three land in it
+    results, done = {}, threading.Event()
+
+    def emit_for(i):
+        def emit(event):
+            if event[0] in ("done", "error"):
+                results[i] = event[1]
+                if len(results) == len(sources):
+                    done.set()
+        return emit
+
+    try:
+        for i, source in enumerate(sources):
+            prompt = engine.encode(source, prompt_for_generation(engine.tokenizer(source), HELLO))
+            engine.submit(Job(source, [prompt], 1, [8], [], Sampling(0.0), emit_for(i)))
+        assert done.wait(120)
+        assert [results[i][0].text for i in range(3)] == expected
+        assert engine.calls == 1
     finally:
         engine.close()

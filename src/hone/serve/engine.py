@@ -8,8 +8,9 @@ of `max_tuned` entries; an evicted adapter is deleted from the peft model.
 
 Generation runs on one scheduler thread, never on the event loop. One thread because the CPUs this
 targets have 2 cores: two generate() calls side by side oversubscribe them (field notes §3). Requests
-that arrive within `batch_window` seconds of each other for the same model, with compatible sampling
-settings, run as one batched generate() call (~5x the total tokens/s of one stream, field notes §8).
+that arrive within `batch_window` seconds of each other for the same base (any of its adapters, peft
+routing each row through its own) or the same standalone model, with compatible sampling settings,
+run as one batched generate() call (3.9x the tokens/s of one at a time, docs/serve_inference.md).
 A lock per model keeps peft's active adapter from switching mid-generation (eviction and DELETE take
 it too). Weights stay fp32: a LoRA delta added to a bf16 base output is rounded away (field notes §4);
 on CPUs with bf16 the fp32 matmuls still run through oneDNN's fast path (hone.hardware).
@@ -20,73 +21,16 @@ import itertools
 import queue
 import threading
 import time
-import warnings
 from collections import OrderedDict
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from hone.errors import UserError
+from hone.serve.generation import Job, adapter_scope, generate_rows
 
 BASE = None  # `tuned` of a ModelSource that is a base model
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is picked: greedy at temperature 0, else nucleus sampling."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-
-@dataclass
-class Answer:
-    """One generated choice: its text so far, why it ended, how many tokens it took."""
-    text: str = ""
-    finish_reason: str | None = None   # "stop" (end of turn or a stop string) or "length"
-    tokens: int = 0
-
-
-class Job:
-    """One API request: `n` answers to each of its prompts, reported as events through `emit`.
-
-    Events (called on the scheduler thread): ("delta", index, text), ("finish", index) when a choice
-    ends, ("done", [Answer...]) when all have, ("error", exception). Choice `index` is prompt_number * n + j, as OpenAI numbers them.
-    """
-
-    def __init__(self, source, prompts: list[list[int]], n: int, max_tokens: list[int], stop: list[str],
-                 sampling: Sampling, emit: Callable[[tuple], None]):
-        self.source, self.prompts, self.n = source, prompts, n
-        self.max_tokens, self.stop, self.sampling, self.emit = max_tokens, stop, sampling, emit
-        self.answers = [Answer() for _ in range(len(prompts) * n)]
-        self.cancelled = False     # set when the client went away: its rows stop at the next token
-        self._open = len(self.answers)
-
-    @property
-    def rows(self) -> int:
-        return len(self.answers)
-
-    def finish(self, index: int, text: str, reason: str, tokens: int) -> None:
-        answer = self.answers[index]
-        if answer.finish_reason is not None:
-            return
-        answer.text, answer.finish_reason, answer.tokens = text, reason, tokens
-        self._open -= 1
-        self.emit(("finish", index))
-        if self._open == 0:
-            self.emit(("done", self.answers))
-
-    def fail(self, exc: Exception) -> None:
-        if self._open:
-            self._open = 0
-            self.emit(("error", exc))
 
 
 @dataclass
@@ -146,8 +90,11 @@ class Engine:
         self._tuned: OrderedDict[str, _Tuned] = OrderedDict()   # least recently used first
         self._tokenizers: dict[str, object] = {}
         self._contexts: dict[str, int | None] = {}
+        self._kinds: dict[str, str] = {}
         self._encode_lock = threading.Lock()
-        self._guard = threading.RLock()      # the dicts above; never held while generating
+        self._cache_lock = threading.RLock()   # tokenizers, contexts, kinds: quick, router threads take it
+        self._lru_lock = threading.RLock()     # bases and the LRU: held while loading, not while generating
+        self.calls = 0                          # generate() calls made, for tests and benchmarks
         self._names = itertools.count()
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -158,11 +105,11 @@ class Engine:
         from hone.models.load import load_tokenizer
 
         spec = source.base
-        if source.tuned is not BASE:
+        if source.tuned is not BASE:   # a model of its own may bring its tokenizer; adapters use the base's
             folder = tuned_artifact(source.tuned)
-            if (folder / "tokenizer_config.json").is_file():
+            if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file():
                 spec = str(folder)
-        with self._guard:
+        with self._cache_lock:
             if spec not in self._tokenizers:
                 self._tokenizers[spec] = load_tokenizer(spec)
             return self._tokenizers[spec]
@@ -182,7 +129,7 @@ class Engine:
 
         folder = tuned_artifact(source.tuned) if source.tuned is not BASE else None
         spec = str(folder) if folder is not None and (folder / "config.json").is_file() else source.base
-        with self._guard:
+        with self._cache_lock:
             if spec not in self._contexts:
                 config = AutoConfig.from_pretrained(resolve_model(spec).path)
                 self._contexts[spec] = getattr(config, "max_position_embeddings", None)
@@ -190,7 +137,7 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Queue `job`; its events arrive through job.emit from the scheduler thread."""
-        with self._guard:
+        with self._lru_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve_forever, name="hone-generate", daemon=True)
                 self._thread.start()
@@ -200,15 +147,14 @@ class Engine:
         """Drop `source`'s tuned weights from memory (after DELETE /v1/models)."""
         if source.tuned is BASE:
             return
-        key = str(tuned_artifact(source.tuned).resolve())
-        with self._guard:
-            entry = self._tuned.pop(key, None)
+        with self._lru_lock:
+            entry = self._tuned.pop(self._key(source), None)
         if entry is not None:
             self._drop(entry)
 
     def loaded(self) -> list[str]:
         """Tuned artifacts in memory, least recently used first (for tests and `/v1/models` debugging)."""
-        with self._guard:
+        with self._lru_lock:
             return list(self._tuned)
 
     def close(self) -> None:
@@ -227,31 +173,38 @@ class Engine:
     def _base(self, spec: str) -> _Base:
         from hone.models.load import load_causal_lm, load_tokenizer
 
-        with self._guard:
+        with self._lru_lock:
             if spec not in self._bases:
                 model = load_causal_lm(spec, self._hardware())
                 self._bases[spec] = _Base(model, load_tokenizer(spec))
             return self._bases[spec]
 
-    def _load(self, source) -> tuple[torch.nn.Module, object, threading.Lock, Callable]:
-        """(model, tokenizer, lock, scope) for `source`; `scope()` switches the shared base to the
-        source's adapter (or off, for the base itself) for one generate() call, under the lock."""
+    def _key(self, source) -> str:
+        return str(tuned_artifact(source.tuned).resolve())
+
+    def _kind(self, source) -> str:
+        """'base', 'adapter' (a LoRA/DoRA on the shared base) or 'alone' (a model of its own)."""
         if source.tuned is BASE:
-            base = self._base(source.base)
-            return base.model, base.tokenizer, base.lock, lambda: adapter_scope(base.model, None)
-        folder = tuned_artifact(source.tuned)
-        key = str(folder.resolve())
-        with self._guard:
+            return "base"
+        key = self._key(source)
+        with self._cache_lock:
+            if key not in self._kinds:
+                if not Path(key).is_dir():
+                    raise UserError(f"the tuned model's files are gone ({key})")
+                self._kinds[key] = "adapter" if is_shared_adapter(Path(key)) else "alone"
+            return self._kinds[key]
+
+    def _entry(self, source) -> _Tuned:
+        """`source`'s tuned weights, loaded if needed (evicting the least recently used), marked used."""
+        key = self._key(source)
+        with self._lru_lock:
             entry = self._tuned.get(key)
             if entry is None:
                 while len(self._tuned) >= self.max_tuned:
                     self._drop(self._tuned.popitem(last=False)[1])
-                entry = self._tuned[key] = self._load_tuned(source.base, folder)
+                entry = self._tuned[key] = self._load_tuned(source.base, Path(key))
             self._tuned.move_to_end(key)
-        if entry.adapter is not None:
-            base = self._bases[entry.base]
-            return base.model, base.tokenizer, base.lock, lambda: adapter_scope(base.model, entry.adapter)
-        return entry.model, entry.tokenizer, entry.lock, nullcontext
+            return entry
 
     def _load_tuned(self, base_spec: str, folder: Path) -> _Tuned:
         if not folder.is_dir():
@@ -274,7 +227,8 @@ class Engine:
         from hone.models.load import load_tokenizer
 
         model = load_tuned(base_spec, folder, self._hardware())
-        spec = str(folder) if (folder / "tokenizer_config.json").is_file() else base_spec
+        spec = str(folder) if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file() \
+            else base_spec
         return _Tuned(base_spec, model=model, tokenizer=load_tokenizer(spec))
 
     def _drop(self, entry: _Tuned) -> None:
@@ -311,15 +265,25 @@ class Engine:
                 self._run(batch)
 
     def _batches(self, jobs: list[Job]) -> list[list[Job]]:
-        """Jobs that can share one generate() call: same model, same sampling, at most max_batch rows.
+        """Jobs that can share one generate() call, at most max_batch rows each.
 
+        Same sampling, and the same model: a base and every adapter on it count as one (peft routes
+        each row through its own adapter), up to max_tuned adapters so none evicts another mid-batch.
         A seeded job runs alone: sharing the random stream with others would change its tokens."""
         groups: dict[tuple, list[list[Job]]] = {}
         for job in jobs:
+            try:
+                kind = self._kind(job.source)
+            except Exception as exc:  # noqa: BLE001 - this request fails; the others go on
+                job.fail(exc)
+                continue
             s = job.sampling
             how = ("greedy",) if s.greedy else (s.temperature, s.top_p) if s.seed is None else ("seeded", id(job))
-            batches = groups.setdefault((job.source.id, job.source.tuned, how), [[]])
-            if batches[-1] and sum(j.rows for j in batches[-1]) + job.rows > self.max_batch:
+            model = ("alone", self._key(job.source)) if kind == "alone" else ("shared", job.source.base)
+            batches = groups.setdefault((model, how), [[]])
+            batch = batches[-1]
+            adapters = {self._key(j.source) for j in batch + [job] if j.source.tuned is not BASE}
+            if batch and (sum(j.rows for j in batch) + job.rows > self.max_batch or len(adapters) > self.max_tuned):
                 batches.append([])
             batches[-1].append(job)
         return [batch for batches in groups.values() for batch in batches]
@@ -329,135 +293,22 @@ class Engine:
         if not live:
             return
         try:
-            model, tokenizer, lock, scope = self._load(live[0].source)
-            with lock, scope():
-                generate_rows(model, tokenizer, live, self._hardware())
+            device = self._hardware()
+            self.calls += 1
+            if self._kind(live[0].source) == "alone":
+                entry = self._entry(live[0].source)
+                with entry.lock:
+                    generate_rows(entry.model, entry.tokenizer, live, device)
+                return
+            base = self._base(live[0].source.base)
+            names = [self._entry(job.source).adapter if job.source.tuned is not BASE else None for job in live]
+            with base.lock:
+                if len(set(names)) == 1:
+                    with adapter_scope(base.model, names[0]):
+                        generate_rows(base.model, base.tokenizer, live, device)
+                else:   # a mixed batch: peft sends each row through its own adapter ("__base__": none)
+                    rows = [name or "__base__" for name, job in zip(names, live) for _ in range(job.rows)]
+                    generate_rows(base.model, base.tokenizer, live, device, adapter_names=rows)
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request, the thread goes on
             for job in live:
                 job.fail(exc)
-
-
-class _Row:
-    """One choice being generated: its tokens, the text decoded so far and what was streamed."""
-
-    def __init__(self, job: Job, index: int, prompt: list[int], limit: int):
-        self.job, self.index, self.prompt, self.limit = job, index, prompt, limit
-        self.ids: list[int] = []
-        self.tokens = 0
-        self.sent = 0          # characters of the text already emitted as deltas
-        self.done = False
-
-
-class RowProgress:
-    """A stopping criterion that also streams: per row, decode, cut at stop strings, check limits.
-
-    generate() calls it after every new token with the whole batch; it returns which rows are done
-    (transformers then pads those rows) and emits the text that can no longer change."""
-
-    def __init__(self, tokenizer, rows: list[_Row], eos: set[int]):
-        self.tokenizer, self.rows, self.eos = tokenizer, rows, eos
-
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        last = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, last):
-            if not row.done:
-                self.step(row, token)
-        return torch.tensor([row.done for row in self.rows], device=input_ids.device)
-
-    def step(self, row: _Row, token: int) -> None:
-        row.tokens += 1
-        if row.job.cancelled:
-            return self.end(row, self.text(row), "stop")
-        if token in self.eos:
-            return self.end(row, self.text(row), "stop")
-        row.ids.append(token)
-        text = self.text(row)
-        cut = min((i for i in (text.find(s) for s in row.job.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            return self.end(row, text[:cut], "stop")
-        if row.tokens >= row.limit:
-            return self.end(row, text, "length")
-        safe = len(text) - held_back(text, row.job.stop)
-        if safe > row.sent:
-            row.job.emit(("delta", row.index, text[row.sent:safe]))
-            row.sent = safe
-
-    def text(self, row: _Row) -> str:
-        return self.tokenizer.decode(row.ids, skip_special_tokens=True)
-
-    def end(self, row: _Row, text: str, reason: str) -> None:
-        row.done = True
-        if len(text) > row.sent:
-            row.job.emit(("delta", row.index, text[row.sent:]))
-        row.sent = len(text)
-        row.job.finish(row.index, text, reason, row.tokens)
-
-    def finish_all(self) -> None:
-        """Rows generate() ended without a verdict (it stops at the longest limit): out of length."""
-        for row in self.rows:
-            if not row.done:
-                self.end(row, self.text(row), "length")
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters to keep unsent: a half-decoded character, or a possible start of a
-    stop string (sending it would leak text the stop string is about to cut)."""
-    keep = len(text)
-    while keep and text[keep - 1] == "\ufffd":
-        keep -= 1
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, keep), longest, -1):
-            if text.endswith(stop[:k], 0, keep):
-                longest = k
-                break
-    return len(text) - keep + longest
-
-
-@torch.no_grad()
-def generate_rows(model, tokenizer, jobs: list[Job], device: str) -> None:
-    """One generate() call for every row of `jobs` (same model, same sampling), left-padded."""
-    from transformers import GenerationConfig, StoppingCriteriaList
-
-    rows = [_Row(job, p * job.n + j, prompt, job.max_tokens[p])
-            for job in jobs for p, prompt in enumerate(job.prompts) for j in range(job.n)]
-    width = max(len(row.prompt) for row in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
-        mask[i, width - len(row.prompt):] = 1
-    eos = _eos_ids(model, tokenizer)
-    sampling = jobs[0].sampling
-    config = GenerationConfig(max_new_tokens=max(row.limit for row in rows), pad_token_id=pad,
-                              eos_token_id=sorted(eos), do_sample=not sampling.greedy)
-    if not sampling.greedy:
-        config.temperature, config.top_p, config.top_k = sampling.temperature, sampling.top_p, 0
-    if sampling.seed is not None:
-        torch.manual_seed(sampling.seed)   # one thread generates, so the global generator is ours
-    progress = RowProgress(tokenizer, rows, eos)
-    with warnings.catch_warnings():   # peft warns on every prompt-tuned call that it drops position ids
-        warnings.filterwarnings("ignore", message="Position ids are not supported")
-        model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                       stopping_criteria=StoppingCriteriaList([progress]))
-    progress.finish_all()
-
-
-def adapter_scope(model, adapter: str | None):
-    """The shared base with `adapter` active, or with every adapter off when `adapter` is None."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        return nullcontext()
-    if adapter is None:
-        return model.disable_adapter()
-    model.set_adapter(adapter)
-    return nullcontext()
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos |= set(configured) if isinstance(configured, (list, tuple)) else ({configured} if configured is not None else set())
-    return eos

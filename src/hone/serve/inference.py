@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hone.data.render import prompt_for_generation
 from hone.errors import UserError
-from hone.serve.engine import BASE, Engine, Job, Sampling
+from hone.serve.engine import BASE, Engine
+from hone.serve.generation import Job, Sampling
 from hone.serve.errors import APIError
 
 MAX_N = 16          # choices per request: each is a row of the batch
