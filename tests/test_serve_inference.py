@@ -83,6 +83,7 @@ A1 = "ft:tiny-base:acme:one:ftjob-a1"
 A2 = "ft:tiny-base:acme:two:ftjob-a2"
 FULL = "ft:tiny-base:acme:full:ftjob-f1"
 OTHER = "ft:tiny-base:globex:theirs:ftjob-g1"
+BROKEN = "ft:tiny-base:acme:broken:ftjob-b1"   # listed, but its files are gone
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,8 @@ def server(models, tmp_path_factory):
                  Source(A1, base, str(models["a1"]), "acme", 1700000001),
                  Source(A2, base, str(models["a2"]), "acme", 1700000002),
                  Source(FULL, base, str(models["full"]), "acme", 1700000003),
-                 Source("ft:tiny-base:acme:gone:ftjob-x", base, str(models["a1"]), "acme", 1700000004)],
+                 Source("ft:tiny-base:acme:gone:ftjob-x", base, str(models["a1"]), "acme", 1700000004),
+                 Source(BROKEN, base, str(models["base"].parent / "missing"), "acme", 1700000006)],
         "globex": [Source(BASE_ID, base, None, "system", 1700000000),
                    Source(OTHER, base, str(models["a2"]), "globex", 1700000005)]})
     started = threading.Event()
@@ -275,6 +277,16 @@ def test_max_completion_tokens_and_context_limit(server):
     with pytest.raises(openai.BadRequestError) as err:
         client(server).chat.completions.create(model=BASE_ID, messages=HELLO, temperature=5)
     assert err.value.param == "temperature"
+
+
+def test_a_model_that_cannot_load_fails_cleanly_streamed_or_not(server):
+    with pytest.raises(openai.InternalServerError) as err:
+        client(server).chat.completions.create(model=BROKEN, messages=HELLO, max_tokens=2)
+    assert err.value.code == "model_load_failed" and "files are gone" in str(err.value)
+    stream = client(server).chat.completions.create(model=BROKEN, messages=HELLO, max_tokens=2, stream=True)
+    with pytest.raises(openai.APIError, match="files are gone"):
+        list(stream)
+    assert client(server).chat.completions.create(model=A1, messages=HELLO, max_tokens=2).choices   # still serving
 
 
 # -- completions ------------------------------------------------------------------------------------

@@ -100,10 +100,9 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
         source = await resolve(org, body.model)
         messages = [chat_message(m, i) for i, m in enumerate(body.messages)]
-        prompt = await asyncio.to_thread(encode, engine, source, messages)
-        limit = await asyncio.to_thread(token_limit, engine, source, [prompt],
-                                        body.max_completion_tokens or body.max_tokens, "messages")
-        run = start(engine, source, body, [prompt], limit)
+        prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
+                                      "messages")
+        run = start(engine, source, body, prompt, limit)
         if body.stream:
             return sse(chat_events(run, body))
         answers = await run.result()
@@ -118,8 +117,7 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not texts:
             raise APIError(400, "prompt must not be an empty list", param="prompt")
-        prompts = await asyncio.to_thread(lambda: [encode(engine, source, t) for t in texts])
-        limit = await asyncio.to_thread(token_limit, engine, source, prompts, body.max_tokens, "prompt")
+        prompts, limit = await prepare(engine, source, texts, body.max_tokens, "prompt")
         run = start(engine, source, body, prompts, limit)
         if body.stream:
             return sse(completion_events(run, body))
@@ -145,6 +143,17 @@ def chat_message(message: ChatMessage, i: int) -> dict:
         content = "".join(str(part.get("text", "")) for part in content)
     role = "system" if message.role == "developer" else message.role
     return {"role": role, "content": content or ""}
+
+
+async def prepare(engine: Engine, source, prompts: list, requested: int | None, param: str):
+    """(token ids per prompt, max_tokens per prompt), off the event loop (a first use loads a tokenizer)."""
+    def work():
+        ids = [encode(engine, source, p) for p in prompts]
+        return ids, token_limit(engine, source, ids, requested, param)
+    try:
+        return await asyncio.to_thread(work)
+    except UserError as exc:   # the catalog lists a model whose base cannot be found
+        raise generation_error(exc, source.id) from None
 
 
 def encode(engine: Engine, source, prompt: str | list[dict]) -> list[int]:
