@@ -435,3 +435,35 @@ def test_requests_for_different_adapters_share_one_generate_call(models):
         assert engine.calls == 1
     finally:
         engine.close()
+
+
+def test_a_hone_lora_run_is_served_from_its_run_folder_as_training_left_it(tiny_model, chat_files, tmp_path):
+    import torch
+
+    from hone.config import build_config
+    from hone.data.render import prompt_for_generation
+    from hone.objectives.sft import run_sft
+    from hone.serve.engine import Engine
+    from hone.train.run import load_run_model
+
+    config = build_config({
+        "model": {"name": str(tiny_model)}, "output": str(tmp_path / "run"),
+        "data": {"train": str(chat_files["train"]), "validation": str(chat_files["validation"]),
+                 "test": str(chat_files["test"]), "max_length": 64},
+        "method": {"name": "lora", "lora_r": 4, "lora_alpha": 8},
+        "train": {"lr": 5e-2, "batch_size": 8, "micro_batch_size": 8, "threads": 1, "max_steps": 3},
+        "eval": {"max_new_tokens": 4}})
+    run = run_sft(config).run_dir
+    question = [{"role": "user", "content": "Reverse apple"}]
+    merged, tokenizer = load_run_model(run)   # what `hone eval` and `hone chat` run
+    ids = tokenizer(prompt_for_generation(tokenizer, question), add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = merged.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    engine = Engine(max_tuned=2, batch_window=0.0, threads=1)
+    try:
+        served = answer_on(engine, Source("ft:run", str(tiny_model), str(run), "acme", 0), question)
+        assert [Path(p).name for p in engine.loaded()] == ["adapter"]    # the LoRA went onto the shared base
+        assert served == expected
+    finally:
+        engine.close()
