@@ -8,6 +8,7 @@ Rows (SmolLM2-135M-Instruct, greedy, the first N demo `orders` test chats withou
   engine_serial    one request at a time (what a server without batching does)
   adapter_serial   the same through a LoRA r16 all-linear adapter kept unmerged on the shared base
   merged_serial    the same adapter merged into a plain model (what a one-model-per-adapter server runs)
+  mixed_batched    all at once, every other request through the adapter: one generate() for both
 Speeds are generated tokens / wall seconds; read them as ratios inside one run (field notes).
 """
 from __future__ import annotations
@@ -40,11 +41,13 @@ def conversations(n: int) -> list[list[dict]]:
 
 
 def run_jobs(engine, source, chats, tokens: int, together: bool) -> tuple[list[str], int, float]:
-    """(answers, generated tokens, seconds) for `chats` submitted all at once or one by one."""
+    """(answers, generated tokens, seconds) for `chats` submitted all at once or one by one;
+    `source` may be a list, one per chat."""
     from hone.data.render import prompt_for_generation
     from hone.serve.generation import Job, Sampling
 
-    prompts = [engine.encode(source, prompt_for_generation(engine.tokenizer(source), c)) for c in chats]
+    sources = source if isinstance(source, list) else [source] * len(chats)
+    prompts = [engine.encode(s, prompt_for_generation(engine.tokenizer(s), c)) for s, c in zip(sources, chats)]
     results: dict[int, object] = {}
     done = [threading.Event() for _ in prompts]
 
@@ -57,7 +60,7 @@ def run_jobs(engine, source, chats, tokens: int, together: bool) -> tuple[list[s
 
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
-        engine.submit(Job(source, [prompt], 1, [tokens], [], Sampling(0.0), emit_for(i)))
+        engine.submit(Job(sources[i], [prompt], 1, [tokens], [], Sampling(0.0), emit_for(i)))
         if not together:
             done[i].wait()
     for event in done:
@@ -115,6 +118,11 @@ def main() -> None:
         adapter_load = time.perf_counter() - start
         adapted, n, s = run_jobs(engine, adapter, chats, args.tokens, False)
         rows["adapter_serial"] = (n, s)
+        calls = engine.calls
+        mixed_sources = [adapter if i % 2 else plain for i in range(len(chats))]
+        mixed, n, s = run_jobs(engine, mixed_sources, chats, args.tokens, True)
+        rows["mixed_batched"] = (n, s)
+        mixed_calls = engine.calls - calls
         engine.close()
 
         from hone.methods.artifact import load_tuned
@@ -138,7 +146,9 @@ def main() -> None:
           f"first request with the adapter (load + 1 token): {adapter_load:.1f} s")
     print(f"batched answers equal serial answers: {sum(a == b for a, b in zip(batched, serial))}/{len(serial)}; "
           f"serial equal the peer's (stripped): {sum(a.strip() == b for a, b in zip(serial, peer))}/{len(serial)}; "
-          f"adapter equal merged: {sum(a == b for a, b in zip(adapted, merged))}/{len(merged)}")
+          f"adapter equal merged: {sum(a == b for a, b in zip(adapted, merged))}/{len(merged)}; mixed batch "
+          f"equal to its rows alone: {sum(m == (a if i % 2 else b) for i, (m, a, b) in enumerate(zip(mixed, adapted, serial)))}"
+          f"/{len(mixed)} in {mixed_calls} generate() call(s)")
 
 
 if __name__ == "__main__":
