@@ -18,6 +18,7 @@ on CPUs with bf16 the fp32 matmuls still run through oneDNN's fast path (hone.ha
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -31,6 +32,7 @@ from hone.errors import UserError
 from hone.serve.generation import Job, adapter_scope, generate_rows
 
 BASE = None  # `tuned` of a ModelSource that is a base model
+log = logging.getLogger("hone.serve")
 
 
 @dataclass
@@ -292,6 +294,7 @@ class Engine:
         live = [job for job in jobs if not job.cancelled]
         if not live:
             return
+        started = time.perf_counter()
         try:
             device = self._hardware()
             self.calls += 1
@@ -312,3 +315,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request, the thread goes on
             for job in live:
                 job.fail(exc)
+            return
+        tokens = sum(a.tokens for job in live for a in job.answers)
+        log.info("generated %d tokens in %.2f s for %d request(s), %d row(s): %s", tokens,
+                 time.perf_counter() - started, len(live), sum(j.rows for j in live),
+                 ", ".join(sorted({job.source.id for job in live})))
