@@ -50,7 +50,7 @@ def current_org(request) -> str:   # a key is "key-<org>"
     return key.removeprefix("key-")
 
 
-def save_lora(base: Path, folder: Path, seed: int) -> Path:
+def save_lora(base: Path, folder: Path, seed: int, scale: float = 1.0) -> Path:
     """A LoRA adapter with random (non-zero) weights, saved as training would save it."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -59,6 +59,10 @@ def save_lora(base: Path, folder: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(scale)
     model.save_pretrained(folder)
     return folder
 
@@ -465,5 +469,35 @@ def test_a_hone_lora_run_is_served_from_its_run_folder_as_training_left_it(tiny_
         served = answer_on(engine, Source("ft:run", str(tiny_model), str(run), "acme", 0), question)
         assert [Path(p).name for p in engine.loaded()] == ["adapter"]    # the LoRA went onto the shared base
         assert served == expected
+    finally:
+        engine.close()
+
+
+def test_a_model_tuned_again_runs_on_its_parents_merged_weights(models, tmp_path):
+    """An adapter trained on top of a tuned model fits the parent's merged copy, not the root base the
+    catalog names; the run record says which."""
+    import json
+
+    from hone.serve.engine import Engine
+    from hone.train.run import load_run_model
+
+    parent = tmp_path / "parent-run"
+    parent.mkdir()
+    (parent / "run.json").write_text(json.dumps({"base_model": str(models["base"])}))
+    save_lora(models["base"], parent / "adapter", 1)
+    merged, tokenizer = load_run_model(parent)
+    merged.save_pretrained(tmp_path / "merged")
+    tokenizer.save_pretrained(tmp_path / "merged")
+    child = tmp_path / "child-run"
+    child.mkdir()
+    (child / "run.json").write_text(json.dumps({"base_model": str(tmp_path / "merged")}))
+    save_lora(tmp_path / "merged", child / "adapter", 7, scale=0.2)   # small: the parent's delta shows
+    expected = reference_answer(tmp_path / "merged", child / "adapter", HELLO, 8)
+    assert expected != reference_answer(models["base"], child / "adapter", HELLO, 8)
+    engine = Engine(max_tuned=2, batch_window=0.0, threads=1)
+    try:
+        assert answer_on(engine, Source("ft:child", str(models["base"]), str(child), "acme", 0), HELLO) == expected
+        assert answer_on(engine, Source("ft:parent", str(models["base"]), str(parent), "acme", 0), HELLO) == \
+            reference_answer(models["base"], models["a1"], HELLO, 8)
     finally:
         engine.close()

@@ -59,11 +59,33 @@ def tuned_artifact(tuned: str | Path) -> Path:
     from hone.methods.artifact import is_tuned_artifact
 
     path = Path(tuned)
-    if (path / "run.json").is_file():
+    if not is_tuned_artifact(path):
         for sub in ("adapter", "model"):
             if is_tuned_artifact(path / sub):
                 return path / sub
     return path
+
+
+def trained_base(source) -> str:
+    """The base `source`'s weights were trained on: the run record's when it names another model.
+
+    A model tuned again on top of a tuned model trained on its parent's merged copy (`merged/`), while
+    the catalog names the root base; the adapter only fits the base it was trained on."""
+    import json
+
+    from hone.models.catalogue import resolve_model
+
+    record = Path(source.tuned) / "run.json"
+    if not record.is_file():
+        return source.base
+    trained = json.loads(record.read_text(encoding="utf-8")).get("base_model")
+    if not trained or trained == source.base:
+        return source.base
+    try:
+        same = resolve_model(trained).path.resolve() == resolve_model(source.base).path.resolve()
+    except UserError:
+        return source.base
+    return source.base if same else trained   # the same weights: keep the catalog's name, shared
 
 
 def is_shared_adapter(folder: Path) -> bool:
@@ -92,7 +114,7 @@ class Engine:
         self._tuned: OrderedDict[str, _Tuned] = OrderedDict()   # least recently used first
         self._tokenizers: dict[str, object] = {}
         self._contexts: dict[str, int | None] = {}
-        self._kinds: dict[str, str] = {}
+        self._kinds: dict = {}   # tuned folder -> its kind; ("base", tuned, base) -> the base it runs on
         self._encode_lock = threading.Lock()
         self._cache_lock = threading.RLock()   # tokenizers, contexts, kinds: quick, router threads take it
         self._lru_lock = threading.RLock()     # bases and the LRU: held while loading, not while generating
@@ -106,7 +128,7 @@ class Engine:
         """The tokenizer `source` was trained with (its tuned folder's own, else its base's)."""
         from hone.models.load import load_tokenizer
 
-        spec = source.base
+        spec = self._base_spec(source)
         if source.tuned is not BASE:   # a model of its own may bring its tokenizer; adapters use the base's
             folder = tuned_artifact(source.tuned)
             if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file():
@@ -130,7 +152,7 @@ class Engine:
         from hone.models.catalogue import resolve_model
 
         folder = tuned_artifact(source.tuned) if source.tuned is not BASE else None
-        spec = str(folder) if folder is not None and (folder / "config.json").is_file() else source.base
+        spec = str(folder) if folder is not None and (folder / "config.json").is_file() else self._base_spec(source)
         with self._cache_lock:
             if spec not in self._contexts:
                 config = AutoConfig.from_pretrained(resolve_model(spec).path)
@@ -184,6 +206,16 @@ class Engine:
     def _key(self, source) -> str:
         return str(tuned_artifact(source.tuned).resolve())
 
+    def _base_spec(self, source) -> str:
+        """The base model `source` runs on (see trained_base), worked out once per tuned folder."""
+        if source.tuned is BASE:
+            return source.base
+        with self._cache_lock:
+            key = ("base", source.tuned, source.base)
+            if key not in self._kinds:
+                self._kinds[key] = trained_base(source)
+            return self._kinds[key]
+
     def _kind(self, source) -> str:
         """'base', 'adapter' (a LoRA/DoRA on the shared base) or 'alone' (a model of its own)."""
         if source.tuned is BASE:
@@ -204,7 +236,7 @@ class Engine:
             if entry is None:
                 while len(self._tuned) >= self.max_tuned:
                     self._drop(self._tuned.popitem(last=False)[1])
-                entry = self._tuned[key] = self._load_tuned(source.base, Path(key))
+                entry = self._tuned[key] = self._load_tuned(self._base_spec(source), Path(key))
             self._tuned.move_to_end(key)
             return entry
 
@@ -281,7 +313,7 @@ class Engine:
                 continue
             s = job.sampling
             how = ("greedy",) if s.greedy else (s.temperature, s.top_p) if s.seed is None else ("seeded", id(job))
-            model = ("alone", self._key(job.source)) if kind == "alone" else ("shared", job.source.base)
+            model = ("alone", self._key(job.source)) if kind == "alone" else ("shared", self._base_spec(job.source))
             batches = groups.setdefault((model, how), [[]])
             batch = batches[-1]
             adapters = {self._key(j.source) for j in batch + [job] if j.source.tuned is not BASE}
@@ -303,7 +335,7 @@ class Engine:
                 with entry.lock:
                     generate_rows(entry.model, entry.tokenizer, live, device)
                 return
-            base = self._base(live[0].source.base)
+            base = self._base(self._base_spec(live[0].source))
             names = [self._entry(job.source).adapter if job.source.tuned is not BASE else None for job in live]
             with base.lock:
                 if len(set(names)) == 1:
