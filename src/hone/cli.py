@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hone.cli_data import data_app
 from hone.cli_runs import runs_app
+from hone.cli_serve import keys_app, serve as serve_command, worker as worker_command
 from hone.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +24,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(keys_app, name="keys")
+app.command("serve")(serve_command)
+app.command("worker")(worker_command)
 out = Console()
 err = Console(stderr=True)
 

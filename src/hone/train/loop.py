@@ -193,6 +193,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
 
     with progress_bar(console) as bar:
         task = bar.add_task("train", total=1000, status="starting")
+        unlogged = None
         try:
             while not finished():
                 batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
@@ -209,10 +210,12 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                               "tokens_per_s": round(tokens / (time.monotonic() - step_started), 1),
                               "elapsed_s": round(time.monotonic() - started, 2)}
                     end_of_epoch = state["batch"] == len(batches)
+                    unlogged = record  # an interrupt during validation still logs this step (below)
                     state["window"] = [state["window"][0] + loss, state["window"][1] + 1]
                     if val_set and (state["step"] % eval_every == 0 or end_of_epoch or finished()):
                         validate(record)
                     log.write(record)
+                    unlogged = None
                     for callback in callbacks or []:
                         callback.on_step(record)
                     status = f"step {state['step']}/{total_steps}  loss {loss:.3f}"
@@ -228,6 +231,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                 if state["batch"] >= len(batches):
                     state.update(epoch=state["epoch"] + 1, batch=0)
         except KeyboardInterrupt:
+            if unlogged is not None and unlogged["step"] == state["step"]:
+                log.write(unlogged)  # the checkpoint holds this step: its loss must be in metrics.jsonl
             checkpoint()
             raise Interrupted(state["step"]) from None
         bar.update(task, completed=1000)

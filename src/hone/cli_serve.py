@@ -1,0 +1,98 @@
+"""`hone serve`, `hone worker` and `hone keys`: the CLI side of hone.serve."""
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for hone serve (each key belongs to one org).")
+
+DB_HELP = "Service database URL (default: SQLite under the hone home; postgresql://... to share it)"
+
+
+def _settings(db: str | None, base_models: list[str] | None = None, **given):
+    from hone.serve.settings import ServeSettings, parse_models
+
+    models = parse_models(base_models) if base_models else None
+    return ServeSettings.from_env(db=db, base_models=models, **given)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback unless you mean otherwise)"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    workers: int = typer.Option(1, "--workers", min=0, help="Job workers to start beside the API (more: `hone worker`)"),
+    base_model: Optional[List[str]] = typer.Option(None, "--base-model", help="Offer a base model: NAME or NAME=SPEC (folder or catalogue name); repeatable. Default: the catalogue's language models"),
+    max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Largest accepted upload (default 512)"),
+    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="Requests per minute per key (default 600; 0: no limit)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap every job at N optimizer steps"),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
+    lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="A silent worker's job is resumed elsewhere after this long (default 30)"),
+):
+    """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
+    from hone.serve.app import serve as run_server
+
+    settings = _settings(db, base_model, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
+                         time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
+                                   "keys are sent in clear text unless a TLS proxy is in front", highlight=False)
+    run_server(settings, host, port, workers)
+
+
+def worker(
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    base_model: Optional[List[str]] = typer.Option(None, "--base-model", help="Base models (as for hone serve)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap every job at N optimizer steps"),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
+    lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="Lease length in seconds (default 30)"),
+):
+    """Train queued fine-tuning jobs from the service database (run on any machine that shares it)."""
+    from hone.serve.worker import Worker
+
+    Worker(_settings(db, base_model, max_steps=max_steps, time_budget=time_budget, save_every=save_every,
+                     lease_seconds=lease_seconds)).run_forever()
+
+
+@keys_app.command("create")
+def keys_create(org: str = typer.Option(..., "--org", help="Organisation the key acts for"),
+                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)):
+    """Make a key; prints the key alone (it is stored hashed and cannot be shown again)."""
+    from hone.serve.auth import create_key
+
+    print(create_key(org, _settings(db).db))
+
+
+@keys_app.command("list")
+def keys_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON")):
+    """Keys with their org, first characters and state (never the secret)."""
+    from hone.serve.auth import list_keys
+
+    keys = list_keys(_settings(db).db)
+    if as_json:
+        print(json.dumps(keys))
+        return
+    table = Table("id", "org", "key", "created", "state")
+    import time
+
+    for k in keys:
+        table.add_row(k["id"], k["org"], k["prefix"], time.strftime("%Y-%m-%d %H:%M", time.localtime(k["created_at"])),
+                      "[red]revoked[/red]" if k["revoked"] else "active")
+    out.print(table if keys else "no keys yet: hone keys create --org NAME")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str = typer.Argument(..., help="Key id (key-..., from hone keys list) or the key itself"),
+                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)):
+    """Revoke a key: requests with it get 401 from now on."""
+    from hone.serve.auth import revoke_key
+
+    done = revoke_key(key, _settings(db).db)
+    out.print(f"revoked {done['id']} (org {done['org']})", highlight=False)

@@ -1,0 +1,74 @@
+"""The service's settings: one dataclass, filled from `hone serve` / `hone worker` options or HONE_SERVE_*.
+
+Workers started by `hone serve` get the same settings through the environment, so a job trains the
+same way whichever process picks it up.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from hone.errors import ConfigError
+from hone.models.catalogue import CATALOGUE
+
+
+@dataclass
+class ServeSettings:
+    db: str | None = None                    # SQLAlchemy URL; None: SQLite under the hone home
+    max_upload_mb: float = 512.0             # OpenAI's per-file limit
+    rate_limit: float = 600.0                # requests per minute per key (token bucket); 0 turns it off
+    # Base models offered to clients, name -> spec resolve_model() accepts (catalogue name or folder).
+    base_models: dict[str, str] = field(default_factory=lambda: {
+        name: name for name, entry in CATALOGUE.items() if entry.kind == "causal-lm"})
+    method: str = "lora"                     # how jobs adapt the model (hone's default method)
+    max_steps: int | None = None             # cap on a job's optimizer steps (tests, quick trials)
+    time_budget: float | None = None         # cap on a job's training seconds
+    save_every: int | None = None            # checkpoint every N steps (default: once per epoch)
+    lease_seconds: float = 30.0              # a worker silent this long has died: its job is resumed elsewhere
+    min_examples: int = 10                   # OpenAI's minimum training examples
+
+    @classmethod
+    def from_env(cls, **given) -> "ServeSettings":
+        """Defaults, overridden by HONE_SERVE_* variables, overridden by `given` (non-None values)."""
+        env = os.environ
+        values: dict = {}
+        readers = {"max_upload_mb": float, "rate_limit": float, "method": str, "max_steps": int,
+                   "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int}
+        for name, read in readers.items():
+            raw = env.get(f"HONE_SERVE_{name.upper()}")
+            if raw:
+                try:
+                    values[name] = read(raw)
+                except ValueError:
+                    raise ConfigError(f"HONE_SERVE_{name.upper()}={raw!r} is not a {read.__name__}") from None
+        if env.get("HONE_DB"):
+            values["db"] = env["HONE_DB"]
+        if env.get("HONE_SERVE_MODELS"):
+            values["base_models"] = parse_models(env["HONE_SERVE_MODELS"].split(","))
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` in a child process give these settings back."""
+        env = {"HONE_SERVE_MODELS": ",".join(f"{k}={v}" for k, v in self.base_models.items())}
+        if self.db:
+            env["HONE_DB"] = self.db
+        for name in ("max_upload_mb", "rate_limit", "method", "max_steps", "time_budget", "save_every",
+                     "lease_seconds", "min_examples"):
+            value = getattr(self, name)
+            if value is not None:
+                env[f"HONE_SERVE_{name.upper()}"] = str(value)
+        return env
+
+
+def parse_models(items: list[str]) -> dict[str, str]:
+    """['tiny=/models/tiny', 'smollm2-135m-instruct'] -> {'tiny': '/models/tiny', 'smollm2-...': 'smollm2-...'}."""
+    models = {}
+    for item in items:
+        name, _, spec = item.strip().partition("=")
+        name, spec = name.strip(), (spec.strip() or name.strip())
+        if not name or ":" in name or "/" in name:
+            raise ConfigError(f"--base-model {item!r}: expected NAME or NAME=SPEC, NAME without ':' or '/'",
+                              field="base_model")
+        models[name] = spec
+    return models

@@ -1,0 +1,99 @@
+"""hone serve's parts that need no server: hyperparameters, the rate limiter, settings, error bodies."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hone.serve.errors import APIError, api_error
+from hone.serve.hyperparameters import auto_epochs, parse_method, resolve, top_level
+
+
+def test_auto_epochs_follow_the_cookbook_rule():
+    assert auto_epochs(5) == 20          # the cookbook's worked example: min(25, 100 // 5)
+    assert auto_epochs(1) == 25          # capped
+    assert auto_epochs(100) == 3         # the target
+    assert auto_epochs(20000) == 1       # 25000 // 20000
+
+
+def test_method_defaults_to_supervised_and_echoes_auto():
+    method = parse_method(None, {"n_epochs": 2})
+    assert method == {"type": "supervised", "supervised": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}}}
+    resolved = resolve(method, 40)
+    assert resolved["supervised"]["hyperparameters"] == {"n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": 1.0}
+    assert top_level(resolved)["batch_size"] == 16
+    assert top_level(parse_method({"type": "dpo"}, None)) == {}
+
+
+@pytest.mark.parametrize("method, param", [
+    ({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 51}}}, "method.supervised.hyperparameters.n_epochs"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 1.5}}}, "method.supervised.hyperparameters.batch_size"),
+    ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}, "method.dpo.hyperparameters.beta"),
+    ({"type": "dpo", "dpo": {"hyperparameters": {"learning_rate_multiplier": "fast"}}}, "method.dpo.hyperparameters.learning_rate_multiplier"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}, "method.supervised.hyperparameters.beta"),
+    ({"type": "reinforcement"}, "method.type"),
+])
+def test_bad_hyperparameters_name_their_param(method, param):
+    with pytest.raises(APIError) as caught:
+        parse_method(method, None)
+    assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_method_and_deprecated_hyperparameters_must_agree():
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}
+    assert parse_method(method, {"n_epochs": 3})["supervised"]["hyperparameters"]["n_epochs"] == 3
+    with pytest.raises(APIError, match="disagree"):
+        parse_method(method, {"n_epochs": 4})
+
+
+def test_error_body_has_all_four_keys_and_no_retry_on_5xx():
+    body = json.loads(api_error(404, "No such File object: file-x", param="id").body)
+    assert body == {"error": {"message": "No such File object: file-x", "type": "invalid_request_error",
+                              "param": "id", "code": None}}
+    assert api_error(500, "boom").headers["x-should-retry"] == "false"
+
+
+def test_rate_limiter_allows_a_burst_then_says_how_long_to_wait():
+    from hone.serve.auth import RateLimiter
+
+    limiter = RateLimiter(per_minute=3)
+    assert [limiter.allow("key-a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.allow("key-a")
+    assert 0 < wait <= 20  # one request refills every 60 / 3 s
+    assert limiter.allow("key-b") == 0.0  # buckets are per key
+    assert RateLimiter(per_minute=0).allow("key-a") == 0.0  # 0 turns it off
+
+
+def test_settings_travel_to_workers_through_the_environment(monkeypatch):
+    from hone.serve.settings import ServeSettings, parse_models
+
+    settings = ServeSettings(db="sqlite:////tmp/x.db", base_models=parse_models(["tiny=/models/tiny", "smollm2-135m-instruct"]),
+                             max_steps=3, lease_seconds=2.0)
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    again = ServeSettings.from_env()
+    assert again == settings
+    assert ServeSettings.from_env(max_steps=9).max_steps == 9  # options beat the environment
+    with pytest.raises(Exception, match="NAME or NAME=SPEC"):
+        parse_models(["a:b=/x"])
+
+
+def test_keys_are_stored_hashed_and_revocable(tmp_path):
+    from sqlalchemy import select
+
+    from hone.serve import db
+    from hone.serve.auth import create_key, hash_key, list_keys, revoke_key
+
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    secret = create_key("acme", url)
+    with db.session(url) as s:
+        row = s.scalar(select(db.ApiKey))
+    assert row.sha256 == hash_key(secret) and secret not in (row.id, row.prefix)
+    [listed] = list_keys(url)
+    assert listed["org"] == "acme" and not listed["revoked"] and secret not in json.dumps(listed)
+    assert revoke_key(listed["id"], url)["revoked"] and list_keys(url)[0]["revoked"]
+    from hone.errors import UserError
+
+    with pytest.raises(UserError, match="valid name"):
+        create_key("Acme Corp", url)
