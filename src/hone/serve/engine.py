@@ -1,0 +1,354 @@
+"""Models in memory and text generation for `hone serve`'s inference endpoints.
+
+One base model per base spec, with every LoRA/DoRA adapter trained on it loaded next to it through
+peft (`load_adapter` / `set_adapter` by name), so a hundred tuned models cost one base in memory plus
+a few MB each. Other tuned artifacts (full fine-tunes, qlora, prompt tuning, freeze, ...) load as
+their own models through `hone.methods.artifact.load_tuned`. Adapters and those models share one LRU
+of `max_tuned` entries; an evicted adapter is deleted from the peft model.
+
+Generation runs on one scheduler thread, never on the event loop. One thread because the CPUs this
+targets have 2 cores: two generate() calls side by side oversubscribe them (field notes §3). Requests
+that arrive within `batch_window` seconds of each other for the same base (any of its adapters, peft
+routing each row through its own) or the same standalone model, with compatible sampling settings,
+run as one batched generate() call (3.9x the tokens/s of one at a time, docs/serve_inference.md).
+A lock per model keeps peft's active adapter from switching mid-generation (eviction and DELETE take
+it too). Weights stay fp32: a LoRA delta added to a bf16 base output is rounded away (field notes §4);
+on CPUs with bf16 the fp32 matmuls still run through oneDNN's fast path (hone.hardware).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hone.errors import UserError
+from hone.serve.generation import Job, adapter_scope, generate_rows
+
+BASE = None  # `tuned` of a ModelSource that is a base model
+log = logging.getLogger("hone.serve")
+
+
+@dataclass
+class _Base:
+    """A base model in memory; `model` becomes a PeftModel once an adapter is loaded onto it."""
+    model: torch.nn.Module
+    tokenizer: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    adapters: set = field(default_factory=set)
+
+
+@dataclass
+class _Tuned:
+    """An LRU entry: an adapter on a shared base (`adapter` set) or a model of its own (`model` set)."""
+    base: str
+    adapter: str | None = None
+    model: torch.nn.Module | None = None
+    tokenizer: object = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def tuned_artifact(tuned: str | Path) -> Path:
+    """The folder to load for a ModelSource's `tuned`: a run folder's adapter/ or model/, else itself."""
+    from hone.methods.artifact import is_tuned_artifact
+
+    path = Path(tuned)
+    if not is_tuned_artifact(path):
+        for sub in ("adapter", "model"):
+            if is_tuned_artifact(path / sub):
+                return path / sub
+    return path
+
+
+def trained_base(source) -> str:
+    """The base `source`'s weights were trained on: the run record's when it names another model.
+
+    A model tuned again on top of a tuned model trained on its parent's merged copy (`merged/`), while
+    the catalog names the root base; the adapter only fits the base it was trained on."""
+    import json
+
+    from hone.models.catalogue import resolve_model
+
+    record = Path(source.tuned) / "run.json"
+    if not record.is_file():
+        return source.base
+    trained = json.loads(record.read_text(encoding="utf-8")).get("base_model")
+    if not trained or trained == source.base:
+        return source.base
+    try:
+        same = resolve_model(trained).path.resolve() == resolve_model(source.base).path.resolve()
+    except UserError:
+        return source.base
+    return source.base if same else trained   # the same weights: keep the catalog's name, shared
+
+
+def is_shared_adapter(folder: Path) -> bool:
+    """LoRA and DoRA adapters load onto the shared base; anything else needs its own model."""
+    import json
+
+    from hone.methods.artifact import read_method
+
+    info = read_method(folder)
+    if info["saved"] != "peft" or info["method"] not in ("lora", "dora"):
+        return False
+    peft_type = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("peft_type")
+    return peft_type == "LORA"   # a bare peft folder reads as lora; prompt tuning & co. are not
+
+
+class Engine:
+    """Loads models on demand and answers Jobs on one scheduler thread."""
+
+    def __init__(self, max_tuned: int = 4, batch_window: float = 0.005, max_batch: int = 8,
+                 default_max_tokens: int = 512, threads: int | None = None):
+        self.default_max_tokens = default_max_tokens   # an answer's length when the request sets none
+        self.max_tuned, self.batch_window, self.max_batch = max(1, max_tuned), batch_window, max(1, max_batch)
+        self._threads = threads
+        self._device: str | None = None
+        self._bases: dict[str, _Base] = {}
+        self._tuned: OrderedDict[str, _Tuned] = OrderedDict()   # least recently used first
+        self._tokenizers: dict[str, object] = {}
+        self._contexts: dict[str, int | None] = {}
+        self._kinds: dict = {}   # tuned folder -> its kind; ("base", tuned, base) -> the base it runs on
+        self._encode_lock = threading.Lock()
+        self._cache_lock = threading.RLock()   # tokenizers, contexts, kinds: quick, router threads take it
+        self._lru_lock = threading.RLock()     # bases and the LRU: held while loading, not while generating
+        self.calls = 0                          # generate() calls made, for tests and benchmarks
+        self._names = itertools.count()
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # -- what the router calls -------------------------------------------------------------------
+    def tokenizer(self, source):
+        """The tokenizer `source` was trained with (its tuned folder's own, else its base's)."""
+        from hone.models.load import load_tokenizer
+
+        spec = self._base_spec(source)
+        if source.tuned is not BASE:   # a model of its own may bring its tokenizer; adapters use the base's
+            folder = tuned_artifact(source.tuned)
+            if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file():
+                spec = str(folder)
+        with self._cache_lock:
+            if spec not in self._tokenizers:
+                self._tokenizers[spec] = load_tokenizer(spec)
+            return self._tokenizers[spec]
+
+    def encode(self, source, text: str) -> list[int]:
+        """Token ids of `text` with `source`'s tokenizer. Serialised: a fast tokenizer encoding on two
+        threads at once can fail with "Already borrowed" (its padding state is mutable)."""
+        tokenizer = self.tokenizer(source)
+        with self._encode_lock:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def context_length(self, source) -> int | None:
+        """How many tokens prompt + answer may hold (the model's position limit), None if unknown."""
+        from transformers import AutoConfig
+
+        from hone.models.catalogue import resolve_model
+
+        folder = tuned_artifact(source.tuned) if source.tuned is not BASE else None
+        spec = str(folder) if folder is not None and (folder / "config.json").is_file() else self._base_spec(source)
+        with self._cache_lock:
+            if spec not in self._contexts:
+                config = AutoConfig.from_pretrained(resolve_model(spec).path)
+                self._contexts[spec] = getattr(config, "max_position_embeddings", None)
+            return self._contexts[spec]
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`; its events arrive through job.emit from the scheduler thread."""
+        with self._lru_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve_forever, name="hone-generate", daemon=True)
+                self._thread.start()
+        self._queue.put(job)
+
+    def unload(self, source) -> None:
+        """Drop `source`'s tuned weights from memory (after DELETE /v1/models)."""
+        if source.tuned is BASE:
+            return
+        with self._lru_lock:
+            entry = self._tuned.pop(self._key(source), None)
+        if entry is not None:
+            self._drop(entry)
+
+    def loaded(self) -> list[str]:
+        """Tuned artifacts in memory, least recently used first (for tests and `/v1/models` debugging)."""
+        with self._lru_lock:
+            return list(self._tuned)
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _hardware(self) -> str:
+        if self._device is None:
+            from hone.hardware import pick_hardware
+
+            self._device = pick_hardware("auto", self._threads).device
+        return self._device
+
+    def _base(self, spec: str) -> _Base:
+        from hone.models.load import load_causal_lm, load_tokenizer
+
+        with self._lru_lock:
+            if spec not in self._bases:
+                model = load_causal_lm(spec, self._hardware())
+                self._bases[spec] = _Base(model, load_tokenizer(spec))
+            return self._bases[spec]
+
+    def _key(self, source) -> str:
+        return str(tuned_artifact(source.tuned).resolve())
+
+    def _base_spec(self, source) -> str:
+        """The base model `source` runs on (see trained_base), worked out once per tuned folder."""
+        if source.tuned is BASE:
+            return source.base
+        with self._cache_lock:
+            key = ("base", source.tuned, source.base)
+            if key not in self._kinds:
+                self._kinds[key] = trained_base(source)
+            return self._kinds[key]
+
+    def _kind(self, source) -> str:
+        """'base', 'adapter' (a LoRA/DoRA on the shared base) or 'alone' (a model of its own)."""
+        if source.tuned is BASE:
+            return "base"
+        key = self._key(source)
+        with self._cache_lock:
+            if key not in self._kinds:
+                if not Path(key).is_dir():
+                    raise UserError(f"the tuned model's files are gone ({key})")
+                self._kinds[key] = "adapter" if is_shared_adapter(Path(key)) else "alone"
+            return self._kinds[key]
+
+    def _entry(self, source) -> _Tuned:
+        """`source`'s tuned weights, loaded if needed (evicting the least recently used), marked used."""
+        key = self._key(source)
+        with self._lru_lock:
+            entry = self._tuned.get(key)
+            if entry is None:
+                while len(self._tuned) >= self.max_tuned:
+                    self._drop(self._tuned.popitem(last=False)[1])
+                entry = self._tuned[key] = self._load_tuned(self._base_spec(source), Path(key))
+            self._tuned.move_to_end(key)
+            return entry
+
+    def _load_tuned(self, base_spec: str, folder: Path) -> _Tuned:
+        if not folder.is_dir():
+            raise UserError(f"the tuned model's files are gone ({folder})")
+        if is_shared_adapter(folder):
+            from peft import PeftModel
+
+            from hone.methods.peft_methods import quiet_peft_warnings
+
+            base = self._base(base_spec)
+            name = f"adapter{next(self._names)}"   # peft names become module keys: no dots, no colons
+            with base.lock, quiet_peft_warnings():
+                if isinstance(base.model, PeftModel):
+                    base.model.load_adapter(str(folder), adapter_name=name)
+                else:
+                    base.model = PeftModel.from_pretrained(base.model, str(folder), adapter_name=name).eval()
+                base.adapters.add(name)
+            return _Tuned(base_spec, adapter=name)
+        from hone.methods.artifact import load_tuned
+        from hone.models.load import load_tokenizer
+
+        model = load_tuned(base_spec, folder, self._hardware())
+        spec = str(folder) if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file() \
+            else base_spec
+        return _Tuned(base_spec, model=model, tokenizer=load_tokenizer(spec))
+
+    def _drop(self, entry: _Tuned) -> None:
+        if entry.adapter is None:
+            with entry.lock:
+                entry.model = None
+            return
+        base = self._bases[entry.base]
+        with base.lock:
+            base.adapters.discard(entry.adapter)
+            if base.adapters:
+                base.model.delete_adapter(entry.adapter)
+            else:   # the last adapter: unwrap, so the base runs without peft's per-layer indirection
+                base.model = base.model.unload()
+
+    # -- the scheduler thread --------------------------------------------------------------------
+    def _serve_forever(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            pending = [first]
+            deadline = time.monotonic() + self.batch_window
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)
+                    break
+                pending.append(job)
+            for batch in self._batches(pending):
+                self._run(batch)
+
+    def _batches(self, jobs: list[Job]) -> list[list[Job]]:
+        """Jobs that can share one generate() call, at most max_batch rows each.
+
+        Same sampling, and the same model: a base and every adapter on it count as one (peft routes
+        each row through its own adapter), up to max_tuned adapters so none evicts another mid-batch.
+        A seeded job runs alone: sharing the random stream with others would change its tokens."""
+        groups: dict[tuple, list[list[Job]]] = {}
+        for job in jobs:
+            try:
+                kind = self._kind(job.source)
+            except Exception as exc:  # noqa: BLE001 - this request fails; the others go on
+                job.fail(exc)
+                continue
+            s = job.sampling
+            how = ("greedy",) if s.greedy else (s.temperature, s.top_p) if s.seed is None else ("seeded", id(job))
+            model = ("alone", self._key(job.source)) if kind == "alone" else ("shared", self._base_spec(job.source))
+            batches = groups.setdefault((model, how), [[]])
+            batch = batches[-1]
+            adapters = {self._key(j.source) for j in batch + [job] if j.source.tuned is not BASE}
+            if batch and (sum(j.rows for j in batch) + job.rows > self.max_batch or len(adapters) > self.max_tuned):
+                batches.append([])
+            batches[-1].append(job)
+        return [batch for batches in groups.values() for batch in batches]
+
+    def _run(self, jobs: list[Job]) -> None:
+        live = [job for job in jobs if not job.cancelled]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            device = self._hardware()
+            self.calls += 1
+            if self._kind(live[0].source) == "alone":
+                entry = self._entry(live[0].source)
+                with entry.lock:
+                    generate_rows(entry.model, entry.tokenizer, live, device)
+                return
+            base = self._base(self._base_spec(live[0].source))
+            names = [self._entry(job.source).adapter if job.source.tuned is not BASE else None for job in live]
+            with base.lock:
+                if len(set(names)) == 1:
+                    with adapter_scope(base.model, names[0]):
+                        generate_rows(base.model, base.tokenizer, live, device)
+                else:   # a mixed batch: peft sends each row through its own adapter ("__base__": none)
+                    rows = [name or "__base__" for name, job in zip(names, live) for _ in range(job.rows)]
+                    generate_rows(base.model, base.tokenizer, live, device, adapter_names=rows)
+        except Exception as exc:  # noqa: BLE001 - reported to each waiting request, the thread goes on
+            for job in live:
+                job.fail(exc)
+            return
+        tokens = sum(a.tokens for job in live for a in job.answers)
+        log.info("generated %d tokens in %.2f s for %d request(s), %d row(s): %s", tokens,
+                 time.perf_counter() - started, len(live), sum(j.rows for j in live),
+                 ", ".join(sorted({job.source.id for job in live})))
