@@ -25,6 +25,7 @@ def demo_config(train_seconds: float = DEMO_TRAIN_SECONDS, output: Path | None =
     data = demo_data()
     return build_config({
         "name": "demo-orders",
+        "objective": "sft",  # JSON answers: generation (the advice agrees: structured output, not labels)
         "output": str(output) if output else None,
         "data": {"train": str(data / "train.jsonl"), "validation": str(data / "validation.jsonl"),
                  "test": str(data / "test.jsonl"), "max_length": 256},
