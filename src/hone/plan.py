@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 
 GB = 1024 ** 3
 ALLOCATOR_OVERHEAD = 1.6          # CPU: peak RSS growth / activation estimate (measured 1.25-1.75)
-CPU_SHARE_OF_PEAK = 0.38          # hone's LoRA loop / bf16 matmul peak, benchmarks/README.md
+# hone's LoRA loop reached 47% of the bf16 matmul peak by this module's FLOP count (benchmarks/README.md,
+# 2026-11-23: 7,624 tokens in 23.1 s on 2 idle threads, peak 412 GFLOP/s).
+CPU_SHARE_OF_PEAK = 0.47
 GPU_SHARE_OF_PEAK = 0.35          # assumed for GPUs: not measured by hone
 GPU_RUNTIME_BYTES = int(1.0 * GB)  # CUDA context + libraries: assumed, not measured by hone
 LM_METHODS = ("full", "freeze", "lora", "dora", "qlora", "adapters", "prompt_tuning", "prefix_tuning", "ia3",
