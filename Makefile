@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/hone demo
 
+# Tests run one OpenMP thread each (tests/conftest.py), so one pytest worker per core uses the machine;
+# the serve tests also spend much of their time waiting on subprocesses.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -12,7 +12,10 @@ import pytest
 from serve_helpers import chat_rows, jsonl, start_server, wait_finished, wait_for
 from test_registry import postgres_url  # noqa: F401 - the throwaway PostgreSQL server fixture
 
-STEPS = 24
+# Jobs train for a wall-clock budget, not a step count: on an idle machine 24 steps of the tiny model
+# took 0.8 s and ended before a cancel or pause could reach them. STEPS is only an upper bound.
+STEPS = 100_000
+TRAIN_SECONDS = 20
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -73,8 +76,8 @@ def test_concurrent_claims_take_each_job_exactly_once(database):
 def shared_server(tiny_model, tmp_path_factory):
     """No workers of its own: each test starts (and kills) `hone worker` processes."""
     srv = start_server(tmp_path_factory.mktemp("serve-workers"), "--base-model", f"tiny={tiny_model}", workers=0)
-    args = ["--base-model", f"tiny={tiny_model}", "--max-steps", str(STEPS), "--save-every", "4",
-            "--lease-seconds", "2"]
+    args = ["--base-model", f"tiny={tiny_model}", "--max-steps", str(STEPS), "--time-budget", str(TRAIN_SECONDS),
+            "--save-every", "4", "--lease-seconds", "2"]
     srv.worker_args = args
     yield srv
     srv.stop()
