@@ -148,8 +148,6 @@ def meta_causal_lm(config):
 def _quantized_weight_bytes(model, quantize: str) -> int:
     """Frozen linear weights as qlora stores them: NF4 packs two per byte plus a 4-byte scale per 64;
     int8 one byte plus a 4-byte scale per output row."""
-    from torch import nn
-
     from hone.methods.quantized import _quantizable
 
     saved = 0
