@@ -54,7 +54,8 @@ class Server:
     def start_worker(self, *args: str) -> subprocess.Popen:
         log = (self.home / f"worker-{len(self.workers)}.log").open("w")
         proc = subprocess.Popen([sys.executable, "-m", "hone.cli", "worker", "--db", self.db, *args],
-                                env=hone_env(self.home), stdout=log, stderr=subprocess.STDOUT)
+                                env=hone_env(self.home), stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_ignore_sigint)
         self.workers.append(proc)
         return proc
 
@@ -134,3 +135,9 @@ def wait_finished(client, job_id: str, timeout: float = 240):
         job = client.fine_tuning.jobs.retrieve(job_id)
         return job if job.status in ("succeeded", "failed", "cancelled") else None
     return wait_for(done, timeout, what=f"job {job_id} to finish")
+
+
+def _ignore_sigint() -> None:
+    """Workers start with SIGINT ignored, as under `nohup`, `cmd &` in a script or some CI runners: the
+    worker must still stop training on cancel/pause (it once dropped them silently in that case)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

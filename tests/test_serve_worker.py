@@ -129,7 +129,6 @@ def test_sigkill_worker_mid_job_resumes_from_checkpoint_on_one_worker(server):
     assert _claims(server, job.id, logs) == 1
 
 
-@pytest.mark.xfail(reason='known bug (issue 8, open): on an idle machine the worker does not interrupt training on cancel/pause; the job trains on until it ends by itself ("finished-after-stop" in the worker log)', strict=False)
 def test_cancel_stops_a_running_job(server):
     client = server.client("acme")
     f = client.files.create(file=jsonl(chat_rows(24)), purpose="fine-tune")
@@ -149,7 +148,6 @@ def test_cancel_stops_a_running_job(server):
     assert stopped[0].level == "info"
 
 
-@pytest.mark.xfail(reason='known bug (issue 8, open): on an idle machine the worker does not interrupt training on cancel/pause; the job trains on until it ends by itself ("finished-after-stop" in the worker log)', strict=False)
 def test_pause_keeps_the_checkpoint_and_resume_continues_from_it(server):
     client = server.client("acme")
     lenient = server.client("acme", strict=False)  # "paused" is outside the client's status Literal

@@ -52,6 +52,10 @@ class Worker:
 
     def run_forever(self) -> None:
         """Claim and train jobs until SIGTERM or Ctrl-C; a job being trained then goes back to the queue."""
+        # The heartbeat stops training with SIGINT to this process. A worker started from a script with `&`,
+        # nohup or a supervisor can inherit SIGINT *ignored*: then Python installs no handler and a cancel
+        # or pause would be dropped silently (the job trained on to its end). Install the handler ourselves.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         say(worker=self.name, event="started", db=db.database_url(self.settings.db).split("://")[0])
         while True:
