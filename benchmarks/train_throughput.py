@@ -43,6 +43,7 @@ RUNNERS = {
     "hone_sdpa_attention": ("hone", {"attention": "sdpa"}),
     "hone_no_length_grouping": ("hone", {"group_by_length": False}),
     "hone_full_logits": ("hone", {"head_on_trained_only": False}),
+    "hone_no_shared_prefix": ("hone", {"shared_prefix": False}),  # the system prompt computed per example
     "hone_packing": ("hone", {"packing": True}),  # off by default: measured here whether it pays
     "hone_no_token_cap": ("hone", {"micro_batch_tokens": 1_000_000}),  # the whole batch in one pass
 }

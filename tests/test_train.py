@@ -145,6 +145,59 @@ def test_head_only_loss_equals_the_full_logits_loss(tiny_model, chat_files):
     assert summed_loss(model, batch, True)[0].item() == pytest.approx(summed_loss(model, batch, False)[0].item(), rel=1e-5)
 
 
+SYSTEM = "You extract orders from customer messages and answer with JSON only, keys name, date, item."
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_shared_system_prompt_run_once_gives_the_same_loss_and_gradients(tiny_model, chat_files, method):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hone.train.batches import SHARED_PREFIX_MIN, make_batch
+    from hone.train.loss import summed_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    chats = [json.loads(l)["messages"] for l in chat_files["train"].read_text().splitlines()[:5]]
+    examples = [tokenize_chat(tokenizer, [{"role": "system", "content": SYSTEM}, *m], 96) for m in chats]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        batch = make_batch(examples, tokenizer.pad_token_id, False, "cpu", share_prefix=share)
+        loss, n = summed_loss(model, batch)
+        loss.backward()
+        results.append((batch.get("shared_prefix", 0), loss.item(), n, [p.grad.clone() for p in params]))
+    (_, plain, n_plain, grads_plain), (prefix, shared, n_shared, grads_shared) = results
+    # the prefix is the system turn (and the user turn's opening), never a position whose prediction is trained
+    first_trained = min(e.labels.index(next(l for l in e.labels if l != -100)) for e in examples)
+    assert SHARED_PREFIX_MIN <= prefix < first_trained
+    assert n_shared == n_plain and shared == pytest.approx(plain, rel=1e-5)
+    for got, want in zip(grads_shared, grads_plain):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    batch = make_batch(examples, tokenizer.pad_token_id, False, "cpu", share_prefix=True)
+    assert summed_loss(model, batch, head_only=False)[0].item() == pytest.approx(plain, rel=1e-5)
+
+
+def test_no_prefix_is_shared_when_rows_differ_early_or_a_trained_token_comes_first():
+    from hone.data.render import TokenizedExample
+    from hone.train.batches import SHARED_PREFIX_MIN, make_batch
+
+    head = list(range(10, 10 + SHARED_PREFIX_MIN + 4))
+    rows = [TokenizedExample(head + [1, 2, 3], [-100] * len(head) + [1, 2, 3]),
+            TokenizedExample(head + [4, 5], [-100] * len(head) + [4, 5])]
+    # position len(head) - 1 predicts the first trained token: its hidden state must be computed per row
+    assert make_batch(rows, 0, False, "cpu", share_prefix=True)["shared_prefix"] == len(head) - 1
+    early = [rows[0], TokenizedExample([99] + head[1:] + [4], [-100] * len(head) + [4])]
+    assert make_batch(early, 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0
+    text = [TokenizedExample(head + [1], head + [1]), TokenizedExample(head + [2], head + [2])]  # pretraining
+    assert make_batch(text, 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0
+    assert make_batch(rows[:1], 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0
+    assert "shared_prefix" not in make_batch(rows, 0, True, "cpu", share_prefix=True)  # packed rows
+
+
 def test_chat_defaults_to_the_system_prompt_nearly_every_training_example_had():
     from hone.data.records import ChatExample
     from hone.objectives.sft import common_system_prompt

@@ -79,6 +79,7 @@ class TrainSection(Section):
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding)")
     packing: bool = Field(False, description="Lay examples end to end in rows of ~1024 tokens with per-example positions (no padding; attention never crosses examples)")
     head_on_trained_only: bool = Field(True, description="Run the output layer only where a token carries loss (no full-vocabulary logits)")
+    shared_prefix: bool = Field(True, description="Compute the start every example of a micro-batch shares (a common system prompt) once, not once per example; the same loss and gradients")
     early_stopping_patience: Optional[int] = Field(3, ge=1, description="Stop after this many validations without a better validation loss (None: never)")
     early_stopping_min_delta: float = Field(0.0, ge=0.0, description="A validation loss must beat the best by more than this to count as better")
     overfit_alarm: int = Field(3, ge=1, description="Raise the overfitting alarm when training loss fell and validation loss rose this many validations in a row")

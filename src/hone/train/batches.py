@@ -10,6 +10,8 @@ from hone.data.render import IGNORE, TokenizedExample
 # Effective batches are drawn from windows of this many batches sorted by length, so a micro-batch
 # holds similar lengths (less padding) while the order across the epoch stays random.
 LENGTH_WINDOW = 8
+# A shared prefix shorter than this is computed per row: a second decoder pass has its own overhead.
+SHARED_PREFIX_MIN = 16
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
@@ -93,7 +95,31 @@ def collate_packed(examples: list[TokenizedExample], row_tokens: int = 1024) -> 
     return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": None}
 
 
-def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool, device: str) -> dict:
-    """Tensors for one micro-batch on `device`, padded or packed."""
+def shared_prefix(batch: dict[str, torch.Tensor]) -> int:
+    """Leading tokens that every row of a padded batch shares and whose hidden states no trained
+    position reads (the first target comes after them), or 0 when too few to be worth a second pass.
+
+    Fine-tuning data often opens every example with the same system prompt (the demo's 32 of ~119
+    tokens): a causal model computes those positions identically in each row, so train/loss.py runs
+    them once and lets every row attend to that one copy; autograd sums the rows' gradients through it.
+    """
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if ids.shape[0] < 2:
+        return 0
+    differs = (~((ids == ids[:1]) & mask.bool()).all(0)).nonzero()
+    common = int(differs[0]) if len(differs) else ids.shape[1]
+    trained = (labels[:, 1:] != IGNORE).any(0).nonzero()  # hidden state j predicts token j + 1
+    if not len(trained):
+        return 0
+    n = min(common, int(trained[0]))
+    return n if n >= SHARED_PREFIX_MIN else 0
+
+
+def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool, device: str,
+               share_prefix: bool = False) -> dict:
+    """Tensors for one micro-batch on `device`, padded or packed; with `share_prefix`, the length of
+    the prefix all rows share under "shared_prefix" (see shared_prefix)."""
     batch = collate_packed(examples) if packing else collate(examples, pad_id)
+    if share_prefix and not packing:
+        batch["shared_prefix"] = shared_prefix(batch)
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

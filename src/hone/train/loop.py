@@ -78,7 +78,7 @@ def autocast(hw: Hardware):
 @torch.no_grad()
 def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: int, pad_id: int,
                     hw: Hardware, head_only: bool = True, packing: bool = False,
-                    max_tokens: int | None = None) -> float:
+                    max_tokens: int | None = None, share_prefix: bool = True) -> float:
     """Mean cross-entropy per trained token over `examples`."""
     was_training = model.training
     model.eval()
@@ -87,7 +87,7 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
     total, count = 0.0, 0
     lengths = [len(e.input_ids) for e in examples]
     for chunk in micro_batches(order, micro_batch_size, lengths, max_tokens):
-        batch = make_batch([examples[i] for i in chunk], pad_id, packing, hw.device)
+        batch = make_batch([examples[i] for i in chunk], pad_id, packing, hw.device, share_prefix)
         with autocast(hw):
             loss, n = summed_loss(model, batch, head_only)
         total, count = total + float(loss), count + n
@@ -190,7 +190,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     def validate(record: dict) -> None:
         """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
         val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw, cfg.head_on_trained_only,
-                                   cfg.packing, token_cap(cfg, hw)), 5)
+                                   cfg.packing, token_cap(cfg, hw), cfg.shared_prefix), 5)
         total, count = state["window"]
         state.update(val_loss=val, window=[0.0, 0])
         record["val_loss"] = val
@@ -276,7 +276,7 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     lengths = [len(e.input_ids) for e in examples]
     for chunk in micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw)):
-        batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device)
+        batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device, cfg.shared_prefix)
         with autocast(hw):
             loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)
         (loss / n_trained).backward()
