@@ -43,6 +43,7 @@ RUNNERS = {
     "hone_sdpa_attention": ("hone", {"attention": "sdpa"}),
     "hone_no_length_grouping": ("hone", {"group_by_length": False}),
     "hone_full_logits": ("hone", {"head_on_trained_only": False}),
+    "hone_no_fused_lora": ("hone", {"fused_lora": False}),
     "hone_no_shared_prefix": ("hone", {"shared_prefix": False}),  # the system prompt computed per example
     "hone_packing": ("hone", {"packing": True}),  # off by default: measured here whether it pays
     "hone_no_token_cap": ("hone", {"micro_batch_tokens": 1_000_000}),  # the whole batch in one pass
@@ -152,7 +153,7 @@ def run_hone(folder: Path, steps: int, batch: int, threads: int, levers: dict) -
     torch.manual_seed(SEED)
     model = apply_method(model, cfg.method)
     if hw.frozen_bf16 and cfg.train.frozen_bf16:
-        bf16_frozen_linears(model)
+        bf16_frozen_linears(model, cfg.train.fused_lora)
     run_dir = Path(tempfile.mkdtemp(dir=folder))
     from rich.console import Console
     result = train_loop(model, train, [], cfg.train, LR, hw, run_dir, tokenizer.pad_token_id,

@@ -181,6 +181,40 @@ def test_a_shared_system_prompt_run_once_gives_the_same_loss_and_gradients(tiny_
     assert summed_loss(model, batch, head_only=False)[0].item() == pytest.approx(plain, rel=1e-5)
 
 
+def test_fused_lora_layers_give_peft_s_loss_and_gradients_over_a_bf16_base(tiny_model, chat_files):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import Linear as LoraLinear
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hone.train.batches import make_batch
+    from hone.train.loss import summed_loss
+    from hone.train.precision import bf16_frozen_linears
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64)
+                for l in chat_files["train"].read_text().splitlines()[:4]]
+    batch = make_batch(examples, tokenizer.pad_token_id, False, "cpu")
+    results = []
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        bf16_frozen_linears(model, fuse_lora=fuse)
+        layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+        assert all(("forward" in vars(m)) == fuse for m in layers) and layers  # fused: its own forward
+        loss, _ = summed_loss(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        with model.disable_adapter():  # adapters off takes peft's path through the bf16 base
+            base_loss = summed_loss(model, batch)[0].item()
+        results.append((loss.item(), grads, base_loss))
+    (loss, grads, base), (fused_loss, fused_grads, fused_base) = results
+    assert fused_loss == pytest.approx(loss, rel=1e-6) and fused_base == pytest.approx(base, rel=1e-6)
+    assert abs(fused_base - fused_loss) > 1e-2  # the adapters do change the output (by far more than rounding)
+    for name, grad in grads.items():  # the scaling applied before/after a product rounds differently in fp32
+        assert (fused_grads[name] - grad).norm() <= 1e-4 * grad.norm(), name
+
+
 def test_no_prefix_is_shared_when_rows_differ_early_or_a_trained_token_comes_first():
     from hone.data.render import TokenizedExample
     from hone.train.batches import SHARED_PREFIX_MIN, make_batch

@@ -111,7 +111,7 @@ def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if start.hw.frozen_bf16 and is_peft(model):
-        bf16_frozen_linears(model)
+        bf16_frozen_linears(model, config.train.fused_lora)
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
     result = train_loop(model, train_set, val_set, config.train, config.lr, start.hw, start.run_dir, pad,
                         resume=start.resume, console=console)

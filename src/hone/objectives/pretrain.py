@@ -84,7 +84,7 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if start.hw.frozen_bf16 and is_peft(model):
-        bf16_frozen_linears(model)
+        bf16_frozen_linears(model, config.train.fused_lora)
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
     # 5. Train on hone's loop (the same loop as SFT: checkpoints, resume, time budget).

@@ -161,7 +161,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if hw.frozen_bf16 and config.train.frozen_bf16:
-        bf16_frozen_linears(model)  # fp32 base weights are gone from here on: see step 8
+        bf16_frozen_linears(model, config.train.fused_lora)  # fp32 base weights are gone from here on: see step 8
     # The largest micro-batch: the longest examples together (length-grouped batching puts them so).
     lengths = [len(e.input_ids) for e in train_set]
     by_length = sorted(range(len(train_set)), key=lambda i: -lengths[i])
