@@ -8,7 +8,8 @@ weights + gradients + AdamW + activations kept for backward. Two measured correc
   from /proc, since `hone train` imports the same libraries;
 - glibc's allocator keeps freed activation memory resident between forward and backward: peak RSS
   grew by 1.7x the activation estimate for micro-batches up to 512 tokens and 1.25x at 1,024 on the
-  embedded model (docs/speed.md), so activations count ALLOCATOR_OVERHEAD times on CPU.
+  embedded model (docs/speed.md), so activations count ALLOCATOR_OVERHEAD times on CPU (fused LoRA
+  layers leave few such temporaries: FUSED_ALLOCATOR_OVERHEAD).
 
 Time per epoch is training FLOPs / (the matmul rate measured now on this machine x the share of it
 hone's loop reached in benchmarks/train_throughput.py). For a named GPU it is the datasheet's dense
@@ -23,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 
 GB = 1024 ** 3
 ALLOCATOR_OVERHEAD = 1.6          # CPU: peak RSS growth / activation estimate (measured 1.25-1.75)
+# The same with LoRA layers fused into one autograd node (train/precision.py), which leaves far fewer
+# freed temporaries for glibc to keep: measured 1.06 (8 x 120-token LoRA run of the embedded model, 1,948 MB).
+FUSED_ALLOCATOR_OVERHEAD = 1.1
 # hone's LoRA loop reached 47% of the bf16 matmul peak by this module's FLOP count (benchmarks/README.md,
 # 2026-11-23: 7,624 tokens in 23.1 s on 2 idle threads, peak 412 GFLOP/s).
 CPU_SHARE_OF_PEAK = 0.47
@@ -194,15 +198,18 @@ def plan_method(config, method: str, length: int, micro_batch: int, gpu: str | N
     except UserError as error:
         row.refused = str(error)
         return row
+    fused = False
     if gpu is None and method != "full":
         bf16_frozen_linears(model)      # what hone does on a CPU with bf16 matmuls
+        fused = any(getattr(m, "hone_fused", False) for m in model.modules())
     eager = pick_attention("cpu" if gpu is None else "cuda", length) == "eager"
     memory = estimate_memory(model, micro_batch, length, eager_attention=eager)
     row.trainable = count_parameters(model).trainable
     row.weights = memory.weights - (_quantized_weight_bytes(model, "nf4") if method == "qlora" else 0)
     row.gradients, row.optimizer = memory.gradients, memory.optimizer
     # CPU: fp32 activations and glibc's retained memory; GPU: autocast keeps them mostly in bf16.
-    row.activations = int(memory.activations * (ALLOCATOR_OVERHEAD if gpu is None else 0.5))
+    overhead = 0.5 if gpu is not None else FUSED_ALLOCATOR_OVERHEAD if fused else ALLOCATOR_OVERHEAD
+    row.activations = int(memory.activations * overhead)
     row.runtime = runtime
     forward, backward = _flops_per_token(model, length)
     row.seconds_per_epoch = tokens_per_epoch * (forward + backward) / rate

@@ -110,6 +110,7 @@ def _fuse_lora(module: nn.Module) -> None:
                                  module.scaling[name])
 
     module.forward = forward
+    module.hone_fused = True
 
 
 @torch.no_grad()
