@@ -217,19 +217,28 @@ def test_fused_lora_layers_give_peft_s_loss_and_gradients_over_a_bf16_base(tiny_
 
 def test_no_prefix_is_shared_when_rows_differ_early_or_a_trained_token_comes_first():
     from hone.data.render import TokenizedExample
-    from hone.train.batches import SHARED_PREFIX_MIN, make_batch
+    from hone.train.batches import SHARED_PREFIX_MIN, common_prefix, make_batch
 
     head = list(range(10, 10 + SHARED_PREFIX_MIN + 4))
     rows = [TokenizedExample(head + [1, 2, 3], [-100] * len(head) + [1, 2, 3]),
             TokenizedExample(head + [4, 5], [-100] * len(head) + [4, 5])]
     # position len(head) - 1 predicts the first trained token: its hidden state must be computed per row
     assert make_batch(rows, 0, False, "cpu", share_prefix=True)["shared_prefix"] == len(head) - 1
+    assert common_prefix(rows) == len(head) - 1  # what train_step plans micro-batches with
     early = [rows[0], TokenizedExample([99] + head[1:] + [4], [-100] * len(head) + [4])]
-    assert make_batch(early, 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0
+    assert make_batch(early, 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0 == common_prefix(early)
     text = [TokenizedExample(head + [1], head + [1]), TokenizedExample(head + [2], head + [2])]  # pretraining
-    assert make_batch(text, 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0
+    assert make_batch(text, 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0 == common_prefix(text)
     assert make_batch(rows[:1], 0, False, "cpu", share_prefix=True)["shared_prefix"] == 0
     assert "shared_prefix" not in make_batch(rows, 0, True, "cpu", share_prefix=True)  # packed rows
+
+
+def test_the_token_cap_counts_a_shared_prefix_once():
+    from hone.train.batches import micro_batches
+
+    # 4 chats of 100 tokens under a 250-token cap: 2 per pass, or all 4 when their first 80 tokens run once
+    assert micro_batches([0, 1, 2, 3], 8, [100] * 4, 250) == [[0, 1], [2, 3]]
+    assert micro_batches([0, 1, 2, 3], 8, [100] * 4, 250, shared=80) == [[0, 1, 2, 3]]
 
 
 def test_chat_defaults_to_the_system_prompt_nearly_every_training_example_had():

@@ -32,9 +32,10 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
 
 
 def micro_batches(indices: list[int], micro_batch_size: int, lengths: list[int] | None = None,
-                  max_tokens: int | None = None) -> list[list[int]]:
+                  max_tokens: int | None = None, shared: int = 0) -> list[list[int]]:
     """Consecutive slices of `indices` of at most `micro_batch_size` examples and, given `lengths`, at
-    most `max_tokens` padded tokens (examples x the longest one; never fewer than one example).
+    most `max_tokens` padded tokens (examples x the longest one; never fewer than one example). A
+    prefix of `shared` tokens that every example has and that runs once (shared_prefix) counts once.
 
     The token cap bounds the activations a forward pass keeps for backward, whatever the lengths:
     they, not the weights, dominate training memory (a LoRA step of 8 x ~140 tokens on the embedded
@@ -44,7 +45,7 @@ def micro_batches(indices: list[int], micro_batch_size: int, lengths: list[int] 
     chunks, chunk, longest = [], [], 0
     for i in indices:
         wider = max(longest, lengths[i])
-        if chunk and (len(chunk) >= micro_batch_size or (len(chunk) + 1) * wider > max_tokens):
+        if chunk and (len(chunk) >= micro_batch_size or shared + (len(chunk) + 1) * (wider - shared) > max_tokens):
             chunks.append(chunk)
             chunk, wider = [], lengths[i]
         chunk.append(i)
@@ -93,6 +94,18 @@ def collate_packed(examples: list[TokenizedExample], row_tokens: int = 1024) -> 
             at += n
         positions[r, at:] = torch.arange(width - at)  # the padding is one more (ignored) sequence
     return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": None}
+
+
+def common_prefix(examples: list[TokenizedExample]) -> int:
+    """The shared_prefix every micro-batch drawn from `examples` will have at least (0 below the minimum)."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    n = min(len(e.input_ids) for e in examples)
+    for e in examples:
+        n = min(n, next((j - 1 for j, label in enumerate(e.labels) if j and label != IGNORE), n))
+        n = next((j for j in range(n) if e.input_ids[j] != first[j]), n)
+    return n if n >= SHARED_PREFIX_MIN else 0
 
 
 def shared_prefix(batch: dict[str, torch.Tensor]) -> int:

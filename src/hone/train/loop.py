@@ -22,7 +22,7 @@ from hone.config import TrainSection
 from hone.errors import Interrupted
 from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
-from hone.train.batches import epoch_batches, make_batch, micro_batches
+from hone.train.batches import common_prefix, epoch_batches, make_batch, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from hone.train.distributed import Ranks, ranks
 from hone.train.loss import summed_loss
@@ -275,7 +275,8 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     order = team.share(list(range(len(examples))))
     regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     lengths = [len(e.input_ids) for e in examples]
-    for chunk in micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw)):
+    shared = common_prefix([examples[i] for i in order]) if cfg.shared_prefix and not cfg.packing else 0
+    for chunk in micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw), shared):
         batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device, cfg.shared_prefix)
         with autocast(hw):
             loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)
