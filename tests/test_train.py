@@ -145,7 +145,7 @@ def test_head_only_loss_equals_the_full_logits_loss(tiny_model, chat_files):
     assert summed_loss(model, batch, True)[0].item() == pytest.approx(summed_loss(model, batch, False)[0].item(), rel=1e-5)
 
 
-SYSTEM = "You extract orders from customer messages and answer with JSON only, keys name, date, item."
+SYSTEM = " ".join(["You extract orders from customer messages and answer with JSON only, keys name, date, item."] * 5)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -158,7 +158,7 @@ def test_a_shared_system_prompt_run_once_gives_the_same_loss_and_gradients(tiny_
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     chats = [json.loads(l)["messages"] for l in chat_files["train"].read_text().splitlines()[:5]]
-    examples = [tokenize_chat(tokenizer, [{"role": "system", "content": SYSTEM}, *m], 96) for m in chats]
+    examples = [tokenize_chat(tokenizer, [{"role": "system", "content": SYSTEM}, *m], 256) for m in chats]
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
