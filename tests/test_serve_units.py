@@ -69,7 +69,8 @@ def test_settings_travel_to_workers_through_the_environment(monkeypatch):
     from hone.serve.settings import ServeSettings, parse_models
 
     settings = ServeSettings(db="sqlite:////tmp/x.db", base_models=parse_models(["tiny=/models/tiny", "smollm2-135m-instruct"]),
-                             max_steps=3, lease_seconds=2.0)
+                             max_steps=3, lease_seconds=2.0, max_loaded_models=2, max_batch=3, batch_window_ms=20.0,
+                             inference_threads=1)
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     again = ServeSettings.from_env()
@@ -77,6 +78,22 @@ def test_settings_travel_to_workers_through_the_environment(monkeypatch):
     assert ServeSettings.from_env(max_steps=9).max_steps == 9  # options beat the environment
     with pytest.raises(Exception, match="NAME or NAME=SPEC"):
         parse_models(["a:b=/x"])
+
+
+def test_the_engine_takes_the_serve_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from hone.cli import app as cli
+    from hone.serve.app import create_app
+    from hone.serve.settings import ServeSettings
+
+    settings = ServeSettings(db=f"sqlite:///{tmp_path / 'serve.db'}", max_loaded_models=2, max_batch=3,
+                             batch_window_ms=20.0, inference_threads=1)
+    engine = create_app(settings).state.engine
+    assert (engine.max_tuned, engine.max_batch, engine.batch_window, engine._threads) == (2, 3, 0.02, 1)
+    help_text = CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    for option in ("--max-loaded-models", "--max-batch", "--batch-window-ms", "--inference-threads"):
+        assert option in help_text
 
 
 def test_keys_are_stored_hashed_and_revocable(tmp_path):

@@ -33,12 +33,18 @@ def serve(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
     lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="A silent worker's job is resumed elsewhere after this long (default 30)"),
+    max_loaded_models: Optional[int] = typer.Option(None, "--max-loaded-models", min=1, help="Tuned models kept in memory for inference, least recently used dropped first (default 4)"),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Inference requests answered together in one forward pass (default 8)"),
+    batch_window_ms: Optional[float] = typer.Option(None, "--batch-window-ms", min=0, help="How long a request waits for others to join its batch (default 5 ms)"),
+    inference_threads: Optional[int] = typer.Option(None, "--inference-threads", min=1, help="CPU threads for inference (default: picked from cores and load)"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
 
     settings = _settings(db, base_model, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
-                         time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds)
+                         time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
+                         max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
+                         inference_threads=inference_threads)
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
                                    "keys are sent in clear text unless a TLS proxy is in front", highlight=False)

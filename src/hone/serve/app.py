@@ -52,7 +52,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     except ImportError:
         pass
     else:
-        router = make_inference_router(app.state.catalog, current_org)
+        from hone.serve.engine import Engine
+
+        engine = Engine(max_tuned=settings.max_loaded_models, batch_window=settings.batch_window_ms / 1000,
+                        max_batch=settings.max_batch, threads=settings.inference_threads)
+        router = make_inference_router(app.state.catalog, current_org, engine)
         app.state.engine = getattr(router, "engine", None)
         app.include_router(router)
 

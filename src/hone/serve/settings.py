@@ -26,6 +26,12 @@ class ServeSettings:
     save_every: int | None = None            # checkpoint every N steps (default: once per epoch)
     lease_seconds: float = 30.0              # a worker silent this long has died: its job is resumed elsewhere
     min_examples: int = 10                   # OpenAI's minimum training examples
+    # Inference engine (serve/engine.py): tuned models kept loaded (LRU), requests batched per forward
+    # pass, how long a request waits for others to join its batch, threads (None: picked from the load).
+    max_loaded_models: int = 4
+    max_batch: int = 8
+    batch_window_ms: float = 5.0
+    inference_threads: int | None = None
 
     @classmethod
     def from_env(cls, **given) -> "ServeSettings":
@@ -33,7 +39,8 @@ class ServeSettings:
         env = os.environ
         values: dict = {}
         readers = {"max_upload_mb": float, "rate_limit": float, "method": str, "max_steps": int,
-                   "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int}
+                   "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int,
+                   "max_loaded_models": int, "max_batch": int, "batch_window_ms": float, "inference_threads": int}
         for name, read in readers.items():
             raw = env.get(f"HONE_SERVE_{name.upper()}")
             if raw:
@@ -54,7 +61,8 @@ class ServeSettings:
         if self.db:
             env["HONE_DB"] = self.db
         for name in ("max_upload_mb", "rate_limit", "method", "max_steps", "time_budget", "save_every",
-                     "lease_seconds", "min_examples"):
+                     "lease_seconds", "min_examples", "max_loaded_models", "max_batch", "batch_window_ms",
+                     "inference_threads"):
             value = getattr(self, name)
             if value is not None:
                 env[f"HONE_SERVE_{name.upper()}"] = str(value)
