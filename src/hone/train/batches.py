@@ -37,7 +37,7 @@ def micro_batches(indices: list[int], micro_batch_size: int, lengths: list[int] 
                   max_tokens: int | None = None, shared: int = 0) -> list[list[int]]:
     """Consecutive slices of `indices` of at most `micro_batch_size` examples and, given `lengths`, at
     most `max_tokens` padded tokens (examples x the longest one; never fewer than one example). A
-    prefix of `shared` tokens that every example has and that runs once (shared_prefix) counts once.
+    prefix of `shared` tokens that every example has and that runs once (common_prefix) counts once.
 
     The token cap bounds the activations a forward pass keeps for backward, whatever the lengths:
     they, not the weights, dominate training memory (a LoRA step of 8 x ~140 tokens on the embedded
@@ -99,42 +99,30 @@ def collate_packed(examples: list[TokenizedExample], row_tokens: int = 1024) -> 
 
 
 def common_prefix(examples: list[TokenizedExample]) -> int:
-    """The shared_prefix every micro-batch drawn from `examples` will have at least (0 below the minimum)."""
+    """Leading tokens that every example shares and whose hidden states no trained position reads (the
+    first target comes after them), or 0 when too few to be worth a second pass. Any micro-batch drawn
+    from `examples` shares at least as many.
+
+    Fine-tuning data often opens every example with the same system prompt: a causal model computes
+    those positions identically in each row, so train/loss.py runs them once and lets every row attend
+    to that one copy; autograd sums the rows' gradients through it.
+    """
     if len(examples) < 2:
         return 0
     first = examples[0].input_ids
     n = min(len(e.input_ids) for e in examples)
     for e in examples:
+        # hidden state j predicts token j + 1: stop before the one that predicts the first target
         n = min(n, next((j - 1 for j, label in enumerate(e.labels) if j and label != IGNORE), n))
         n = next((j for j in range(n) if e.input_ids[j] != first[j]), n)
-    return n if n >= SHARED_PREFIX_MIN else 0
-
-
-def shared_prefix(batch: dict[str, torch.Tensor]) -> int:
-    """Leading tokens that every row of a padded batch shares and whose hidden states no trained
-    position reads (the first target comes after them), or 0 when too few to be worth a second pass.
-
-    Fine-tuning data often opens every example with the same system prompt (the demo's 32 of ~119
-    tokens): a causal model computes those positions identically in each row, so train/loss.py runs
-    them once and lets every row attend to that one copy; autograd sums the rows' gradients through it.
-    """
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    if ids.shape[0] < 2:
-        return 0
-    differs = (~((ids == ids[:1]) & mask.bool()).all(0)).nonzero()
-    common = int(differs[0]) if len(differs) else ids.shape[1]
-    trained = (labels[:, 1:] != IGNORE).any(0).nonzero()  # hidden state j predicts token j + 1
-    if not len(trained):
-        return 0
-    n = min(common, int(trained[0]))
     return n if n >= SHARED_PREFIX_MIN else 0
 
 
 def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool, device: str,
                share_prefix: bool = False) -> dict:
     """Tensors for one micro-batch on `device`, padded or packed; with `share_prefix`, the length of
-    the prefix all rows share under "shared_prefix" (see shared_prefix)."""
+    the prefix all rows share under "shared_prefix" (see common_prefix)."""
     batch = collate_packed(examples) if packing else collate(examples, pad_id)
     if share_prefix and not packing:
-        batch["shared_prefix"] = shared_prefix(batch)
+        batch["shared_prefix"] = common_prefix(examples)
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
