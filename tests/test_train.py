@@ -202,6 +202,10 @@ def test_fused_lora_layers_give_peft_s_loss_and_gradients_over_a_bf16_base(tiny_
         bf16_frozen_linears(model, fuse_lora=fuse)
         layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
         assert all(("forward" in vars(m)) == fuse for m in layers) and layers  # fused: its own forward
+        if fuse:  # q/k/v (and gate/up) share one weight tensor: they run as one matmul
+            attention = model.base_model.model.model.layers[0].self_attn
+            assert attention.k_proj.base_layer.weight.untyped_storage().data_ptr() == \
+                attention.q_proj.base_layer.weight.untyped_storage().data_ptr()
         loss, _ = summed_loss(model, batch)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -212,7 +216,37 @@ def test_fused_lora_layers_give_peft_s_loss_and_gradients_over_a_bf16_base(tiny_
     assert fused_loss == pytest.approx(loss, rel=1e-6) and fused_base == pytest.approx(base, rel=1e-6)
     assert abs(fused_base - fused_loss) > 1e-2  # the adapters do change the output (by far more than rounding)
     for name, grad in grads.items():  # the scaling applied before/after a product rounds differently in fp32
-        assert (fused_grads[name] - grad).norm() <= 1e-4 * grad.norm(), name
+        # q/k/v and gate/up run as one bf16 matmul whose outputs round differently from three: the
+        # gradients then differ at the level of one bf16 rounding step (2^-8), no more
+        assert (fused_grads[name] - grad).norm() <= 3e-3 * grad.norm(), name
+
+
+def test_fused_lora_group_computes_each_member_s_layer():
+    """The grouped node (q/k/v in one) against each layer alone, exact in fp32: widths, ranks, scalings, bias."""
+    from hone.train.fused_lora import _LoRAGroup, _LoRALinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    shapes = [(8, 4, 0.5), (4, 2, 2.0), (4, 4, 1.0)]  # (out width, rank, scaling)
+    weights = [torch.randn(w, 8) for w, _, _ in shapes]
+    biases = [torch.randn(w) for w, _, _ in shapes]
+    lora = [torch.randn(r, 8, requires_grad=True) if i % 2 == 0 else torch.randn(w, r, requires_grad=True)
+            for w, r, _ in shapes for i in range(2)]
+    scalings = tuple(s for _, _, s in shapes)
+    upstream = [torch.randn(2, 5, w) for w, _, _ in shapes]
+
+    outs = _LoRAGroup.apply(x, torch.cat(weights), torch.cat(biases), tuple(w for w, _, _ in shapes), scalings, *lora)
+    torch.autograd.backward(outs, upstream)
+    grouped = [x.grad.clone()] + [t.grad.clone() for t in lora]
+    for t in [x, *lora]:
+        t.grad = None
+    alone = [_LoRALinear.apply(x, w, b, lora[2 * i], lora[2 * i + 1], s)
+             for i, (w, b, s) in enumerate(zip(weights, biases, scalings))]
+    torch.autograd.backward(alone, upstream)
+    for got, want in zip(outs, alone):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(grouped, [x.grad] + [t.grad for t in lora]):
+        torch.testing.assert_close(got, want)
 
 
 def test_no_prefix_is_shared_when_rows_differ_early_or_a_trained_token_comes_first():
