@@ -286,3 +286,32 @@ def test_chat_defaults_to_the_system_prompt_nearly_every_training_example_had():
     assert common_system_prompt([example("Be brief.")] * 19 + [example(None)]) == "Be brief."
     assert common_system_prompt([example("Be brief.")] * 5 + [example("Be long.")] * 5) is None
     assert common_system_prompt([example(None)] * 3) is None
+
+
+def test_the_frozen_head_keeps_fp32_logits_and_sends_back_a_bf16_rounded_gradient(tiny_model, chat_files, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hone.train.precision as precision
+    from hone.train.batches import make_batch
+    from hone.train.loss import summed_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64)
+                for l in chat_files["train"].read_text().splitlines()[:4]]
+    batch = make_batch(examples, tokenizer.pad_token_id, False, "cpu")
+    plain = precision._bf16_head_gradient
+    results = []
+    for swap in (plain, lambda head: None):
+        monkeypatch.setattr(precision, "_bf16_head_gradient", swap)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+        precision.bf16_frozen_linears(model)
+        assert ("forward" in vars(model.get_output_embeddings())) == (swap is plain)
+        loss, _ = summed_loss(model, batch)
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])))
+    (loss, grads), (want_loss, want_grads) = results
+    assert loss == want_loss  # the logits are the fp32 head's, bit for bit
+    assert 0 < (grads - want_grads).norm() <= 1e-2 * want_grads.norm()  # bf16-rounded, not more
