@@ -47,6 +47,7 @@ RUNNERS = {
     "hone_no_shared_prefix": ("hone", {"shared_prefix": False}),  # the system prompt computed per example
     "hone_packing": ("hone", {"packing": True}),  # off by default: measured here whether it pays
     "hone_no_token_cap": ("hone", {"micro_batch_tokens": 1_000_000}),  # the whole batch in one pass
+    "hone_compile": ("hone", {"compile": True}),  # train_seconds include the first compile (cold or cached)
 }
 PEERS_DESCRIPTION = {
     "trl_default": "SFTTrainer, SFTConfig defaults + use_cpu=True (bf16 autocast, gradient checkpointing)",

@@ -203,3 +203,11 @@ def fuse_lora_layers(model: nn.Module) -> int:
             _fuse_one(module, name)
             count += 1
     return count
+
+
+def unfuse_lora_layers(model: nn.Module) -> None:
+    """Give every fused layer peft's own forward back (its weights stay where they are)."""
+    for module in model.modules():
+        if getattr(module, "hone_fused", False):
+            del module.forward  # the instance attribute: the class's forward shows through again
+            module.hone_fused = False

@@ -69,6 +69,23 @@ def loss_tokens(example: TokenizedExample) -> int:
     return sum(label != IGNORE for label in example.labels[1:])
 
 
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer; the layers share one graph (their parameters are inputs), so the
+    compile costs one layer's, not the model's. Measured on the 2-core CPU (embedded model, 4 x 120-token
+    micro-batches, interleaved with the eager fused path): 1.08 -> 1.04 s best, 1.41 -> 1.24 s median
+    under load; the first pass compiled 64 s cold, 17 s with inductor's cache warm. Fused LoRA nodes go
+    back to peft's layers, which inductor fuses itself. Returns how many modules were compiled."""
+    from hone.train.fused_lora import unfuse_lora_layers
+
+    unfuse_lora_layers(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
+    layers = list(getattr(decoder, "layers", None) or [decoder])
+    for layer in layers:
+        layer.compile(dynamic=True)  # micro-batch shapes vary: one shape-generic graph, no recompiles
+    return len(layers)
+
+
 def autocast(hw: Hardware):
     if hw.autocast is None:
         return contextlib.nullcontext()
@@ -132,6 +149,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         console = Console(stderr=True, quiet=True)  # one voice: rank 0 reports, checkpoints and logs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.compile:
+        compile_layers(model)
     lengths = [len(e.input_ids) for e in train_set]
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
