@@ -153,6 +153,16 @@ def _elapsed_before(path: Path, step: int) -> float:
     return max((r.get("elapsed_s", 0.0) for r in kept), default=0.0)
 
 
+def trainer_sync(trainer) -> str:
+    """How a Trainer kept several processes in step, read from the trainer after training."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return f"Trainer (DeepSpeed ZeRO-{trainer.accelerator.state.deepspeed_plugin.zero_stage})"
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return f"Trainer (FSDP{getattr(trainer.accelerator.state.fsdp_plugin, 'fsdp_version', 1)})"
+    wrapper = type(trainer.model_wrapped).__name__
+    return "Trainer (DDP)" if wrapper == "DistributedDataParallel" else f"Trainer ({wrapper})"
+
+
 def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console: Console) -> dict:
     """Train with hone's callback; return a summary (steps, seconds, stopped_by, last logged values)."""
     trainer.remove_callback(PrinterCallback)
@@ -175,6 +185,9 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
             raise
         raise Interrupted(max(saved)) from None
     if team.world > 1:
+        if team.main:  # what really kept the ranks in step, so a silent fallback shows in the record
+            from hone.train.run import read_record, update_record
+            update_record(run_dir, distributed=(read_record(run_dir).get("distributed") or {}) | {"sync": trainer_sync(trainer)})
         # Training is the only collective work: rank 0 saves and evaluates alone, the others are done.
         trainer.model_wrapped = trainer.model
         import gc
