@@ -71,12 +71,13 @@ def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
 def save_checkpoint(run_dir: Path, model, optimizer, state: dict, keep: int) -> Path:
     """Write checkpoint `state['step']`; keep the newest `keep` checkpoints."""
     target = checkpoint_dir(run_dir, state["step"])
-    weights, optimized = trainable_state(model), optimizer_state(model, optimizer)
-    if not ranks().main:
-        return target  # sharded: this rank helped gather; rank 0 writes
+    if not ranks().main:  # sharded: this rank helps gather what rank 0 writes
+        trainable_state(model), optimizer_state(model, optimizer)
+        return target
     with atomic.folder(target) as tmp:
-        save_file(weights, tmp / "trainable.safetensors")
-        torch.save(optimized, tmp / "optimizer.pt")
+        # One after the other: sharded, each is gathered whole onto this rank only for its write.
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save(optimizer_state(model, optimizer), tmp / "optimizer.pt")
         rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()

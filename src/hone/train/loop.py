@@ -266,6 +266,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     checkpoint()
     team.wait()  # the best weights are on disk before any rank reads them
     if sharded:
+        optimizer.state.clear()  # no longer needed: its shards would add to the full weights gathered next
         unshard_model(model)  # plain again, full weights on every rank: saving and evaluation as without sharding
     stopped_by = finished() or "epochs"
     if stopped_by == "early_stopping":
