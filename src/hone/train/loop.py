@@ -136,11 +136,15 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     if not team.main:
         console = Console(stderr=True, quiet=True)  # one voice: rank 0 reports, checkpoints and logs
     sharded = sharding_wanted(cfg, team.world)
+    if cfg.sharding == "fsdp2" and team.world == 1:
+        console.print("  [yellow]train.sharding fsdp2 on one process: nothing to shard (train with --nproc N)[/yellow]")
     if sharded and cfg.kl_to_base:
         raise ConfigError("train.kl_to_base runs the model twice per micro-batch, which FSDP2 sharding here does "
                           "not support: set train.kl_to_base=0 or train.sharding=none", field="train.kl_to_base")
     if sharded:  # before the optimizer: it must hold the sharded parameters
         groups = team.per_rank(shard_model(model, team.world))
+        console.print(f"  sharding: FSDP2 over {team.world} processes, {groups[0]} groups each (weights, gradients "
+                      "and optimizer state split across them)", highlight=False)
         if team.main:  # every rank's FSDP groups, so that a silent fallback to replication shows
             update_record(run_dir, distributed=read_record(run_dir).get("distributed", {}) | {
                 "fsdp_groups_per_rank": groups})
