@@ -160,11 +160,16 @@ def test_fsdp2_full_fine_tune_matches_one_process_and_resumes(tiny_model, chat_f
 
 def test_accelerate_fsdp2_lora_matches_one_process(tiny_model, chat_files, tmp_path):
     """LoRA sharded by `--launcher accelerate --accelerate-config fsdp2` on a CPU host: 2 processes on gloo,
-    frozen base weights in bf16, the same losses and adapter as one process. Fused LoRA is off in both
+    frozen base weights in bf16, a long shared system prompt, the same losses and adapter as one process. Fused LoRA is off in both
     (sharding turns it off: its concatenated q/k/v tensor cannot be sharded) so the arithmetic is the same."""
-    args = [*_fsdp_args(tiny_model, chat_files, "lora"), "--set", "train.fused_lora=false"]
+    # A long common system prompt: sharded runs must not compute it once per micro-batch (shared prefix runs
+    # the layers twice before backward, which FSDP2's resharding breaks); the single process is told not to
+    # either, since the two ways differ by bf16 rounding of the frozen layers, which AdamW amplifies to ~5e-4.
+    prompt = " ".join(["Answer with the JSON object only, the reversed word under the key reversed."] * 6)
+    args = [*_fsdp_args(tiny_model, chat_files, "lora"), "--set", "train.fused_lora=false", "--system-prompt", prompt,
+            "--set", "data.max_length=192"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _hone(args, one)
+    _hone([*args, "--set", "train.shared_prefix=false"], one)
     _hone([*args, "--nproc", "2", "--launcher", "accelerate", "--accelerate-config", "fsdp2"], two)
     _assert_sharded(two, "accelerate")
     assert [s["loss"] for s in _steps(two)] == pytest.approx([s["loss"] for s in _steps(one)], abs=1e-4)

@@ -90,6 +90,7 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
     lengths = [len(e.input_ids) for e in examples]
     chunks = micro_batches(order, micro_batch_size, lengths, max_tokens)
     fillers = filler_count(team, len(chunks)) if is_sharded(model) else 0
+    share_prefix = share_prefix and not is_sharded(model)  # a layer run twice before backward breaks FSDP2
     for chunk in chunks + [None] * fillers:  # None: a pass whose result is dropped (train/sharding.py)
         batch = make_batch([examples[i] for i in chunk or [0]], pad_id, packing, hw.device, share_prefix)
         with autocast(hw):
@@ -299,11 +300,12 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     order = team.share(list(range(len(examples))))
     regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     lengths = [len(e.input_ids) for e in examples]
-    shared = common_prefix([examples[i] for i in order]) if cfg.shared_prefix and not cfg.packing else 0
+    share_prefix = cfg.shared_prefix and not sharded  # a layer run twice before backward breaks FSDP2
+    shared = common_prefix([examples[i] for i in order]) if share_prefix and not cfg.packing else 0
     chunks = micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw), shared)
     fillers = filler_count(team, len(chunks)) if sharded else 0
     for chunk in chunks + [None] * fillers:  # None: a zero-weight pass, so every rank runs as many (FSDP)
-        batch = make_batch([examples[i] for i in chunk or [0]], pad_id, cfg.packing, hw.device, cfg.shared_prefix)
+        batch = make_batch([examples[i] for i in chunk or [0]], pad_id, cfg.packing, hw.device, share_prefix)
         with autocast(hw):
             loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)
         if chunk is None:
