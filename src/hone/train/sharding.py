@@ -63,6 +63,12 @@ def shard_model(model: nn.Module, world: int) -> int:
 
     from hone.train.loss import logits_on_trained
 
+    from hone.errors import ConfigError
+
+    quantized = [name for name, p in model.named_parameters() if type(p) is not nn.Parameter or type(p.data) is not torch.Tensor]
+    if quantized:  # bitsandbytes/torchao weights carry quantization state that a shard would lose
+        raise ConfigError(f"train.sharding fsdp2 cannot shard quantized base weights ({quantized[0]}, ...): use method "
+                          "lora (frozen weights in bf16) or train.sharding none", field="train.sharding")
     device = next(model.parameters()).device.type
     mesh = init_device_mesh(device, (world,))
     for layer in _decoder_layers(model):
