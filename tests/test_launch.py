@@ -33,6 +33,10 @@ def test_hones_loop_takes_fsdp2_and_refuses_fsdp1_and_deepspeed_in_one_line(monk
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="instead of DeepSpeed"):
         check_launch("pretrain")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    check_launch("mixture", "fsdp2")
+    with pytest.raises(ConfigError, match="train.sharding fsdp2 applies to hone's own loop"):
+        check_launch("dpo", "fsdp2")  # a Trainer-driven objective would silently ignore it
 
 
 def test_accelerate_launch_with_the_ddp_config_matches_one_process(tiny_model, chat_files, tmp_path):

@@ -67,8 +67,13 @@ def sharding_requested() -> str | None:
     return None
 
 
-def check_launch(objective: str) -> None:
-    """hone's loop shards with FSDP2 (train/sharding.py) or replicates; FSDP1 and DeepSpeed it refuses up front."""
+def check_launch(objective: str, train_sharding: str = "none") -> None:
+    """hone's loop shards with FSDP2 (train/sharding.py) or replicates; FSDP1 and DeepSpeed it refuses up front,
+    and `train.sharding` outside it (the Trainer-driven objectives take sharding from accelerate's config)."""
+    if train_sharding != "none" and objective not in HONE_LOOP_OBJECTIVES:
+        raise ConfigError(f"train.sharding {train_sharding} applies to hone's own loop ({', '.join(HONE_LOOP_OBJECTIVES)}); "
+                          f"objective {objective} trains through the Trainer: set train.sharding none (on GPUs, "
+                          "launch it with --accelerate-config fsdp2)", field="train.sharding")
     sharding = sharding_requested()
     if sharding and sharding != "FSDP2" and objective in HONE_LOOP_OBJECTIVES:
         raise ConfigError(f"objective {objective} trains in hone's own loop, which shards with FSDP2 only: launch it "
