@@ -61,11 +61,11 @@ def shard_model(model: nn.Module, world: int) -> int:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
+    from hone.errors import ConfigError
     from hone.train.loss import logits_on_trained
 
-    from hone.errors import ConfigError
-
-    quantized = [name for name, p in model.named_parameters() if type(p) is not nn.Parameter or type(p.data) is not torch.Tensor]
+    quantized = [name for name, p in model.named_parameters()
+                 if type(p) is not nn.Parameter or type(p.data) is not torch.Tensor]
     if quantized:  # bitsandbytes/torchao weights carry quantization state that a shard would lose
         raise ConfigError(f"train.sharding fsdp2 cannot shard quantized base weights ({quantized[0]}, ...): use method "
                           "lora (frozen weights in bf16) or train.sharding none", field="train.sharding")
