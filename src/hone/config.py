@@ -89,6 +89,7 @@ class TrainSection(Section):
     report_to: str = Field("tensorboard", description="Training curves besides metrics.jsonl: comma-separated tensorboard, wandb, mlflow, or none")
     replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training mix drawn from hone's general chats (forgetting mitigation); 0 turns it off")
     kl_to_base: float = Field(0.0, ge=0.0, description="Weight of KL(base || tuned) on the trained tokens (forgetting mitigation); 0 turns it off")
+    sharding: Literal["none", "fsdp2"] = Field("none", description="With several processes (--nproc): fsdp2 shards weights, gradients and optimizer state across them (hone's loop: sft, pretrain, mixture); none replicates them")
 
 
 class EvalSection(Section):

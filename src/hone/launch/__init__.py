@@ -3,11 +3,13 @@
 Configs (pass a name to `hone train --nproc N --launcher accelerate --accelerate-config NAME`, or a path):
   ddp              data parallel; on CPU hosts hone sets ACCELERATE_USE_CPU=1 so that accelerate starts N
                    processes on gloo (a MULTI_CPU config, or `--cpu`, silently starts ONE: field notes §9)
-  fsdp2            FSDP2 sharding, for the Trainer-driven objectives on GPUs
+  fsdp2            FSDP2 sharding: hone's own loop (sft, pretrain, mixture) shards weights, gradients and
+                   optimizer state with torch's fully_shard (train/sharding.py; on CPU too, gloo), as
+                   `train.sharding: fsdp2` does under torchrun; the Trainer-driven objectives get
+                   accelerate's FSDP2 (GPUs only)
   deepspeed-zero2  DeepSpeed ZeRO-2, for the Trainer-driven objectives on GPUs (pip install 'hone[deepspeed]')
   deepspeed-zero3  DeepSpeed ZeRO-3, likewise
-hone's own loop (sft, pretrain, mixture) is data parallel by design: it refuses the sharding configs in
-one line rather than silently training unsharded.
+hone's own loop refuses FSDP1 and DeepSpeed configs in one line rather than silently training unsharded.
 """
 from __future__ import annotations
 
@@ -65,11 +67,16 @@ def sharding_requested() -> str | None:
     return None
 
 
-def check_launch(objective: str) -> None:
-    """hone's loop all-reduces gradients (plain data parallelism); it does not shard. Say so up front."""
+def check_launch(objective: str, train_sharding: str = "none") -> None:
+    """hone's loop shards with FSDP2 (train/sharding.py) or replicates; FSDP1 and DeepSpeed it refuses up front,
+    and `train.sharding` outside it (the Trainer-driven objectives take sharding from accelerate's config)."""
+    if train_sharding != "none" and objective not in HONE_LOOP_OBJECTIVES:
+        raise ConfigError(f"train.sharding {train_sharding} applies to hone's own loop ({', '.join(HONE_LOOP_OBJECTIVES)}); "
+                          f"objective {objective} trains through the Trainer: set train.sharding none (on GPUs, "
+                          "launch it with --accelerate-config fsdp2)", field="train.sharding")
     sharding = sharding_requested()
-    if sharding and objective in HONE_LOOP_OBJECTIVES:
-        raise ConfigError(f"objective {objective} trains in hone's data-parallel loop, which does not shard: "
-                          f"launch it with the ddp config instead of {sharding} (sharding configs apply to the "
+    if sharding and sharding != "FSDP2" and objective in HONE_LOOP_OBJECTIVES:
+        raise ConfigError(f"objective {objective} trains in hone's own loop, which shards with FSDP2 only: launch it "
+                          f"with --accelerate-config fsdp2 (or ddp) instead of {sharding} ({sharding} applies to the "
                           "Trainer-driven objectives: classify, ner, dpo, orpo, simpo, reward, grpo)",
                           field="--accelerate-config")

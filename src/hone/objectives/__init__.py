@@ -38,7 +38,7 @@ def run(config: RunConfig, run_dir: Path | None = None, console: Console | None 
     console = console or Console(stderr=True)
     config = choose_recipe(config, console)
     check_config(config)
-    check_launch(config.objective)
+    check_launch(config.objective, config.train.sharding)
     module, function = RUNNERS[config.objective]
     runner = getattr(importlib.import_module(f"hone.objectives.{module}"), function)
     return runner(config, run_dir=run_dir, console=console)

@@ -22,6 +22,7 @@ from hone.launch import launcher_name
 from hone.methods import artifact_folder_name, check_method, meta_model, save_tuned
 from hone.train.distributed import ranks
 from hone.train.run import new_run_dir, update_record
+from hone.train.sharding import sync_name
 
 
 @dataclass
@@ -60,7 +61,8 @@ def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: d
         hw = replace(hw, frozen_bf16=False, note=f"CPU, {hw.threads} thread(s), fp32 training with bf16 matmuls")
     console.print(f"[bold]hone[/bold] {config.objective} run folder {run_dir}\n  hardware: {hw.note}")
     if team.main:
-        distributed = ({"world_size": team.world, "backend": team.backend, "sync": "Trainer (DDP)",
+        sync = sync_name(config.train, team.world) if own_loop else "Trainer (DDP)"
+        distributed = ({"world_size": team.world, "backend": team.backend, "sync": sync,
                         "launcher": launcher_name()} if team.world > 1 else None)
         update_record(run_dir, status="running", hone_version=__version__, objective=config.objective,
                       base_model=config.model.name, method=config.method.name, data=data,

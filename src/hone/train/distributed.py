@@ -50,6 +50,10 @@ class Ranks:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
+    def per_rank(self, value: int) -> list[int]:
+        """Every rank's `value`, in rank order, on every rank."""
+        return [int(v) for v in self.sum(*[float(value) * (i == self.rank) for i in range(self.world)])]
+
     def from_main(self, value):
         """`value` as rank 0 has it, on every rank."""
         if self.world == 1:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hone.config import TrainSection
-from hone.errors import Interrupted
+from hone.errors import ConfigError, Interrupted
 from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
 from hone.train.batches import common_prefix, epoch_batches, make_batch, micro_batches
@@ -27,7 +27,9 @@ from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkp
 from hone.train.distributed import Ranks, ranks
 from hone.train.loss import summed_loss
 from hone.train.regularise import kl_to_base
+from hone.train.run import read_record, update_record
 from hone.train.safeguards import ValidationWatch, restore_best, save_best
+from hone.train.sharding import clip_gradients, filler_count, is_sharded, shard_model, sharding_wanted, unshard_model
 
 
 @dataclass
@@ -103,11 +105,15 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
     order = team.share(sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)))
     total, count = 0.0, 0
     lengths = [len(e.input_ids) for e in examples]
-    for chunk in micro_batches(order, micro_batch_size, lengths, max_tokens):
-        batch = make_batch([examples[i] for i in chunk], pad_id, packing, hw.device, share_prefix)
+    chunks = micro_batches(order, micro_batch_size, lengths, max_tokens)
+    fillers = filler_count(team, len(chunks)) if is_sharded(model) else 0
+    share_prefix = share_prefix and not is_sharded(model)  # a layer run twice before backward breaks FSDP2
+    for chunk in chunks + [None] * fillers:  # None: a pass whose result is dropped (train/sharding.py)
+        batch = make_batch([examples[i] for i in chunk or [0]], pad_id, packing, hw.device, share_prefix)
         with autocast(hw):
             loss, n = summed_loss(model, batch, head_only)
-        total, count = total + float(loss), count + n
+        if chunk is not None:
+            total, count = total + float(loss), count + n
     model.train(was_training)
     total, count = team.sum(total, count)
     return total / max(1, count)
@@ -147,6 +153,19 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     console = console or Console(stderr=True)
     if not team.main:
         console = Console(stderr=True, quiet=True)  # one voice: rank 0 reports, checkpoints and logs
+    sharded = sharding_wanted(cfg, team.world)
+    if cfg.sharding == "fsdp2" and team.world == 1:
+        console.print("  [yellow]train.sharding fsdp2 on one process: nothing to shard (train with --nproc N)[/yellow]")
+    if sharded and cfg.kl_to_base:
+        raise ConfigError("train.kl_to_base runs the model twice per micro-batch, which FSDP2 sharding here does "
+                          "not support: set train.kl_to_base=0 or train.sharding=none", field="train.kl_to_base")
+    if sharded:  # before the optimizer: it must hold the sharded parameters
+        groups = team.per_rank(shard_model(model, team.world))
+        console.print(f"  sharding: FSDP2 over {team.world} processes, {groups[0]} groups each (weights, gradients "
+                      "and optimizer state split across them)", highlight=False)
+        if team.main:  # every rank's FSDP groups, so that a silent fallback to replication shows
+            update_record(run_dir, distributed=read_record(run_dir).get("distributed", {}) | {
+                "fsdp_groups_per_rank": groups})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.compile:
@@ -196,7 +215,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
             return
         state["seconds"] = time.monotonic() - started
         state["watch"] = watch.state()
-        if team.main:
+        if team.main or sharded:  # sharded: every rank gathers, rank 0 writes
             save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
         saved["step"] = state["step"]
 
@@ -214,7 +233,7 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         state.update(val_loss=val, window=[0.0, 0])
         record["val_loss"] = val
         seen = watch.observe(state["step"], total / max(1, count), val)
-        if seen.improved and cfg.restore_best and team.main:
+        if seen.improved and cfg.restore_best and (team.main or sharded):
             save_best(run_dir, model, state["step"], val)
         if seen.overfitting:
             record["overfitting"] = True
@@ -261,6 +280,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                 if state["batch"] >= len(batches):
                     state.update(epoch=state["epoch"] + 1, batch=0)
         except KeyboardInterrupt:
+            if sharded:  # ranks stop mid-collective: no gathered checkpoint; resume takes the last one
+                raise Interrupted(saved["step"] or 0) from None
             if unlogged is not None and unlogged["step"] == state["step"]:
                 log.write(unlogged)  # the checkpoint holds this step: its loss must be in metrics.jsonl
             checkpoint()
@@ -268,6 +289,9 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         bar.update(task, completed=1000)
     checkpoint()
     team.wait()  # the best weights are on disk before any rank reads them
+    if sharded:
+        optimizer.state.clear()  # no longer needed: its shards would add to the full weights gathered next
+        unshard_model(model)  # plain again, full weights on every rank: saving and evaluation as without sharding
     stopped_by = finished() or "epochs"
     if stopped_by == "early_stopping":
         console.print(f"  stopped early: no better validation loss for {watch.stale} validations "
@@ -290,21 +314,29 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     for group in optimizer.param_groups:
         group["lr"] = lr
     n_trained = max(1, sum(loss_tokens(e) for e in examples))
+    sharded = is_sharded(model)
     total, seen = 0.0, 0
     order = team.share(list(range(len(examples))))
     regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     lengths = [len(e.input_ids) for e in examples]
-    shared = common_prefix([examples[i] for i in order]) if cfg.shared_prefix and not cfg.packing else 0
-    for chunk in micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw), shared):
-        batch = make_batch([examples[i] for i in chunk], pad_id, cfg.packing, hw.device, cfg.shared_prefix)
+    share_prefix = cfg.shared_prefix and not sharded  # a layer run twice before backward breaks FSDP2
+    shared = common_prefix([examples[i] for i in order]) if share_prefix and not cfg.packing else 0
+    chunks = micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw), shared)
+    fillers = filler_count(team, len(chunks)) if sharded else 0
+    for chunk in chunks + [None] * fillers:  # None: a zero-weight pass, so every rank runs as many (FSDP)
+        batch = make_batch([examples[i] for i in chunk or [0]], pad_id, cfg.packing, hw.device, share_prefix)
         with autocast(hw):
             loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)
+        if chunk is None:
+            (loss * 0.0).backward()
+            continue
         (loss / n_trained).backward()
         total += loss.item()
         seen += sum(len(examples[i].input_ids) for i in chunk)
-    team.sum_gradients(params)
+    if not sharded:  # FSDP2 has summed them already (reduce-scatter)
+        team.sum_gradients(params)
     total, seen = team.sum(total, seen)
-    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    clip_gradients(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total / n_trained, int(seen)

@@ -63,6 +63,15 @@ def trained_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, he
     A batch's "shared_prefix" (train/batches.py) is run once for all rows. `head_only=False` computes
     full-vocabulary logits for every position first (the common way; kept to measure what skipping
     them saves)."""
+    sharded = model.__dict__.get("hone_sharded_logits")  # FSDP2: the same, as the root's forward (train/sharding.py)
+    if sharded is not None:
+        return sharded(batch, keep, head_only)
+    return logits_on_trained(model, batch, keep, head_only)
+
+
+def logits_on_trained(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, head_only: bool = True,
+                      whole=None) -> torch.Tensor:
+    """`trained_logits` itself; `whole` runs the whole model (default: calling it)."""
     base = _unwrap(model)
     ids, prefix, cache = batch["input_ids"], batch.get("shared_prefix", 0), None
     if prefix and _can_share_prefix(model, base):
@@ -76,7 +85,7 @@ def trained_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, he
         # Route through the (possibly peft-wrapped) model's modules: LoRA layers live inside them.
         hidden = base.get_decoder()(**inputs).last_hidden_state
         return base.get_output_embeddings()(hidden[:, :-1][keep])
-    logits = model(**inputs).logits
+    logits = (whole or model)(**inputs).logits
     # Prompt tuning returns logits for its virtual tokens first: keep the input's own positions.
     return logits[:, logits.shape[1] - inputs["input_ids"].shape[1]:][:, :-1][keep]
 

@@ -67,11 +67,16 @@ def best_dir(run_dir: Path) -> Path:
 
 
 def save_best(run_dir: Path, model, step: int, val_loss: float) -> None:
-    """The trainable weights of the validation-best step, written atomically."""
+    """The trainable weights of the validation-best step, written atomically (sharded: every rank
+    gathers, rank 0 writes)."""
     from hone.train.checkpoint import trainable_state
+    from hone.train.distributed import ranks
 
+    weights = trainable_state(model)
+    if not ranks().main:
+        return
     with atomic.folder(best_dir(run_dir)) as tmp:
-        save_file(trainable_state(model), tmp / "trainable.safetensors",
+        save_file(weights, tmp / "trainable.safetensors",
                   metadata={"step": str(step), "val_loss": repr(val_loss)})
 
 
