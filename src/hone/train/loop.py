@@ -156,6 +156,9 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     sharded = sharding_wanted(cfg, team.world)
     if cfg.sharding == "fsdp2" and team.world == 1:
         console.print("  [yellow]train.sharding fsdp2 on one process: nothing to shard (train with --nproc N)[/yellow]")
+    if sharded and cfg.compile:
+        raise ConfigError("train.compile with FSDP2 sharding is not supported here (not tested): set "
+                          "train.compile=false or train.sharding=none", field="train.compile")
     if sharded and cfg.kl_to_base:
         raise ConfigError("train.kl_to_base runs the model twice per micro-batch, which FSDP2 sharding here does "
                           "not support: set train.kl_to_base=0 or train.sharding=none", field="train.kl_to_base")
