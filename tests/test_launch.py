@@ -28,11 +28,16 @@ def test_hones_loop_takes_fsdp2_and_refuses_fsdp1_and_deepspeed_in_one_line(monk
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match="fsdp2 .or ddp. instead of FSDP1"):
         check_launch("sft")
-    check_launch("dpo")  # the Trainer-driven objectives take sharding from accelerate
+    monkeypatch.setattr("hone.launch._has_gpu", lambda: True)
+    check_launch("dpo")  # the Trainer-driven objectives take sharding from accelerate, on GPUs
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="instead of DeepSpeed"):
         check_launch("pretrain")
+    check_launch("dpo")
+    monkeypatch.setattr("hone.launch._has_gpu", lambda: False)  # on a CPU host the Trainer would fall back to DDP
+    with pytest.raises(ConfigError, match="DeepSpeed does not run on a CPU host"):
+        check_launch("dpo")
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     check_launch("mixture", "fsdp2")
     with pytest.raises(ConfigError, match="train.sharding fsdp2 applies to hone's own loop"):

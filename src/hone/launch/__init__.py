@@ -80,3 +80,15 @@ def check_launch(objective: str, train_sharding: str = "none") -> None:
                           f"with --accelerate-config fsdp2 (or ddp) instead of {sharding} ({sharding} applies to the "
                           "Trainer-driven objectives: classify, ner, dpo, orpo, simpo, reward, grpo)",
                           field="--accelerate-config")
+    if sharding and objective not in HONE_LOOP_OBJECTIVES and not _has_gpu():
+        # Measured here (2 CPU processes, dpo): the ZeRO-2 config trained as plain DDP without a word, ZeRO-3
+        # crashed in TRL's parameter gathering, and accelerate's FSDP on CPU fails or becomes DDP (field notes §9).
+        raise ConfigError(f"objective {objective} trains through the Trainer, whose {sharding} does not run on a CPU "
+                          "host (it silently falls back to data parallel or crashes): launch it with "
+                          "--accelerate-config ddp here, or on GPUs", field="--accelerate-config")
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
