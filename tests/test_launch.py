@@ -202,3 +202,14 @@ def test_fsdp2_keeps_the_validation_best_weights_like_one_process(tiny_model, ch
     assert results[0]["best_step"] == results[1]["best_step"] < 6
     assert results[1]["best_val_loss"] == pytest.approx(results[0]["best_val_loss"], abs=1e-4)
     _same_tensors(one / "model" / "model.safetensors", two / "model" / "model.safetensors")
+
+
+def test_a_user_error_under_nproc_ends_in_its_one_line_without_the_launchers_traceback(tiny_model, chat_files, tmp_path):
+    for launcher in ("torchrun", "accelerate"):
+        done = subprocess.run([sys.executable, "-m", "hone.cli", "train", "--objective", "dpo", "--model", str(tiny_model),
+                               "--data", str(chat_files["train"]), "--set", "train.sharding=fsdp2", "--nproc", "2",
+                               "--launcher", launcher, "--output", str(tmp_path / launcher)],
+                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert "error: train.sharding fsdp2 applies to hone's own loop" in done.stderr
+        assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr, done.stderr[-3000:]

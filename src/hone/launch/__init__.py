@@ -40,14 +40,14 @@ def launch_command(nproc: int, argv: list[str], launcher: str = "torchrun", conf
 
     env = dict(os.environ)
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        return [sys.executable, "-m", "hone.launch.quiet", "torchrun", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "hone.cli", *argv], env
     if launcher != "accelerate":
         raise ConfigError(f"unknown launcher {launcher!r}: torchrun or accelerate", field="--launcher")
     path = accelerate_config(config)
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "1"
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path),
+    return [sys.executable, "-m", "hone.launch.quiet", "accelerate", "--config_file", str(path),
             "--num_processes", str(nproc), "-m", "hone.cli", *argv], env
 
 
