@@ -104,6 +104,8 @@ def train(
                      "data.system_prompt": system_prompt,
                      "data.format": data_format, "data.strict": strict, "output": output and str(output), "name": name}))
     result = run_objective(cfg, run_dir=run_dir, console=err)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # one summary per launch: rank 0 evaluated, saved and recorded the run
     if isinstance(result, ObjectiveResult):
         if as_json:
             print(json.dumps(objective_summary_json(result)))
