@@ -7,7 +7,7 @@ score the tuned model -> record everything in the run folder.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -170,8 +170,14 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     longest = [train_set[i] for i in micro_batches(by_length, config.train.micro_batch_size, lengths,
                                                     token_cap(config.train, hw))[0]][::-1]
     memory = estimate_memory(model, len(longest), len(longest[-1].input_ids), sum(e.trained_tokens for e in longest))
+    per_process = ""
+    if sharding_wanted(config.train, team.world):  # each rank holds 1/N of these while it trains
+        memory = replace(memory, weights=memory.weights // team.world, gradients=memory.gradients // team.world,
+                         optimizer=memory.optimizer // team.world)
+        per_process = (f" per process, sharded over {team.world} (loading and checkpoints hold the full weights "
+                       "for a moment)")
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
-                  f"  memory estimate: {memory}", soft_wrap=True)
+                  f"  memory estimate: {memory}{per_process}", soft_wrap=True)
     if warning := lr_warning(config.method.name, config.lr, config.train.kl_to_base, config.train.replay):
         console.print(f"  [yellow]warning: {warning}[/yellow]")
 
