@@ -77,7 +77,7 @@ class TrainSection(Section):
     attention: Literal["auto", "eager", "sdpa"] = Field("auto", description="Attention kernel; auto: eager on CPU for sequences up to 512 tokens (faster there), else sdpa")
     frozen_bf16: bool = Field(True, description="Frozen linear layers compute in bf16 on CPUs with native bf16; trainable parts stay fp32")
     fused_lora: bool = Field(True, description="Each LoRA layer over a bf16 frozen base runs as one fused node (same arithmetic, fewer passes over activations)")
-    compile: bool = Field(False, description="torch.compile each decoder layer (one shared graph): a few % faster per step on CPU after a 17-64 s first compile, so off by default there")
+    compile: bool = Field(False, description="torch.compile each decoder layer (one shared graph): a few % faster per step on CPU after a first compile of 64 s (5-19 s with a warm cache), so off by default there")
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding)")
     packing: bool = Field(False, description="Lay examples end to end in rows of ~1024 tokens with per-example positions (no padding; attention never crosses examples)")
     head_on_trained_only: bool = Field(True, description="Run the output layer only where a token carries loss (no full-vocabulary logits)")

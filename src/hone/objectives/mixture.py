@@ -30,8 +30,7 @@ from hone.objectives.record import ObjectiveResult, begin_run, finish_run, is_pe
 from hone.objectives.sft import with_system_prompt
 from hone.train.loop import train_loop, validation_loss
 from hone.train.precision import bf16_frozen_linears, pick_attention
-from hone.train.distributed import ranks
-from hone.train.sharding import sharding_wanted
+from hone.train.sharding import fuse_lora_wanted
 
 
 def load_source(path: Path, system_prompt: str | None) -> list:
@@ -113,7 +112,7 @@ def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if start.hw.frozen_bf16 and is_peft(model):
-        bf16_frozen_linears(model, config.train.fused_lora and not sharding_wanted(config.train, ranks().world))
+        bf16_frozen_linears(model, fuse_lora_wanted(config.train))
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
     result = train_loop(model, train_set, val_set, config.train, config.lr, start.hw, start.run_dir, pad,
                         resume=start.resume, console=console)

@@ -27,8 +27,7 @@ from hone.objectives.checks import require_records
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, is_peft, save_artifact
 from hone.train.loop import train_loop, validation_loss
 from hone.train.precision import bf16_frozen_linears, pick_attention
-from hone.train.distributed import ranks
-from hone.train.sharding import sharding_wanted
+from hone.train.sharding import fuse_lora_wanted
 
 
 def pack_blocks(tokenizer, texts: list[str], block_size: int) -> list[TokenizedExample]:
@@ -86,7 +85,7 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if start.hw.frozen_bf16 and is_peft(model):
-        bf16_frozen_linears(model, config.train.fused_lora and not sharding_wanted(config.train, ranks().world))
+        bf16_frozen_linears(model, fuse_lora_wanted(config.train))
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
     # 5. Train on hone's loop (the same loop as SFT: checkpoints, resume, time budget).

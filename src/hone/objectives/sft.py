@@ -39,7 +39,7 @@ from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.regularise import lr_warning
 from hone.train.replay import mix_replay
 from hone.train.run import new_run_dir, read_record, update_record
-from hone.train.sharding import sharding_wanted, sync_name
+from hone.train.sharding import fuse_lora_wanted, sharding_wanted, sync_name
 from hone.train.trackers import Trackers, tracker_names
 
 
@@ -162,8 +162,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if hw.frozen_bf16 and config.train.frozen_bf16:
-        # fp32 base weights are gone from here on (see step 8); fused LoRA's shared q/k/v tensor cannot be sharded
-        bf16_frozen_linears(model, config.train.fused_lora and not sharding_wanted(config.train, team.world))
+        bf16_frozen_linears(model, fuse_lora_wanted(config.train))  # fp32 base weights are gone from here on: see step 8
     # The largest micro-batch: the longest examples together (length-grouped batching puts them so).
     lengths = [len(e.input_ids) for e in train_set]
     by_length = sorted(range(len(train_set)), key=lambda i: -lengths[i])

@@ -115,15 +115,20 @@ def _plain_call(module: nn.Module, name: str, x, args, kwargs) -> bool:
                 or list(module.active_adapters) != [name])
 
 
+def _single(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """One LoRA linear as one _LoRALinear node."""
+    base = module.base_layer
+    return _LoRALinear.apply(x, base.weight, base.bias, module.lora_A[name].weight, module.lora_B[name].weight,
+                             module.scaling[name])
+
+
 def _fuse_one(module: nn.Module, name: str) -> None:
     peft_forward = module.forward
 
     def forward(x, *args, **kwargs):
         if not _plain_call(module, name, x, args, kwargs):
             return peft_forward(x, *args, **kwargs)
-        base = module.base_layer
-        return _LoRALinear.apply(x, base.weight, base.bias, module.lora_A[name].weight, module.lora_B[name].weight,
-                                 module.scaling[name])
+        return _single(module, name, x)
 
     module.forward = forward
     module.hone_fused = True
@@ -177,9 +182,7 @@ def _fuse_group(members: list[nn.Module], name: str) -> None:
             if group.usable(x, args, kwargs):
                 return group.output(_index, x)
             if _plain_call(_module, name, x, args, kwargs):  # e.g. a sibling's adapter disabled
-                base = _module.base_layer
-                return _LoRALinear.apply(x, base.weight, base.bias, _module.lora_A[name].weight,
-                                         _module.lora_B[name].weight, _module.scaling[name])
+                return _single(_module, name, x)
             return _peft(x, *args, **kwargs)
 
         module.forward = forward

@@ -75,12 +75,13 @@ def compile_layers(model) -> int:
     """torch.compile each decoder layer; the layers share one graph (their parameters are inputs), so the
     compile costs one layer's, not the model's. Measured on the 2-core CPU (embedded model, 4 x 120-token
     micro-batches, interleaved with the eager fused path): 1.08 -> 1.04 s best, 1.41 -> 1.24 s median
-    under load; the first pass compiled 64 s cold, 17 s with inductor's cache warm. Fused LoRA nodes go
+    under load; the first pass compiled 64 s cold, 5-19 s with inductor's cache warm. Fused LoRA nodes go
     back to peft's layers, which inductor fuses itself. Returns how many modules were compiled."""
     from hone.train.fused_lora import unfuse_lora_layers
+    from hone.train.loss import _unwrap
 
     unfuse_lora_layers(model)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrap(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
     layers = list(getattr(decoder, "layers", None) or [decoder])
     for layer in layers:

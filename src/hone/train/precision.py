@@ -76,9 +76,8 @@ class _HeadLinear(torch.autograd.Function):
 
 def _bf16_head_gradient(head: nn.Module) -> None:
     """Give a frozen fp32 output head (no bias) the bf16 input gradient above; a trained head keeps its own."""
-    if type(head) is not nn.Linear or head.bias is not None or head.weight.dtype != torch.float32:
-        return
-    if head.weight.requires_grad:
+    if (type(head) is not nn.Linear or head.bias is not None or head.weight.dtype != torch.float32
+            or head.weight.requires_grad):
         return
     # A buffer, so that memory estimates (methods/memory.py, `hone plan`) count it; not saved.
     head.register_buffer("hone_weight_bf16", head.weight.detach().to(torch.bfloat16), persistent=False)

@@ -33,6 +33,13 @@ def sharding_wanted(cfg, world: int) -> bool:
     return world > 1 and (cfg.sharding == "fsdp2" or sharding_requested() == "FSDP2")
 
 
+def fuse_lora_wanted(cfg) -> bool:
+    """`train.fused_lora`, except under sharding: fused q/k/v share one weight tensor, which cannot be sharded."""
+    from hone.train.distributed import ranks
+
+    return cfg.fused_lora and not sharding_wanted(cfg, ranks().world)
+
+
 def sync_name(cfg, world: int) -> str:
     """How the ranks keep in step, as run.json's `distributed.sync` records it."""
     return SYNC if sharding_wanted(cfg, world) else "gradient all-reduce"
