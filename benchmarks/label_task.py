@@ -58,7 +58,7 @@ def tfidf_row(train, test) -> dict:
 
 
 def answers_of(ref, test) -> tuple[list[str], float]:
-    from hone.predict import Predictor
+    from hone.evaluate.predict import Predictor
 
     started = time.monotonic()
     predictor = Predictor(ref)

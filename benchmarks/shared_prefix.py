@@ -32,7 +32,7 @@ def main() -> None:
     from hone.config import build_config
     from hone.data.load import load_chat_records
     from hone.data.render import tokenize_chat
-    from hone.demo import demo_data
+    from hone.objectives.demo import demo_data
     from hone.hardware import pick_hardware
     from hone.methods import apply_method
     from hone.models.load import load_causal_lm, load_tokenizer

@@ -82,7 +82,7 @@ def prepare(folder: Path, steps: int, batch: int) -> dict:
     """Write the train/validation/test subsets; return the token counts every runner trains on."""
     from hone.data.load import load_chat_records
     from hone.data.render import tokenize_chat
-    from hone.demo import demo_data
+    from hone.objectives.demo import demo_data
     from hone.models.load import load_tokenizer
 
     source = demo_data()

@@ -19,8 +19,8 @@ from hone import objectives
 from hone.config import build_config
 from hone.errors import ConfigError
 from hone.methods.registry import method_objective_pairs
-from hone.objectives.heads import load_head_run
-from hone.train.run import load_run_model
+from hone.methods.heads import load_head_run
+from hone.methods.artifact import load_run_model
 
 LR = {**TEST_LR, "probe": 1e-2}
 LR_WITH_HEAD = {**LR, "ia3": 0.3}  # ia3 at 1.0 overshot on ner (1.44 -> 0.06 -> 3.92)

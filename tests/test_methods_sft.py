@@ -7,9 +7,9 @@ import pytest
 
 from hone.config import build_config
 from hone.methods import METHODS
-from hone.models.generate import generate_batch
+from hone.evaluate.generate import generate_batch
 from hone.objectives.sft import run_sft
-from hone.train.run import load_run_model
+from hone.methods.artifact import load_run_model
 from test_methods import SMALL, TEST_LR, tiny_biased_model  # noqa: F401 (fixture)
 
 SFT_METHODS = [name for name, m in METHODS.items() if "sft" in m.objectives]

@@ -11,9 +11,9 @@ from objective_helpers import (SavedModelSpy, chat_rows, falls, label_rows, logi
 
 from hone.data.render import IGNORE, tokenize_chat
 from hone.objectives import classify, mixture, ner, pretrain, run
-from hone.objectives.heads import load_head_run
+from hone.methods.heads import load_head_run
 from hone.objectives.pretrain import pack_blocks
-from hone.train.run import load_run_model
+from hone.methods.artifact import load_run_model
 
 
 def run_record(run_dir):

@@ -10,8 +10,8 @@ from objective_helpers import (SavedModelSpy, chat_rows, falls, logits, losses, 
                                write_jsonl)
 
 from hone.objectives import grpo, preference, reward, run
-from hone.objectives.heads import load_head_run
-from hone.train.run import load_run_model
+from hone.methods.heads import load_head_run
+from hone.methods.artifact import load_run_model
 
 
 @pytest.mark.parametrize("objective", ["dpo", "orpo", "simpo"])

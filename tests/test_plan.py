@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hone.errors import ConfigError
-from hone.plan import make_plan, model_config
+from hone.objectives.plan import make_plan, model_config
 
 
 def test_plan_for_a_local_model_lists_every_method_and_refuses_bitfit_on_llama(tiny_model):

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from hone.demo import demo_config, demo_data
+from hone.objectives.demo import demo_config, demo_data
 from hone.objectives.sft import run_sft
-from hone.summary import summary_json
+from hone.cli.summary import summary_json
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_demo_recipe_learns_and_the_saved_adapter_reloads(tmp_path):
     from peft import PeftModel
     from hone.models.catalogue import resolve_model
     from hone.models.load import load_causal_lm
-    from hone.train.run import load_run_model
+    from hone.methods.artifact import load_run_model
 
     merged, tokenizer = load_run_model(result.run_dir)
     adapter = PeftModel.from_pretrained(load_causal_lm(resolve_model("smollm2-135m-instruct"), "cpu"),

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from hone.config import build_config
 from hone.errors import UserError
 from hone.registry.fingerprint import file_sha256, folder_sha256
-from hone.train.run import find_run, new_run_dir, update_record
+from hone.registry.runs import find_run, new_run_dir, update_record
 
 
 def _postgres_binary(name: str) -> str | None:

@@ -448,7 +448,7 @@ def test_a_hone_lora_run_is_served_from_its_run_folder_as_training_left_it(tiny_
     from hone.data.render import prompt_for_generation
     from hone.objectives.sft import run_sft
     from hone.serve.engine import Engine
-    from hone.train.run import load_run_model
+    from hone.methods.artifact import load_run_model
 
     config = build_config({
         "model": {"name": str(tiny_model)}, "output": str(tmp_path / "run"),
@@ -479,7 +479,7 @@ def test_a_model_tuned_again_runs_on_its_parents_merged_weights(models, tmp_path
     import json
 
     from hone.serve.engine import Engine
-    from hone.train.run import load_run_model
+    from hone.methods.artifact import load_run_model
 
     parent = tmp_path / "parent-run"
     parent.mkdir()

@@ -76,7 +76,7 @@ def test_sft_run_writes_metrics_adapter_and_scores(tiny_model, chat_files, tmp_p
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run / "adapter")
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     ids = torch.tensor([[1, 500, 600, 700]])
-    from hone.train.run import load_run_model
+    from hone.methods.artifact import load_run_model
     merged, _ = load_run_model(run)
     torch.testing.assert_close(merged(ids).logits, reloaded.eval()(ids).logits, atol=1e-4, rtol=1e-4)
 

@@ -169,8 +169,8 @@ def field_paths() -> dict[str, tuple[str, Any]]:
     return paths
 
 
-def _suggest(key: str) -> str:
-    paths = list(field_paths())
+def _suggest(key: str, paths: list[str] | None = None) -> str:
+    paths = paths or list(field_paths())
     close = difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
     if not close:
         leaves = {p.split(".")[-1]: p for p in paths}
@@ -254,6 +254,34 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = value
+
+
+# The flags `hone train` and `hone.train(...)` share, and the config field each one sets.
+TRAIN_FLAGS = {
+    "data": "data.train", "validation": "data.validation", "test": "data.test", "format": "data.format",
+    "strict": "data.strict", "system_prompt": "data.system_prompt", "model": "model.name", "method": "method.name",
+    "objective": "objective", "lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size", "time_budget": "train.time_budget", "save_steps": "train.save_every",
+    "seed": "train.seed", "output": "output", "name": "name",
+}
+
+
+def overrides(sets: list[str] | None = None, **flags: Any) -> dict[str, Any]:
+    """Dotted config overrides from named flags (`data=`, `lr=`, ... as in TRAIN_FLAGS, or a dotted path
+    written with `__`, e.g. `train__warmup_ratio=0.1`) and `--set key=value` strings; None means unset."""
+    values: dict[str, Any] = {}
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        key = TRAIN_FLAGS.get(flag) or (flag.replace("__", ".") if "__" in flag or "." in flag else None)
+        if key is None:
+            raise ConfigError(f"unknown setting {flag!r}{_suggest(flag, list(TRAIN_FLAGS))}; any config field "
+                              "can be given as section__field=value", file="arguments", field=flag)
+        values[key] = str(value) if isinstance(value, Path) else value
+    for text in sets or []:
+        key, value = parse_assignment(text)
+        values[key] = value
+    return values
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -79,3 +79,11 @@ def show_mask(tokenizer, example: TokenizedExample) -> str:
             inside = trained
         out.append(tokenizer.decode([token]))
     return "".join(out) + ("]]" if inside else "")
+
+
+def classifier_text(tokenizer, messages: list[dict]) -> str:
+    """What a classifier trained from chat data reads: the rendered prompt, or (a model without a chat
+    template, such as an encoder) the user's last message."""
+    if getattr(tokenizer, "chat_template", None):
+        return prompt_for_generation(tokenizer, messages)
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hone.data.records import ChatExample
 from hone.evaluate.metrics import METRICS, Metric
-from hone.models.generate import generate_batch
+from hone.evaluate.generate import generate_batch
 
 BOOTSTRAP_SAMPLES = 1000
 

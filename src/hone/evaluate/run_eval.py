@@ -99,7 +99,7 @@ def resolve_target(ref: str) -> Target:
     """A run (folder, id or 'latest') or a model (catalogue name, HF folder, .gguf)."""
     from hone.config import load_config
     from hone.models.catalogue import resolve_model
-    from hone.train.run import find_run, read_record
+    from hone.registry.runs import find_run, read_record
 
     try:
         run = find_run(ref)
@@ -118,7 +118,7 @@ def resolve_target(ref: str) -> Target:
 
 def load_model(ref: str, run_dir: Path | None, device: str):
     from hone.models.load import load_causal_lm, load_tokenizer
-    from hone.train.run import load_run_model
+    from hone.methods.artifact import load_run_model
 
     if run_dir is not None:
         return load_run_model(run_dir, device)
@@ -222,7 +222,7 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
 def classifier_outputs(run_dir: Path, chats: list, cases: list, batch_size: int, device: str,
                        console: Console) -> dict:
     """A classifier run's answers (its labels) for the test items and suite cases; no perplexity."""
-    from hone.predict import Predictor
+    from hone.evaluate.predict import Predictor
 
     predictor = Predictor(run_dir, device)
     console.print(f"  {run_dir.name} is a classifier ({len(predictor.labels)} labels): its answer is the label "

@@ -16,10 +16,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from hone import atomic
 from hone.config import MethodSection
 from hone.errors import UserError
 from hone.methods.registry import METHODS
 from hone.methods.structure import unwrap
+from hone.registry.runs import read_record
 
 METHOD_FILE = "hone_method.json"
 TENSORS_FILE = "trained.safetensors"
@@ -115,3 +117,32 @@ def _load_tensors(model: nn.Module, path: Path) -> None:
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].dtype))
+
+
+def load_run_model(run: Path, device: str = "cpu"):
+    """(model, tokenizer) for a finished run: base + adapter merged, or the fully tuned model."""
+    from hone.models.load import load_causal_lm, load_tokenizer
+
+    run = Path(run)
+    record = read_record(run)
+    if is_tuned_artifact(run / "adapter"):  # any method but full: rebuilt per method onto a fresh base
+        return load_tuned(record["base_model"], run / "adapter", device), load_tokenizer(record["base_model"])
+    if (run / "model" / "config.json").is_file():
+        return load_causal_lm(str(run / "model"), device), load_tokenizer(str(run / "model"))
+    raise UserError(f"{run} has no trained model yet (status: {record.get('status', 'unknown')})")
+
+
+def tuned_model_folder(run: Path) -> Path:
+    """A plain model folder holding a finished run's tuned model, to train on top of it.
+
+    A fully tuned run already has one (`model/`); an adapter run gets its adapter merged into a fresh
+    copy of its base once, written atomically to `merged/`."""
+    run = Path(run)
+    for folder in (run / "model", run / "merged"):
+        if (folder / "config.json").is_file():
+            return folder
+    model, tokenizer = load_run_model(run)
+    with atomic.folder(run / "merged") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return run / "merged"

@@ -33,7 +33,7 @@ RUNNERS = {
 def run(config: RunConfig, run_dir: Path | None = None, console: Console | None = None):
     """Train `config.objective` (`auto`: the recipe hone advises for the data, printed with its reasons);
     invalid objective/method/data combinations fail before any work."""
-    from hone.advice import choose_recipe
+    from hone.objectives.advice import choose_recipe
 
     console = console or Console(stderr=True)
     config = choose_recipe(config, console)

@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from hone.config import RunConfig
 from hone.data.load import load_records
 from hone.data.records import ChatExample, LabelExample
-from hone.data.render import prompt_for_generation
+from hone.data.render import classifier_text
 from hone.data.split import hold_out
 from hone.errors import DataError
 from hone.evaluate.classification import classification_scores
@@ -28,10 +27,10 @@ from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.checks import require_records
-from hone.objectives.heads import load_head_model, load_head_run, train_new_head
+from hone.methods.heads import load_head_model, load_head_run, max_tokens, predict, train_new_head
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
 from hone.train.hf_trainer import run_trainer, trainer_arguments
-from hone.train.run import update_record
+from hone.registry.runs import update_record
 
 
 def load_labelled(path: Path, tokenizer=None, system_prompt: str | None = None) -> list[LabelExample]:
@@ -57,25 +56,12 @@ def chat_as_labels(records: list[ChatExample], tokenizer, system_prompt: str | N
             for r in records]
 
 
-def classifier_text(tokenizer, messages: list[dict]) -> str:
-    """What a classifier trained from chat data reads: the rendered prompt, or (a model without a chat
-    template, such as an encoder) the user's last message."""
-    if getattr(tokenizer, "chat_template", None):
-        return prompt_for_generation(tokenizer, messages)
-    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-
-
 def check_labels(examples: list[LabelExample], labels: list[str], split: str) -> None:
     """A label the model never saw in training cannot be predicted: name the first such line."""
     for example in examples:
         if example.label not in labels:
             raise DataError(f"label {example.label!r} in the {split} data never occurs in the training data "
                             f"(labels: {', '.join(labels)})", file=example.file, line=example.line, field="label")
-
-
-def max_tokens(tokenizer, model, configured: int) -> int:
-    limit = getattr(model.config, "max_position_embeddings", None) or configured
-    return min(configured, limit)
 
 
 def encode(tokenizer, examples: list[LabelExample], labels: list[str], max_length: int):
@@ -85,21 +71,6 @@ def encode(tokenizer, examples: list[LabelExample], labels: list[str], max_lengt
     encoded = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
     return Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                               "labels": [index[e.label] for e in examples]})
-
-
-@torch.no_grad()
-def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[str]:
-    """The predicted label name for each text."""
-    model.eval()
-    names = model.config.id2label
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
-                          return_tensors="pt").to(device)
-        logits = model(**batch).logits
-        out += [names[int(k)] for k in logits.argmax(-1)]
-    return out
 
 
 def run_classify(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:

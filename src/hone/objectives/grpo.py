@@ -22,13 +22,13 @@ from hone.data.records import ChatExample
 from hone.data.split import hold_out
 from hone.methods import apply_method, count_parameters, load_base
 from hone.models.catalogue import resolve_model
-from hone.models.generate import generate_batch
+from hone.evaluate.generate import generate_batch
 from hone.models.load import load_tokenizer
 from hone.objectives.checks import require_records, reward_function
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
 from hone.objectives.sft import with_system_prompt
 from hone.train.hf_trainer import run_trainer, trainer_arguments
-from hone.train.run import load_run_model
+from hone.methods.artifact import load_run_model
 
 
 def load_prompts(path: Path, system_prompt: str | None) -> list[ChatExample]:
@@ -39,7 +39,7 @@ def load_prompts(path: Path, system_prompt: str | None) -> list[ChatExample]:
 
 def reward_from_model(run: Path, device: str, max_length: int):
     """A reward function that scores prompt + completion with a trained reward model."""
-    from hone.objectives.heads import load_head_run
+    from hone.methods.heads import load_head_run
     from hone.objectives.reward import reward_ids, rewards
     from hone.objectives.rewards import completion_text
 

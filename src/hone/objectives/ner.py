@@ -29,10 +29,10 @@ from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.checks import require_records
-from hone.objectives.heads import load_head_model, load_head_run, train_new_head
+from hone.methods.heads import load_head_model, load_head_run, train_new_head
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
 from hone.train.hf_trainer import run_trainer, trainer_arguments
-from hone.train.run import update_record
+from hone.registry.runs import update_record
 
 
 def load_tagged(path: Path) -> list[TagExample]:

@@ -35,7 +35,7 @@ from hone.objectives.checks import require_records
 from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
 from hone.train.batches import collate
 from hone.train.hf_trainer import run_trainer, trainer_arguments
-from hone.train.run import load_run_model
+from hone.methods.artifact import load_run_model
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental
 

@@ -21,7 +21,7 @@ from hone.hardware import Hardware, pick_hardware
 from hone.launch import launcher_name
 from hone.methods import artifact_folder_name, check_method, meta_model, save_tuned
 from hone.train.distributed import ranks
-from hone.train.run import new_run_dir, update_record
+from hone.registry.runs import new_run_dir, update_record
 from hone.train.sharding import sync_name
 
 

@@ -38,7 +38,7 @@ from hone.train.loop import token_cap, train_loop
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.regularise import lr_warning
 from hone.train.replay import mix_replay
-from hone.train.run import new_run_dir, read_record, update_record
+from hone.registry.runs import new_run_dir, read_record, update_record
 from hone.train.sharding import fuse_lora_wanted, sharding_wanted, sync_name
 from hone.train.trackers import Trackers, tracker_names
 

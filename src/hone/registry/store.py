@@ -1,15 +1,17 @@
 """Runs, versions and tags in a database: SQLite under the hone home, or any SQLAlchemy URL.
 
 The run folder stays the source of truth (run.json, config.yaml); the registry indexes it so runs can
-be listed, compared, named and found again. train/run.py writes here when a run starts and each time
+be listed, compared, named and found again. registry/runs.py writes here when a run starts and each time
 its record changes. `HONE_DB` (or `hone --db URL`) picks the database, e.g.
 `postgresql+psycopg://user@host/hone`.
 """
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +24,32 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from hone.errors import UserError
 from hone.home import hone_home, runs_dir
 from hone.registry.fingerprint import data_fingerprints, file_sha256, folder_sha256, library_versions
-from hone.registry.refs import Ref
+
+REF = re.compile(r"^(?P<name>[^:@\s]+)(?::(?P<version>\d+)|@(?P<tag>[A-Za-z0-9_.-]+))?$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    version: int | None = None
+    tag: str | None = None
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.version}" if self.version else f"@{self.tag}" if self.tag else "")
+
+
+def parse_ref(text: str) -> Ref:
+    match = REF.match(text.strip())
+    if not match:
+        raise UserError(f"{text!r} is not a run reference; use an id, NAME, NAME:VERSION or NAME@TAG")
+    version = match["version"]
+    return Ref(match["name"], int(version) if version else None, match["tag"])
+
+
+def resolve_ref(text: str):
+    """The registered Run that `text` names, or None when nothing matches."""
+    return find_by_ref(parse_ref(text))
+
 
 FINISHED = {"succeeded", "failed"}
 
@@ -235,7 +262,6 @@ def import_run_folders(folder: Path | None = None) -> int:
 
 
 def find_by_ref_in(db: Session, text: str, quiet: bool = False) -> Run | None:
-    from hone.registry.refs import parse_ref
 
     try:
         ref = parse_ref(text)

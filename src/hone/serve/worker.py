@@ -211,7 +211,7 @@ class Worker:
             parent = DatabaseCatalog(self.settings).resolve(job.org, job.model)
             if parent is None:
                 raise JobFailed("model_not_found", f"The model {job.model} was deleted.", "model")
-            from hone.train.run import tuned_model_folder
+            from hone.methods.artifact import tuned_model_folder
 
             base = str(tuned_model_folder(Path(parent.tuned)))  # adapter merged into a copy of its base, once
         elif job.model in self.settings.base_models:
@@ -251,7 +251,7 @@ class Worker:
         say(worker=self.name, job=job.id, event="running", resume=resume, run_dir=str(beat.run_dir))
 
     def succeed(self, job: db.Job, token: str, run_dir: Path) -> None:
-        from hone.train.run import read_record
+        from hone.registry.runs import read_record
 
         record = read_record(run_dir)
         results = record.get("results") or {}

@@ -186,7 +186,7 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
         raise Interrupted(max(saved)) from None
     if team.world > 1:
         if team.main:  # what really kept the ranks in step, so a silent fallback shows in the record
-            from hone.train.run import read_record, update_record
+            from hone.registry.runs import read_record, update_record
             update_record(run_dir, distributed=(read_record(run_dir).get("distributed") or {}) | {"sync": trainer_sync(trainer)})
         # Training is the only collective work: rank 0 saves and evaluates alone, the others are done.
         trainer.model_wrapped = trainer.model

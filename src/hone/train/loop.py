@@ -27,7 +27,7 @@ from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkp
 from hone.train.distributed import Ranks, ranks
 from hone.train.loss import summed_loss
 from hone.train.regularise import kl_to_base
-from hone.train.run import read_record, update_record
+from hone.registry.runs import read_record, update_record
 from hone.train.safeguards import ValidationWatch, restore_best, save_best
 from hone.train.sharding import clip_gradients, filler_count, is_sharded, shard_model, sharding_wanted, unshard_model
 

@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hone.cli_data import data_app
-from hone.cli_plan import plan_command
-from hone.cli_runs import runs_app
-from hone.cli_serve import keys_app, serve as serve_command, worker as worker_command
+from hone.cli.data import data_app
+from hone.cli.plan import plan_command
+from hone.cli.runs import runs_app
+from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
 from hone.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,16 +41,6 @@ def _global(db: Optional[str] = typer.Option(None, "--db", envvar="HONE_DB", sho
 
     if db:
         os.environ["HONE_DB"] = db
-
-
-def _overrides(sets: list[str] | None, **flags) -> dict:
-    from hone.config import parse_assignment
-
-    values = {key: value for key, value in flags.items() if value is not None}
-    for text in sets or []:
-        key, value = parse_assignment(text)
-        values[key] = value
-    return values
 
 
 @app.command()
@@ -83,11 +73,11 @@ def train(
     """Fine-tune a model on your data; without --objective hone reads the data and picks the recipe (hone plan)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_relaunch(nproc, launcher, accelerate_config))
-    from hone.config import load_config
+    from hone.config import load_config, overrides
     from hone.objectives import run as run_objective
     from hone.objectives.record import ObjectiveResult
-    from hone.summary import objective_summary_json, print_objective_summary, print_summary, summary_json
-    from hone.train.run import find_run
+    from hone.cli.summary import objective_summary_json, print_objective_summary, print_summary, summary_json
+    from hone.registry.runs import find_run
 
     if model and (":" in model or "@" in model) and not Path(model).exists():
         model = str(_registered_base(model))
@@ -96,13 +86,11 @@ def train(
         run_dir = find_run(resume)
         cfg = load_config(run_dir / "config.yaml")
     else:
-        cfg = load_config(config, _overrides(
-            sets, **{"data.train": data and str(data), "data.validation": validation and str(validation),
-                     "data.test": test and str(test), "model.name": model, "method.name": method,
-                     "objective": objective, "train.lr": lr, "train.epochs": epochs, "train.max_steps": max_steps,
-                     "train.batch_size": batch_size, "train.time_budget": time_budget, "train.save_every": save_steps,
-                     "data.system_prompt": system_prompt,
-                     "data.format": data_format, "data.strict": strict, "output": output and str(output), "name": name}))
+        cfg = load_config(config, overrides(
+            sets, data=data, validation=validation, test=test, model=model, method=method, objective=objective,
+            lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, time_budget=time_budget,
+            save_steps=save_steps, system_prompt=system_prompt, format=data_format, strict=strict, output=output,
+            name=name))
     result = run_objective(cfg, run_dir=run_dir, console=err)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary per launch: rank 0 evaluated, saved and recorded the run
@@ -126,8 +114,8 @@ def demo(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder"),
 ):
     """Fine-tune the embedded model on the bundled order-extraction task; show base vs tuned."""
-    from hone.demo import DEMO_TRAIN_SECONDS, run_demo
-    from hone.summary import print_summary, summary_json
+    from hone.objectives.demo import DEMO_TRAIN_SECONDS, run_demo
+    from hone.cli.summary import print_summary, summary_json
 
     err.print("[bold]hone demo[/bold]: teach SmolLM2-135M to extract orders as JSON "
               f"({train_seconds or DEMO_TRAIN_SECONDS:.0f} s of LoRA training on this machine)")
@@ -145,9 +133,9 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
          temperature: float = typer.Option(0.0, "--temperature")):
     """Chat with a tuned model (streaming). Empty line or Ctrl-D quits."""
     from hone.hardware import pick_hardware
-    from hone.models.generate import stream_answer
-    from hone.predict import Predictor
-    from hone.train.run import find_run, read_record
+    from hone.evaluate.generate import stream_answer
+    from hone.evaluate.predict import Predictor
+    from hone.registry.runs import find_run, read_record
 
     hw = pick_hardware()
     folder = find_run(run)
@@ -189,8 +177,8 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
              as_json: bool = typer.Option(False, "--json", help="One JSON object per answer")):
     """Answer one prompt or every prompt in a file with a tuned model (a classifier answers with its label)."""
     from hone.hardware import pick_hardware
-    from hone.predict import Predictor
-    from hone.train.run import find_run, read_record
+    from hone.evaluate.predict import Predictor
+    from hone.registry.runs import find_run, read_record
 
     folder = find_run(run)
     if system is None:
@@ -207,7 +195,8 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
 
 def _registered_base(ref: str) -> Path:
     """`--model support-bot:3` or `support-bot@production`: train on top of that tuned model."""
-    from hone.train.run import find_run, tuned_model_folder
+    from hone.registry.runs import find_run
+    from hone.methods.artifact import tuned_model_folder
 
     folder = tuned_model_folder(find_run(ref))
     err.print(f"  base: {ref} -> {folder}", highlight=False)
@@ -311,7 +300,7 @@ def report(run: str = typer.Argument(..., help="Run folder, run id or 'latest'")
            open_page: bool = typer.Option(False, "--open", help="Open the page in a web browser")):
     """Write the run's self-contained HTML report (runs/<id>/report.html)."""
     from hone.evaluate.report import write_report
-    from hone.train.run import find_run
+    from hone.registry.runs import find_run
 
     path = write_report(find_run(run))
     out.print(str(path), highlight=False)
@@ -347,9 +336,9 @@ def config_show(config: Optional[Path] = typer.Argument(None, help="YAML config 
                 sets: Optional[List[str]] = typer.Option(None, "--set", help="section.field=value"),
                 as_json: bool = typer.Option(False, "--json")):
     """The resolved configuration, every field with its value and description."""
-    from hone.config import field_paths, load_config
+    from hone.config import field_paths, load_config, overrides
 
-    cfg = load_config(config, _overrides(sets))
+    cfg = load_config(config, overrides(sets))
     values = cfg.model_dump(mode="json")
     if as_json:
         print(json.dumps(values))
@@ -382,5 +371,3 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    main()

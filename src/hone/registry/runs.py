@@ -1,4 +1,4 @@
-"""The run folder: one per training run, holding everything about it.
+"""The run folder: one per training run, holding everything about it; created, found, read and updated here.
 
     <run>/config.yaml     the resolved configuration
     <run>/run.json        status, base model, data, timings, results
@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from hone import atomic
 from hone.config import RunConfig, to_yaml
 from hone.errors import UserError
 from hone.home import runs_dir
+from hone.registry import store
+from hone.registry.store import parse_ref
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -31,8 +35,8 @@ def new_run_dir(config: RunConfig) -> Path:
         path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
     path.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path / "config.yaml", to_yaml(config))
-    _register("record_start", path, config.model_dump(mode="json"), config.name or (
-        Path(config.data.train).stem if config.data.train else path.name))
+    _mirror(lambda: store.record_start(path, config.model_dump(mode="json"), config.name or (
+        Path(config.data.train).stem if config.data.train else path.name)))
     if config.recipe:  # how the objective was chosen (hone/advice.py), for run.json and the registry
         update_record(path, recipe=config.recipe)
     return path
@@ -41,17 +45,13 @@ def new_run_dir(config: RunConfig) -> Path:
 _registry_warned = False
 
 
-def _register(action: str, *args) -> None:
-    """Mirror the run into the registry (hone.registry); a registry outage never stops training."""
+def _mirror(write: Callable[[], object]) -> None:
+    """Mirror the run into the registry database; a registry outage never stops training."""
     global _registry_warned
-    from hone import registry
-
     try:
-        getattr(registry, action)(*args)
+        write()
     except Exception as exc:  # noqa: BLE001 - the run folder keeps everything; say so once and go on
         if not _registry_warned:
-            import sys
-
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # SQLAlchemy appends SQL and a URL
             sys.stderr.write(f"warning: run not recorded in the registry ({reason}); `hone runs list` "
                              "imports run folders later\n")
@@ -79,13 +79,11 @@ def find_run(ref: str | Path) -> Path:
 
 def _registered_run(ref: str) -> Path | None:
     """A run folder named in the registry: `support-bot:3`, `support-bot@production`, `support-bot`."""
-    from hone.registry import parse_ref, resolve_ref
-
     try:
         parse_ref(ref)
     except UserError:
         return None
-    row = resolve_ref(ref)
+    row = store.resolve_ref(ref)
     if row is None:
         return None
     if not Path(row.path).is_dir():
@@ -102,37 +100,5 @@ def update_record(run: Path, **fields) -> dict:
     """Merge `fields` into run.json (atomically) and return the record."""
     record = read_record(run) | fields
     atomic.write_json(Path(run) / "run.json", record)
-    _register("sync_run", Path(run), record)
+    _mirror(lambda: store.sync_run(Path(run), record))
     return record
-
-
-def load_run_model(run: Path, device: str = "cpu"):
-    """(model, tokenizer) for a finished run: base + adapter merged, or the fully tuned model."""
-    from hone.methods.artifact import is_tuned_artifact, load_tuned
-    from hone.models.load import load_causal_lm, load_tokenizer
-
-    run = Path(run)
-    record = read_record(run)
-    if is_tuned_artifact(run / "adapter"):  # any method but full: rebuilt per method onto a fresh base
-        return load_tuned(record["base_model"], run / "adapter", device), load_tokenizer(record["base_model"])
-    if (run / "model" / "config.json").is_file():
-        return load_causal_lm(str(run / "model"), device), load_tokenizer(str(run / "model"))
-    raise UserError(f"{run} has no trained model yet (status: {record.get('status', 'unknown')})")
-
-
-def tuned_model_folder(run: Path) -> Path:
-    """A plain model folder holding a finished run's tuned model, to train on top of it.
-
-    A fully tuned run already has one (`model/`); an adapter run gets its adapter merged into a fresh
-    copy of its base once, written atomically to `merged/`."""
-    from hone import atomic
-
-    run = Path(run)
-    for folder in (run / "model", run / "merged"):
-        if (folder / "config.json").is_file():
-            return folder
-    model, tokenizer = load_run_model(run)
-    with atomic.folder(run / "merged") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return run / "merged"

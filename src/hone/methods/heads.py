@@ -13,7 +13,7 @@ import torch
 
 from hone.models.catalogue import ResolvedModel, resolve_model
 from hone.models.load import load_tokenizer, quiet_transformers
-from hone.train.run import read_record
+from hone.registry.runs import read_record
 
 HEAD_NAMES = ("classifier", "score")
 
@@ -73,3 +73,23 @@ def load_head_run(run: Path, device: str = "cpu"):
 
 def _folder(path: Path) -> ResolvedModel:
     return ResolvedModel(str(path), path, "unknown", "folder")
+
+
+def max_tokens(tokenizer, model, configured: int) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None) or configured
+    return min(configured, limit)
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[str]:
+    """The predicted label name for each text."""
+    model.eval()
+    names = model.config.id2label
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt").to(device)
+        logits = model(**batch).logits
+        out += [names[int(k)] for k in logits.argmax(-1)]
+    return out

@@ -195,7 +195,7 @@ def pick_epochs(method: str, n: int) -> tuple[float, str]:
 def example_tokens(stats: DataStats, tokenizer, objective: str) -> list[int]:
     """Tokens per example: a sample tokenized the way training will see it, the rest scaled by chars/token."""
     from hone.data.render import render
-    from hone.objectives.classify import classifier_text
+    from hone.data.render import classifier_text
 
     templated = bool(getattr(tokenizer, "chat_template", None))
     exact = []

@@ -18,7 +18,7 @@ class Predictor:
     """A loaded run or model that answers conversations; `kind` is "classifier" or "generator"."""
 
     def __init__(self, ref: str | Path, device: str = "cpu"):
-        from hone.train.run import find_run, read_record
+        from hone.registry.runs import find_run, read_record
 
         try:
             run = find_run(ref)
@@ -32,12 +32,12 @@ class Predictor:
         self.kind = "classifier" if head == "sequence" else "generator"
         self.labels: list[str] = self.record.get("labels", [])
         if self.kind == "classifier":
-            from hone.objectives.heads import load_head_run
+            from hone.methods.heads import load_head_run
 
             self.model, self.tokenizer, _ = load_head_run(run, device)
             self.max_length = _run_max_length(run, self.model)
         elif run is not None:
-            from hone.train.run import load_run_model
+            from hone.methods.artifact import load_run_model
 
             self.model, self.tokenizer = load_run_model(run, device)
         else:
@@ -53,10 +53,11 @@ class Predictor:
     def answers(self, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 16) -> list[str]:
         """One answer per conversation (each ends with the user's turn)."""
         if self.kind == "generator":
-            from hone.models.generate import generate_batch
+            from hone.evaluate.generate import generate_batch
 
             return generate_batch(self.model, self.tokenizer, conversations, max_new_tokens, batch_size)
-        from hone.objectives.classify import classifier_text, predict
+        from hone.data.render import classifier_text
+        from hone.methods.heads import predict
 
         if self.record.get("prompt_format") == "chat":
             texts = [classifier_text(self.tokenizer, c) for c in conversations]

@@ -40,12 +40,12 @@ def plan_command(
 
 
 def _advise(data: Path, model, objective, method, data_format, as_json: bool):
-    from hone.advice import advice_rows, advise
-    from hone.cli import _overrides
+    from hone.objectives.advice import advice_rows, advise
+    from hone.config import overrides
     from hone.config import load_config
-    from hone.summary import hone_command
+    from hone.cli.summary import hone_command
 
-    cfg = load_config(None, _overrides(None, **{"model.name": model, "objective": objective, "method.name": method,
+    cfg = load_config(None, overrides(None, **{"model.name": model, "objective": objective, "method.name": method,
                                                "data.format": data_format}))
     advice = advise(data, cfg)
     if as_json:
@@ -64,7 +64,7 @@ def _advise(data: Path, model, objective, method, data_format, as_json: bool):
 
 
 def _plan(model: str, methods, length: int, batch: int, examples: int, gpu, threads, as_json: bool) -> None:
-    from hone.plan import GB, make_plan
+    from hone.objectives.plan import GB, make_plan
 
     plan = make_plan(model, methods, length, batch, examples, gpu, threads)
     if as_json:

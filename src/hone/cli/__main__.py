@@ -1,0 +1,4 @@
+"""`python -m hone.cli`: the `hone` command."""
+from hone.cli import main
+
+main()
