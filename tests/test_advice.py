@@ -127,7 +127,7 @@ def test_chat_label_data_trains_a_classifier_by_default_that_answers_and_scores_
     run_dir = tmp_path / "run"
     done = hone("train", "-d", str(train), "-m", str(tiny_model), "-o", str(run_dir), *TRAIN_FLAGS)
     assert done.returncode == 0, done.stderr
-    assert "objective: classify" in done.stderr and "Results (classify)" in done.stdout
+    assert "objective: classify" in done.stderr and "Results (classify + " in done.stdout
     record = json.loads((run_dir / "run.json").read_text())
     assert record["objective"] == "classify" and record["prompt_format"] == "chat"
     assert record["recipe"]["source"] == "advised" and record["recipe"]["objective"] == "classify"
@@ -187,3 +187,21 @@ def test_predictor_answers_with_a_classifier_run_and_a_generative_run(tiny_model
     assert answer(classifier, messages) == predictor.answer(messages)
     generated = Predictor(generator)
     assert generated.kind == "generator" and isinstance(generated.answer(messages, max_new_tokens=4), str)
+
+
+def test_a_forced_method_the_advised_objective_cannot_honour_picks_the_best_objective_that_can(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "labels.jsonl", routing_rows(60))
+    config = build_config({"model": {"name": str(tiny_model)}, "method": {"name": "prompt_tuning"}})
+    advice = advise(data, config)
+    assert advice.objective == "sft" and advice.method == "prompt_tuning"
+    assert "prompt_tuning, does not apply to classify" in advice.reasons["objective"]
+    # without a forced method the same data still trains a classifier
+    assert advise(data, config_for(tiny_model)).objective == "classify"
+
+
+def test_seed_is_a_flag_like_lr(tiny_model):
+    from hone.cli import app
+    from typer.testing import CliRunner
+
+    shown = CliRunner().invoke(app, ["train", "--help"])
+    assert "--seed" in shown.output

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hone.config import OBJECTIVES, load_config
+from hone.config import load_config
+from hone.objectives.registry import OBJECTIVES
 from hone.objectives import run
 
 ROOT = Path(__file__).parents[1]

@@ -18,7 +18,7 @@ from test_methods import SMALL, TEST_LR, tiny_biased_model  # noqa: F401 (fixtur
 from hone import objectives
 from hone.config import build_config
 from hone.errors import ConfigError
-from hone.methods.registry import method_objective_pairs
+from hone.objectives.registry import method_objective_pairs
 from hone.methods.heads import load_head_run
 from hone.methods.artifact import load_run_model
 
@@ -72,7 +72,7 @@ class SavedModel:
     """Keeps the in-memory model each objective hands to save_artifact, to compare with its reload."""
 
     def __init__(self, monkeypatch):
-        from hone.objectives import record
+        from hone.objectives import lifecycle as record
 
         self.model = None
         original = record.save_artifact

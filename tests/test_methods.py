@@ -8,12 +8,14 @@ from hone.config import MethodSection, TrainSection
 from hone.data.render import tokenize_chat
 from hone.errors import ConfigError
 from hone.hardware import pick_hardware
+from hone.config import RunConfig
+from hone.objectives.checks import check_config
 from hone.methods import (METHODS, apply_method, attach_head, check_method, count_parameters, estimate_memory,
                           load_tuned, meta_model, save_tuned)
 from hone.models.load import load_causal_lm
 from hone.train.loop import train_step
 
-SFT_METHODS = [name for name, m in METHODS.items() if "sft" in m.objectives]
+SFT_METHODS = [name for name, m in METHODS.items() if m.applies(head=False, own_loop=True)]
 SMALL = {"lora_r": 4, "lora_alpha": 8, "trainable_layers": 1, "adapter_size": 8, "num_virtual_tokens": 4}
 # Learning rates that move a random 2-layer model within a few steps (method defaults are for real models).
 # A broken method (no gradient reaching its parameters) leaves the loss exactly where it was.
@@ -135,12 +137,12 @@ def test_freeze_trains_only_the_top_blocks_and_final_norm(tiny_model):
 ])
 def test_freeze_settings_that_cannot_work_are_config_errors(tiny_model, settings, message):
     with pytest.raises(ConfigError, match=message):
-        check_method(MethodSection(name="freeze", **settings), "sft", meta_model(tiny_model))
+        check_method(MethodSection(name="freeze", **settings), meta_model(tiny_model))
 
 
 def test_bitfit_on_llama_names_the_families_where_it_applies(tiny_model):
     with pytest.raises(ConfigError) as error:
-        check_method(MethodSection(name="bitfit"), "sft", meta_model(tiny_model))
+        check_method(MethodSection(name="bitfit"), meta_model(tiny_model))
     message = str(error.value)
     assert "llama models have none" in message and "GPT-2" in message and "MiniLM" in message
     assert "\n" not in message
@@ -149,7 +151,8 @@ def test_bitfit_on_llama_names_the_families_where_it_applies(tiny_model):
 @pytest.mark.parametrize("method, objective", [("probe", "sft"), ("probe", "dpo"), ("prompt_tuning", "reward")])
 def test_invalid_method_objective_pairs_are_refused(method, objective):
     with pytest.raises(ConfigError, match=f"method '{method}' does not apply to objective '{objective}'"):
-        check_method(MethodSection(name=method), objective)
+        check_config(RunConfig(objective=objective, method=MethodSection(name=method), data={"train": "x.jsonl"}),
+                     check_data=False)
 
 
 def test_invalid_pair_fails_on_the_command_line_before_any_work(tiny_model, chat_files, tmp_path):
@@ -192,7 +195,7 @@ def test_probe_trains_a_new_head_on_a_frozen_model_and_reloads(tiny_model, tmp_p
 
 def test_probe_needs_a_head(tiny_model):
     with pytest.raises(ConfigError, match="has none; use it with the classify"):
-        check_method(MethodSection(name="probe"), "classify", meta_model(tiny_model))
+        check_method(MethodSection(name="probe"), meta_model(tiny_model))
 
 
 def test_memory_estimate_reflects_method_and_batch(tiny_model):

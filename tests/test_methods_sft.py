@@ -2,6 +2,7 @@
 on this machine's default precision (frozen linears in bf16 where the CPU has it), and the run's
 saved artifact is what `hone generate` loads."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -39,5 +40,6 @@ def test_sft_with_each_method_trains_saves_and_reloads(name, tiny_model, tiny_bi
     assert json.loads((folder / "hone_method.json").read_text())["method"] == name
     # `hone generate` on the run gives exactly the answers the tuned evaluation scored.
     tuned, tokenizer = load_run_model(result.run_dir)
-    prompts = [e.prompt_messages for e in result.test]
+    prompts = [[{"role": "user", "content": json.loads(line)["messages"][0]["content"]}]
+               for line in Path(record["data"]["test"]).read_text().splitlines()]
     assert generate_batch(tuned, tokenizer, prompts, 6, batch_size=32) == record["tuned_answers"]

@@ -146,7 +146,7 @@ def test_hone_train_objective_flag_prints_results_table_and_json(tiny_model, tmp
                "-m", str(tiny_model), "--max-steps", "2", "--batch-size", "8", "--set", "threads=1"]
     done = subprocess.run(command + ["-o", str(tmp_path / "a")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "Results (classify)" in done.stdout and "macro-F1" in done.stdout
+    assert "Results (classify + " in done.stdout and "macro-F1" in done.stdout
     done = subprocess.run(command + ["-o", str(tmp_path / "b"), "--json"], capture_output=True, text=True)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["objective"] == "classify" and summary["steps"] == 2 and summary["run_dir"] == str(tmp_path / "b")

@@ -24,8 +24,8 @@ def test_preference_objective_lowers_loss_and_prefers_chosen(tiny_model, tmp_pat
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["status"] == "succeeded" and record["objective"] == objective
     assert falls(losses(result.run_dir))
-    assert result.results["tuned_score"] >= result.results["base_score"]
-    assert result.results["reward_margin"] > 0
+    assert result.record["results"]["tuned_score"] >= result.record["results"]["base_score"]
+    assert result.record["results"]["reward_margin"] > 0
     reloaded, _ = load_run_model(result.run_dir)
     torch.testing.assert_close(logits(reloaded), logits(spy.model), atol=1e-4, rtol=1e-4)
 
@@ -37,7 +37,7 @@ def test_reward_model_ranks_chosen_above_rejected_and_reloads(tiny_model, tmp_pa
     cfg = tiny_run_config(tiny_model, tmp_path, "reward", pairs, data={"test": str(test)})
     result = run(cfg)
     assert falls(losses(result.run_dir))
-    assert result.results["tuned_score"] == 1.0
+    assert result.record["results"]["tuned_score"] == 1.0
     reloaded, _, _ = load_head_run(result.run_dir)
     torch.testing.assert_close(logits(reloaded), logits(spy.model), atol=1e-4, rtol=1e-4)
 
@@ -50,7 +50,7 @@ def test_grpo_with_a_reward_function_moves_the_policy_and_logs_rewards(tiny_mode
                                 "max_completion_length": 8, "num_generations": 4})
     result = run(cfg)
     rewards = losses(result.run_dir, "reward")
-    assert len(rewards) == 2 and result.results["tuned_score"] is not None
+    assert len(rewards) == 2 and result.record["results"]["tuned_score"] is not None
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model)

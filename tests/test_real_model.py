@@ -6,7 +6,6 @@ import torch
 
 from hone.objectives.demo import demo_config, demo_data
 from hone.objectives.sft import run_sft
-from hone.cli.summary import summary_json
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +22,7 @@ def test_demo_recipe_learns_and_the_saved_adapter_reloads(tmp_path):
 
     losses = [json.loads(l)["loss"] for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
-    summary = summary_json(result)
+    summary = result.to_json()
     assert summary["metric"] == "json_match" and 0 <= summary["base_score"] <= summary["tuned_score"] <= 1
     assert summary["run_dir"] == str(result.run_dir)
 

@@ -152,11 +152,18 @@ def test_a_registered_tuned_model_is_a_base_for_the_next_run(tiny_model, chat_fi
     cfg.name = "support-bot"
     cfg.data.test = None
     first = run_sft(cfg).run_dir
-    done = subprocess.run([sys.executable, "-m", "hone.cli", "train", "--model", "support-bot:1", "--data",
+    done = subprocess.run([sys.executable, "-m", "hone.cli", "train", "--model", "support-bot:1", "--name", "support-bot", "--data",
                            str(chat_files["train"]), "--max-steps", "1", "--set", "data.max_length=64",
                            "--set", "train.threads=1", "--output", str(tmp_path / "second")],
                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "second" / "run.json").read_text())
     assert record["base_model"] == str(first / "merged")
+    assert record["parent"] == str(first.resolve())
     assert (first / "merged" / "config.json").is_file()
+    shown = subprocess.run([sys.executable, "-m", "hone.cli", "runs", "show", "support-bot:2", "--json"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    row = json.loads(shown.stdout)
+    assert row["parent_id"] is not None
+    assert [entry.split(" ")[0] for entry in row["lineage"]] == ["support-bot:2", "support-bot:1"]

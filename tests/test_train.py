@@ -72,7 +72,7 @@ def test_sft_run_writes_metrics_adapter_and_scores(tiny_model, chat_files, tmp_p
     assert "val_loss" in steps[1] and "val_loss" in steps[3]
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "succeeded" and record["results"]["steps"] == 4
-    assert result.base is not None and len(result.tuned.scores) == 4
+    assert result.base_score is not None and len(record["tuned_answers"]) == 4
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run / "adapter")
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     ids = torch.tensor([[1, 500, 600, 700]])
@@ -277,7 +277,7 @@ def test_the_token_cap_counts_a_shared_prefix_once():
 
 def test_chat_defaults_to_the_system_prompt_nearly_every_training_example_had():
     from hone.data.records import ChatExample
-    from hone.objectives.sft import common_system_prompt
+    from hone.data.render import common_system_prompt
 
     def example(system):
         head = [{"role": "system", "content": system}] if system else []

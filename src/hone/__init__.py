@@ -1,2 +1,110 @@
-"""hone: fine-tune language models on your own hardware."""
-__version__ = "0.1.0"
+"""hone: fine-tune language models on your own hardware.
+
+The front door: what the `hone` command does, callable from Python (docs/python.md).
+
+    import hone
+    result = hone.train(data="orders.jsonl", max_steps=50)          # -> hone.RunResult
+    print(result.metric, result.base_score, result.tuned_score, result.run_dir)
+    hone.evaluate(result.run_dir, data="test.jsonl")                # -> an evaluation with intervals
+    hone.Predictor(result.run_dir).chat([{"role": "user", "content": "..."}])
+    hone.check_data("orders.jsonl")                                 # -> the quality report
+    hone.plan(model="smollm2-135m-instruct", methods=["lora", "full"])
+
+Imports are deferred to the call: `import hone` stays fast for the CLI and for scripts that only
+read a config (torch and transformers load when a function first needs them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hone.version import __version__
+
+__all__ = ["Predictor", "RunConfig", "RunResult", "check_data", "evaluate", "load_config", "plan", "train",
+           "__version__"]
+
+if TYPE_CHECKING:
+    from hone.config import RunConfig
+    from hone.evaluate.predict import Predictor
+    from hone.evaluate.run_eval import EvalResult
+    from hone.objectives.lifecycle import RunResult
+    from hone.objectives.plan import Plan
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | None = None, **overrides: Any) -> RunConfig:
+    """A validated run configuration: a YAML file (optional), `section.field=value` strings, and flags
+    named as the CLI's (`data=`, `model=`, `method=`, `objective=`, `lr=`, `epochs=`, `max_steps=`,
+    `seed=`, `output=`, `name=`, ...) or any field as `section__field=value`."""
+    from hone import config
+
+    return config.load_config(Path(path) if path is not None else None, config.overrides(sets, **overrides))
+
+
+def train(config_or_path: RunConfig | str | Path | None = None, *, resume: str | Path | None = None,
+          console=None, **overrides: Any) -> RunResult:
+    """Fine-tune as `hone train` does and return the RunResult (run_dir, metric, base_score, tuned_score,
+    forgetting, ...). `resume` continues an interrupted run (its folder, id, NAME:VERSION or 'latest')."""
+    from rich.console import Console
+
+    from hone import config, objectives
+    from hone.registry.runs import find_run
+
+    run_dir = None
+    if resume is not None:
+        run_dir = find_run(resume)
+        cfg = config.load_config(run_dir / "config.yaml")
+    elif isinstance(config_or_path, config.RunConfig):
+        cfg = config_or_path
+        if overrides:
+            data = cfg.model_dump(mode="json", exclude_unset=True)
+            for key, value in config.overrides(**overrides).items():
+                config.set_dotted(data, config.resolve_key(key), value)
+            cfg = config.build_config(data, "arguments")
+    else:
+        cfg = load_config(config_or_path, **overrides)
+    return objectives.run(cfg, run_dir=run_dir, console=console or Console(stderr=True))
+
+
+def evaluate(target: str | Path, data: str | Path | None = None, *, console=None, **options: Any) -> EvalResult:
+    """Score a run (or a model) against its base on held-out data, as `hone eval` does; `options` are
+    EvalOptions' fields (base, compare_base, metrics, schema, suite, judge_url, limit, seed, ...)."""
+    from rich.console import Console
+
+    from hone.evaluate.run_eval import EvalOptions, evaluate_model
+
+    opts = EvalOptions(data=Path(data) if data is not None else None, **options)
+    return evaluate_model(str(target), opts, console=console or Console(stderr=True))
+
+
+def check_data(*paths: str | Path, model: str | None = None, max_seq_len: int = 1024, format: str | None = None,
+               strict: bool = False) -> dict:
+    """The quality report `hone data check` prints, as a dict: problems by line, duplicates, conflicts, PII,
+    lengths, leakage between the files (train first, then validation and test). `model` counts tokens."""
+    from hone.data.quality import check_data as check
+
+    return check([Path(p) for p in paths], model, max_seq_len, format, strict)
+
+
+def plan(model: str = "smollm2-135m-instruct", methods: list[str] | None = None, length: int = 512,
+         batch: int = 8, examples: int = 1000, gpu: str | None = None, threads: int | None = None) -> Plan:
+    """Memory and time per epoch of each method before training, as `hone plan` prints them."""
+    from hone.objectives.plan import make_plan
+
+    return make_plan(model, methods, length, batch, examples, gpu, threads)
+
+
+def __getattr__(name: str):
+    """The classes of the front door, imported when first used (they pull in torch)."""
+    if name == "Predictor":
+        from hone.evaluate.predict import Predictor
+
+        return Predictor
+    if name == "RunResult":
+        from hone.objectives.lifecycle import RunResult
+
+        return RunResult
+    if name == "RunConfig":
+        from hone.config import RunConfig
+
+        return RunConfig
+    raise AttributeError(f"module 'hone' has no attribute {name!r}")

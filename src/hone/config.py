@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from hone.errors import ConfigError
-from hone.models.catalogue import DEFAULT_MODEL
+
+# The catalogue's default base (models/catalogue.py imports it from here: config is the lower floor).
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # Learning rates from practice: adapters tolerate (and need) ~10x the rate of full fine-tuning;
 # the fewer parameters a method trains, the higher its usual rate (docs/methods.md cites each source).
@@ -29,7 +31,8 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    name: str = Field(DEFAULT_MODEL, description="Base model: catalogue name, local HF folder, .gguf file or hub id")
+    name: str = Field(DEFAULT_MODEL, description="Base model: catalogue name, local HF folder, .gguf file, hub id, or a tuned model: a run folder, NAME:VERSION or NAME@TAG")
+    parent: Optional[str] = Field(None, description="Written by hone: the run folder whose tuned model `name` is (lineage)")
 
 
 class DataSection(Section):
@@ -103,14 +106,6 @@ class EvalSection(Section):
     max_forgetting: float = Field(5.0, ge=0.0, description="Gate: the run fails its forgetting check when probe accuracy drops by more than this many points")
 
 
-# What training optimises (objectives/): one file per objective, `hone.objectives.run` dispatches.
-Objective = Literal["sft", "pretrain", "classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo", "mixture"]
-OBJECTIVES: tuple[str, ...] = Objective.__args__
-# "auto": hone reads the training data and picks the objective (hone/advice.py; docs/recipes.md).
-ObjectiveChoice = Literal["auto", "sft", "pretrain", "classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo",
-                          "mixture"]
-
-
 class PretrainSection(Section):
     block_size: int = Field(256, ge=16, description="pretrain/mixture: raw text is packed into blocks of this many tokens")
 
@@ -143,12 +138,26 @@ class RunConfig(Section):
     method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
-    objective: ObjectiveChoice = Field("auto", description="What training optimises: auto (read the data and choose, `hone plan --data FILE` shows why), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo, mixture")
+    objective: str = Field("auto", description="What training optimises: auto (read the data and choose, `hone plan --data FILE` shows why) or one of `hone objectives`: sft, pretrain, mixture, classify, ner, dpo, orpo, simpo, reward, grpo")
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
     grpo: GRPOSection = Field(default_factory=GRPOSection)
     mixture: list[MixtureSource] = Field(default_factory=list, description="mixture: datasets with weights, e.g. [{train: a.jsonl, weight: 0.7}, ...]")
     recipe: Optional[dict] = Field(None, description="Written by hone: how objective and method were chosen (advised or forced) and why")
+
+    _source: Optional[str] = PrivateAttr(None)   # the YAML file (or "command line") this came from
+    _text: Optional[str] = PrivateAttr(None)
+
+    def error(self, message: str, field: str) -> ConfigError:
+        """A ConfigError about `field` that names the config file and line where it was set."""
+        line = _yaml_line(self._text, tuple(field.split("."))) if self._text else None
+        return ConfigError(message, file=self._source or "command line", line=line, field=field)
+
+    def is_set(self, field: str) -> bool:
+        """Did the user set `field` (a dotted path) rather than leave its default?"""
+        section, _, name = field.rpartition(".")
+        model = getattr(self, section) if section else self
+        return name in model.model_fields_set
 
     @property
     def lr(self) -> float:
@@ -232,7 +241,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError("expected a mapping of sections (model, data, method, train, eval)", file=str(path))
     for key, value in (overrides or {}).items():
         set_dotted(data, resolve_key(key), value)
-    return build_config(data, source, text)
+    config = build_config(data, source, text)
+    config._source, config._text = source, text
+    return config
 
 
 def resolve_key(key: str) -> str:

@@ -55,6 +55,7 @@ def train(
     method: Optional[str] = typer.Option(None, "--method", help="Adaptation method (`hone methods` lists them)"),
     objective: Optional[str] = typer.Option(None, "--objective", help="auto (default: chosen from the data), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo or mixture"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation, data order and dropout (default 42)"),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Effective batch size"),
@@ -73,37 +74,25 @@ def train(
     """Fine-tune a model on your data; without --objective hone reads the data and picks the recipe (hone plan)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_relaunch(nproc, launcher, accelerate_config))
-    from hone.config import load_config, overrides
-    from hone.objectives import run as run_objective
-    from hone.objectives.record import ObjectiveResult
-    from hone.cli.summary import objective_summary_json, print_objective_summary, print_summary, summary_json
-    from hone.registry.runs import find_run
+    import hone
 
-    if model and (":" in model or "@" in model) and not Path(model).exists():
-        model = str(_registered_base(model))
-    run_dir = None
-    if resume:
-        run_dir = find_run(resume)
-        cfg = load_config(run_dir / "config.yaml")
-    else:
-        cfg = load_config(config, overrides(
-            sets, data=data, validation=validation, test=test, model=model, method=method, objective=objective,
-            lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, time_budget=time_budget,
-            save_steps=save_steps, system_prompt=system_prompt, format=data_format, strict=strict, output=output,
-            name=name))
-    result = run_objective(cfg, run_dir=run_dir, console=err)
+    result = hone.train(config, resume=resume, console=err, sets=sets, data=data, validation=validation, test=test,
+                        model=model, method=method, objective=objective, lr=lr, epochs=epochs, max_steps=max_steps,
+                        batch_size=batch_size, time_budget=time_budget, save_steps=save_steps, seed=seed,
+                        system_prompt=system_prompt, format=data_format, strict=strict, output=output, name=name)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary per launch: rank 0 evaluated, saved and recorded the run
-    if isinstance(result, ObjectiveResult):
-        if as_json:
-            print(json.dumps(objective_summary_json(result)))
-        else:
-            print_objective_summary(result, out)
-    elif as_json:
-        print(json.dumps(summary_json(result)))
+    _print_result(result, as_json)
+
+
+def _print_result(result, as_json: bool) -> None:
+    from hone.cli.summary import print_summary
+
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
-        print_summary(result, out, cfg.eval.samples)
-    if getattr(result, "forgetting", None) and not result.forgetting["passed"]:
+        print_summary(result, out)
+    if result.forgetting_failed:
         raise typer.Exit(3)  # the run is saved, but it failed its forgetting check: scripts and CI must see it
 
 
@@ -115,15 +104,10 @@ def demo(
 ):
     """Fine-tune the embedded model on the bundled order-extraction task; show base vs tuned."""
     from hone.objectives.demo import DEMO_TRAIN_SECONDS, run_demo
-    from hone.cli.summary import print_summary, summary_json
 
     err.print("[bold]hone demo[/bold]: teach SmolLM2-135M to extract orders as JSON "
               f"({train_seconds or DEMO_TRAIN_SECONDS:.0f} s of LoRA training on this machine)")
-    result = run_demo(train_seconds or DEMO_TRAIN_SECONDS, output, console=err)
-    if as_json:
-        print(json.dumps(summary_json(result)))
-    else:
-        print_summary(result, out, 4)
+    _print_result(run_demo(train_seconds or DEMO_TRAIN_SECONDS, output, console=err), as_json)
 
 
 @app.command()
@@ -132,40 +116,27 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
          max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
          temperature: float = typer.Option(0.0, "--temperature")):
     """Chat with a tuned model (streaming). Empty line or Ctrl-D quits."""
+    from hone.evaluate.predict import Predictor, chat_loop
     from hone.hardware import pick_hardware
-    from hone.evaluate.generate import stream_answer
-    from hone.evaluate.predict import Predictor
-    from hone.registry.runs import find_run, read_record
 
-    hw = pick_hardware()
-    folder = find_run(run)
-    predictor = Predictor(folder, hw.device)
+    predictor = Predictor(run, pick_hardware().device)
     if predictor.kind == "classifier":
         err.print(f"[dim]A classifier: it answers with one of {len(predictor.labels)} labels "
                   f"({', '.join(predictor.labels[:8])}{', …' if len(predictor.labels) > 8 else ''}).[/dim]",
                   highlight=False)
-    if system is None and (system := read_record(folder).get("system_prompt")):
+    if system is None and (system := predictor.system_prompt):
         err.print(f"[dim]System prompt from the training data: {system!r} (--system '' for none)[/dim]",
                   highlight=False)
-    messages = [{"role": "system", "content": system}] if system else []
     err.print("[dim]Type a message; an empty line quits.[/dim]")
-    while True:
-        try:
-            text = input("you> ").strip()
-        except EOFError:
-            break
-        if not text:
-            break
-        messages.append({"role": "user", "content": text})
-        out.print("model> ", end="")
-        parts = []
-        pieces = ([predictor.answer(messages)] if predictor.kind == "classifier" else
-                  stream_answer(predictor.model, predictor.tokenizer, messages, max_new_tokens, temperature))
-        for piece in pieces:
-            parts.append(piece)
-            out.print(piece, end="", markup=False, highlight=False)
-        out.print()
-        messages.append({"role": "assistant", "content": "".join(parts)})
+    write = lambda text: out.print(text, end="", markup=False, highlight=False)  # noqa: E731
+    chat_loop(predictor, _read_line, write, system, max_new_tokens, temperature)
+
+
+def _read_line() -> str | None:
+    try:
+        return input("you> ")
+    except EOFError:
+        return None
 
 
 @app.command()
@@ -176,31 +147,19 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
              max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
              as_json: bool = typer.Option(False, "--json", help="One JSON object per answer")):
     """Answer one prompt or every prompt in a file with a tuned model (a classifier answers with its label)."""
+    from hone.evaluate.predict import Predictor, read_prompts
     from hone.hardware import pick_hardware
-    from hone.evaluate.predict import Predictor
-    from hone.registry.runs import find_run, read_record
 
-    folder = find_run(run)
+    predictor = Predictor(run, pick_hardware().device)
     if system is None:
-        system = read_record(folder).get("system_prompt")  # ask the way the model was taught
-    conversations = _prompts(prompt, file, system)
-    hw = pick_hardware()
-    answers = Predictor(folder, hw.device).answers(conversations, max_new_tokens)
+        system = predictor.system_prompt  # ask the way the model was taught
+    conversations = read_prompts(prompt, file, system)
+    answers = predictor.answers(conversations, max_new_tokens)
     for conversation, answer in zip(conversations, answers):
         if as_json:
             print(json.dumps({"prompt": conversation[-1]["content"], "answer": answer}, ensure_ascii=False))
         else:
             out.print(answer, markup=False, highlight=False)
-
-
-def _registered_base(ref: str) -> Path:
-    """`--model support-bot:3` or `support-bot@production`: train on top of that tuned model."""
-    from hone.registry.runs import find_run
-    from hone.methods.artifact import tuned_model_folder
-
-    folder = tuned_model_folder(find_run(ref))
-    err.print(f"  base: {ref} -> {folder}", highlight=False)
-    return folder
 
 
 def _relaunch(nproc: int, launcher: str, config: str) -> int:
@@ -221,37 +180,15 @@ def _relaunch(nproc: int, launcher: str, config: str) -> int:
     return subprocess.run(command, env=env).returncode
 
 
-def _prompts(prompt: str | None, file: Path | None, system: str | None) -> list[list[dict]]:
-    from hone.data.formats import check_messages, read_jsonl
-    from hone.data.records import ChatExample
-
-    head = [{"role": "system", "content": system}] if system else []  # for prompts that bring none
-    if prompt is not None:
-        return [head + [{"role": "user", "content": prompt}]]
-    if file is None:
-        raise UserError("give --prompt TEXT or --file prompts.jsonl")
-    conversations = []
-    for line, record in read_jsonl(file):
-        if "messages" in record:
-            example = ChatExample(record["messages"])
-            if any(m.get("role") == "assistant" for m in record["messages"]):
-                check_messages(record, str(file), line)
-            asked = example.prompt_messages
-            conversations.append(asked if asked and asked[0]["role"] == "system" else head + asked)
-        elif isinstance(record.get("prompt"), str):
-            conversations.append(head + [{"role": "user", "content": record["prompt"]}])
-        else:
-            raise UserError("expected `messages` or `prompt` in each line", file=str(file), line=line)
-    return conversations
-
-
 @app.command("methods")
 def methods_list(as_json: bool = typer.Option(False, "--json")):
     """Adaptation methods: what each trains, its default learning rate, where it applies."""
     from hone.methods import METHODS
+    from hone.objectives.registry import OBJECTIVES
 
     rows = [{"name": m.name, "trains": m.trains, "default_lr": m.default_lr, "saves": m.saves,
-             "objectives": sorted(m.objectives), "choose_when": m.choose_when} for m in METHODS.values()]
+             "objectives": sorted(o.name for o in OBJECTIVES.values() if m.applies(o.head is not None, o.own_loop)),
+             "choose_when": m.choose_when} for m in METHODS.values()]
     if as_json:
         print(json.dumps(rows))
         return

@@ -11,7 +11,6 @@ from rich.table import Table
 
 out = Console()
 # Objectives whose model is the causal LM the memory plan describes (classify/ner/reward add a head).
-LM_OBJECTIVES = ("sft", "pretrain", "mixture", "dpo", "orpo", "simpo", "grpo")
 
 
 def plan_command(
@@ -32,7 +31,9 @@ def plan_command(
     model = model or model_arg
     if data is not None:
         advice = _advise(data, model, objective, method[0] if method else None, data_format, as_json)
-        if as_json or advice.objective not in LM_OBJECTIVES:
+        from hone.objectives.registry import OBJECTIVES  # here, not at the top: it loads torch
+
+        if as_json or OBJECTIVES[advice.objective].head is not None:  # the memory plan is for LM objectives
             return
         method, length, batch, examples = [advice.method], advice.max_length, advice.batch_size, advice.n_examples
         out.print()

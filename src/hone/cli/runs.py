@@ -59,9 +59,10 @@ def runs_list(name: Optional[str] = typer.Option(None, "--name", help="Only runs
 def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or NAME@TAG"),
               as_json: bool = typer.Option(False, "--json")):
     """Everything recorded about one run."""
-    from hone.registry.store import show_run
+    from hone.registry.store import lineage, show_run
 
     row = show_run(ref)
+    row["lineage"] = [f"{r.name}:{r.version} ({r.id})" for r in lineage(row["id"])]
     if as_json:
         print(json.dumps(row, default=str))
         return
@@ -71,6 +72,8 @@ def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or
     for key in ("status", "path", "base_model", "base_model_hash", "method", "objective", "parent_id", "tags",
                 "hone_version", "created_at", "finished_at"):
         table.add_row(key, _fmt(row[key]))
+    if len(row["lineage"]) > 1:  # trained on the tuned model of its parent, and so on back to a plain base
+        table.add_row("lineage", " <- ".join(row["lineage"]))
     for role, info in (row["data"] or {}).items():
         table.add_row(f"data.{role}", f"{info['path']}  sha256 {info['sha256'][:16]}…")
     metrics = row["metrics"] or {}

@@ -4,24 +4,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from hone.objectives.sft import SFTResult
+from hone.objectives.lifecycle import RunResult
 
-
-def summary_json(result: SFTResult) -> dict:
-    """The run summary as plain data (the last line of `--json` output)."""
-    return {
-        "metric": result.metric,
-        "base_score": result.base.score if result.base else None,
-        "tuned_score": result.tuned.score if result.tuned else None,
-        "n_test": len(result.test),
-        "train_seconds": round(result.train_seconds, 1),
-        "total_seconds": round(result.total_seconds, 1),
-        "val_loss": result.record.get("results", {}).get("val_loss"),
-        "steps": result.record.get("results", {}).get("steps"),
-        "run_dir": str(result.run_dir),
-        "forgetting": result.forgetting,
-        "recipe": result.record.get("recipe"),
-    }
+# How each metric reads in a results table.
+SCORE_NAMES = {"perplexity": "perplexity on held-out text", "accuracy": "accuracy", "entity_f1": "entity F1",
+               "pairwise_accuracy": "pairwise accuracy (chosen ranked above rejected)",
+               "mean_reward": "mean reward of greedy answers",
+               "weighted validation loss": "validation loss, weighted by the mixture"}
+EARLY = {"early_stopping": "stopped early (validation loss stopped improving)"}
 
 
 def _clip(text: str, width: int = 90) -> str:
@@ -29,15 +19,34 @@ def _clip(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None:
+def score_text(value, share: bool) -> str:
+    """A score as a reader expects it: a share as a percentage, anything else (perplexity, loss, reward) as a number."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.1%}" if share else f"{value:.4g}"
+
+
+def print_summary(result: RunResult, console: Console, samples: int | None = None) -> None:
+    """The results table of any objective, the answers side by side (sft), the recipe and what to do next."""
     results = result.record.get("results", {})
-    table = Table(title="Results", show_header=True, header_style="bold")
+    table = Table(title=f"Results ({result.objective} + {result.method})", header_style="bold")
     table.add_column("")
     table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
-    if result.metric and result.tuned:
-        base = f"{result.base.score:.1%}" if result.base else "-"
-        table.add_row(f"{result.metric} on {len(result.test)} test items", base, f"[bold green]{result.tuned.score:.1%}")
+    if result.tuned_score is not None:
+        split = results.get("split") or "test"
+        n = (result.record.get("data") or {}).get("n_test") or ""
+        name = SCORE_NAMES.get(result.metric or "", result.metric or "score")
+        better = result.base_score is None or ((result.tuned_score < result.base_score) if result.lower_is_better
+                                              else (result.tuned_score > result.base_score))
+        table.add_row(f"{name} on {n} {split} items".replace("  ", " "), score_text(result.base_score, result.share),
+                      f"[{'bold green' if better else 'bold red'}]{score_text(result.tuned_score, result.share)}")
+    if result.baseline:
+        table.caption = f"base: {result.baseline}"
+    for row in result.rows:
+        table.add_row(row.label, score_text(row.base, row.share), score_text(row.tuned, row.share))
     if results.get("items"):
         items = results["items"]
         table.add_row("items improved / regressed / unchanged", "",
@@ -48,34 +57,47 @@ def print_summary(result: SFTResult, console: Console, samples: int = 4) -> None
         table.add_row(f"general-skills probe ({f['n']} items)", f"{f['base']:.1f}%", f"{f['tuned']:.1f}%")
         table.add_row("forgetting (drop, 95% CI)", "",
                       f"{f['drop']:+.1f} pts [{f['ci'][0]:+.1f}, {f['ci'][1]:+.1f}]; gate {f['gate']:g}: {verdict}")
-    if results.get("val_loss") is not None:
-        table.add_row("validation loss (per trained token)", "", f"{results['val_loss']:.4f}")
-    table.add_row("training", "", f"{results.get('steps')} steps, {result.train_seconds:.0f} s, "
-                  f"{results.get('tokens_per_s', 0):.0f} tok/s")
+    losses = result.losses
+    if losses.get("first_loss") is not None and losses.get("train_loss") is not None:
+        table.add_row("training loss, first -> last step", "", f"{losses['first_loss']:.4g} -> {losses['train_loss']:.4g}")
+    if losses.get("val_loss") is not None:
+        best = (f"; best {losses['best_val_loss']:.4f} at step {losses['best_step']}"
+                if losses.get("best_step") is not None and losses.get("best_val_loss") != losses["val_loss"] else "")
+        table.add_row("validation loss", "", f"{losses['val_loss']:.4f}{best}")
+    rate = f", {results['tokens_per_s']:.0f} tok/s" if results.get("tokens_per_s") else ""
+    stop = f", {EARLY[result.stopped_by]}" if result.stopped_by in EARLY else ""
+    table.add_row("training", "", f"{result.steps} steps, {result.train_seconds:.0f} s{rate}{stop}")
     table.add_row("total wall time", "", f"{result.total_seconds:.0f} s")
     console.print(table)
-
-    if result.tuned and samples:
-        side = Table(title="Test prompts side by side", show_lines=True, header_style="bold")
-        for column in ("prompt", "base", "tuned", "expected"):
-            side.add_column(column, overflow="fold", ratio=1)
-        for i in _sample_indices(result, samples):
-            example = result.test[i]
-            mark = "[green]✓[/green] " if result.tuned.scores[i] else "[red]✗[/red] "
-            base = result.base.answers[i] if result.base else "-"
-            side.add_row(_clip(example.prompt_messages[-1]["content"], 160), _clip(base, 160),
-                         mark + _clip(result.tuned.answers[i], 160), _clip(example.answer or ""))
-        console.print(side)
-
+    if results.get("overfitting_alarms"):
+        console.print(f"[yellow]Overfitting alarm at steps {', '.join(map(str, results['overfitting_alarms']))}: "
+                      "training loss fell while validation loss rose (docs/safeguards.md).[/yellow]")
+    _print_samples(result, console, samples)
     print_recipe(result.record, console)
     hone = hone_command()
-    if result.forgetting and not result.forgetting["passed"]:
+    if result.forgetting_failed:
         console.print(f"[bold red]Forgetting check failed[/bold red]: general-skills accuracy fell "
                       f"{result.forgetting['drop']:.1f} points (gate {result.forgetting['gate']:g}). Try a lower "
                       "--lr, --set train.replay=0.2 or --set train.kl_to_base=0.5 (docs/forgetting.md).")
-    console.print(f"\nRun folder: [bold]{result.run_dir}[/bold]")
-    console.print(f"Chat with the tuned model:  {hone} chat {result.run_dir}", highlight=False)
-    console.print(f"Generate from a file:       {hone} generate {result.run_dir} --file prompts.jsonl", highlight=False)
+    console.print(f"\nRun folder: [bold]{result.run_dir}[/bold] ({result.artifact or 'adapter'}/ holds the model; "
+                  "report.html shows the run)")
+    if result.objective in ("sft", "classify", "pretrain", "mixture", "dpo", "orpo", "simpo", "grpo"):
+        console.print(f"Chat with the tuned model:  {hone} chat {result.run_dir}", highlight=False)
+        console.print(f"Generate from a file:       {hone} generate {result.run_dir} --file prompts.jsonl",
+                      highlight=False)
+
+
+def _print_samples(result: RunResult, console: Console, samples: int) -> None:
+    if not result.samples or samples == 0:
+        return
+    side = Table(title="Test prompts side by side", show_lines=True, header_style="bold")
+    for column in ("prompt", "base", "tuned", "expected"):
+        side.add_column(column, overflow="fold", ratio=1)
+    for sample in result.samples[:samples or len(result.samples)]:
+        mark = "[green]✓[/green] " if sample["correct"] else "[red]✗[/red] "
+        side.add_row(_clip(sample["prompt"], 160), _clip(sample["base"] or "-", 160),
+                     mark + _clip(sample["tuned"], 160), _clip(sample["expected"]))
+    console.print(side)
 
 
 def print_recipe(record: dict, console: Console) -> None:
@@ -102,66 +124,3 @@ def hone_command() -> str:
     return relative if not relative.startswith("..") else ran
 
 
-def _sample_indices(result: SFTResult, samples: int) -> list[int]:
-    """Spread samples over the test split, and include a tuned miss when there is one."""
-    n = len(result.test)
-    picks = sorted({round(i * (n - 1) / max(1, samples - 1)) for i in range(samples)}) if n else []
-    misses = [i for i, s in enumerate(result.tuned.scores) if not s and i not in picks]
-    if misses and picks:
-        picks[-1] = misses[0]
-    return sorted(picks)
-
-
-# Objectives other than sft: what their score means, and whether higher is better.
-SCORE_NAMES = {"perplexity": ("perplexity on held-out text", False),
-               "accuracy": ("accuracy", True), "entity_f1": ("entity F1", True),
-               "pairwise_accuracy": ("pairwise accuracy (chosen ranked above rejected)", True),
-               "mean_reward": ("mean reward of greedy answers", True),
-               "weighted validation loss": ("validation loss, weighted by the mixture", False)}
-
-
-def objective_summary_json(result) -> dict:
-    """A non-sft run's summary as plain data (the last line of `--json` output)."""
-    return {"objective": result.objective, **result.results, "recipe": result.record.get("recipe"),
-            "run_dir": str(result.run_dir),
-            "train_seconds": round(result.train_seconds, 1), "total_seconds": round(result.total_seconds, 1)}
-
-
-def print_objective_summary(result, console: Console) -> None:
-    """Results table of a pretrain, classify, ner, preference, reward, grpo or mixture run."""
-    results = result.results
-    table = Table(title=f"Results ({result.objective})", show_header=True, header_style="bold")
-    table.add_column("")
-    table.add_column("base", justify="right")
-    table.add_column("tuned", justify="right")
-    name, higher = SCORE_NAMES.get(results.get("metric"), (results.get("metric"), True))
-    split = results.get("split")
-    if results.get("tuned_score") is not None:
-        base = results.get("base_score")
-        better = base is None or (results["tuned_score"] > base if higher else results["tuned_score"] < base)
-        colour = "bold green" if better else "bold red"
-        table.add_row(f"{name}{f' ({split})' if split else ''}", "-" if base is None else f"{base:.4g}",
-                      f"[{colour}]{results['tuned_score']:.4g}")
-    if results.get("baseline"):
-        table.caption = f"base: {results['baseline']}"
-    if results.get("tuned_margin") is not None:
-        table.add_row("mean log-prob margin, chosen - rejected", f"{results['base_margin']:.4g}",
-                      f"{results['tuned_margin']:.4g}")
-    if results.get("tuned_macro_f1") is not None:
-        table.add_row("macro-F1", "", f"{results['tuned_macro_f1']:.4g}")
-    if results.get("tuned_word_accuracy") is not None:
-        table.add_row("word accuracy", "", f"{results['tuned_word_accuracy']:.4g}")
-    for source, scores in (results.get("sources") or {}).items():
-        table.add_row(f"  {source} (weight {scores['weight']:g}) val loss", f"{scores['base_val_loss']}",
-                      f"{scores['tuned_val_loss']}")
-    if results.get("first_loss") is not None and results.get("train_loss") is not None:
-        table.add_row("training loss, first -> last step", "", f"{results['first_loss']:.4g} -> {results['train_loss']:.4g}")
-    if results.get("first_train_reward") is not None:
-        table.add_row("training reward, first -> last step", "",
-                      f"{results['first_train_reward']:.4g} -> {results['last_train_reward']:.4g}")
-    rate = f", {results['tokens_per_s']:.0f} tok/s" if results.get("tokens_per_s") else ""
-    table.add_row("training", "", f"{results.get('steps')} steps, {result.train_seconds:.0f} s{rate}")
-    table.add_row("total wall time", "", f"{result.total_seconds:.0f} s")
-    console.print(table)
-    print_recipe(result.record, console)
-    console.print(f"\nRun folder: [bold]{result.run_dir}[/bold] ({results.get('artifact', 'adapter')}/ holds the model)")

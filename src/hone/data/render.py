@@ -8,7 +8,10 @@ The end-of-turn token is trained too, or the tuned model never stops (TRL #2059,
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+
+from hone.data.records import ChatExample
 
 from hone.errors import DataError
 
@@ -87,3 +90,23 @@ def classifier_text(tokenizer, messages: list[dict]) -> str:
     if getattr(tokenizer, "chat_template", None):
         return prompt_for_generation(tokenizer, messages)
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def with_system_prompt(examples: list[ChatExample], system_prompt: str | None) -> list[ChatExample]:
+    if not system_prompt:
+        return examples
+    for example in examples:
+        if example.messages[0]["role"] != "system":
+            example.messages.insert(0, {"role": "system", "content": system_prompt})
+    return examples
+
+
+def common_system_prompt(examples: list[ChatExample]) -> str | None:
+    """The system message nearly every training example starts with: chat and generate default to it,
+    so the tuned model is asked the way it was taught."""
+    firsts = Counter(e.messages[0]["content"] for e in examples if e.messages[0]["role"] == "system")
+    if firsts:
+        text, count = firsts.most_common(1)[0]
+        if count >= 0.9 * len(examples):
+            return text
+    return None

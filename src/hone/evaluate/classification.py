@@ -5,7 +5,8 @@ CoNLL score NER) counts an entity as found only when its type and its exact span
 """
 from __future__ import annotations
 
-from hone.evaluate.metrics import accuracy, confusion_matrix, macro_f1
+from hone.evaluate.generate import generate_batch
+from hone.evaluate.metrics import accuracy, confusion_matrix, macro_f1, normalise_label
 
 
 def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
@@ -37,3 +38,13 @@ def classification_scores(predictions: list[str], references: list[str], labels:
     return {"accuracy": round(accuracy(references, predictions), 4),
             "macro_f1": round(macro_f1(references, predictions, present), 4),
             "confusion_matrix": {"labels": labels, "rows": confusion_matrix(references, predictions, labels)[1]}}
+
+
+def zero_shot_labels(model, tokenizer, conversations: list[list[dict]], labels: list[str],
+                     batch_size: int = 16) -> list[str]:
+    """A base model's generated answers read as labels (equal up to case, spacing and a final full stop),
+    as `hone eval` scores a model that has no classification head."""
+    longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    answers = generate_batch(model, tokenizer, conversations, longest + 4, batch_size)
+    loose = {normalise_label(label): label for label in labels}
+    return [loose.get(normalise_label(a), a) for a in answers]

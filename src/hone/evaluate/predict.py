@@ -10,16 +10,24 @@ A classifier trained from chat data answers with the label text, so `hone genera
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterator
 
+from hone.config import load_config
+from hone.data.formats import check_messages, read_jsonl
+from hone.data.records import ChatExample
+from hone.data.render import classifier_text
 from hone.errors import UserError
+from hone.evaluate.generate import generate_batch, stream_answer
+from hone.methods.artifact import load_run_model
+from hone.methods.heads import load_head_run, predict
+from hone.models.load import load_causal_lm, load_tokenizer
+from hone.registry.runs import find_run, read_record
 
 
 class Predictor:
     """A loaded run or model that answers conversations; `kind` is "classifier" or "generator"."""
 
     def __init__(self, ref: str | Path, device: str = "cpu"):
-        from hone.registry.runs import find_run, read_record
-
         try:
             run = find_run(ref)
         except UserError:
@@ -32,17 +40,11 @@ class Predictor:
         self.kind = "classifier" if head == "sequence" else "generator"
         self.labels: list[str] = self.record.get("labels", [])
         if self.kind == "classifier":
-            from hone.methods.heads import load_head_run
-
             self.model, self.tokenizer, _ = load_head_run(run, device)
             self.max_length = _run_max_length(run, self.model)
         elif run is not None:
-            from hone.methods.artifact import load_run_model
-
             self.model, self.tokenizer = load_run_model(run, device)
         else:
-            from hone.models.load import load_causal_lm, load_tokenizer
-
             self.model, self.tokenizer = load_causal_lm(str(ref), device), load_tokenizer(str(ref))
 
     @property
@@ -53,12 +55,7 @@ class Predictor:
     def answers(self, conversations: list[list[dict]], max_new_tokens: int = 256, batch_size: int = 16) -> list[str]:
         """One answer per conversation (each ends with the user's turn)."""
         if self.kind == "generator":
-            from hone.evaluate.generate import generate_batch
-
             return generate_batch(self.model, self.tokenizer, conversations, max_new_tokens, batch_size)
-        from hone.data.render import classifier_text
-        from hone.methods.heads import predict
-
         if self.record.get("prompt_format") == "chat":
             texts = [classifier_text(self.tokenizer, c) for c in conversations]
         else:  # trained on plain text: the user's last message is the text
@@ -68,6 +65,59 @@ class Predictor:
     def answer(self, messages: list[dict], max_new_tokens: int = 256) -> str:
         return self.answers([messages], max_new_tokens)[0]
 
+    def chat(self, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0) -> str:
+        """The reply to a conversation (system prompt of the training data added when it has none)."""
+        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return "".join(self.stream(messages, max_new_tokens, temperature))
+
+    def stream(self, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0) -> Iterator[str]:
+        """The reply piece by piece as it is generated (a classifier's label in one piece)."""
+        if self.kind == "classifier":
+            yield self.answer(messages)
+            return
+        yield from stream_answer(self.model, self.tokenizer, messages, max_new_tokens, temperature)
+
+
+def read_prompts(prompt: str | None, file: Path | None, system: str | None = None) -> list[list[dict]]:
+    """The conversations to answer: one `prompt`, or each line of a JSONL `file` (chat records, whose
+    last assistant turn is left out, or {"prompt": ...}); `system` heads those that bring no system message."""
+    head = [{"role": "system", "content": system}] if system else []  # for prompts that bring none
+    if prompt is not None:
+        return [head + [{"role": "user", "content": prompt}]]
+    if file is None:
+        raise UserError("give --prompt TEXT or --file prompts.jsonl")
+    conversations = []
+    for line, record in read_jsonl(file):
+        if "messages" in record:
+            example = ChatExample(record["messages"])
+            if any(m.get("role") == "assistant" for m in record["messages"]):
+                check_messages(record, str(file), line)
+            asked = example.prompt_messages
+            conversations.append(asked if asked and asked[0]["role"] == "system" else head + asked)
+        elif isinstance(record.get("prompt"), str):
+            conversations.append(head + [{"role": "user", "content": record["prompt"]}])
+        else:
+            raise UserError("expected `messages` or `prompt` in each line", file=str(file), line=line)
+    return conversations
+
+
+def chat_loop(predictor: Predictor, read: Callable[[], str | None], write: Callable[[str], None],
+              system: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0) -> list[dict]:
+    """Converse until `read` returns None or an empty line: each reply is streamed through `write`.
+    Returns the conversation. `hone chat` reads the terminal; a test or a notebook passes its own."""
+    messages = [{"role": "system", "content": system}] if system else []
+    while (text := (read() or "").strip()):
+        messages.append({"role": "user", "content": text})
+        write("model> ")
+        parts = []
+        for piece in predictor.stream(messages, max_new_tokens, temperature):
+            parts.append(piece)
+            write(piece)
+        write("\n")
+        messages.append({"role": "assistant", "content": "".join(parts)})
+    return messages
+
 
 def answer(run_or_model: str | Path, messages: list[dict], max_new_tokens: int = 256) -> str:
     """The answer of a run (generative or classifier) or a model to one conversation; loads it each call."""
@@ -75,8 +125,6 @@ def answer(run_or_model: str | Path, messages: list[dict], max_new_tokens: int =
 
 
 def _run_max_length(run: Path, model) -> int:
-    from hone.config import load_config
-
     configured = load_config(Path(run) / "config.yaml").data.max_length if (Path(run) / "config.yaml").is_file() else 1024
     limit = getattr(model.config, "max_position_embeddings", None) or configured
     return min(configured, limit)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from hone import __version__, atomic
+from hone import atomic
+from hone.version import __version__
 from hone.data.load import load_chat_records
 from hone.errors import UserError
 from hone.evaluate import plots

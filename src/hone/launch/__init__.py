@@ -21,7 +21,6 @@ from hone.errors import ConfigError
 
 CONFIGS = {"ddp": "ddp.yaml", "fsdp2": "fsdp2.yaml", "deepspeed-zero2": "deepspeed_zero2.yaml",
            "deepspeed-zero3": "deepspeed_zero3.yaml"}
-HONE_LOOP_OBJECTIVES = ("sft", "pretrain", "mixture")
 
 
 def accelerate_config(name_or_path: str) -> Path:
@@ -67,20 +66,20 @@ def sharding_requested() -> str | None:
     return None
 
 
-def check_launch(objective: str, train_sharding: str = "none") -> None:
+def check_launch(objective: str, own_loop: bool, train_sharding: str = "none") -> None:
     """hone's loop shards with FSDP2 (train/sharding.py) or replicates; FSDP1 and DeepSpeed it refuses up front,
     and `train.sharding` outside it (the Trainer-driven objectives take sharding from accelerate's config)."""
-    if train_sharding != "none" and objective not in HONE_LOOP_OBJECTIVES:
-        raise ConfigError(f"train.sharding {train_sharding} applies to hone's own loop ({', '.join(HONE_LOOP_OBJECTIVES)}); "
+    if train_sharding != "none" and not own_loop:
+        raise ConfigError(f"train.sharding {train_sharding} applies to hone's own loop (sft, pretrain, mixture); "
                           f"objective {objective} trains through the Trainer: set train.sharding none (on GPUs, "
                           "launch it with --accelerate-config fsdp2)", field="train.sharding")
     sharding = sharding_requested()
-    if sharding and sharding != "FSDP2" and objective in HONE_LOOP_OBJECTIVES:
+    if sharding and sharding != "FSDP2" and own_loop:
         raise ConfigError(f"objective {objective} trains in hone's own loop, which shards with FSDP2 only: launch it "
                           f"with --accelerate-config fsdp2 (or ddp) instead of {sharding} ({sharding} applies to the "
                           "Trainer-driven objectives: classify, ner, dpo, orpo, simpo, reward, grpo)",
                           field="--accelerate-config")
-    if sharding and objective not in HONE_LOOP_OBJECTIVES and not _has_gpu():
+    if sharding and not own_loop and not _has_gpu():
         # Measured here (2 CPU processes, dpo): the ZeRO-2 config trained as plain DDP without a word, ZeRO-3
         # crashed in TRL's parameter gathering, and accelerate's FSDP on CPU fails or becomes DDP (field notes §9).
         raise ConfigError(f"objective {objective} trains through the Trainer, whose {sharding} does not run on a CPU "

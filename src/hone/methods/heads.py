@@ -24,9 +24,13 @@ def head_class(kind: str):
     return {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}[kind]
 
 
-def load_head_model(base: ResolvedModel | str, kind: str, labels: list[str], device: str = "cpu"):
-    """The base with a new head of len(labels) outputs (one output for a reward model: labels == [])."""
+def load_head_model(base: ResolvedModel | str, kind: str, labels: list[str], device: str = "cpu",
+                    seed: int | None = None):
+    """The base with a new head of len(labels) outputs (one output for a reward model: labels == []);
+    `seed` seeds the new head's random initialisation, so a run is reproducible from its seed."""
     quiet_transformers()
+    if seed is not None:
+        torch.manual_seed(seed)
     resolved = resolve_model(base) if isinstance(base, str) else base
     names = labels or ["reward"]
     model = head_class(kind).from_pretrained(
@@ -93,3 +97,23 @@ def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int
         logits = model(**batch).logits
         out += [names[int(k)] for k in logits.argmax(-1)]
     return out
+
+
+def has_lm_head(base: ResolvedModel) -> bool:
+    """Does the base model come with a language-model head (a decoder), or is it an encoder?"""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base.path)
+    return type(config) in AutoModelForCausalLM._model_mapping
+
+
+def as_causal_lm(model, base: ResolvedModel, device: str = "cpu"):
+    """The model's (tuned) backbone under the base's own language-model head: what a task head's
+    training did to the model's general skills, for the forgetting probe. peft injects its layers into
+    the backbone's modules, so the adapter stays active there; the task head is left out."""
+    from hone.models.load import load_causal_lm
+
+    lm = load_causal_lm(base, device)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    setattr(lm, lm.base_model_prefix, getattr(inner, inner.base_model_prefix))
+    return lm.eval()

@@ -15,10 +15,13 @@ from hone.config import DEFAULT_LR, MethodSection
 from hone.errors import ConfigError
 from hone.methods import bottleneck, freeze as selective, peft_methods, probe as probing, quantized
 
-# Objectives that train through a language-model head, and those that train a new task head.
-LM_OBJECTIVES = frozenset({"sft", "pretrain", "dpo", "orpo", "simpo", "grpo", "mixture"})
-HEAD_OBJECTIVES = frozenset({"classify", "ner", "reward"})
-ALL_OBJECTIVES = LM_OBJECTIVES | HEAD_OBJECTIVES
+# Where a method applies, by what the objective builds (objectives/registry.py says it per objective):
+#   any       every objective
+#   own_loop  objectives that train the language-model head in hone's own loop (sft, pretrain, mixture):
+#             virtual tokens and prefixes are not supported by TRL's trainers or task heads
+#   head      objectives that put a new task head on the model (classify, ner, reward)
+WHERE = {"any": "every objective", "own_loop": "objectives trained in hone's own loop",
+         "head": "objectives with a new task head"}
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,12 @@ class Method:
     choose_when: str                              # when a user should pick it
     apply: Callable[[nn.Module, MethodSection], nn.Module]
     saves: str                                    # "peft", "tensors" or "model" (methods/artifact.py)
-    objectives: frozenset = ALL_OBJECTIVES
+    where: str = "any"                            # a key of WHERE
     check: Optional[Callable[[nn.Module, MethodSection], None]] = None
+
+    def applies(self, head: bool, own_loop: bool) -> bool:
+        """Does the method apply to an objective with a new head (`head`) / trained in hone's loop?"""
+        return {"any": True, "own_loop": own_loop and not head, "head": head}[self.where]
 
     @property
     def default_lr(self) -> float:
@@ -51,35 +58,30 @@ _METHODS = [
     Method("adapters", "a bottleneck MLP after each block's MLP", "several tasks over one frozen base; "
            "not mergeable", bottleneck.adapters, "tensors", check=bottleneck.check_adapters),
     Method("prompt_tuning", "learned virtual-token embeddings", "tiny artifacts; larger models gain most",
-           peft_methods.prompt_tuning, "peft", objectives=frozenset({"sft", "pretrain", "mixture"})),
+           peft_methods.prompt_tuning, "peft", where="own_loop"),
     Method("prefix_tuning", "learned keys/values in every layer", "tiny artifacts; steering style or format",
-           peft_methods.prefix_tuning, "peft", objectives=frozenset({"sft", "pretrain", "mixture"})),
+           peft_methods.prefix_tuning, "peft", where="own_loop"),
     Method("ia3", "vectors rescaling keys, values and MLP activations", "the fewest parameters that still "
            "adapt every layer; mergeable", peft_methods.ia3, "peft"),
     Method("bitfit", "bias terms only", "models with biases (BERT/MiniLM, GPT-2) and small data",
            selective.bitfit, "tensors", check=selective.check_bitfit),
     Method("probe", "a new classification head; the model is frozen",
            "labels from fixed features: fastest, a strong baseline", probing.probe, "tensors",
-           objectives=HEAD_OBJECTIVES, check=probing.check_probe),
+           where="head", check=probing.check_probe),
 ]
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
 
 
-def method_objective_pairs(valid: bool = True) -> list[tuple[str, str]]:
-    """(method, objective) pairs that apply (or, with valid=False, those refused). `Method.objectives`
-    above is the one table: `check_pair`'s errors and tests/test_matrix.py's parametrisation both read it."""
-    return [(m.name, o) for m in _METHODS for o in sorted(ALL_OBJECTIVES) if (o in m.objectives) == valid]
-
-
-def check_pair(cfg: MethodSection, objective: str) -> None:
-    """Refuse a method that does not apply to `objective`, naming the methods that do."""
+def check_pair(cfg: MethodSection, objective: str, head: bool, own_loop: bool, fits: list[str]) -> None:
+    """Refuse a method that does not apply to `objective` (which has a new head / trains in hone's loop),
+    naming the methods that do; `fits` are the objectives the method applies to."""
     method = METHODS[cfg.name]
-    if objective in method.objectives:
+    if method.applies(head, own_loop):
         return
-    fits = ", ".join(m.name for m in _METHODS if objective in m.objectives)
+    choose = ", ".join(m.name for m in _METHODS if m.applies(head, own_loop))
     raise ConfigError(f"method {cfg.name!r} does not apply to objective {objective!r}: {cfg.name} trains "
-                      f"{method.trains} (for {', '.join(sorted(method.objectives))}); for {objective} "
-                      f"choose one of {fits}", field="method.name")
+                      f"{method.trains} (for {', '.join(fits)}); for {objective} choose one of {choose}",
+                      field="method.name")
 
 
 def meta_model(path, auto_class: str = "AutoModelForCausalLM") -> nn.Module:
@@ -92,11 +94,10 @@ def meta_model(path, auto_class: str = "AutoModelForCausalLM") -> nn.Module:
         return getattr(transformers, auto_class).from_config(config)
 
 
-def check_method(cfg: MethodSection, objective: str, model: nn.Module | None = None) -> None:
-    """Every check that can fail before work starts: the pair, then (given a model, meta is fine) the model."""
-    check_pair(cfg, objective)
+def check_method(cfg: MethodSection, model: nn.Module) -> None:
+    """The method against the model's structure (given a weightless meta copy, before any work starts)."""
     method = METHODS[cfg.name]
-    if model is not None and method.check is not None:
+    if method.check is not None:
         method.check(model, cfg)
 
 

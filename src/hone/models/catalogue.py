@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hone import atomic
 from hone.errors import ModelNotFound
+from hone.config import DEFAULT_MODEL
 from hone.home import models_dir
 
 
@@ -39,7 +40,6 @@ CATALOGUE: dict[str, CatalogueEntry] = {
                        "all-MiniLM-L6-v2 sentence encoder. Default for classification and embeddings."),
     ]
 }
-DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "minilm-l6"
 
 

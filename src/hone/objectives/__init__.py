@@ -1,44 +1,59 @@
-"""Objectives: what training optimises. One file each, readable top to bottom; `run` picks one.
+"""Objectives: what training optimises. One recipe file each, read top to bottom; one table
+(objectives/registry.py) says what each trains on, builds and reports; `run` conducts any of them.
 
     sft       chat/instruction data, loss on assistant turns (per-turn `weight` 0/1)   sft.py
     pretrain  raw text packed into blocks: continued pre-training                     pretrain.py
+    mixture   several chat/text datasets with weights, one run                        mixture.py
     classify  sequence classification (encoder, or a decoder with a head)             classify.py
     ner       token classification, word tags aligned to tokens                       ner.py
     dpo, orpo, simpo   preference pairs through TRL (orpo/simpo need no reference)    preference.py
     reward    a scalar reward model from preference pairs (TRL RewardTrainer)         reward.py
     grpo      RL against a reward function or a trained reward model (TRL)            grpo.py
-    mixture   several chat/text datasets with weights, one run                        mixture.py
+
+Every recipe shares one lifecycle (lifecycle.py): begin_run, the forgetting probe before and after,
+finish_run (run.json, the HTML report) and one RunResult.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from rich.console import Console
 
 from hone.config import RunConfig
-from hone.launch import check_launch
+from hone.methods.artifact import tuned_model_folder
+from hone.objectives.advice import choose_recipe
 from hone.objectives.checks import check_config
+from hone.objectives.lifecycle import RunResult
+from hone.objectives.registry import OBJECTIVES, Objective
+from hone.registry.runs import find_run, run_reference
 
-# objective -> (module, function); each function takes (config, run_dir=None, console=None).
-RUNNERS = {
-    "sft": ("sft", "run_sft"), "pretrain": ("pretrain", "run_pretrain"),
-    "classify": ("classify", "run_classify"), "ner": ("ner", "run_ner"),
-    "dpo": ("preference", "run_preference"), "orpo": ("preference", "run_preference"),
-    "simpo": ("preference", "run_preference"), "reward": ("reward", "run_reward"),
-    "grpo": ("grpo", "run_grpo"), "mixture": ("mixture", "run_mixture"),
-}
+__all__ = ["OBJECTIVES", "Objective", "RunResult", "run"]
 
 
-def run(config: RunConfig, run_dir: Path | None = None, console: Console | None = None):
-    """Train `config.objective` (`auto`: the recipe hone advises for the data, printed with its reasons);
-    invalid objective/method/data combinations fail before any work."""
-    from hone.objectives.advice import choose_recipe
+def run(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
+    """Train `config.objective` (`auto`: the recipe hone advises for the data, printed with its reasons).
 
+    A tuned model as the base (`model.name` a run folder, NAME:VERSION or NAME@TAG) trains on that run's
+    tuned weights and records it as the parent. Invalid objective/method/data combinations fail before
+    any work; `run_dir` of an interrupted run resumes it."""
     console = console or Console(stderr=True)
+    config = on_registered_model(config, console)
     config = choose_recipe(config, console)
-    check_config(config)
-    check_launch(config.objective, config.train.sharding)
-    module, function = RUNNERS[config.objective]
-    runner = getattr(importlib.import_module(f"hone.objectives.{module}"), function)
-    return runner(config, run_dir=run_dir, console=console)
+    entry = check_config(config)
+    result = entry.run(config, run_dir=run_dir, console=console)
+    result.lower_is_better = entry.lower_is_better
+    return result
+
+
+def on_registered_model(config: RunConfig, console: Console) -> RunConfig:
+    """`model.name` naming a run (a run folder, NAME:VERSION, NAME@TAG): its tuned model as a plain folder,
+    with the run as the parent. Catalogue names, model folders and .gguf files pass unchanged."""
+    if config.model.parent or run_reference(config.model.name) is None:
+        return config
+    parent = find_run(config.model.name)
+    folder = tuned_model_folder(parent)
+    console.print(f"  base: {config.model.name} -> {folder}", highlight=False)
+    model = config.model.model_copy(update={"name": str(folder), "parent": str(parent.resolve())})
+    updated = config.model_copy(update={"model": model})
+    updated._source, updated._text = config._source, config._text
+    return updated

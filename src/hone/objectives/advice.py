@@ -24,6 +24,8 @@ from hone.data.problems import ValidationReport
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.errors import DataError
 from hone.evaluate.metrics import parse_json_answer
+from hone.methods.registry import METHODS
+from hone.objectives.registry import OBJECTIVES, objectives_for
 
 # A closed answer set: at most this many distinct answers, each short, each seen often enough to learn.
 MAX_LABELS = 50
@@ -42,7 +44,6 @@ MEASURED_TOKENS_PER_S = 360.0
 MEASURED_PARAMETERS = 134_515_008
 # benchmarks/label_task.py, the same 27 steps of 16 examples on one loaded machine: hone's loop (sft)
 # 273 s, transformers' Trainer (classify, LoRA) 446 s; a probe step took 7.0 s against 16.5 s.
-TRAINER_OBJECTIVES = {"classify", "ner", "dpo", "orpo", "simpo", "reward", "grpo"}
 TRAINER_SPEED = 0.6
 PROBE_SPEED = 2.4
 
@@ -146,7 +147,7 @@ def closed_answer_set(stats: DataStats) -> tuple[bool, str]:
                        f"(e.g. {rare[0][:40]!r}): too rare to learn as labels")
     return True, (f"all {stats.n} answers come from {len(stats.answers)} short labels, each seen at least "
                   f"{MIN_PER_LABEL} times: a head that scores the labels beats generating them "
-                  "(0.815 vs 0.70 on a binary task, field notes §11)")
+                  "(0.815 vs 0.70 on a binary task, docs/recipes.md)")
 
 
 def pick_objective(stats: DataStats) -> tuple[str, str]:
@@ -165,17 +166,34 @@ def pick_objective(stats: DataStats) -> tuple[str, str]:
     raise DataError(f"cannot advise on {stats.kind} records", file=stats.path)
 
 
+def honour_method(advised: str, why: str, stats: DataStats, method: str) -> tuple[str, str]:
+    """The advised objective, or, when the method the user forced cannot apply to it, the first objective that
+    trains on this data and that the method applies to (a user's choice outranks the advice)."""
+    entry = OBJECTIVES[advised]
+    if METHODS[method].applies(entry.head is not None, entry.own_loop):
+        return advised, why
+    record_type = next((t for o in OBJECTIVES.values() for t in o.needs if t.__name__ == stats.kind), None)
+    for name in objectives_for(record_type) if record_type else []:
+        other = OBJECTIVES[name]
+        if name == "classify" and stats.kind == "ChatExample" and not closed_answer_set(stats)[0]:
+            continue  # free-form answers are no label set
+        if name != advised and other.advisable and METHODS[method].applies(other.head is not None, other.own_loop):
+            return name, (f"{advised} would fit the data ({why}), but the method you chose, {method}, does not apply "
+                          f"to {advised}; {name} is the best objective it applies to")
+    return advised, why
+
+
 def pick_method(objective: str, n: int) -> tuple[str, str]:
     if objective == "classify" and n < TINY:
         return "probe", (f"{n} examples (< {TINY}): train only the head on the frozen model; fastest and overfits "
-                         "least (a frozen probe matched LoRA + head at 600 examples, field notes §11)")
+                         "least (a frozen probe matched LoRA + head at 600 examples, docs/recipes.md)")
     return "lora", "LoRA: small, fast and mergeable; the default that runs on this machine (docs/methods.md)"
 
 
 def pick_lr(objective: str, method: str, n: int) -> tuple[float, str]:
     if method == "lora" and objective in ("sft", "classify", "ner") and n <= 2000:
         return 1e-3, ("hone's measured demo recipe: LoRA at 1e-3 reached 0.88 exact match where 2e-4 reached "
-                      "0.60 in the same 240 s on 800 examples (field notes §11)")
+                      "0.60 in the same 240 s on 800 examples (docs/recipes.md)")
     if objective == "dpo":
         return 5e-5, "preference tuning moves the policy in small steps: a quarter of LoRA's usual 2e-4"
     return DEFAULT_LR[method], f"{method}'s default rate ({DEFAULT_LR[method]:g}, `hone methods`)"
@@ -235,8 +253,8 @@ def estimate_seconds(tokens: int, objective: str, method: str, parameters: int |
     import os
 
     rate = MEASURED_TOKENS_PER_S * MEASURED_PARAMETERS / max(parameters or MEASURED_PARAMETERS, 1)
-    notes = ["LoRA on SmolLM2-135M ran 350-380 tok/s on 2 idle cores (field notes §11), scaled by model size"]
-    if objective in TRAINER_OBJECTIVES:
+    notes = ["LoRA on SmolLM2-135M ran 350-380 tok/s on 2 idle cores (docs/recipes.md), scaled by model size"]
+    if objective in OBJECTIVES and not OBJECTIVES[objective].own_loop:
         rate *= TRAINER_SPEED
         notes.append(f"x{TRAINER_SPEED} on transformers' Trainer")
     if method == "probe":
@@ -259,6 +277,8 @@ def advise(path: Path, config: RunConfig | None = None, model: str | None = None
     config = config or RunConfig()
     stats = read_stats(Path(path), config.data.format)
     advised, why = pick_objective(stats)
+    if config.objective == "auto" and config.is_set("method.name"):
+        advised, why = honour_method(advised, why, stats, config.method.name)
     forced = config.objective not in ("auto", advised)
     objective = config.objective if forced else advised
     reasons = {"objective": f"you chose {objective} (the data alone suggests {advised}: {why})" if forced else why}
@@ -312,16 +332,15 @@ def apply_advice(config: RunConfig, advice: Advice) -> RunConfig:
     train.setdefault("micro_batch_size", min(advice.batch_size, config.train.micro_batch_size))
     data.setdefault("data", {}).setdefault("max_length", advice.max_length)
     data["recipe"] = advice.recipe()
-    return RunConfig.model_validate(data)
+    advised = RunConfig.model_validate(data)
+    advised._source, advised._text = config._source, config._text
+    return advised
 
 
 def fits(objective: str, kind: str | None) -> bool:
-    """Can `objective` train on records of this kind? (classify also reads chat data with a closed answer set)"""
-    from hone.objectives.checks import NEEDS
-
-    wanted = NEEDS.get(objective)
-    return wanted is None or wanted.__name__ == kind or (objective in ("classify", "sft") and kind == "ChatExample") \
-        or (objective == "sft" and kind == "PreferenceExample")
+    """Can `objective` train on records of this kind (the table's `needs`; mixture reads several files)?"""
+    needs = OBJECTIVES[objective].needs if objective in OBJECTIVES else ()
+    return not needs or any(t.__name__ == kind for t in needs)
 
 
 def advice_rows(advice: Advice) -> list[tuple[str, str, str]]:

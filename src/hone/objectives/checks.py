@@ -1,78 +1,110 @@
-"""Which objective fits which method and which data: one-line errors before any work starts."""
+"""Everything about a run that can be refused before any work: one line each, naming the setting.
+
+Read from the objectives table (objectives/registry.py) and the methods table (methods/registry.py):
+the objective's name, the method/objective pair, the method against the model's structure (on a
+weightless copy), the data's record type in every file, settings that cannot apply to the objective,
+and the launch (sharding, accelerate configs).
+"""
 from __future__ import annotations
 
-import importlib
+import difflib
 from pathlib import Path
 
 from hone.config import RunConfig
+from hone.data.load import iter_records
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.errors import ConfigError
-from hone.methods.registry import check_pair
+from hone.launch import check_launch
+from hone.methods.registry import METHODS, check_method, check_pair, meta_model
+from hone.models.catalogue import resolve_model
+from hone.objectives.grpo import reward_function
+from hone.objectives.registry import OBJECTIVES, Objective, objectives_for
 
-# The record type each objective trains on (data/records.py).
-NEEDS = {"sft": ChatExample, "pretrain": TextExample, "classify": LabelExample, "ner": TagExample,
-         "dpo": PreferenceExample, "orpo": PreferenceExample, "simpo": PreferenceExample,
-         "reward": PreferenceExample, "grpo": ChatExample}
 DESCRIBE = {ChatExample: "chat or instruction data (messages, prompt/completion, ...)",
             TextExample: "raw text (`text`)", LabelExample: "labelled text (`text` + `label`)",
             TagExample: "tagged tokens (`tokens` + `tags`)",
             PreferenceExample: "preference pairs (`prompt` + `chosen` + `rejected`)"}
-FITS = {ChatExample: "sft (or grpo)", TextExample: "pretrain", LabelExample: "classify", TagExample: "ner",
-        PreferenceExample: "dpo, orpo, simpo or reward"}
 
-# Objectives that put a new head on the model (sequence or token classification, a scalar reward).
-HEAD_OBJECTIVES = {"classify", "ner", "reward"}
-def check_config(config: RunConfig) -> None:
-    """Everything about the objective that can be checked without reading data or loading a model."""
-    objective, method = config.objective, config.method.name
-    check_pair(config.method, objective)  # the methods registry knows where each method applies
-    if objective == "mixture":
+
+def objective_entry(config: RunConfig) -> Objective:
+    """The table's entry for `config.objective`, or a one-line error naming the choices."""
+    entry = OBJECTIVES.get(config.objective)
+    if entry is None:
+        close = difflib.get_close_matches(config.objective, list(OBJECTIVES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise config.error(f"unknown objective {config.objective!r}{hint} (choose auto or one of "
+                           f"{', '.join(OBJECTIVES)}; `hone objectives` describes them)", "objective")
+    return entry
+
+
+def check_config(config: RunConfig, check_data: bool = True) -> Objective:
+    """Every check that needs no training: returns the objective's table entry."""
+    entry = objective_entry(config)
+    fits = [o.name for o in OBJECTIVES.values() if _method(config).applies(o.head is not None, o.own_loop)]
+    check_pair(config.method, entry.name, entry.head is not None, entry.own_loop, fits)
+    check_settings(config, entry)
+    check_launch(entry.name, entry.own_loop, config.train.sharding)
+    if entry.name == "mixture":
         if len(config.mixture) < 2:
-            raise ConfigError("objective mixture needs at least two datasets under `mixture:` "
-                              "([{train: a.jsonl, weight: 0.7}, {train: b.jsonl, weight: 0.3}])", field="mixture")
+            raise config.error("objective mixture needs at least two datasets under `mixture:` "
+                               "([{train: a.jsonl, weight: 0.7}, {train: b.jsonl, weight: 0.3}])", "mixture")
         for source in config.mixture:
             if not Path(source.train).is_file():
                 raise ConfigError("mixture file not found", file=str(source.train), field="mixture.train")
     elif config.data.train is None:
-        raise ConfigError(f"no training data for objective {objective!r}: pass --data FILE (or data.train)",
-                          field="data.train")
-    if objective == "grpo":
-        grpo = config.grpo
-        if bool(grpo.reward_function) == bool(grpo.reward_model):
-            raise ConfigError("objective grpo needs exactly one of grpo.reward_function "
-                              "(`package.module:function`) or grpo.reward_model (a reward run folder)",
-                              field="grpo.reward_function")
-        if config.train.batch_size % grpo.num_generations:
-            raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be a multiple of "
-                              f"grpo.num_generations ({grpo.num_generations}): each step scores whole groups",
-                              field="train.batch_size")
-        if grpo.reward_function:
-            reward_function(grpo.reward_function)
-        elif not Path(grpo.reward_model).expanduser().is_dir():
-            raise ConfigError("reward model folder not found", file=grpo.reward_model, field="grpo.reward_model")
+        raise config.error(f"no training data for objective {entry.name!r}: pass --data FILE (or data.train)",
+                           "data.train")
+    if entry.name == "grpo":
+        check_grpo(config)
+    if check_data:
+        for role in ("train", "validation", "test"):
+            path = getattr(config.data, role)
+            if path is not None and entry.needs:
+                require_records(path, entry, config.data.format)
+    check_method(config.method, meta_model(resolve_model(config.model.name).path, entry.model_class))
+    return entry
 
 
-def reward_function(path: str):
-    """The callable named by `package.module:function`, or a ConfigError saying what is wrong."""
-    module_name, _, name = path.partition(":")
-    if not module_name or not name:
-        raise ConfigError(f"reward function {path!r} must look like package.module:function",
-                          field="grpo.reward_function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for the reward function: {exc}",
-                          field="grpo.reward_function") from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise ConfigError(f"{module_name} has no function {name!r}", field="grpo.reward_function")
-    return function
+def _method(config: RunConfig):
+    return METHODS[config.method.name]
 
 
-def require_records(records: list, objective: str, path) -> None:
-    """The data's record type must be what the objective trains on."""
-    wanted = NEEDS[objective]
-    have = type(records[0])
-    if have is not wanted:
-        raise ConfigError(f"objective {objective!r} needs {DESCRIBE[wanted]}, but this file holds "
-                          f"{DESCRIBE[have]}; it fits objective {FITS[have]}", file=str(path), field="objective")
+def check_settings(config: RunConfig, entry: Objective) -> None:
+    """A safeguard the user set that this objective cannot honour is refused, with the reason."""
+    for setting, why in entry.refuses.items():
+        if config.is_set(setting) and _active(config, setting):
+            raise config.error(f"{setting} does not apply to objective {entry.name}: {why}", setting)
+
+
+def _active(config: RunConfig, setting: str) -> bool:
+    """Set to something that asks for the safeguard (kl_to_base: 0 or replay: 0 ask for nothing)."""
+    section, name = setting.split(".")
+    value = getattr(getattr(config, section), name)
+    return value not in (0, 0.0, None, False)
+
+
+def check_grpo(config: RunConfig) -> None:
+    grpo = config.grpo
+    if bool(grpo.reward_function) == bool(grpo.reward_model):
+        raise config.error("objective grpo needs exactly one of grpo.reward_function (`package.module:function`) "
+                           "or grpo.reward_model (a reward run folder)", "grpo.reward_function")
+    if config.train.batch_size % grpo.num_generations:
+        raise config.error(f"train.batch_size ({config.train.batch_size}) must be a multiple of "
+                           f"grpo.num_generations ({grpo.num_generations}): each step scores whole groups",
+                           "train.batch_size")
+    if grpo.reward_function:
+        reward_function(grpo.reward_function)
+    elif not Path(grpo.reward_model).expanduser().is_dir():
+        raise ConfigError("reward model folder not found", file=grpo.reward_model, field="grpo.reward_model")
+
+
+def require_records(path: Path, entry: Objective, data_format: str | None = None) -> None:
+    """The file's first record must be of a type the objective trains on (read before any work)."""
+    first = next(iter(iter_records(Path(path), data_format)), None)
+    if first is None:
+        return  # an empty file: the loader's own error says so
+    have = type(first)
+    if have not in entry.needs:
+        fits = " or ".join(objectives_for(have)) or "none"
+        raise ConfigError(f"objective {entry.name!r} needs {DESCRIBE[entry.needs[0]]}, but this file holds "
+                          f"{DESCRIBE[have]}; it fits objective {fits}", file=str(path), field="objective")

@@ -16,42 +16,41 @@ from pathlib import Path
 
 from rich.console import Console
 
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
 from hone.config import RunConfig
 from hone.data.load import load_records
 from hone.data.records import ChatExample, LabelExample
-from hone.data.render import classifier_text
+from hone.data.render import classifier_text, common_system_prompt, with_system_prompt
 from hone.data.split import hold_out
 from hone.errors import DataError
-from hone.evaluate.classification import classification_scores
+from hone.evaluate.classification import classification_scores, zero_shot_labels
 from hone.methods import apply_method, count_parameters
+from hone.methods.heads import (as_causal_lm, has_lm_head, load_head_model, load_head_run, max_tokens, predict,
+                                train_new_head)
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_tokenizer
-from hone.objectives.checks import require_records
-from hone.methods.heads import load_head_model, load_head_run, max_tokens, predict, train_new_head
-from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
-from hone.train.hf_trainer import run_trainer, trainer_arguments
+from hone.models.load import load_causal_lm, load_tokenizer
+from hone.objectives.lifecycle import (Row, RunResult, RunStart, begin_run, finish_run, probe_base, probe_tuned,
+                                       save_artifact)
 from hone.registry.runs import update_record
+from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
 
 
-def load_labelled(path: Path, tokenizer=None, system_prompt: str | None = None) -> list[LabelExample]:
-    """Labelled text; chat records (given the tokenizer to render them) become prompt -> answer label."""
-    return as_labels(load_records(path), path, tokenizer, system_prompt)
+def load_labelled(path: Path, tokenizer, system_prompt: str | None = None) -> tuple[list[LabelExample], list]:
+    """(labelled texts, the conversations a generating model is asked) of a file: labelled text, or chat
+    records whose rendered prompt is the text and whose answer is the label."""
+    records = load_records(path)
+    if isinstance(records[0], ChatExample):
+        with_system_prompt(records, system_prompt)
+        return chat_as_labels(records, tokenizer), [r.prompt_messages for r in records]
+    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return records, [head + [{"role": "user", "content": r.text}] for r in records]
 
 
-def as_labels(records: list, path: Path, tokenizer=None, system_prompt: str | None = None) -> list[LabelExample]:
-    if isinstance(records[0], ChatExample) and tokenizer is not None:
-        return chat_as_labels(records, tokenizer, system_prompt)
-    require_records(records, "classify", path)
-    return records
-
-
-def chat_as_labels(records: list[ChatExample], tokenizer, system_prompt: str | None = None) -> list[LabelExample]:
+def chat_as_labels(records: list[ChatExample], tokenizer) -> list[LabelExample]:
     """Chat examples as labelled text: the conversation before the last assistant turn, rendered as
     generation would see it (the head reads the assistant header's last token), and the answer as the
     label, so the classifier answers prompts in the shape the user trained and tests with."""
-    from hone.objectives.sft import with_system_prompt
-
-    with_system_prompt(records, system_prompt)
     return [LabelExample(classifier_text(tokenizer, r.prompt_messages), (r.answer or "").strip(), r.file, r.line)
             for r in records]
 
@@ -73,27 +72,23 @@ def encode(tokenizer, examples: list[LabelExample], labels: list[str], max_lengt
                               "labels": [index[e.label] for e in examples]})
 
 
-def run_classify(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+def run_classify(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Train a sequence classifier; `run_dir` of an interrupted run resumes it."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    from hone.objectives.sft import common_system_prompt
-
     console = console or Console(stderr=True)
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
     # 1. Data: the label set comes from the training split; other splits may not add labels.
-    system = config.data.system_prompt
     records = load_records(config.data.train)
     chat = isinstance(records[0], ChatExample)
-    if chat:
-        system = system or common_system_prompt(records)
-    train = as_labels(records, config.data.train, tokenizer, system)
+    system = config.data.system_prompt or (common_system_prompt(records) if chat else None)
+    train = list(zip(*load_labelled(config.data.train, tokenizer, system)))  # (example, conversation) pairs
     if config.data.validation:
-        validation = load_labelled(config.data.validation, tokenizer, system)
+        validation = list(zip(*load_labelled(config.data.validation, tokenizer, system)))
     else:
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
-    test = load_labelled(config.data.test, tokenizer, system) if config.data.test else validation
+    test = list(zip(*load_labelled(config.data.test, tokenizer, system))) if config.data.test else validation
+    asked = [conversation for _, conversation in test]
+    train, validation, test = ([e for e, _ in pairs] for pairs in (train, validation, test))
     labels = sorted({e.label for e in train})
     if len(labels) < 2:
         raise DataError(f"classification needs at least two labels; training data has only {labels}",
@@ -103,12 +98,16 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
     start = begin_run(config, run_dir, console, {
         "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation),
         "n_test": len(test) if config.data.test else 0, "label_counts": dict(Counter(e.label for e in train))})
-    # prompt_format "chat": the classifier reads rendered conversations (predict.py renders them the same way).
+    # prompt_format "chat": the classifier reads rendered conversations (evaluate/predict.py renders them the same way).
     update_record(start.run_dir, head="sequence", labels=labels, prompt_format="chat" if chat else "text",
                   **({"system_prompt": system} if chat else {}))
 
-    # 2. The base with a new classification head, and the adaptation method.
-    model = load_head_model(base, "sequence", labels, start.hw.device)
+    # 2. The base as it is: its zero-shot answers (generated, read as labels) and its general skills.
+    references = [e.label for e in test]
+    base_answers, probe = base_as_generator(start, base, tokenizer, labels, asked)
+
+    # 3. The base with a new classification head, and the adaptation method.
+    model = load_head_model(base, "sequence", labels, start.hw.device, seed=config.train.seed)
     model = apply_method(model, config.method)
     train_new_head(model)
     params = count_parameters(model)
@@ -117,25 +116,47 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
                   f"{len(labels)} labels: {', '.join(labels)}")
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
-    # 3. Train.
-    args = trainer_arguments(TrainingArguments, config, start.run_dir, start.hw)
+    # 4. Train, validating on the held-out texts (early stopping, best weights, alarms: train/hf_trainer.py).
+    args = trainer_arguments(TrainingArguments, config, start.run_dir, start.hw, validation=bool(validation))
     trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train, labels, length),
+                      eval_dataset=encode(tokenizer, validation, labels, length) if validation else None,
                       data_collator=DataCollatorWithPadding(tokenizer))
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
-    # 4. Save, reload what was saved, and score it on the test split.
+    # 5. Save, reload what was saved, and score it on the test split; then its general skills.
     out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _, _ = load_head_run(start.run_dir, start.hw.device)
     predictions = predict(tuned, tokenizer, [e.text for e in test], length)
-    references = [e.label for e in test]
+    forgetting = probe_tuned(start, probe, as_causal_lm(tuned, base, start.hw.device), tokenizer) if probe else None
     majority = Counter(e.label for e in train).most_common(1)[0][0]
+    scores = classification_scores(predictions, references, labels)
+    base_scores = classification_scores(base_answers, references, labels) if base_answers else None
     results = {"metric": "accuracy", "split": "test" if config.data.test else "validation",
-               "steps": summary["steps"], "stopped_by": summary["stopped_by"],
-               "first_loss": summary["first_loss"], "train_loss": summary["train_loss"],
-               "base_score": classification_scores([majority] * len(test), references, labels)["accuracy"],
-               "baseline": f"always {majority!r} (the most common training label)",
-               **{f"tuned_{k}": v for k, v in classification_scores(predictions, references, labels).items()},
-               "trainable_parameters": params.trainable, "total_parameters": params.total,
-               "artifact": out.name}
-    results["tuned_score"] = results["tuned_accuracy"]
-    return finish_run(start, "classify", results, summary["seconds"])
+               **trainer_results(summary), "tuned_score": scores["accuracy"],
+               "base_score": base_scores["accuracy"] if base_scores else None,
+               "baseline": ("the base model's generated answers, read as labels (zero-shot)" if base_scores else
+                            "the base is an encoder: it cannot answer without a head"),
+               **{f"tuned_{k}": v for k, v in scores.items()},
+               **({f"base_{k}": v for k, v in base_scores.items()} if base_scores else {}),
+               "trainable_parameters": params.trainable, "total_parameters": params.total, "artifact": out.name}
+    rows = [Row("macro-F1", base_scores["macro_f1"] if base_scores else None, scores["macro_f1"], share=True),
+            Row(f"trivial baseline: always {majority!r} (the most common training label)",
+                classification_scores([majority] * len(test), references, labels)["accuracy"], None, share=True)]
+    return finish_run(start, results, summary["seconds"], rows=rows, forgetting=forgetting)
+
+
+def base_as_generator(start: RunStart, base, tokenizer, labels: list[str], asked: list | None):
+    """The base model as it is, before a head is added: its zero-shot answers to the test prompts read as
+    labels, and its forgetting-probe scores. An encoder has neither (None, None)."""
+    if not has_lm_head(base):
+        if start.config.is_set("eval.forgetting") and start.config.eval.forgetting:
+            raise start.config.error(f"eval.forgetting needs a model with a language-model head; {base.name} is an "
+                                     "encoder (its general skills are not measured by generation)", "eval.forgetting")
+        return None, None
+    model = load_causal_lm(base, start.hw.device)
+    answers = None
+    if asked and start.config.eval.base:
+        answers = zero_shot_labels(model, tokenizer, asked, labels, start.config.eval.batch_size)
+    probe = probe_base(start, model, tokenizer)
+    del model
+    return answers, probe

@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from hone.config import RunConfig, build_config
-from hone.objectives.sft import SFTResult, run_sft
+from hone.objectives import run
+from hone.objectives.lifecycle import RunResult
 
 DEMO_TRAIN_SECONDS = 180
 
@@ -38,5 +39,5 @@ def demo_config(train_seconds: float = DEMO_TRAIN_SECONDS, output: Path | None =
 
 
 def run_demo(train_seconds: float = DEMO_TRAIN_SECONDS, output: Path | None = None,
-             console: Console | None = None) -> SFTResult:
-    return run_sft(demo_config(train_seconds, output), console=console)
+             console: Console | None = None) -> RunResult:
+    return run(demo_config(train_seconds, output), console=console)

@@ -12,6 +12,7 @@ the number to watch, and metrics.jsonl carries it for every step.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from rich.console import Console
@@ -20,21 +21,36 @@ from hone.config import RunConfig
 from hone.data.load import load_records
 from hone.data.records import ChatExample
 from hone.data.split import hold_out
+from hone.errors import ConfigError
 from hone.methods import apply_method, count_parameters, load_base
 from hone.models.catalogue import resolve_model
 from hone.evaluate.generate import generate_batch
 from hone.models.load import load_tokenizer
-from hone.objectives.checks import require_records, reward_function
-from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
-from hone.objectives.sft import with_system_prompt
-from hone.train.hf_trainer import run_trainer, trainer_arguments
+from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
+from hone.data.render import with_system_prompt
+from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.methods.artifact import load_run_model
 
 
 def load_prompts(path: Path, system_prompt: str | None) -> list[ChatExample]:
-    records = load_records(path)
-    require_records(records, "grpo", path)
-    return with_system_prompt(records, system_prompt)
+    return with_system_prompt(load_records(path), system_prompt)
+
+
+def reward_function(path: str):
+    """The callable named by `package.module:function`, or a ConfigError saying what is wrong."""
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"reward function {path!r} must look like package.module:function",
+                          field="grpo.reward_function")
+    try:
+        module = importlib.import_module(module_name)  # the user's own code, named in the config
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for the reward function: {exc}",
+                          field="grpo.reward_function") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ConfigError(f"{module_name} has no function {name!r}", field="grpo.reward_function")
+    return function
 
 
 def reward_from_model(run: Path, device: str, max_length: int):
@@ -68,7 +84,7 @@ def to_dataset(examples: list[ChatExample]):
     return Dataset.from_list([{"prompt": e.prompt_messages, "answer": e.answer or ""} for e in examples])
 
 
-def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Optimise the model against a reward with GRPO; `run_dir` of an interrupted run resumes it."""
     from trl import GRPOConfig, GRPOTrainer
 
@@ -96,6 +112,7 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     model = load_base(base, config.method, start.hw.device)  # qlora: NF4 as it loads
     batch = config.eval.batch_size
     base_reward = mean_reward(model, tokenizer, test, reward, g.max_completion_length, batch) if test else None
+    probe = probe_base(start, model, tokenizer)  # general skills before any change (forgetting guard)
 
     # 3. The method.
     model = apply_method(model, config.method)
@@ -105,7 +122,7 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
                   f"{g.num_generations} completions per prompt")
 
     # 4. Train with TRL: each optimizer step sees batch_size completions, num_generations per prompt.
-    args = trainer_arguments(GRPOConfig, config, start.run_dir, start.hw, num_generations=g.num_generations,
+    args = trainer_arguments(GRPOConfig, config, start.run_dir, start.hw, False, num_generations=g.num_generations,
                              max_completion_length=g.max_completion_length, temperature=g.temperature,
                              beta=g.beta, generation_batch_size=config.train.batch_size)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=to_dataset(train),
@@ -118,11 +135,13 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _ = load_run_model(start.run_dir, start.hw.device)
     tuned_reward = mean_reward(tuned, tokenizer, test, reward, g.max_completion_length, batch) if test else None
+    forgetting = probe_tuned(start, probe, tuned, tokenizer)
     logged = [r["reward"] for r in trainer.state.log_history if "reward" in r]
     results = {"metric": "mean_reward", "split": "test" if config.data.test else "validation",
-               "reward": reward_name, "steps": summary["steps"], "stopped_by": summary["stopped_by"],
+               "reward": reward_name, **trainer_results(summary),
                "first_train_reward": logged[0] if logged else None, "last_train_reward": logged[-1] if logged else None,
                "base_score": round(base_reward, 4) if base_reward is not None else None,
                "tuned_score": round(tuned_reward, 4) if tuned_reward is not None else None,
                "trainable_parameters": params.trainable, "total_parameters": params.total, "artifact": out.name}
-    return finish_run(start, "grpo", results, summary["seconds"])
+    rows = [Row("training reward, first and last step", results["first_train_reward"], results["last_train_reward"])]
+    return finish_run(start, results, summary["seconds"], rows=rows, forgetting=forgetting)

@@ -26,8 +26,9 @@ from hone.methods import apply_method, count_parameters, load_base, load_tuned
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.pretrain import pack_blocks
-from hone.objectives.record import ObjectiveResult, begin_run, finish_run, is_peft, save_artifact
-from hone.objectives.sft import with_system_prompt
+from hone.objectives.lifecycle import (Row, RunResult, begin_run, finish_run, is_peft, own_loop_trackers, probe_base,
+                                       probe_tuned, save_artifact)
+from hone.data.render import with_system_prompt
 from hone.train.loop import train_loop, validation_loss
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.sharding import fuse_lora_wanted
@@ -72,7 +73,7 @@ def source_names(sources: list[MixtureSource]) -> list[str]:
     return [f"{i + 1}-{name}" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
 
-def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Train on a weighted mixture of chat and text datasets; `run_dir` of an interrupted run resumes it."""
     console = console or Console(stderr=True)
     # 1. Data: each source with its own validation split.
@@ -107,6 +108,7 @@ def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console
     model = load_base(base, config.method, start.hw.device, attention)  # qlora: NF4 as it loads
     micro, pad = config.train.micro_batch_size, tokenizer.pad_token_id
     base_losses = [validation_loss(model, v, micro, pad, start.hw) if v else None for v in val_sources]
+    probe = probe_base(start, model, tokenizer)  # general skills before any change (forgetting guard)
 
     # 4. The method, and training on hone's loop.
     model = apply_method(model, config.method)
@@ -114,25 +116,34 @@ def run_mixture(config: RunConfig, run_dir: Path | None = None, console: Console
     if start.hw.frozen_bf16 and is_peft(model):
         bf16_frozen_linears(model, fuse_lora_wanted(config.train))
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
-    result = train_loop(model, train_set, val_set, config.train, config.lr, start.hw, start.run_dir, pad,
-                        resume=start.resume, console=console)
+    trackers = own_loop_trackers(start)  # curves to TensorBoard / W&B / MLflow as train.report_to says
+    try:
+        result = train_loop(model, train_set, val_set, config.train, config.lr, start.hw, start.run_dir, pad,
+                            resume=start.resume, console=console, callbacks=[trackers])
+    finally:
+        trackers.on_end()
 
     # 5. Save, reload what was saved, and each source's validation loss again.
     model.eval()
     out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned = load_tuned(base, out, start.hw.device, attention) if out.name == "adapter" else model
     tuned_losses = [validation_loss(tuned, v, micro, pad, start.hw) if v else None for v in val_sources]
+    forgetting = probe_tuned(start, probe, tuned, tokenizer)
     per_source = {n: {"weight": w, "n_train": len(t), "base_val_loss": _round(b), "tuned_val_loss": _round(a)}
                   for n, w, t, b, a in zip(names, weights, train_sources, base_losses, tuned_losses)}
     scored = [(w, b, a) for w, b, a in zip(weights, base_losses, tuned_losses) if b is not None]
     mean = lambda values: sum(w * v for w, v in values) / sum(w for w, _ in values) if values else None  # noqa: E731
     results = {"metric": "weighted validation loss", "steps": result.steps, "stopped_by": result.stopped_by,
                "train_loss": result.loss, "val_loss": result.val_loss, "tokens": result.tokens,
+               "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+               "overfitting_alarms": result.overfitting_alarms,
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), "sources": per_source,
                "base_score": _round(mean([(w, b) for w, b, _ in scored])),
                "tuned_score": _round(mean([(w, a) for w, _, a in scored])),
                "trainable_parameters": params.trainable, "total_parameters": params.total, "artifact": out.name}
-    return finish_run(start, "mixture", results, result.seconds)
+    rows = [Row(f"{name} (weight {scores['weight']:g}): validation loss", scores["base_val_loss"],
+                scores["tuned_val_loss"]) for name, scores in per_source.items()]
+    return finish_run(start, results, result.seconds, rows=rows, forgetting=forgetting)
 
 
 def _round(value: float | None) -> float | None:

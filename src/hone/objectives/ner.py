@@ -28,17 +28,33 @@ from hone.evaluate.metrics import accuracy
 from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
-from hone.objectives.checks import require_records
-from hone.methods.heads import load_head_model, load_head_run, train_new_head
-from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
-from hone.train.hf_trainer import run_trainer, trainer_arguments
+from hone.evaluate.generate import generate_batch
+from hone.methods.heads import as_causal_lm, has_lm_head, load_head_model, load_head_run, train_new_head
+from hone.models.load import load_causal_lm
+from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
+from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.registry.runs import update_record
 
 
 def load_tagged(path: Path) -> list[TagExample]:
-    records = load_records(path)
-    require_records(records, "ner", path)
-    return records
+    return load_records(path)
+
+
+def zero_shot_tags(model, tokenizer, sentences: list[list[str]], tags: list[str], batch_size: int) -> list[list[str]]:
+    """A base model asked in words to tag each word: its answer read as one tag per word, in order
+    (anything that is not a known tag reads as O). What the base can do before it has a token head."""
+    ask = ("Tag each word of the sentence with one of these tags: {tags}. Answer with exactly one tag per "
+           "word, separated by spaces, nothing else.\nSentence: {words}")
+    conversations = [[{"role": "user", "content": ask.format(tags=", ".join(tags), words=" ".join(words))}]
+                     for words in sentences]
+    longest = max((len(words) for words in sentences), default=1)
+    answers = generate_batch(model, tokenizer, conversations, 4 * longest + 8, batch_size)
+    known = set(tags)
+    out = []
+    for words, answer in zip(sentences, answers):
+        said = answer.split()
+        out.append([said[i] if i < len(said) and said[i] in known else "O" for i in range(len(words))])
+    return out
 
 
 def first_tokens(tokenizer, words: list[str], max_length: int) -> tuple[dict, list[int | None]]:
@@ -93,7 +109,7 @@ def predict_tags(model, tokenizer, sentences: list[list[str]], max_length: int) 
     return out
 
 
-def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Train a token classifier; `run_dir` of an interrupted run resumes it."""
     from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
 
@@ -116,10 +132,20 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
         "n_test": len(test) if config.data.test else 0, "tag_counts": dict(Counter(t for e in train for t in e.tags))})
     update_record(start.run_dir, head="token", labels=tags)
 
-    # 2. The base with a new token-classification head, and the method.
+    # 2. The base as it is (zero-shot tags, general skills), then with a new token-classification head.
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
-    model = load_head_model(base, "token", tags, start.hw.device)
+    base_tags, probe = None, None
+    if has_lm_head(base):
+        lm = load_causal_lm(base, start.hw.device)
+        if config.eval.base:
+            base_tags = zero_shot_tags(lm, tokenizer, [e.tokens for e in test], tags, config.eval.batch_size)
+        probe = probe_base(start, lm, tokenizer)
+        del lm
+    elif config.is_set("eval.forgetting") and config.eval.forgetting:
+        raise config.error(f"eval.forgetting needs a model with a language-model head; {base.name} is an encoder",
+                           "eval.forgetting")
+    model = load_head_model(base, "token", tags, start.hw.device, seed=config.train.seed)
     model = apply_method(model, config.method)
     train_new_head(model)
     params = count_parameters(model)
@@ -129,8 +155,9 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
     # 3. Train.
-    args = trainer_arguments(TrainingArguments, config, start.run_dir, start.hw)
+    args = trainer_arguments(TrainingArguments, config, start.run_dir, start.hw, validation=bool(validation))
     trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train, tags, length),
+                      eval_dataset=encode(tokenizer, validation, tags, length) if validation else None,
                       data_collator=DataCollatorForTokenClassification(tokenizer))
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
@@ -139,13 +166,19 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
     tuned, _, _ = load_head_run(start.run_dir, start.hw.device)
     predicted = predict_tags(tuned, tokenizer, [e.tokens for e in test], length)
     gold = [e.tags for e in test]
-    flat_p, flat_g = [t for s in predicted for t in s], [t for s in gold for t in s]
+    forgetting = probe_tuned(start, probe, as_causal_lm(tuned, base, start.hw.device), tokenizer) if probe else None
+    flat = lambda sentences: [t for s in sentences for t in s]  # noqa: E731
+    all_o = [["O"] * len(s) for s in gold]
     results = {"metric": "entity_f1", "split": "test" if config.data.test else "validation",
-               "steps": summary["steps"], "stopped_by": summary["stopped_by"],
-               "first_loss": summary["first_loss"], "train_loss": summary["train_loss"],
-               "base_score": 0.0, "baseline": "no entities found (every word tagged O)",
+               **trainer_results(summary),
+               "base_score": round(entity_f1(base_tags, gold), 4) if base_tags else None,
+               "baseline": ("the base model asked in words to tag each word (zero-shot)" if base_tags else
+                            "the base is an encoder: it cannot tag without a head"),
                "tuned_score": round(entity_f1(predicted, gold), 4),
-               "tuned_word_accuracy": round(accuracy(flat_g, flat_p), 4),
+               "base_word_accuracy": round(accuracy(flat(gold), flat(base_tags)), 4) if base_tags else None,
+               "tuned_word_accuracy": round(accuracy(flat(gold), flat(predicted)), 4),
                "trainable_parameters": params.trainable, "total_parameters": params.total,
                "artifact": out.name}
-    return finish_run(start, "ner", results, summary["seconds"])
+    rows = [Row("word accuracy", results["base_word_accuracy"], results["tuned_word_accuracy"], share=True),
+            Row("trivial baseline: every word tagged O (entity F1)", round(entity_f1(all_o, gold), 4), None, share=True)]
+    return finish_run(start, results, summary["seconds"], rows=rows, forgetting=forgetting)

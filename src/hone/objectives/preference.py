@@ -31,10 +31,9 @@ from hone.data.split import hold_out
 from hone.methods import apply_method, count_parameters, load_base
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
-from hone.objectives.checks import require_records
-from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
+from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
 from hone.train.batches import collate
-from hone.train.hf_trainer import run_trainer, trainer_arguments
+from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.methods.artifact import load_run_model
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental
@@ -42,7 +41,6 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in t
 
 def load_pairs(path: Path, system_prompt: str | None, objective: str) -> list[PreferenceExample]:
     records = load_records(path)
-    require_records(records, objective, path)
     if system_prompt:
         for pair in records:
             if not pair.prompt or pair.prompt[0]["role"] != "system":
@@ -85,27 +83,29 @@ def preference_scores(model, tokenizer, pairs: list[PreferenceExample], max_leng
             "margin": round(sum(c - r for c, r in zip(chosen, rejected)) / n, 4)}
 
 
-def trainer_for(config: RunConfig, model, tokenizer, dataset, run_dir: Path, hw):
-    """TRL's trainer and config for dpo, orpo or simpo."""
+def trainer_for(config: RunConfig, model, tokenizer, dataset, eval_dataset, run_dir: Path, hw):
+    """TRL's trainer and config for dpo, orpo or simpo; `eval_dataset` (or None) is validated as it trains."""
     common = {"max_length": config.data.max_length, "beta": config.preference.beta}
+    data = {"train_dataset": dataset, "eval_dataset": eval_dataset, "processing_class": tokenizer}
+    validation = eval_dataset is not None
     if config.objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = trainer_arguments(DPOConfig, config, run_dir, hw, **common)
-        return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        args = trainer_arguments(DPOConfig, config, run_dir, hw, validation, **common)
+        return DPOTrainer(model=model, args=args, **data)
     if config.objective == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        args = trainer_arguments(ORPOConfig, config, run_dir, hw, **common)
-        return ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        args = trainer_arguments(ORPOConfig, config, run_dir, hw, validation, **common)
+        return ORPOTrainer(model=model, args=args, **data)
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    args = trainer_arguments(CPOConfig, config, run_dir, hw, loss_type="simpo", cpo_alpha=0.0,
+    args = trainer_arguments(CPOConfig, config, run_dir, hw, validation, loss_type="simpo", cpo_alpha=0.0,
                              simpo_gamma=config.preference.simpo_gamma, **common)
-    return CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return CPOTrainer(model=model, args=args, **data)
 
 
-def run_preference(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+def run_preference(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Preference-tune with `config.objective` (dpo, orpo or simpo); `run_dir` resumes."""
     console = console or Console(stderr=True)
     objective = config.objective
@@ -126,6 +126,7 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     model = load_base(base, config.method, start.hw.device)  # qlora: NF4 as it loads
     length = config.data.max_length
     base_scores = preference_scores(model, tokenizer, test, length) if test else {}
+    probe = probe_base(start, model, tokenizer)  # general skills before any change (forgetting guard)
 
     # 3. The method (fp32 throughout: eager bf16 shrank DPO margins from 0.52 to 0.11, field notes §4).
     model = apply_method(model, config.method)
@@ -134,7 +135,8 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}; beta {config.preference.beta:g}")
 
     # 4. Train with TRL.
-    trainer = trainer_for(config, model, tokenizer, to_dataset(train), start.run_dir, start.hw)
+    trainer = trainer_for(config, model, tokenizer, to_dataset(train), to_dataset(validation) if validation else None,
+                          start.run_dir, start.hw)
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
     # 5. Save, reload exactly what was saved, score it on the same pairs.
@@ -143,12 +145,12 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned, _ = load_run_model(start.run_dir, start.hw.device)
     tuned_scores = preference_scores(tuned, tokenizer, test, length) if test else {}
+    forgetting = probe_tuned(start, probe, tuned, tokenizer)
     last = summary["last_log"]
     results = {"metric": "pairwise_accuracy", "split": "test" if config.data.test else "validation",
-               "steps": summary["steps"], "stopped_by": summary["stopped_by"],
-               "first_loss": summary["first_loss"], "train_loss": summary["train_loss"],
-               "reward_margin": last.get("rewards/margins"), "reward_accuracy": last.get("rewards/accuracies"),
+               **trainer_results(summary), "reward_margin": last.get("rewards/margins"), "reward_accuracy": last.get("rewards/accuracies"),
                "base_score": base_scores.get("accuracy"), "tuned_score": tuned_scores.get("accuracy"),
                "base_margin": base_scores.get("margin"), "tuned_margin": tuned_scores.get("margin"),
                "trainable_parameters": params.trainable, "total_parameters": params.total, "artifact": out.name}
-    return finish_run(start, objective, results, summary["seconds"])
+    rows = [Row("mean log-prob margin, chosen - rejected", base_scores.get("margin"), tuned_scores.get("margin"))]
+    return finish_run(start, results, summary["seconds"], rows=rows, forgetting=forgetting)

@@ -23,8 +23,8 @@ from hone.data.split import hold_out
 from hone.methods import apply_method, count_parameters, load_base, load_tuned
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
-from hone.objectives.checks import require_records
-from hone.objectives.record import ObjectiveResult, begin_run, finish_run, is_peft, save_artifact
+from hone.objectives.lifecycle import (RunResult, begin_run, finish_run, is_peft, own_loop_trackers, probe_base,
+                                       probe_tuned, save_artifact)
 from hone.train.loop import train_loop, validation_loss
 from hone.train.precision import bf16_frozen_linears, pick_attention
 from hone.train.sharding import fuse_lora_wanted
@@ -43,16 +43,14 @@ def pack_blocks(tokenizer, texts: list[str], block_size: int) -> list[TokenizedE
 
 
 def load_texts(path: Path) -> list[TextExample]:
-    records = load_records(path)
-    require_records(records, "pretrain", path)
-    return records
+    return load_records(path)
 
 
 def perplexity(model, blocks: list[TokenizedExample], micro_batch_size: int, pad_id: int, hw) -> float:
     return math.exp(validation_loss(model, blocks, micro_batch_size, pad_id, hw))
 
 
-def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Continue pre-training the base model on raw text; `run_dir` of an interrupted run resumes it."""
     console = console or Console(stderr=True)
     # 1. Data: documents for training, validation (held out when no file is given) and test.
@@ -80,6 +78,7 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
     model = load_base(base, config.method, start.hw.device, attention)  # qlora: NF4 as it loads
     micro, pad = config.train.micro_batch_size, tokenizer.pad_token_id
     base_ppl = perplexity(model, test_set, micro, pad, start.hw) if test_set else None
+    probe = probe_base(start, model, tokenizer)  # general skills before any change (forgetting guard)
 
     # 4. The method; frozen base weights compute in bf16 only when the base is reloaded for scoring.
     model = apply_method(model, config.method)
@@ -89,19 +88,26 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
     # 5. Train on hone's loop (the same loop as SFT: checkpoints, resume, time budget).
-    result = train_loop(model, train_set, val_set, config.train, config.lr, start.hw, start.run_dir, pad,
-                        resume=start.resume, console=console)
+    trackers = own_loop_trackers(start)  # curves to TensorBoard / W&B / MLflow as train.report_to says
+    try:
+        result = train_loop(model, train_set, val_set, config.train, config.lr, start.hw, start.run_dir, pad,
+                            resume=start.resume, console=console, callbacks=[trackers])
+    finally:
+        trackers.on_end()
 
     # 6. Save, and score exactly what was saved.
     model.eval()
     out = save_artifact(model, tokenizer, start.run_dir, config.method)
     tuned = load_tuned(base, out, start.hw.device, attention) if out.name == "adapter" else model
     tuned_ppl = perplexity(tuned, test_set, micro, pad, start.hw) if test_set else None
+    forgetting = probe_tuned(start, probe, tuned, tokenizer)
 
     results = {"metric": "perplexity", "split": "test" if test else "validation", "steps": result.steps,
                "stopped_by": result.stopped_by, "train_loss": result.loss, "val_loss": result.val_loss,
+               "best_step": result.best_step, "best_val_loss": result.best_val_loss,
+               "overfitting_alarms": result.overfitting_alarms,
                "tokens": result.tokens, "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
                "base_score": round(base_ppl, 4) if base_ppl else None,
                "tuned_score": round(tuned_ppl, 4) if tuned_ppl else None,
                "trainable_parameters": params.trainable, "total_parameters": params.total}
-    return finish_run(start, "pretrain", results, result.seconds)
+    return finish_run(start, results, result.seconds, forgetting=forgetting)

@@ -20,11 +20,11 @@ from hone.data.render import render
 from hone.data.split import hold_out
 from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
-from hone.models.load import load_tokenizer
-from hone.methods.heads import load_head_model, load_head_run, train_new_head
-from hone.objectives.preference import load_pairs
-from hone.objectives.record import ObjectiveResult, begin_run, finish_run, save_artifact
-from hone.train.hf_trainer import run_trainer, trainer_arguments
+from hone.models.load import load_causal_lm, load_tokenizer
+from hone.methods.heads import as_causal_lm, has_lm_head, load_head_model, load_head_run, train_new_head
+from hone.objectives.preference import load_pairs, preference_scores
+from hone.objectives.lifecycle import RunResult, RunStart, begin_run, finish_run, probe_base, probe_tuned, save_artifact
+from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.registry.runs import update_record
 
 
@@ -70,7 +70,7 @@ def pairwise_accuracy(model, tokenizer, pairs: list[PreferenceExample], max_leng
     return sum(c > r for c, r in zip(chosen, rejected)) / max(1, len(pairs))
 
 
-def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> ObjectiveResult:
+def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Train a reward model; `run_dir` of an interrupted run resumes it."""
     from trl import RewardConfig, RewardTrainer
 
@@ -87,12 +87,12 @@ def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console 
         "n_test": len(test) if config.data.test else 0})
     update_record(start.run_dir, head="sequence", labels=[])
 
-    # 2. The base with a one-output head; its (random) preferences before training.
+    # 2. The base as it is (its own preferences, its general skills), then with a one-output head.
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
-    model = load_head_model(base, "sequence", [], start.hw.device)
     length = config.data.max_length
-    base_accuracy = pairwise_accuracy(model, tokenizer, test, length) if test else None
+    base_accuracy, probe = base_preferences(start, base, tokenizer, test, length)
+    model = load_head_model(base, "sequence", [], start.hw.device, seed=config.train.seed)
     model = apply_method(model, config.method)
     train_new_head(model)
     params = count_parameters(model)
@@ -100,8 +100,9 @@ def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console 
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
     # 3. Train with TRL.
-    args = trainer_arguments(RewardConfig, config, start.run_dir, start.hw, max_length=length)
+    args = trainer_arguments(RewardConfig, config, start.run_dir, start.hw, bool(validation), max_length=length)
     trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(tokenizer, train, length),
+                            eval_dataset=to_dataset(tokenizer, validation, length) if validation else None,
                             processing_class=tokenizer)
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
@@ -109,10 +110,24 @@ def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console 
     out = save_artifact(trainer.model, tokenizer, start.run_dir, config.method)
     tuned, _, _ = load_head_run(start.run_dir, start.hw.device)
     tuned_accuracy = pairwise_accuracy(tuned, tokenizer, test, length) if test else None
+    forgetting = probe_tuned(start, probe, as_causal_lm(tuned, base, start.hw.device), tokenizer) if probe else None
     results = {"metric": "pairwise_accuracy", "split": "test" if config.data.test else "validation",
-               "steps": summary["steps"], "stopped_by": summary["stopped_by"],
-               "first_loss": summary["first_loss"], "train_loss": summary["train_loss"],
+               **trainer_results(summary),
                "base_score": round(base_accuracy, 4) if base_accuracy is not None else None,
+               "baseline": ("the base model's mean log-probability per token of each answer (chosen ranked above "
+                            "rejected)" if base_accuracy is not None else None),
                "tuned_score": round(tuned_accuracy, 4) if tuned_accuracy is not None else None,
                "trainable_parameters": params.trainable, "total_parameters": params.total, "artifact": out.name}
-    return finish_run(start, "reward", results, summary["seconds"])
+    return finish_run(start, results, summary["seconds"], forgetting=forgetting)
+
+
+def base_preferences(start: RunStart, base, tokenizer, test: list[PreferenceExample], length: int):
+    """The base model as it is, before a reward head: how often it already gives the chosen answer the higher
+    mean log-probability (as dpo scores it), and its forgetting-probe scores. An encoder has neither."""
+    if not has_lm_head(base):
+        return None, None
+    model = load_causal_lm(base, start.hw.device)
+    accuracy = preference_scores(model, tokenizer, test, length)["accuracy"] if test and start.config.eval.base else None
+    probe = probe_base(start, model, tokenizer)
+    del model
+    return accuracy, probe

@@ -102,3 +102,14 @@ def update_record(run: Path, **fields) -> dict:
     atomic.write_json(Path(run) / "run.json", record)
     _mirror(lambda: store.sync_run(Path(run), record))
     return record
+
+
+def run_reference(text: str) -> str | None:
+    """`text` when it names a run rather than a model: a run folder, NAME:VERSION or NAME@TAG; else None
+    (a catalogue name, a model folder or file, a hub id)."""
+    path = Path(text).expanduser()
+    if (path / "run.json").is_file():
+        return text
+    if not path.exists() and ("@" in text or re.fullmatch(r"[^:@\s]+:\d+", text)):
+        return text
+    return None

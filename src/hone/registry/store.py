@@ -191,7 +191,7 @@ def record_start(path: Path, config: dict, name: str, created_at: datetime | Non
             if existing:
                 return existing
             version = (db.scalar(select(func.max(Run.version)).where(Run.name == name)) or 0) + 1
-            parent = find_by_ref_in(db, config.get("model", {}).get("name") or "", quiet=True)
+            parent = _parent(db, config.get("model", {}).get("parent"))
             now = created_at or _now()
             row = Run(id=_unique_id(db, path), name=name, version=version, status="created", path=str(path),
                       config=config, data=data_fingerprints(data_files), parent_id=parent.id if parent else None,
@@ -279,6 +279,24 @@ def find_by_ref_in(db: Session, text: str, quiet: bool = False) -> Run | None:
         return db.scalar(query.where(Run.version == ref.version))
     newest = query.order_by(Run.version.desc())
     return db.scalar(newest.where(Run.status == "succeeded")) or db.scalar(newest)
+
+
+def _parent(db: Session, folder: str | None) -> Run | None:
+    """The registered run whose tuned model this run trains on (`model.parent`: its run folder)."""
+    if not folder:
+        return None
+    return db.scalar(select(Run).where(Run.path == str(Path(folder).resolve())))
+
+
+def lineage(run_id: str) -> list[Run]:
+    """The run and its ancestors, newest first: each trained on the tuned model of the next."""
+    chain: list[Run] = []
+    with session() as db:
+        row = db.get(Run, run_id)
+        while row is not None and row not in chain:
+            chain.append(row)
+            row = db.get(Run, row.parent_id) if row.parent_id else None
+    return chain
 
 
 def find_by_ref(ref: Ref) -> Run | None:
