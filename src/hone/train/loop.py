@@ -4,6 +4,10 @@ Short on purpose, because this is where the speed lives: length-grouped batches,
 on trained tokens, the loss normalised by the trained tokens of the whole effective batch, fp32
 LoRA adds with bf16 matmuls on CPU. Interrupt it (Ctrl-C) and it checkpoints; resume continues
 with the same data order and RNG.
+
+`train_loop` reads top to bottom as the procedure; `LoopState` is where it stands (and what a
+checkpoint keeps), `Loop` its fixed parts with one method per step, and the parallel strategy
+(train/parallel.py) all that differs when the model is sharded across processes.
 """
 from __future__ import annotations
 
@@ -178,9 +182,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                     end_of_epoch = state.batch == len(batches)
                     if val_set and (state.step % loop.eval_every == 0 or end_of_epoch or loop.finished(state)):
                         loop.validate(state, record)
-                    status = loop.log(state, record)
-                    bar.update(task, completed=int(loop.progress(state) * 1000), status=status)
-                    loop.report(state, status)
+                    loop.log(state, record)
+                    loop.show(state, record, bar, task)
                     if state.step % loop.save_every == 0 or end_of_epoch:
                         loop.checkpoint(state)
                 if state.batch >= len(batches):
@@ -312,21 +315,23 @@ class Loop:
             self.console.print(f"[yellow]overfitting alarm at step {state.step}:[/yellow] training loss fell and "
                                f"validation loss rose {cfg.overfit_alarm} validations in a row", highlight=False)
 
-    def log(self, state: LoopState, record: dict) -> str:
-        """The step's record to metrics.jsonl and the callbacks; returns its progress status."""
+    def log(self, state: LoopState, record: dict) -> None:
+        """The step's record to metrics.jsonl, then to the callbacks."""
         self.metrics.write(record)
         state.unlogged = None
         for callback in self.callbacks:
             callback.on_step(record)
+
+    def show(self, state: LoopState, record: dict, bar: Progress, task) -> None:
+        """The step on the progress bar; also as a plain line every 30 s when stderr is not a terminal (logs,
+        CI): rich shows no live bar there."""
         status = f"step {state.step}/{self.total_steps}  loss {state.loss:.3f}"
         if state.val_loss is not None:
             status += f"  val {state.val_loss:.3f}"
         if state.watch.alarms and state.watch.alarms[-1] == state.watch.history[-1][0]:
             status += "  [red]overfitting[/red]"
-        return f"{status}  lr {record['lr']:.1e}  {record['tokens_per_s']:.0f} tok/s"
-
-    def report(self, state: LoopState, status: str) -> None:
-        """A plain line every 30 s when stderr is not a terminal (logs, CI): rich shows no live bar there."""
+        status = f"{status}  lr {record['lr']:.1e}  {record['tokens_per_s']:.0f} tok/s"
+        bar.update(task, completed=int(self.progress(state) * 1000), status=status)
         if not self.console.is_terminal and time.monotonic() - state.printed_at >= 30:
             self.console.print(f"train {status}", highlight=False, soft_wrap=True)
             state.printed_at = time.monotonic()
