@@ -167,3 +167,52 @@ def test_a_registered_tuned_model_is_a_base_for_the_next_run(tiny_model, chat_fi
     row = json.loads(shown.stdout)
     assert row["parent_id"] is not None
     assert [entry.split(" ")[0] for entry in row["lineage"]] == ["support-bot:2", "support-bot:1"]
+
+
+def test_ctrl_c_during_validation_checkpoints_the_step_with_its_metrics_line(tiny_model, chat_files, tmp_path,
+                                                                               monkeypatch):
+    """Ctrl-C mid-validation: Interrupted names the step, its checkpoint holds it, metrics.jsonl has its
+    loss, and a resume carries on from there to the end."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hone.train.loop as loop
+    from hone.config import build_config
+    from hone.data.render import tokenize_chat
+    from hone.errors import Interrupted
+    from hone.hardware import pick_hardware
+    from hone.methods import apply_method
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples, val = ([tokenize_chat(tokenizer, json.loads(l)["messages"], 64) for l in chat_files[name].read_text().splitlines()]
+                  for name in ("train", "validation"))
+    cfg = build_config({"method": {"name": "lora", "lora_r": 4, "lora_alpha": 8},
+                        "train": {"batch_size": 8, "micro_batch_size": 4, "max_steps": 5, "eval_every": 2,
+                                  "save_every": 10, "early_stopping_patience": None}})
+    validations = []
+
+    def validation_interrupted_the_second_time(*args, **kwargs):
+        validations.append(1)
+        if len(validations) == 2:
+            raise KeyboardInterrupt
+        return real_validation_loss(*args, **kwargs)
+
+    real_validation_loss = loop.validation_loss
+    monkeypatch.setattr(loop, "validation_loss", validation_interrupted_the_second_time)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def run(resume: bool):
+        model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model), cfg.method)
+        return loop.train_loop(model, examples, val, cfg.train, 1e-3, pick_hardware("fp32", 1), run_dir,
+                               tokenizer.pad_token_id, resume=resume)
+
+    with pytest.raises(Interrupted) as stopped:
+        run(resume=False)
+    assert stopped.value.step == 3  # validations after steps 2 and 3 (the end of the 24 examples' first epoch)
+    assert [c.name for c in list_checkpoints(run_dir)] == ["step-0000003"]
+
+    def steps():
+        return [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps() == [1, 2, 3]
+    assert run(resume=True).steps == 5
+    assert steps() == [1, 2, 3, 4, 5]

@@ -4,6 +4,10 @@ Short on purpose, because this is where the speed lives: length-grouped batches,
 on trained tokens, the loss normalised by the trained tokens of the whole effective batch, fp32
 LoRA adds with bf16 matmuls on CPU. Interrupt it (Ctrl-C) and it checkpoints; resume continues
 with the same data order and RNG.
+
+`train_loop` reads top to bottom as the procedure; `LoopState` is where it stands (and what a
+checkpoint keeps), `Loop` its fixed parts with one method per step, and the parallel strategy
+(train/parallel.py) all that differs when the model is sharded across processes.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,17 +23,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hone.config import TrainSection
-from hone.errors import ConfigError, Interrupted
+from hone.errors import Interrupted
 from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
 from hone.train.batches import common_prefix, epoch_batches, make_batch, micro_batches
 from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from hone.train.distributed import Ranks, ranks
 from hone.train.loss import summed_loss
+from hone.train.parallel import Parallel, parallel_for, parallel_of
 from hone.train.regularise import kl_to_base
 from hone.registry.runs import read_record, update_record
 from hone.train.safeguards import ValidationWatch, restore_best, save_best
-from hone.train.sharding import clip_gradients, filler_count, is_sharded, shard_model, sharding_wanted, unshard_model
 
 
 @dataclass
@@ -103,13 +107,13 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
     was_training = model.training
     model.eval()
     team = ranks()
+    parallel = parallel_of(model, team)
     order = team.share(sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)))
     total, count = 0.0, 0
     lengths = [len(e.input_ids) for e in examples]
     chunks = micro_batches(order, micro_batch_size, lengths, max_tokens)
-    fillers = filler_count(team, len(chunks)) if is_sharded(model) else 0
-    share_prefix = share_prefix and not is_sharded(model)  # a layer run twice before backward breaks FSDP2
-    for chunk in chunks + [None] * fillers:  # None: a pass whose result is dropped (train/sharding.py)
+    share_prefix = share_prefix and parallel.shares_prefix
+    for chunk in chunks + [None] * parallel.fillers(len(chunks)):  # None: a pass whose result is dropped
         batch = make_batch([examples[i] for i in chunk or [0]], pad_id, packing, hw.device, share_prefix)
         with autocast(hw):
             loss, n = summed_loss(model, batch, head_only)
@@ -154,158 +158,218 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
     console = console or Console(stderr=True)
     if not team.main:
         console = Console(stderr=True, quiet=True)  # one voice: rank 0 reports, checkpoints and logs
-    sharded = sharding_wanted(cfg, team.world)
-    if cfg.sharding == "fsdp2" and team.world == 1:
-        console.print("  [yellow]train.sharding fsdp2 on one process: nothing to shard (train with --nproc N)[/yellow]")
-    if sharded and cfg.compile:
-        raise ConfigError("train.compile with FSDP2 sharding is not supported here (not tested): set "
-                          "train.compile=false or train.sharding=none", field="train.compile")
-    if sharded and cfg.kl_to_base:
-        raise ConfigError("train.kl_to_base runs the model twice per micro-batch, which FSDP2 sharding here does "
-                          "not support: set train.kl_to_base=0 or train.sharding=none", field="train.kl_to_base")
-    if sharded:  # before the optimizer: it must hold the sharded parameters
-        groups = team.per_rank(shard_model(model, team.world))
-        console.print(f"  sharding: FSDP2 over {team.world} processes, {groups[0]} groups each (weights, gradients "
-                      "and optimizer state split across them)", highlight=False)
-        if team.main:  # every rank's FSDP groups, so that a silent fallback to replication shows
-            update_record(run_dir, distributed=read_record(run_dir).get("distributed", {}) | {
-                "fsdp_groups_per_rank": groups})
+    parallel = parallel_for(cfg, team, console)  # one process, all-reduce or FSDP2 (train/parallel.py)
+    noted = parallel.wrap(model, console)  # before the optimizer: it must hold the sharded parameters
+    if noted and team.main:
+        update_record(run_dir, distributed=read_record(run_dir).get("distributed", {}) | noted)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.compile:
         compile_layers(model)
+    state = resume_or_seed(model, optimizer, cfg, run_dir, resume)  # resumed: weights, optimizer, every RNG
+    loop = Loop(model, optimizer, params, train_set, val_set, cfg, lr, hw, Path(run_dir), pad_id, parallel, console,
+                MetricsLog(Path(run_dir) / "metrics.jsonl" if team.main else None, state.step), callbacks or [])
+    model.train()
+    state.start_clock()
     lengths = [len(e.input_ids) for e in train_set]
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    eval_every = cfg.eval_every or steps_per_epoch
-    save_every = cfg.save_every or steps_per_epoch
-    state = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "tokens": 0, "val_loss": None, "loss": None,
-             "window": [0.0, 0], "watch": ValidationWatch(cfg.early_stopping_patience, cfg.early_stopping_min_delta,
-                                                         cfg.overfit_alarm).state()}
+    with progress_bar(console) as bar:
+        task = bar.add_task("train", total=1000, status="starting")
+        try:
+            while not loop.finished(state):
+                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+                while state.batch < len(batches) and not loop.finished(state):
+                    record = loop.step(state, batches)
+                    end_of_epoch = state.batch == len(batches)
+                    if val_set and (state.step % loop.eval_every == 0 or end_of_epoch or loop.finished(state)):
+                        loop.validate(state, record)
+                    loop.log(state, record)
+                    loop.show(state, record, bar, task)
+                    if state.step % loop.save_every == 0 or end_of_epoch:
+                        loop.checkpoint(state)
+                if state.batch >= len(batches):
+                    state.epoch, state.batch = state.epoch + 1, 0
+        except KeyboardInterrupt:
+            raise loop.interrupted(state) from None
+        bar.update(task, completed=1000)
+    return loop.finish(state)
+
+
+@dataclass
+class LoopState:
+    """Where training stands. The fields up to `watch` are a checkpoint's state.json; the rest are this process's."""
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0                # the next batch of this epoch
+    seconds: float = 0.0          # training time up to the last checkpoint, over every resume
+    tokens: int = 0               # non-pad tokens trained on
+    val_loss: float | None = None
+    loss: float | None = None     # the last step's
+    window: list = field(default_factory=lambda: [0.0, 0])  # training loss sum and steps since the last validation
+    watch: ValidationWatch | None = None
+    started: float = 0.0          # time.monotonic() at step 0, as if the run had never stopped
+    saved_step: int | None = None  # this process's last checkpoint
+    step_seconds: float = 0.0     # the last step's duration
+    printed_at: float = 0.0       # the last plain progress line
+    unlogged: dict | None = None  # this step's record until metrics.jsonl has it
+
+    def saved(self) -> dict:
+        """The state a checkpoint keeps (train/checkpoint.py writes it as state.json)."""
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds,
+                "tokens": self.tokens, "val_loss": self.val_loss, "loss": self.loss, "window": self.window,
+                "watch": self.watch.state()}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> LoopState:
+        return cls(**saved | {"watch": ValidationWatch.from_state(saved["watch"])})
+
+    def start_clock(self) -> None:
+        self.started = time.monotonic() - self.seconds
+        self.printed_at = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def resume_or_seed(model, optimizer, cfg: TrainSection, run_dir: Path, resume: bool) -> LoopState:
+    """The newest checkpoint's state, its weights, optimizer and RNGs restored; without one, a seeded start."""
     checkpoints = list_checkpoints(run_dir)
     if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1], model, optimizer)  # restores every RNG too
-    else:
-        torch.manual_seed(cfg.seed)
-    watch = ValidationWatch.from_state(state["watch"])
-    log = MetricsLog(Path(run_dir) / "metrics.jsonl" if team.main else None, state["step"])
-    model.train()
-    started = time.monotonic() - state["seconds"]
+        return LoopState.from_saved(load_checkpoint(checkpoints[-1], model, optimizer))
+    torch.manual_seed(cfg.seed)
+    return LoopState(watch=ValidationWatch(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.overfit_alarm))
 
-    saved = {"step": None, "log_at": time.monotonic(), "step_s": 0.0}  # last checkpoint, log line, step time
 
-    def progress_now(ahead: int = 0) -> float:
+@dataclass
+class Loop:
+    """What stays fixed while `train_loop` runs; its methods are the loop's steps, each on a `LoopState`."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    train_set: list[TokenizedExample]
+    val_set: list[TokenizedExample]
+    cfg: TrainSection
+    lr: float
+    hw: Hardware
+    run_dir: Path
+    pad_id: int
+    parallel: Parallel
+    console: Console
+    metrics: MetricsLog
+    callbacks: list
+
+    def __post_init__(self) -> None:
+        steps_per_epoch = math.ceil(len(self.train_set) / self.cfg.batch_size)
+        self.total_steps = self.cfg.max_steps or math.ceil(self.cfg.epochs * steps_per_epoch)
+        self.eval_every = self.cfg.eval_every or steps_per_epoch
+        self.save_every = self.cfg.save_every or steps_per_epoch
+
+    def progress(self, state: LoopState, ahead: int = 0) -> float:
         """Fraction of training done; `ahead`=1 gives the step about to run a non-zero warmup lr."""
-        fraction = (state["step"] + ahead) / total_steps
-        if cfg.time_budget:
-            fraction = max(fraction, (time.monotonic() - started) / cfg.time_budget)
+        fraction = (state.step + ahead) / self.total_steps
+        if self.cfg.time_budget:
+            fraction = max(fraction, state.elapsed() / self.cfg.time_budget)
         return min(1.0, fraction)
 
-    def finished() -> str | None:
-        return team.from_main(stop_reason())  # every rank must stop at the same step
+    def finished(self, state: LoopState) -> str | None:
+        """Why training stops here, or None; rank 0 decides, so that every rank stops at the same step."""
+        return self.parallel.team.from_main(self._stop_reason(state))
 
-    def stop_reason() -> str | None:
-        if watch.should_stop:
+    def _stop_reason(self, state: LoopState) -> str | None:
+        if state.watch.should_stop:
             return "early_stopping"
-        if state["step"] >= total_steps:
-            return "max_steps" if cfg.max_steps else "epochs"
+        if state.step >= self.total_steps:
+            return "max_steps" if self.cfg.max_steps else "epochs"
         # Stop when the next step would end nearer past the budget than before it.
-        if cfg.time_budget and time.monotonic() - started + 0.5 * saved["step_s"] >= cfg.time_budget:
+        if self.cfg.time_budget and state.elapsed() + 0.5 * state.step_seconds >= self.cfg.time_budget:
             return "time_budget"
         return None
 
-    def checkpoint() -> None:
-        if saved["step"] == state["step"]:
-            return
-        state["seconds"] = time.monotonic() - started
-        state["watch"] = watch.state()
-        if team.main or sharded:  # sharded: every rank gathers, rank 0 writes
-            save_checkpoint(run_dir, model, optimizer, state, cfg.keep_checkpoints)
-        saved["step"] = state["step"]
+    def step(self, state: LoopState, batches: list[list[int]]) -> dict:
+        """One optimizer step on the epoch's next batch; returns its metrics record."""
+        step_started = time.monotonic()
+        rate = self.lr * lr_factor(self.progress(state, ahead=1), self.cfg.warmup_ratio, self.cfg.scheduler)
+        loss, tokens = train_step(self.model, self.optimizer, [self.train_set[i] for i in batches[state.batch]],
+                                  self.cfg, rate, self.pad_id, self.hw, self.params, self.parallel.team)
+        state.step_seconds = time.monotonic() - step_started
+        state.step, state.batch, state.loss, state.tokens = state.step + 1, state.batch + 1, loss, state.tokens + tokens
+        state.window = [state.window[0] + loss, state.window[1] + 1]
+        state.unlogged = {"step": state.step, "epoch": round(state.epoch + state.batch / len(batches), 3),
+                          "loss": round(loss, 5), "lr": rate,
+                          "tokens_per_s": round(tokens / (time.monotonic() - step_started), 1),
+                          "elapsed_s": round(state.elapsed(), 2)}
+        return state.unlogged  # an interrupt during validation still logs this step (`interrupted`)
 
-    def report(status: str) -> None:
-        """A plain line every 30 s when stderr is not a terminal (logs, CI): rich shows no live bar there."""
-        if not console.is_terminal and time.monotonic() - saved["log_at"] >= 30:
-            console.print(f"train {status}", highlight=False, soft_wrap=True)
-            saved["log_at"] = time.monotonic()
-
-    def validate(record: dict) -> None:
+    def validate(self, state: LoopState, record: dict) -> None:
         """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
-        val = round(validation_loss(model, val_set, cfg.micro_batch_size, pad_id, hw, cfg.head_on_trained_only,
-                                   cfg.packing, token_cap(cfg, hw), cfg.shared_prefix), 5)
-        total, count = state["window"]
-        state.update(val_loss=val, window=[0.0, 0])
+        cfg = self.cfg
+        val = round(validation_loss(self.model, self.val_set, cfg.micro_batch_size, self.pad_id, self.hw,
+                                    cfg.head_on_trained_only, cfg.packing, token_cap(cfg, self.hw), cfg.shared_prefix), 5)
+        total, count = state.window
+        state.val_loss, state.window = val, [0.0, 0]
         record["val_loss"] = val
-        seen = watch.observe(state["step"], total / max(1, count), val)
-        if seen.improved and cfg.restore_best and (team.main or sharded):
-            save_best(run_dir, model, state["step"], val)
+        seen = state.watch.observe(state.step, total / max(1, count), val)
+        if seen.improved and cfg.restore_best and self.parallel.saves:
+            save_best(self.run_dir, self.model, state.step, val)
         if seen.overfitting:
             record["overfitting"] = True
-            console.print(f"[yellow]overfitting alarm at step {state['step']}:[/yellow] training loss fell and "
-                          f"validation loss rose {cfg.overfit_alarm} validations in a row", highlight=False)
+            self.console.print(f"[yellow]overfitting alarm at step {state.step}:[/yellow] training loss fell and "
+                               f"validation loss rose {cfg.overfit_alarm} validations in a row", highlight=False)
 
-    with progress_bar(console) as bar:
-        task = bar.add_task("train", total=1000, status="starting")
-        unlogged = None
-        try:
-            while not finished():
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"], cfg.group_by_length)
-                while state["batch"] < len(batches) and not finished():
-                    step_started = time.monotonic()
-                    rate = lr * lr_factor(progress_now(ahead=1), cfg.warmup_ratio, cfg.scheduler)
-                    loss, tokens = train_step(model, optimizer, [train_set[i] for i in batches[state["batch"]]],
-                                              cfg, rate, pad_id, hw, params, team)
-                    saved["step_s"] = time.monotonic() - step_started
-                    state.update(step=state["step"] + 1, batch=state["batch"] + 1, loss=loss,
-                                 tokens=state["tokens"] + tokens)
-                    record = {"step": state["step"], "epoch": round(state["epoch"] + state["batch"] / len(batches), 3),
-                              "loss": round(loss, 5), "lr": rate,
-                              "tokens_per_s": round(tokens / (time.monotonic() - step_started), 1),
-                              "elapsed_s": round(time.monotonic() - started, 2)}
-                    end_of_epoch = state["batch"] == len(batches)
-                    unlogged = record  # an interrupt during validation still logs this step (below)
-                    state["window"] = [state["window"][0] + loss, state["window"][1] + 1]
-                    if val_set and (state["step"] % eval_every == 0 or end_of_epoch or finished()):
-                        validate(record)
-                    log.write(record)
-                    unlogged = None
-                    for callback in callbacks or []:
-                        callback.on_step(record)
-                    status = f"step {state['step']}/{total_steps}  loss {loss:.3f}"
-                    if state["val_loss"] is not None:
-                        status += f"  val {state['val_loss']:.3f}"
-                    if watch.alarms and watch.alarms[-1] == watch.history[-1][0]:
-                        status += "  [red]overfitting[/red]"
-                    status = f"{status}  lr {rate:.1e}  {record['tokens_per_s']:.0f} tok/s"
-                    bar.update(task, completed=int(progress_now() * 1000), status=status)
-                    report(status)
-                    if state["step"] % save_every == 0 or end_of_epoch:
-                        checkpoint()
-                if state["batch"] >= len(batches):
-                    state.update(epoch=state["epoch"] + 1, batch=0)
-        except KeyboardInterrupt:
-            if sharded:  # ranks stop mid-collective: no gathered checkpoint; resume takes the last one
-                raise Interrupted(saved["step"] or 0) from None
-            if unlogged is not None and unlogged["step"] == state["step"]:
-                log.write(unlogged)  # the checkpoint holds this step: its loss must be in metrics.jsonl
-            checkpoint()
-            raise Interrupted(state["step"]) from None
-        bar.update(task, completed=1000)
-    checkpoint()
-    team.wait()  # the best weights are on disk before any rank reads them
-    if sharded:
-        optimizer.state.clear()  # no longer needed: its shards would add to the full weights gathered next
-        unshard_model(model)  # plain again, full weights on every rank: saving and evaluation as without sharding
-    stopped_by = finished() or "epochs"
-    if stopped_by == "early_stopping":
-        console.print(f"  stopped early: no better validation loss for {watch.stale} validations "
-                      f"(best {watch.best_loss:.4f} at step {watch.best_step})", highlight=False)
-    if (cfg.restore_best and watch.best_step is not None and watch.best_step != state["step"]
-            and restore_best(run_dir, model)):
-        console.print(f"  kept the weights of step {watch.best_step} (validation loss {watch.best_loss:.4f}, "
-                      f"last step {state['val_loss']:.4f})", highlight=False)
-    return TrainResult(state["step"], time.monotonic() - started, state["tokens"], state["loss"],
-                       state["val_loss"], stopped_by, watch.best_step, watch.best_loss, watch.alarms)
+    def log(self, state: LoopState, record: dict) -> None:
+        """The step's record to metrics.jsonl, then to the callbacks."""
+        self.metrics.write(record)
+        state.unlogged = None
+        for callback in self.callbacks:
+            callback.on_step(record)
+
+    def show(self, state: LoopState, record: dict, bar: Progress, task) -> None:
+        """The step on the progress bar; also as a plain line every 30 s when stderr is not a terminal (logs,
+        CI): rich shows no live bar there."""
+        status = f"step {state.step}/{self.total_steps}  loss {state.loss:.3f}"
+        if state.val_loss is not None:
+            status += f"  val {state.val_loss:.3f}"
+        if state.watch.alarms and state.watch.alarms[-1] == state.watch.history[-1][0]:
+            status += "  [red]overfitting[/red]"
+        status = f"{status}  lr {record['lr']:.1e}  {record['tokens_per_s']:.0f} tok/s"
+        bar.update(task, completed=int(self.progress(state) * 1000), status=status)
+        if not self.console.is_terminal and time.monotonic() - state.printed_at >= 30:
+            self.console.print(f"train {status}", highlight=False, soft_wrap=True)
+            state.printed_at = time.monotonic()
+
+    def checkpoint(self, state: LoopState) -> None:
+        """Checkpoint this step, once."""
+        if state.saved_step == state.step:
+            return
+        state.seconds = state.elapsed()
+        if self.parallel.saves:
+            save_checkpoint(self.run_dir, self.model, self.optimizer, state.saved(), self.cfg.keep_checkpoints)
+        state.saved_step = state.step
+
+    def interrupted(self, state: LoopState) -> Interrupted:
+        """Ctrl-C: checkpoint where the loop stands, with this step's line in metrics.jsonl, where the ranks can."""
+        if not self.parallel.saves_on_interrupt:
+            return Interrupted(state.saved_step or 0)
+        if state.unlogged is not None and state.unlogged["step"] == state.step:
+            self.metrics.write(state.unlogged)  # the checkpoint holds this step: its loss must be in metrics.jsonl
+        self.checkpoint(state)
+        return Interrupted(state.step)
+
+    def finish(self, state: LoopState) -> TrainResult:
+        """The last checkpoint, a plain model on every rank, the validation-best weights back where asked."""
+        self.checkpoint(state)
+        self.parallel.team.wait()  # the best weights are on disk before any rank reads them
+        self.parallel.unwrap(self.model, self.optimizer)
+        stopped_by = self.finished(state) or "epochs"
+        watch = state.watch
+        if stopped_by == "early_stopping":
+            self.console.print(f"  stopped early: no better validation loss for {watch.stale} validations "
+                               f"(best {watch.best_loss:.4f} at step {watch.best_step})", highlight=False)
+        if (self.cfg.restore_best and watch.best_step is not None and watch.best_step != state.step
+                and restore_best(self.run_dir, self.model)):
+            self.console.print(f"  kept the weights of step {watch.best_step} (validation loss {watch.best_loss:.4f}, "
+                               f"last step {state.val_loss:.4f})", highlight=False)
+        return TrainResult(state.step, state.elapsed(), state.tokens, state.loss, state.val_loss, stopped_by,
+                           watch.best_step, watch.best_loss, watch.alarms)
 
 
 def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSection, lr: float,
@@ -315,19 +379,18 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
 
     Under data parallelism each rank runs its share of the batch; the loss is still normalised by
     the trained tokens of the whole batch and the gradients are summed, so the step is the same."""
+    parallel = parallel_of(model, team)
     for group in optimizer.param_groups:
         group["lr"] = lr
     n_trained = max(1, sum(loss_tokens(e) for e in examples))
-    sharded = is_sharded(model)
     total, seen = 0.0, 0
     order = team.share(list(range(len(examples))))
     regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
     lengths = [len(e.input_ids) for e in examples]
-    share_prefix = cfg.shared_prefix and not sharded  # a layer run twice before backward breaks FSDP2
+    share_prefix = cfg.shared_prefix and parallel.shares_prefix
     shared = common_prefix([examples[i] for i in order]) if share_prefix and not cfg.packing else 0
     chunks = micro_batches(order, cfg.micro_batch_size, lengths, token_cap(cfg, hw), shared)
-    fillers = filler_count(team, len(chunks)) if sharded else 0
-    for chunk in chunks + [None] * fillers:  # None: a zero-weight pass, so every rank runs as many (FSDP)
+    for chunk in chunks + [None] * parallel.fillers(len(chunks)):  # None: a zero-weight pass (FSDP2)
         batch = make_batch([examples[i] for i in chunk or [0]], pad_id, cfg.packing, hw.device, share_prefix)
         with autocast(hw):
             loss, _ = summed_loss(model, batch, cfg.head_on_trained_only, regularise)
@@ -337,10 +400,8 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
         (loss / n_trained).backward()
         total += loss.item()
         seen += sum(len(examples[i].input_ids) for i in chunk)
-    if not sharded:  # FSDP2 has summed them already (reduce-scatter)
-        team.sum_gradients(params)
+    parallel.sum_and_clip(params, cfg.max_grad_norm)
     total, seen = team.sum(total, seen)
-    clip_gradients(params, cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total / n_trained, int(seen)

@@ -3,24 +3,34 @@
 Each rank keeps 1/N of every parameter, gradient and AdamW state (torch's `fully_shard`): one group
 per decoder layer and the root group for the rest (embeddings, final norm, the head tied to them).
 A group's parameters are all-gathered just before its forward and its gradients reduce-scattered
-after its backward. Four things make that correct here:
+after its backward. What makes that correct here, each handled once, in `FSDP2` (the loop's hooks,
+train/parallel.py) or in the functions it calls:
 
 - hone's loss runs the decoder and then the head on trained positions only, never the root's
   forward, so the root group would never gather nor reduce: the loss runs as a registered forward
   method of the root instead (`register_fsdp_forward_method`), keeping the head-only saving.
 - The loss is a sum over tokens divided by the trained tokens of the whole batch: gradients are
-  summed across ranks (divide factor 1), not averaged as FSDP does by default.
+  summed across ranks (divide factor 1), not averaged as FSDP does by default; they arrive sharded,
+  so the clipping norm is taken over the full gradients.
 - Every rank must run the same number of forward/backward passes (each holds collectives): a rank
-  with fewer micro-batches runs zero-weight ones (`filler_count`).
+  with fewer micro-batches runs zero-weight ones (`FSDP2.fillers`).
+- A layer run twice before its backward breaks the resharding: no shared prompt prefix run once per
+  micro-batch, no KL-to-base (a second pass), no compile (not tested), all refused or turned off.
+- Saving gathers the full weights and optimizer state onto rank 0 with every rank taking part
+  (train/checkpoint.py); ranks stopped mid-collective by Ctrl-C cannot, so an interrupt writes none.
 - After training the model is turned back into a plain one with the full weights on every rank
   (`unshard_model`), so saving, restore-best and evaluation run exactly as without sharding.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MethodType
 
 import torch
 from torch import nn
+
+from hone.errors import ConfigError
+from hone.train.distributed import Ranks, ranks
 
 SYNC = "fsdp2 (fully_shard)"
 SHARDED_FORWARD = "hone_sharded_logits"  # the root's registered forward method (train/loss.py calls it)
@@ -35,8 +45,6 @@ def sharding_wanted(cfg, world: int) -> bool:
 
 def fuse_lora_wanted(cfg) -> bool:
     """`train.fused_lora`, except under sharding: fused q/k/v share one weight tensor, which cannot be sharded."""
-    from hone.train.distributed import ranks
-
     return cfg.fused_lora and not sharding_wanted(cfg, ranks().world)
 
 
@@ -52,7 +60,6 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    from hone.errors import ConfigError
     from hone.train.loss import _unwrap
 
     base = _unwrap(model)
@@ -68,7 +75,6 @@ def shard_model(model: nn.Module, world: int) -> int:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
-    from hone.errors import ConfigError
     from hone.train.loss import logits_on_trained
 
     quantized = [name for name, p in model.named_parameters()
@@ -92,22 +98,6 @@ def shard_model(model: nn.Module, world: int) -> int:
     setattr(model, SHARDED_FORWARD, MethodType(sharded_logits, model))
     register_fsdp_forward_method(model, SHARDED_FORWARD)
     return len(groups)
-
-
-def filler_count(team, count: int) -> int:
-    """How many zero-weight passes this rank adds so that every rank runs the same number."""
-    return max(team.per_rank(count)) - count
-
-
-def clip_gradients(params: list[nn.Parameter], max_norm: float) -> None:
-    """`clip_grad_norm_` that also takes sharded (DTensor) gradients: the norm is over the full gradients."""
-    from torch.distributed.tensor import DTensor
-
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads)
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
 
 
 @torch.no_grad()
@@ -137,3 +127,48 @@ def unshard_model(model: nn.Module) -> None:
             module.__dict__.pop(key, None)
         module.__dict__.pop(SHARDED_FORWARD, None)
         module.__class__ = next(c for c in type(module).__bases__ if c is not FSDPModule)
+
+
+@dataclass(frozen=True)
+class FSDP2:
+    """The loop's hooks when every rank holds 1/N of the model (train/parallel.py has the other kind)."""
+    team: Ranks
+    shares_prefix = False      # a prefix run once, then each micro-batch: a layer run twice before backward
+    saves = True               # every rank takes part in a checkpoint: the gather is a collective
+    saves_on_interrupt = False  # ranks stop mid-collective: no gathered checkpoint; resume takes the last one
+
+    @staticmethod
+    def refuse(cfg) -> None:
+        """Settings this sharding cannot take, refused in one line each."""
+        if cfg.compile:
+            raise ConfigError("train.compile with FSDP2 sharding is not supported here (not tested): set "
+                              "train.compile=false or train.sharding=none", field="train.compile")
+        if cfg.kl_to_base:
+            raise ConfigError("train.kl_to_base runs the model twice per micro-batch, which FSDP2 sharding here does "
+                              "not support: set train.kl_to_base=0 or train.sharding=none", field="train.kl_to_base")
+
+    def wrap(self, model: nn.Module, console) -> dict:
+        """Shard `model` (before the optimizer is built: it must hold the sharded parameters); return what
+        run.json's `distributed` notes: every rank's FSDP groups, so that a silent fallback to replication shows."""
+        groups = self.team.per_rank(shard_model(model, self.team.world))
+        console.print(f"  sharding: FSDP2 over {self.team.world} processes, {groups[0]} groups each (weights, "
+                      "gradients and optimizer state split across them)", highlight=False)
+        return {"fsdp_groups_per_rank": groups}
+
+    def fillers(self, passes: int) -> int:
+        """How many zero-weight passes this rank adds to its `passes` so that every rank runs the same number."""
+        return max(self.team.per_rank(passes)) - passes
+
+    def sum_and_clip(self, params: list[nn.Parameter], max_norm: float) -> None:
+        """Gradients are summed already (reduce-scattered after each backward); clip by the full gradients' norm."""
+        from torch.distributed.tensor import DTensor
+
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+
+    def unwrap(self, model: nn.Module, optimizer) -> None:
+        """A plain model again, full weights on every rank (a collective): saving and evaluation as without sharding."""
+        optimizer.state.clear()  # no longer needed: its shards would add to the full weights gathered next
+        unshard_model(model)
