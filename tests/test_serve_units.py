@@ -33,11 +33,34 @@ def test_method_defaults_to_supervised_and_echoes_auto():
     ({"type": "dpo", "dpo": {"hyperparameters": {"learning_rate_multiplier": "fast"}}}, "method.dpo.hyperparameters.learning_rate_multiplier"),
     ({"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}, "method.supervised.hyperparameters.beta"),
     ({"type": "reinforcement"}, "method.type"),
+    # malformed JSON where objects are due (each was a 500: TypeError / AttributeError)
+    (["supervised"], "method"),
+    ({"type": ["supervised"]}, "method.type"),
+    ({"type": {"dpo": {}}}, "method.type"),
+    ({"type": "supervised", "supervised": "fast"}, "method.supervised"),
+    ({"type": "dpo", "dpo": {"hyperparameters": [["beta", 0.1]]}}, "method.dpo.hyperparameters"),
+    # NaN and Infinity, which JSON as Python reads it carries (n_epochs was a 500, the others were stored)
+    ({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": float("nan")}}}, "method.supervised.hyperparameters.n_epochs"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": float("inf")}}}, "method.supervised.hyperparameters.n_epochs"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": float("nan")}}},
+     "method.supervised.hyperparameters.learning_rate_multiplier"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": float("inf")}}},
+     "method.supervised.hyperparameters.learning_rate_multiplier"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 10**400}}},
+     "method.supervised.hyperparameters.learning_rate_multiplier"),
+    ({"type": "dpo", "dpo": {"hyperparameters": {"beta": float("nan")}}}, "method.dpo.hyperparameters.beta"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1e300}}}, "method.supervised.hyperparameters.n_epochs"),
 ])
 def test_bad_hyperparameters_name_their_param(method, param):
     with pytest.raises(APIError) as caught:
         parse_method(method, None)
     assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_deprecated_hyperparameters_must_be_an_object():
+    with pytest.raises(APIError) as caught:
+        parse_method(None, [1, 2])
+    assert caught.value.status == 400 and caught.value.param == "hyperparameters"
 
 
 def test_method_and_deprecated_hyperparameters_must_agree():
