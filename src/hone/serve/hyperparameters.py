@@ -22,6 +22,25 @@ MAX_FINITE = 1e300   # a learning_rate_multiplier past this is no number a run c
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 3, 100, 25000, 1, 25
 
 
+def hyperparameters_schema(kind: str) -> dict:
+    """The JSON schema of `kind`'s hyperparameters object, from RANGES (for the OpenAPI schema)."""
+    properties = {}
+    for name in FIELDS[kind]:
+        read, low, high = RANGES[name]
+        number = {"type": "integer", "minimum": low, "maximum": high} if read is int else \
+            {"type": "number", "exclusiveMinimum": low, "maximum": high or MAX_FINITE}
+        properties[name] = {"anyOf": [{"type": "string", "const": "auto"}, number, {"type": "null"}]}
+    return {"type": ["object", "null"], "properties": properties, "additionalProperties": False}
+
+
+def method_schema() -> dict:
+    """The JSON schema of a job's `method` (null: supervised with the top-level hyperparameters)."""
+    sections = {kind: {"type": ["object", "null"], "properties": {"hyperparameters": hyperparameters_schema(kind)}}
+                for kind in FIELDS}
+    return {"type": ["object", "null"], "required": ["type"],
+            "properties": {"type": {"type": "string", "enum": list(FIELDS)}, **sections}}
+
+
 def parse_method(method: Any, hyperparameters: Any) -> dict:
     """The job's method as OpenAI echoes it: type plus every hyperparameter ("auto" where unset).
 
@@ -40,7 +59,7 @@ def parse_method(method: Any, hyperparameters: Any) -> dict:
     given = _object(section.get("hyperparameters"), f"method.{kind}.hyperparameters")
     if hyperparameters and any(given.get(k, v) != v for k, v in hyperparameters.items()):
         raise APIError(400, "hyperparameters disagree with method.*.hyperparameters; pass them under method only.",
-                       param="hyperparameters")
+                       param="hyperparameters", code="conflicting_hyperparameters")
     unknown = sorted(set(given) - set(FIELDS[kind]))
     if unknown:
         raise APIError(400, f"unknown {kind} hyperparameter {unknown[0]!r}; expected {', '.join(FIELDS[kind])}",
