@@ -93,7 +93,7 @@ def test_settings_travel_to_workers_through_the_environment(monkeypatch):
 
     settings = ServeSettings(db="sqlite:////tmp/x.db", base_models=parse_models(["tiny=/models/tiny", "smollm2-135m-instruct"]),
                              max_steps=3, lease_seconds=2.0, max_loaded_models=2, max_batch=3, batch_window_ms=20.0,
-                             inference_threads=1)
+                             inference_threads=1, max_request_tokens=100)
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     again = ServeSettings.from_env()
@@ -115,7 +115,8 @@ def test_the_engine_takes_the_serve_options(tmp_path):
     engine = create_app(settings).state.engine
     assert (engine.max_tuned, engine.max_batch, engine.batch_window, engine._threads) == (2, 3, 0.02, 1)
     help_text = CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "200"}).output
-    for option in ("--max-loaded-models", "--max-batch", "--batch-window-ms", "--inference-threads"):
+    for option in ("--max-loaded-models", "--max-batch", "--batch-window-ms", "--inference-threads",
+                   "--max-request-tokens"):
         assert option in help_text
 
 
