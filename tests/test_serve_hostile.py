@@ -59,13 +59,13 @@ def test_an_upload_nested_5000_deep_is_a_400(app):
 
 # -- chat ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("seed", [2**64, -2**63 - 1, 10**30])
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1, 10**30, 2**53])
 def test_a_seed_torch_cannot_take_is_a_400_naming_seed(app, seed):
     refused(chat(app, seed=seed, temperature=1), param="seed")
 
 
-@pytest.mark.parametrize("seed", [2**64 - 1, -2**63])
-def test_the_widest_seeds_torch_takes_are_answered(app, seed):
+@pytest.mark.parametrize("seed", [2**53 - 1, -(2**53 - 1), 0])
+def test_the_widest_seeds_json_carries_exactly_are_answered(app, seed):
     assert chat(app, seed=seed, temperature=1).status_code == 200
 
 
@@ -194,3 +194,9 @@ def test_405_lists_every_method_the_path_takes(app, path, allowed):
     response = app.http.request("PATCH", path, headers=app.auth)
     refused(response, 405)
     assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+
+
+def test_a_bare_metadata_filter_is_a_400_not_ignored(app):
+    refused(app.http.get("/v1/fine_tuning/jobs?metadata=5", headers=app.auth), param="metadata")
+    assert app.http.get("/v1/fine_tuning/jobs?metadata=null", headers=app.auth).status_code == 200
+    assert app.http.get("/v1/fine_tuning/jobs?metadata[suite]=e2e", headers=app.auth).status_code == 200

@@ -28,8 +28,9 @@ from hone.serve.settings import ServeSettings
 
 MAX_N = 16          # choices per request: each is a row of the batch
 MAX_STOPS = 4       # OpenAI's limit on stop sequences
-# torch.manual_seed's range: a wider seed raised inside the engine (a 500)
-MIN_SEED, MAX_SEED = -2**63, 2**64 - 1
+# An integer JSON carries exactly (RFC 8259 §6: |n| < 2**53; past it generators and parsers round through
+# doubles) and inside torch.manual_seed's range: a seed of 2**64 once raised inside the engine (a 500).
+MIN_SEED, MAX_SEED = -(2**53 - 1), 2**53 - 1
 Stop = Annotated[str, Field(min_length=1)]
 SSE_EVENT = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "string", "description": "a chunk as JSON, or [DONE] last"}}}
@@ -39,7 +40,7 @@ log = logging.getLogger("hone.serve")
 
 
 def exact_bounds(schema: dict) -> None:
-    """The seed's bounds as integers: pydantic writes them as floats, and 2**64 - 1 as a float is 2**64."""
+    """The seed's bounds as integers: pydantic writes them as floats."""
     for option in schema.get("anyOf", [schema]):
         if option.get("type") == "integer":
             option.update(minimum=MIN_SEED, maximum=MAX_SEED)
