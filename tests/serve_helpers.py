@@ -141,3 +141,25 @@ def _ignore_sigint() -> None:
     """Workers start with SIGINT ignored, as under `nohup`, `cmd &` in a script or some CI runners: the
     worker must still stop training on cancel/pause (it once dropped them silently in that case)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class InProcess:
+    """`hone serve`'s app called in-process (starlette's TestClient): no port, no subprocess, no worker."""
+    http: object                   # a TestClient; send `headers=in_process.auth`
+    auth: dict[str, str]           # the Authorization header of a key for org "acme"
+    settings: object
+
+
+def in_process_app(tiny_model: Path, tmp: Path, **settings) -> InProcess:
+    """The whole app (files, jobs, inference) over the tiny model as base "tiny", rate limit off."""
+    from fastapi.testclient import TestClient
+
+    from hone.serve.app import create_app
+    from hone.serve.auth import create_key
+    from hone.serve.settings import ServeSettings
+
+    config = ServeSettings(db=f"sqlite:///{tmp / 'serve.db'}", base_models={"tiny": str(tiny_model)},
+                           rate_limit=0, **settings)
+    http = TestClient(create_app(config), raise_server_exceptions=False)
+    return InProcess(http, {"Authorization": f"Bearer {create_key('acme', config.db)}"}, config)

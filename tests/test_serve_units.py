@@ -33,11 +33,34 @@ def test_method_defaults_to_supervised_and_echoes_auto():
     ({"type": "dpo", "dpo": {"hyperparameters": {"learning_rate_multiplier": "fast"}}}, "method.dpo.hyperparameters.learning_rate_multiplier"),
     ({"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}, "method.supervised.hyperparameters.beta"),
     ({"type": "reinforcement"}, "method.type"),
+    # malformed JSON where objects are due (each was a 500: TypeError / AttributeError)
+    (["supervised"], "method"),
+    ({"type": ["supervised"]}, "method.type"),
+    ({"type": {"dpo": {}}}, "method.type"),
+    ({"type": "supervised", "supervised": "fast"}, "method.supervised"),
+    ({"type": "dpo", "dpo": {"hyperparameters": [["beta", 0.1]]}}, "method.dpo.hyperparameters"),
+    # NaN and Infinity, which JSON as Python reads it carries (n_epochs was a 500, the others were stored)
+    ({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": float("nan")}}}, "method.supervised.hyperparameters.n_epochs"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": float("inf")}}}, "method.supervised.hyperparameters.n_epochs"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": float("nan")}}},
+     "method.supervised.hyperparameters.learning_rate_multiplier"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": float("inf")}}},
+     "method.supervised.hyperparameters.learning_rate_multiplier"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 10**400}}},
+     "method.supervised.hyperparameters.learning_rate_multiplier"),
+    ({"type": "dpo", "dpo": {"hyperparameters": {"beta": float("nan")}}}, "method.dpo.hyperparameters.beta"),
+    ({"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1e300}}}, "method.supervised.hyperparameters.n_epochs"),
 ])
 def test_bad_hyperparameters_name_their_param(method, param):
     with pytest.raises(APIError) as caught:
         parse_method(method, None)
     assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_deprecated_hyperparameters_must_be_an_object():
+    with pytest.raises(APIError) as caught:
+        parse_method(None, [1, 2])
+    assert caught.value.status == 400 and caught.value.param == "hyperparameters"
 
 
 def test_method_and_deprecated_hyperparameters_must_agree():
@@ -70,7 +93,7 @@ def test_settings_travel_to_workers_through_the_environment(monkeypatch):
 
     settings = ServeSettings(db="sqlite:////tmp/x.db", base_models=parse_models(["tiny=/models/tiny", "smollm2-135m-instruct"]),
                              max_steps=3, lease_seconds=2.0, max_loaded_models=2, max_batch=3, batch_window_ms=20.0,
-                             inference_threads=1)
+                             inference_threads=1, max_request_tokens=100)
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     again = ServeSettings.from_env()
@@ -92,7 +115,8 @@ def test_the_engine_takes_the_serve_options(tmp_path):
     engine = create_app(settings).state.engine
     assert (engine.max_tuned, engine.max_batch, engine.batch_window, engine._threads) == (2, 3, 0.02, 1)
     help_text = CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "200"}).output
-    for option in ("--max-loaded-models", "--max-batch", "--batch-window-ms", "--inference-threads"):
+    for option in ("--max-loaded-models", "--max-batch", "--batch-window-ms", "--inference-threads",
+                   "--max-request-tokens"):
         assert option in help_text
 
 

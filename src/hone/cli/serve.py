@@ -37,6 +37,7 @@ def serve(
     max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Inference requests answered together in one forward pass (default 8)"),
     batch_window_ms: Optional[float] = typer.Option(None, "--batch-window-ms", min=0, help="How long a request waits for others to join its batch (default 5 ms)"),
     inference_threads: Optional[int] = typer.Option(None, "--inference-threads", min=1, help="CPU threads for inference (default: picked from cores and load)"),
+    max_request_tokens: Optional[int] = typer.Option(None, "--max-request-tokens", min=0, help="Most tokens one inference request may ask for: n x the sum of (prompt + max_tokens) over its prompts (default 32768; 0: no cap)"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
@@ -44,7 +45,7 @@ def serve(
     settings = _settings(db, base_model, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
                          max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
-                         inference_threads=inference_threads)
+                         inference_threads=inference_threads, max_request_tokens=max_request_tokens)
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
                                    "keys are sent in clear text unless a TLS proxy is in front", highlight=False)

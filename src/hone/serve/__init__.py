@@ -1,7 +1,8 @@
 """`hone serve`: a self-hosted, OpenAI-compatible fine-tuning and inference service (docs/serve.md).
 
     app.py      the FastAPI app: mounts the routers, request logs, error handlers
-    errors.py   OpenAI-shaped error bodies (`{"error": {message, type, param, code}}`)
+    errors.py   OpenAI-shaped error bodies (`{"error": {message, type, param, code}}`), the schema's statuses
+    body.py     JSON bodies must be Unicode text (no lone surrogates): a 400, not a 500 downstream
     auth.py     API keys (sha256-hashed) -> org; the per-key rate limit
     db.py       the service's tables (SQLite under the hone home, or any SQLAlchemy URL)
     files.py    /v1/files: upload (validated), list, retrieve, delete, content

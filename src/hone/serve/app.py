@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from hone.serve import db, files, jobs
 from hone.serve.auth import RateLimiter, current_org
 from hone.serve.catalog import DatabaseCatalog
-from hone.serve.errors import install_error_handlers
+from hone.serve.errors import install_error_handlers, install_openapi
 from hone.serve.settings import ServeSettings
 
 log = logging.getLogger("hone.serve.requests")
@@ -56,7 +56,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
         engine = Engine(max_tuned=settings.max_loaded_models, batch_window=settings.batch_window_ms / 1000,
                         max_batch=settings.max_batch, threads=settings.inference_threads)
-        router = make_inference_router(app.state.catalog, current_org, engine)
+        router = make_inference_router(app.state.catalog, current_org, engine, settings.max_request_tokens)
         app.state.engine = getattr(router, "engine", None)
         app.include_router(router)
 
@@ -79,6 +79,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
         return {"status": "ok"}
+
+    install_openapi(app)
 
     return app
 

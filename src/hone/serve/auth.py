@@ -100,11 +100,15 @@ def current_org(request: Request) -> str:
     if scheme.lower() != "bearer" or not secret.strip():
         raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer KEY' "
                             "(make one with: hone keys create --org NAME).")
-    digest = hash_key(secret.strip())
+    # A key is compared exactly as sent: one stripped of surrounding whitespace would let two spellings
+    # of a secret pass, and hide a client that mangles its key (a trailing newline read from a file).
+    if any(c.isspace() for c in secret):
+        raise _unauthorized("Malformed API key: it has whitespace in or around it. Send 'Authorization: Bearer KEY' "
+                            "with one space after Bearer and the key exactly as `hone keys create` printed it.")
     with db.session(request.app.state.settings.db) as s:
-        key = s.scalar(select(db.ApiKey).where(db.ApiKey.sha256 == digest))
+        key = s.scalar(select(db.ApiKey).where(db.ApiKey.sha256 == hash_key(secret)))
     if key is None or key.revoked_at is not None:
-        raise _unauthorized(f"Incorrect API key provided: {secret.strip()[:9]}...")
+        raise _unauthorized(f"Incorrect API key provided: {secret[:9]}...")
     wait = request.app.state.limiter.allow(key.id)
     if wait:
         raise APIError(429, f"Rate limit reached for key {key.id}: "

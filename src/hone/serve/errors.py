@@ -7,14 +7,51 @@ so "job already finished" is a 400, never a 409 (reference/openai_ft_api.md §1.
 """
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
-         404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+         404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
          429: "rate_limit_exceeded", 500: "server_error"}
+
+# What each status means here, for the OpenAPI schema (every one has the ErrorResponse body).
+STATUSES = {400: "Invalid request: a parameter is missing, malformed or out of range (`param` names it)",
+            401: "Missing, malformed, unknown or revoked API key",
+            403: "Not allowed on this object (a base model cannot be deleted)",
+            404: "No such object for this key's organization (another organization's objects included)",
+            413: "The upload is larger than the server's --max-upload-mb",
+            429: "Over the key's rate limit; `retry-after` says when to try again",
+            500: "The server failed (a model that cannot be loaded, missing file bytes)"}
+COMMON = (400, 401, 429)   # every /v1 operation: validation, the key, the rate limit
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope: every response other than a 200 has this body."""
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict:
+    """FastAPI `responses=` documenting `statuses` (plus COMMON) with the ErrorResponse body."""
+    wanted = sorted(set(statuses) | set(COMMON))
+    responses: dict = {status: {"model": ErrorResponse, "description": STATUSES[status]} for status in wanted}
+    if 429 in responses:
+        responses[429]["headers"] = {"retry-after": {"description": "seconds until a request may succeed",
+                                                     "schema": {"type": "string"}}}
+    return responses
 
 
 def api_error(status: int, message: str, type_: str | None = None, param: str | None = None,
@@ -55,17 +92,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form")]
+        """400, as OpenAI answers an invalid parameter (never FastAPI's 422; the schema says 400 too)."""
+        first = _first_error(exc.errors())
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "form", "header")
+               and not (isinstance(p, str) and UNION_TAG.search(p))]
         param = ".".join(loc) or None
         return api_error(400, f"{param + ': ' if param else ''}{first.get('msg', 'invalid request')}", param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and message == "Not Found":
             message = f"Unknown request URL: {request.method} {request.url.path}"
-        return api_error(exc.status_code, message, headers=getattr(exc, "headers", None))
+        if exc.status_code == 405:
+            # starlette's Allow names the methods of the first route matching the path only; GET and
+            # DELETE /v1/files/{id} are two routes, so it said GET
+            allowed = allowed_methods(request)
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"} | {"Allow": ", ".join(allowed)}
+            message = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+        return api_error(exc.status_code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -73,3 +119,50 @@ def install_error_handlers(app: FastAPI) -> None:
 
         logging.getLogger("hone.serve").exception("unhandled error on %s %s", request.method, request.url.path)
         return api_error(500, f"internal error: {type(exc).__name__}", "server_error")
+
+
+# pydantic names the member of a union it tried in `loc` ('str', 'list[str]', 'function-after[...]'):
+# not a parameter name, so left out of `param`
+UNION_TAG = re.compile(r"^(\[key\]|(str|int|float|bool|none|dict|list|set|tuple|literal|model|nullable|json-or-python"
+                       r"|constrained-[\w-]+|function-[\w-]+|lax-[\w-]+|strict-[\w-]+|[A-Z]\w*)(\[.*\])?)$")
+
+
+def _first_error(errors: list) -> dict:
+    """The error to report: for a union (`prompt`: a string or a list) the one from the member the input
+    was meant as (a constraint that failed) rather than 'Input should be a valid string'."""
+    if not errors:
+        return {"loc": (), "msg": "invalid request"}
+    return next((e for e in errors if not str(e.get("type", "")).endswith("_type")), errors[0])
+
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this request's path (asked of each route as that method's request:
+    FastAPI nests included routers, so the routes' own `methods` are not all in sight)."""
+    return [method for method in METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in request.app.router.routes)]
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The schema as the server behaves: validation errors are 400s with ErrorResponse (documented per
+    operation through error_responses), so FastAPI's default 422 and its schemas are taken out; the
+    Bearer key is declared as the security scheme of every operation."""
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+                    operation["security"] = [{"bearer": []}]
+            components = schema.setdefault("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                        "description": "a key from `hone keys create --org NAME`"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -7,9 +7,10 @@ A file with any bad record is refused with a 400 that names its line and field, 
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
@@ -19,11 +20,13 @@ from sqlalchemy.orm import Session
 from hone.errors import UserError
 from hone.serve import db
 from hone.serve.auth import current_org
-from hone.serve.errors import APIError, not_found
+from hone.serve.errors import APIError, error_responses, not_found
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 PURPOSES = ("fine-tune",)
-router = APIRouter(prefix="/v1", tags=["files"])
+router = APIRouter(prefix="/v1", tags=["files"], responses=error_responses())
+MIN_EXPIRY, MAX_EXPIRY = 3600, 2592000   # OpenAI's expires_after range: an hour to 30 days
+log = logging.getLogger("hone.serve")
 
 
 def file_object(row: db.File) -> dict:
@@ -73,6 +76,13 @@ def check_training_data(path: Path, filename: str) -> tuple[str | None, int]:
     except UserError as exc:
         message = str(exc).replace(str(path), filename)
         raise APIError(400, f"Invalid file format. {message}", param="file", code="invalid_file_format") from None
+    except (ValueError, RecursionError) as exc:
+        # A file the reader cannot take apart (a 5,000-digit integer passes Python's int-string limit,
+        # nesting its recursion limit) is the client's to fix: a 400 saying how far it read, never a 500.
+        log.warning("upload %s: the data reader raised %s", filename, type(exc).__name__, exc_info=exc)
+        raise APIError(400, f"Invalid file format. The data cannot be read after its first {report.records} "
+                       f"record(s): {type(exc).__name__}: {str(exc)[:200]}", param="file",
+                       code="invalid_file_format") from None
     if report.problems:
         first = report.first()
         field = f", field {first.field!r}" if first.field else ""
@@ -85,20 +95,26 @@ def check_training_data(path: Path, filename: str) -> tuple[str | None, int]:
     return report.shape, n
 
 
-@router.post("/files")
-def upload_file(request: Request, file: UploadFile, purpose: str = Form(...),
-                expires_anchor: Optional[str] = Form(None, alias="expires_after[anchor]"),
-                expires_seconds: Optional[int] = Form(None, alias="expires_after[seconds]"),
+def absent_not_null(schema: dict) -> None:
+    """A form field left out is None; a multipart form has no null to send, so the schema offers none."""
+    options = [option for option in schema.pop("anyOf", []) if option.get("type") != "null"]
+    if options:
+        schema.update(options[0])
+
+
+@router.post("/files", responses=error_responses(413))
+def upload_file(request: Request, file: UploadFile, purpose: str = Form(..., json_schema_extra={"enum": list(PURPOSES)}),
+                expires_anchor: Optional[Literal["created_at"]] = Form(None, alias="expires_after[anchor]",
+                                                                       json_schema_extra=absent_not_null),
+                expires_seconds: Optional[int] = Form(None, alias="expires_after[seconds]", ge=MIN_EXPIRY,
+                                                      le=MAX_EXPIRY, json_schema_extra=absent_not_null),
                 org: str = Depends(current_org)) -> dict:
     """Upload a training or validation file; it is validated before it is stored."""
     if purpose not in PURPOSES:
         raise APIError(400, f"purpose {purpose!r} is not supported here; hone serve stores 'fine-tune' files.",
                        param="purpose")
     created, expires_at = db.now(), None
-    if expires_seconds is not None:
-        if expires_anchor not in (None, "created_at") or not 3600 <= expires_seconds <= 2592000:
-            raise APIError(400, "expires_after needs anchor 'created_at' and seconds between 3600 and 2592000.",
-                           param="expires_after")
+    if expires_seconds is not None:   # anchor and range: checked by FastAPI from the signature
         expires_at = created + expires_seconds
     settings = request.app.state.settings
     file_id = db.new_id("file-")
@@ -121,7 +137,7 @@ def upload_file(request: Request, file: UploadFile, purpose: str = Form(...),
     return file_object(row)
 
 
-@router.get("/files")
+@router.get("/files", responses=error_responses(404))
 def list_files(request: Request, after: Optional[str] = None, limit: int = Query(10000, ge=1, le=10000),
                order: str = Query("desc", pattern="^(asc|desc)$"), purpose: Optional[str] = None,
                org: str = Depends(current_org)) -> dict:
@@ -140,13 +156,13 @@ def list_files(request: Request, after: Optional[str] = None, limit: int = Query
             "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", responses=error_responses(404))
 def retrieve_file(request: Request, file_id: str, org: str = Depends(current_org)) -> dict:
     with db.session(request.app.state.settings.db) as s:
         return file_object(get_file(s, org, file_id))
 
 
-@router.delete("/files/{file_id}")
+@router.delete("/files/{file_id}", responses=error_responses(404))
 def delete_file(request: Request, file_id: str, org: str = Depends(current_org)) -> dict:
     with db.session(request.app.state.settings.db) as s:
         row = get_file(s, org, file_id)
@@ -156,7 +172,7 @@ def delete_file(request: Request, file_id: str, org: str = Depends(current_org))
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-@router.get("/files/{file_id}/content")
+@router.get("/files/{file_id}/content", responses=error_responses(404, 500))
 def file_content(request: Request, file_id: str, org: str = Depends(current_org)):
     with db.session(request.app.state.settings.db) as s:
         row = get_file(s, org, file_id)

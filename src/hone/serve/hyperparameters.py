@@ -16,25 +16,50 @@ RANGES = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256),
 FIELDS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
           "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
 
+MAX_FINITE = 1e300   # a learning_rate_multiplier past this is no number a run can use (and overflows float)
+
 # The cookbook's n_epochs="auto" rule (reference §4.4): aim for ~100 examples seen, 3 epochs by default.
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MIN_EPOCHS, MAX_EPOCHS = 3, 100, 25000, 1, 25
 
 
-def parse_method(method: dict | None, hyperparameters: dict | None) -> dict:
-    """The job's method as OpenAI echoes it: type plus every hyperparameter ("auto" where unset)."""
+def hyperparameters_schema(kind: str) -> dict:
+    """The JSON schema of `kind`'s hyperparameters object, from RANGES (for the OpenAPI schema)."""
+    properties = {}
+    for name in FIELDS[kind]:
+        read, low, high = RANGES[name]
+        number = {"type": "integer", "minimum": low, "maximum": high} if read is int else \
+            {"type": "number", "exclusiveMinimum": low, "maximum": high or MAX_FINITE}
+        properties[name] = {"anyOf": [{"type": "string", "const": "auto"}, number, {"type": "null"}]}
+    return {"type": ["object", "null"], "properties": properties, "additionalProperties": False}
+
+
+def method_schema() -> dict:
+    """The JSON schema of a job's `method` (null: supervised with the top-level hyperparameters)."""
+    sections = {kind: {"type": ["object", "null"], "properties": {"hyperparameters": hyperparameters_schema(kind)}}
+                for kind in FIELDS}
+    return {"type": ["object", "null"], "required": ["type"],
+            "properties": {"type": {"type": "string", "enum": list(FIELDS)}, **sections}}
+
+
+def parse_method(method: Any, hyperparameters: Any) -> dict:
+    """The job's method as OpenAI echoes it: type plus every hyperparameter ("auto" where unset).
+
+    Every part of `method` is JSON of any shape: each is checked to be the object or string it should be,
+    so a malformed method is a 400 naming the part, never a TypeError (a 500)."""
+    hyperparameters = _object(hyperparameters, "hyperparameters")
     if method is None:
-        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters or {}}}
-    elif hyperparameters:
-        given = ((method.get(method.get("type") or "", {}) or {}).get("hyperparameters") or {})
-        if any(given.get(k, v) != v for k, v in hyperparameters.items()):
-            raise APIError(400, "hyperparameters disagree with method.*.hyperparameters; pass them under method only.",
-                           param="hyperparameters")
+        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    method = _object(method, "method")
     kind = method.get("type")
-    if kind not in FIELDS:
+    if not isinstance(kind, str) or kind not in FIELDS:
         raise APIError(400, f"method.type {kind!r} is not supported; use 'supervised' or 'dpo'"
                        + (" (reinforcement fine-tuning is not implemented by hone serve)" if kind == "reinforcement" else ""),
                        param="method.type")
-    given = (method.get(kind) or {}).get("hyperparameters") or {}
+    section = _object(method.get(kind), f"method.{kind}")
+    given = _object(section.get("hyperparameters"), f"method.{kind}.hyperparameters")
+    if hyperparameters and any(given.get(k, v) != v for k, v in hyperparameters.items()):
+        raise APIError(400, "hyperparameters disagree with method.*.hyperparameters; pass them under method only.",
+                       param="hyperparameters", code="conflicting_hyperparameters")
     unknown = sorted(set(given) - set(FIELDS[kind]))
     if unknown:
         raise APIError(400, f"unknown {kind} hyperparameter {unknown[0]!r}; expected {', '.join(FIELDS[kind])}",
@@ -43,19 +68,31 @@ def parse_method(method: dict | None, hyperparameters: dict | None) -> dict:
     return {"type": kind, kind: {"hyperparameters": values}}
 
 
+def _object(value: Any, param: str) -> dict:
+    """`value` as a JSON object ({} when missing or null), or a 400 naming `param`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise APIError(400, f"{param} must be an object, got {type(value).__name__} {value!r:.60}", param=param)
+    return value
+
+
 def _check(kind: str, name: str, value: Any) -> Any:
     if value is None or value == "auto":
         return "auto"
     read, low, high = RANGES[name]
     param = f"method.{kind}.hyperparameters.{name}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (read is int and value != int(value)):
-        raise APIError(400, f"{name} must be 'auto' or {'an integer' if read is int else 'a number'}, got {value!r}",
-                       param=param)
-    value = read(value)
-    if (read is int and value < low) or (read is float and value <= low) or (high is not None and value > high):
+    # JSON may carry NaN and Infinity (Python's json reads them): neither is a usable hyperparameter
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and not math.isfinite(value)) or (read is int and value != int(value)):
+        raise APIError(400, f"{name} must be 'auto' or {'an integer' if read is int else 'a finite number'}, "
+                       f"got {value!r:.60}", param=param)
+    # compared before converting: int(1e300) and float(10**400) are legal JSON and convert badly
+    if (read is int and value < low) or (read is float and value <= low) or (high is not None and value > high) \
+            or abs(value) > MAX_FINITE:
         bounds = f"{low}-{high}" if read is int else f"> {low:g}" + (f" and <= {high:g}" if high else "")
-        raise APIError(400, f"{name} must be {bounds}, got {value}", param=param)
-    return value
+        raise APIError(400, f"{name} must be {bounds}, got {value!r:.40}", param=param)
+    return read(value)
 
 
 def auto_epochs(n_examples: int) -> int:

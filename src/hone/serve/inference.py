@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
@@ -20,13 +20,37 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hone.data.render import prompt_for_generation
 from hone.errors import UserError
+from hone.serve.body import unicode_text
 from hone.serve.engine import BASE, Engine
+from hone.serve.errors import APIError, error_responses
 from hone.serve.generation import Job, Sampling
-from hone.serve.errors import APIError
+from hone.serve.settings import ServeSettings
 
 MAX_N = 16          # choices per request: each is a row of the batch
 MAX_STOPS = 4       # OpenAI's limit on stop sequences
+# An integer JSON carries exactly (RFC 8259 §6: |n| < 2**53; past it generators and parsers round through
+# doubles) and inside torch.manual_seed's range: a seed of 2**64 once raised inside the engine (a 500).
+MIN_SEED, MAX_SEED = -(2**53 - 1), 2**53 - 1
+Stop = Annotated[str, Field(min_length=1)]
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string", "description": "a chunk as JSON, or [DONE] last"}}}
+STREAMED = {200: {"description": "One JSON body, or with `stream: true` server-sent events, one per chunk",
+                  "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 log = logging.getLogger("hone.serve")
+
+
+def exact_bounds(schema: dict) -> None:
+    """The seed's bounds as integers: pydantic writes them as floats."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "integer":
+            option.update(minimum=MIN_SEED, maximum=MAX_SEED)
+
+
+class TextPart(BaseModel):
+    """A content part of a chat message; hone's models read text only (images and audio are refused)."""
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
 
 
 class StreamOptions(BaseModel):
@@ -42,8 +66,10 @@ class Sampled(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass; default 1")
     max_tokens: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1, le=MAX_N)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = Field(
+        None, description=f"up to {MAX_STOPS} non-empty strings; the answer ends before the first")
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED, description="the same seed, the same samples",
+                             json_schema_extra=exact_bounds)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 
@@ -51,7 +77,7 @@ class Sampled(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict] | None = None
+    content: str | list[TextPart] | None = None
 
 
 class ChatRequest(Sampled):
@@ -60,13 +86,16 @@ class ChatRequest(Sampled):
 
 
 class CompletionRequest(Sampled):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(min_length=1)]
 
 
-def make_inference_router(catalog, current_org: Callable, engine: Engine | None = None) -> APIRouter:
-    """The inference endpoints over `catalog`'s models; `engine` defaults to a fresh Engine()."""
+def make_inference_router(catalog, current_org: Callable, engine: Engine | None = None,
+                          max_request_tokens: int = ServeSettings.max_request_tokens) -> APIRouter:
+    """The inference endpoints over `catalog`'s models; `engine` defaults to a fresh Engine().
+    `max_request_tokens` caps what one request may ask for (ServeSettings; 0: no cap)."""
     engine = engine or Engine()
-    router = APIRouter()
+    router = APIRouter(dependencies=[Depends(unicode_text)], responses=error_responses(400, 401, 404, 429, 500),
+                       tags=["inference"])
     router.engine = engine  # the app closes it on shutdown; tests read what it holds
 
     async def resolve(org: str, model_id: str, param: str | None = "model"):
@@ -84,7 +113,7 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     async def retrieve_model(model: str, org: str = Depends(current_org)) -> dict:
         return model_object(await resolve(org, model, param=None))
 
-    @router.delete("/v1/models/{model:path}")
+    @router.delete("/v1/models/{model:path}", responses=error_responses(403))
     async def delete_model(model: str, org: str = Depends(current_org)) -> dict:
         source = await resolve(org, model, param=None)
         if source.tuned is BASE:
@@ -96,12 +125,12 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
         await asyncio.to_thread(engine.unload, source)
         return {"id": model, "object": "model", "deleted": True}
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", responses=STREAMED)
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
         source = await resolve(org, body.model)
-        messages = [chat_message(m, i) for i, m in enumerate(body.messages)]
+        messages = [chat_message(m) for m in body.messages]
         prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
-                                      "messages")
+                                      "messages", body.n or 1, max_request_tokens)
         run = start(engine, source, body, prompt, limit)
         if body.stream:
             return sse(chat_events(run, body))
@@ -111,13 +140,12 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
         return {"id": run.id("chatcmpl"), "object": "chat.completion", "created": run.created, "model": body.model,
                 "choices": choices, "usage": run.usage(answers), "system_fingerprint": None}
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, org: str = Depends(current_org)):
         source = await resolve(org, body.model)
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not texts:
-            raise APIError(400, "prompt must not be an empty list", param="prompt")
-        prompts, limit = await prepare(engine, source, texts, body.max_tokens, "prompt")
+        prompts, limit = await prepare(engine, source, texts, body.max_tokens, "prompt", body.n or 1,
+                                       max_request_tokens)
         run = start(engine, source, body, prompts, limit)
         if body.stream:
             return sse(completion_events(run, body))
@@ -134,22 +162,27 @@ def model_object(source) -> dict:
     return {"id": source.id, "object": "model", "created": int(source.created), "owned_by": source.owned_by}
 
 
-def chat_message(message: ChatMessage, i: int) -> dict:
+def chat_message(message: ChatMessage) -> dict:
     """{role, content} for the chat template; text parts joined, `developer` read as `system`."""
     content = message.content
     if isinstance(content, list):
-        if any(part.get("type") != "text" for part in content):
-            raise APIError(400, "only text content parts are supported", param=f"messages.[{i}].content")
-        content = "".join(str(part.get("text", "")) for part in content)
+        content = "".join(part.text for part in content)
     role = "system" if message.role == "developer" else message.role
     return {"role": role, "content": content or ""}
 
 
-async def prepare(engine: Engine, source, prompts: list, requested: int | None, param: str):
-    """(token ids per prompt, max_tokens per prompt), off the event loop (a first use loads a tokenizer)."""
+async def prepare(engine: Engine, source, prompts: list, requested: int | None, param: str, n: int = 1,
+                  budget: int = 0):
+    """(token ids per prompt, max_tokens per prompt), off the event loop (a first use loads a tokenizer).
+    A request asking for more than `budget` tokens in all (see check_budget) is refused."""
+    # each prompt is at least one token: a request past the budget by count alone is refused untokenized
+    check_budget(budget, n, len(prompts) * (1 + (requested or 1)), len(prompts), requested, param, at_least=True)
+
     def work():
         ids = [encode(engine, source, p) for p in prompts]
-        return ids, token_limit(engine, source, ids, requested, param)
+        limits = token_limit(engine, source, ids, requested, param)
+        check_budget(budget, n, sum(len(p) + limit for p, limit in zip(ids, limits)), len(prompts), requested, param)
+        return ids, limits
     try:
         return await asyncio.to_thread(work)
     except UserError as exc:   # the catalog lists a model whose base cannot be found
@@ -167,6 +200,17 @@ def encode(engine: Engine, source, prompt: str | list[dict]) -> list[int]:
         return engine.encode(source, text)
     ids = engine.encode(source, prompt)  # no special tokens, as hone's pretrain objective tokenizes
     return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+
+
+def check_budget(budget: int, n: int, tokens: int, prompts: int, requested: int | None, param: str,
+                 at_least: bool = False) -> None:
+    """A 400 when n x `tokens` (prompt plus max_tokens, summed over the prompts) passes `budget` (0: no cap)."""
+    if budget and n * tokens > budget:
+        asked = f"{'at least ' if at_least else ''}{n * tokens} tokens"
+        raise APIError(400, f"This request asks for {asked} ({prompts} prompt(s) x n={n}, each its prompt plus "
+                       f"{requested or 'the default'} new tokens), more than this server's max_request_tokens "
+                       f"of {budget} per request. Send fewer prompts, a smaller n or max_tokens, or split the "
+                       "request.", param=param, code="request_too_large")
 
 
 def token_limit(engine: Engine, source, prompts: list[list[int]], requested: int | None, param: str) -> list[int]:
@@ -227,8 +271,6 @@ class Run:
 
 def start(engine: Engine, source, body: Sampled, prompts: list[list[int]], limits: list[int]) -> Run:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > MAX_STOPS or any(not s for s in stop):
-        raise APIError(400, f"stop takes up to {MAX_STOPS} non-empty strings", param="stop")
     sampling = Sampling(1.0 if body.temperature is None else body.temperature,
                         1.0 if body.top_p is None else body.top_p, body.seed)
     return Run(dict(source=source, prompts=prompts, n=body.n or 1, max_tokens=limits, stop=stop,

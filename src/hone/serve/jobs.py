@@ -9,24 +9,38 @@ checkpoint. Lists are newest first; `after` is the id of the last item of the pr
 from __future__ import annotations
 
 import random
-import re
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from hone.serve import db
 from hone.serve.auth import current_org
-from hone.serve.errors import APIError, not_found
+from hone.serve.body import unicode_text
+from hone.serve.errors import APIError, error_responses, not_found
 from hone.serve.files import get_file
-from hone.serve.hyperparameters import parse_method, top_level
+from hone.serve.hyperparameters import hyperparameters_schema, method_schema, parse_method, top_level
 
-router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"], dependencies=[Depends(unicode_text)],
+                   responses=error_responses(404))
 ACTIVE = ("validating_files", "queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
-SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SUFFIX = r"^[A-Za-z0-9_.-]{1,64}$"   # it becomes part of the model name, ft:BASE:ORG:SUFFIX:ID
+MAX_SEED = 2147483647
+# OpenAI's metadata: up to 16 pairs, keys up to 64 characters, values up to 512
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+def schema_of(replacement: dict):
+    """json_schema_extra that documents a field by `replacement` (the generated `object` says nothing)."""
+    def replace(schema: dict) -> None:
+        description = schema.get("description")
+        schema.clear()
+        schema.update(replacement, **({"description": description} if description else {}))
+    return replace
 
 
 class JobCreate(BaseModel):
@@ -35,11 +49,14 @@ class JobCreate(BaseModel):
     model: str
     training_file: str
     validation_file: Optional[str] = None
-    suffix: Optional[str] = None
-    seed: Optional[int] = None
-    metadata: Optional[dict[str, str]] = None
-    method: Optional[dict[str, Any]] = None
-    hyperparameters: Optional[dict[str, Any]] = None
+    suffix: Optional[str] = Field(None, pattern=SUFFIX, description="1-64 letters, digits, '-', '_' or '.'")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
+    metadata: Optional[dict[MetadataKey, MetadataValue]] = Field(None, max_length=16)
+    # parse_method checks both (a 400 naming the part); the schema says what it accepts
+    method: Optional[dict[str, Any]] = Field(None, json_schema_extra=schema_of(method_schema()))
+    hyperparameters: Optional[dict[str, Any]] = Field(
+        None, json_schema_extra=schema_of(hyperparameters_schema("supervised")),
+        description="deprecated: supervised hyperparameters; use method")
     integrations: Optional[list[dict[str, Any]]] = None
 
 
@@ -91,23 +108,9 @@ def _check_model(request: Request, s: Session, org: str, model: str) -> None:
                        f"Base models here: {offered}.", param="model", code="model_not_found")
 
 
-def _check_metadata(metadata: dict[str, str] | None) -> None:
-    if not metadata:
-        return
-    if len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
-        raise APIError(400, "metadata holds at most 16 pairs, keys up to 64 and values up to 512 characters.",
-                       param="metadata")
-
-
 @router.post("/jobs")
 def create_job(request: Request, body: JobCreate, org: str = Depends(current_org)) -> dict:
     """Queue a fine-tuning job; a worker validates its files, then trains."""
-    if body.suffix is not None and not SUFFIX.match(body.suffix):
-        raise APIError(400, "suffix must be 1-64 letters, digits, '-', '_' or '.' (it becomes part of the model name).",
-                       param="suffix")
-    if body.seed is not None and not 0 <= body.seed <= 2147483647:
-        raise APIError(400, "seed must be between 0 and 2147483647.", param="seed")
-    _check_metadata(body.metadata)
     method = parse_method(body.method, body.hyperparameters)
     with db.session(request.app.state.settings.db) as s:
         _check_model(request, s, org, body.model)
@@ -118,7 +121,7 @@ def create_job(request: Request, body: JobCreate, org: str = Depends(current_org
             raise APIError(400, "validation_file must differ from training_file.", param="validation_file")
         job = db.Job(id=db.new_id("ftjob-"), org=org, model=body.model, training_file=training.id,
                      validation_file=body.validation_file, suffix=body.suffix,
-                     seed=body.seed if body.seed is not None else random.randint(0, 2147483647),
+                     seed=body.seed if body.seed is not None else random.randint(0, MAX_SEED),
                      meta=body.metadata, method=method, status="validating_files", created_at=db.now(),
                      result_files=[], attempts=0, model_deleted=0)
         s.add(job)
@@ -134,12 +137,24 @@ def _metadata_filter(request: Request) -> dict[str, str] | None:
     """`metadata[k]=v` query pairs (the client sends a deepObject); 'metadata=null' selects jobs without."""
     pairs = {key[9:-1]: value for key, value in request.query_params.items()
              if key.startswith("metadata[") and key.endswith("]")}
-    if request.query_params.get("metadata") == "null":
+    bare = request.query_params.get("metadata")
+    if bare == "null":
         return {}
+    if bare is not None:
+        raise APIError(400, "metadata filters by pairs, metadata[key]=value, or is metadata=null; got "
+                       f"metadata={bare[:40]!r}", param="metadata")
     return pairs or None
 
 
-@router.get("/jobs")
+METADATA_FILTER = {"parameters": [{
+    "name": "metadata", "in": "query", "style": "deepObject", "explode": True, "required": False,
+    "description": "jobs whose metadata holds these pairs: metadata[key]=value; metadata=null for jobs without",
+    # values stay untyped here: in a query string every value is text, and one typed `string` made
+    # schemathesis count metadata[k]=true as a violation the server should refuse
+    "schema": {"type": "object"}}]}
+
+
+@router.get("/jobs", openapi_extra=METADATA_FILTER)
 def list_jobs(request: Request, after: Optional[str] = None, limit: int = Query(20, ge=1, le=100),
               org: str = Depends(current_org)) -> dict:
     wanted = _metadata_filter(request)
@@ -212,15 +227,12 @@ def resume_job(request: Request, job_id: str, org: str = Depends(current_org)) -
 
 
 def _seq_cursor(after: str | None, prefix: str) -> int | None:
-    if after is None:
-        return None
-    if not after.startswith(prefix) or not after[len(prefix):].isdigit():
-        raise APIError(400, f"after must be an id from this list ({prefix}N), got {after!r}", param="after")
-    return int(after[len(prefix):])
+    """The sequence number in an `after` id (its shape, prefix and digits, is checked by the Query pattern)."""
+    return None if after is None else int(after[len(prefix):])
 
 
 @router.get("/jobs/{job_id}/events")
-def list_events(request: Request, job_id: str, after: Optional[str] = None,
+def list_events(request: Request, job_id: str, after: Optional[str] = Query(None, pattern=r"^ftevent-[0-9]{1,18}$"),
                 limit: int = Query(20, ge=1, le=1000), org: str = Depends(current_org)) -> dict:
     cursor = _seq_cursor(after, "ftevent-")
     with db.session(request.app.state.settings.db) as s:
@@ -233,7 +245,7 @@ def list_events(request: Request, job_id: str, after: Optional[str] = None,
 
 
 @router.get("/jobs/{job_id}/checkpoints")
-def list_checkpoints(request: Request, job_id: str, after: Optional[str] = None,
+def list_checkpoints(request: Request, job_id: str, after: Optional[str] = Query(None, pattern=r"^ftckpt_[0-9]{1,18}$"),
                      limit: int = Query(10, ge=1, le=100), org: str = Depends(current_org)) -> dict:
     cursor = _seq_cursor(after, "ftckpt_")
     with db.session(request.app.state.settings.db) as s:
