@@ -36,7 +36,7 @@ SEEN_TEST_ITEMS = 90  # the first 90 test lines use training phrasings; the othe
 
 
 def scores(predictions: list[str], references: list[str]) -> dict:
-    from hone.evaluate.metrics import exact_match
+    from hone.evaluation.metrics import exact_match
 
     hits = [exact_match(p, r) for p, r in zip(predictions, references)]
     return {"accuracy": round(sum(hits) / len(hits), 4),
@@ -58,7 +58,7 @@ def tfidf_row(train, test) -> dict:
 
 
 def answers_of(ref, test) -> tuple[list[str], float]:
-    from hone.evaluate.predict import Predictor
+    from hone.evaluation.predict import Predictor
 
     started = time.monotonic()
     predictor = Predictor(ref)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/serve_inference.py [--prompts 8] [--tokens 48] [--threads 1]
 
 Rows (SmolLM2-135M-Instruct, greedy, the first N demo `orders` test chats without their answers):
-  peer_hf_batch    hone.evaluate.generate.generate_batch: one HF generate() over all prompts (the peer)
+  peer_hf_batch    hone.evaluation.generate.generate_batch: one HF generate() over all prompts (the peer)
   engine_batched   every request submitted at once: the engine batches them into one generate()
   engine_serial    one request at a time (what a server without batching does)
   adapter_serial   the same through a LoRA r16 all-linear adapter kept unmerged on the shared base
@@ -84,7 +84,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from hone.models.catalogue import DEFAULT_MODEL, resolve_model
-    from hone.evaluate.generate import generate_batch
+    from hone.evaluation.generate import generate_batch
     from hone.models.load import load_causal_lm, load_tokenizer
     from hone.serve.engine import Engine
 

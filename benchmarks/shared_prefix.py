@@ -1,6 +1,6 @@
 """Shared-prefix training on chats with a long common system prompt: seconds per step, on and off.
 
-The demo's system prompt (32 tokens) is below train/batches.py's SHARED_PREFIX_MIN, so the main
+The demo's system prompt (32 tokens) is below training/batches.py's SHARED_PREFIX_MIN, so the main
 benchmark (train_throughput.py) cannot show this lever. Here the demo's chats get the same extra
 instructions appended to their system prompt (`--repeat` copies of a ~70-token rule text), and
 hone's own train_step runs the same batches with `train.shared_prefix` on and off, alternating,
@@ -36,9 +36,9 @@ def main() -> None:
     from hone.hardware import pick_hardware
     from hone.methods import apply_method
     from hone.models.load import load_causal_lm, load_tokenizer
-    from hone.train.batches import common_prefix, epoch_batches
-    from hone.train.loop import train_step
-    from hone.train.precision import bf16_frozen_linears
+    from hone.training.batches import common_prefix, epoch_batches
+    from hone.training.loop import train_step
+    from hone.training.precision import bf16_frozen_linears
 
     torch.set_num_threads(args.threads)
     hw = pick_hardware("auto", args.threads)

@@ -114,10 +114,10 @@ def common(folder: Path, threads: int):
 def score(adapter_dir: Path, base, tokenizer, folder: Path, val, hw) -> tuple[float, float]:
     """(validation loss, demo metric) of a saved adapter, measured the same way for every runner."""
     from hone.data.load import load_chat_records
-    from hone.evaluate.compare import default_max_new_tokens, evaluate_answers
+    from hone.evaluation.compare import default_max_new_tokens, evaluate_answers
     from hone.hardware import Hardware
     from hone.models.load import load_with_adapter
-    from hone.train.loop import validation_loss
+    from hone.training.loop import validation_loss
 
     model = load_with_adapter(base, adapter_dir, "cpu")
     fp32 = Hardware("cpu", None, hw.threads, "fp32")
@@ -138,8 +138,8 @@ def run_hone(folder: Path, steps: int, batch: int, threads: int, levers: dict) -
     from hone.data.render import tokenize_chat
     from hone.methods import apply_method
     from hone.models.load import load_causal_lm
-    from hone.train.loop import train_loop
-    from hone.train.precision import bf16_frozen_linears, pick_attention
+    from hone.training.loop import train_loop
+    from hone.training.precision import bf16_frozen_linears, pick_attention
 
     hw, base, tokenizer, val = common(folder, threads)
     cfg = build_config({"method": {"name": "lora", "lora_r": LORA["r"], "lora_alpha": LORA["alpha"]},

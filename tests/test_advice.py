@@ -172,7 +172,7 @@ def test_objective_override_to_sft_is_respected_and_recorded_in_the_run_and_regi
 
 def test_predictor_answers_with_a_classifier_run_and_a_generative_run(tiny_model, tmp_path):
     from hone.objectives import run
-    from hone.evaluate.predict import Predictor, answer
+    from hone.evaluation.predict import Predictor, answer
 
     base = {"model": {"name": str(tiny_model)}, "data": {"train": str(write_jsonl(tmp_path / "t.jsonl", routing_rows(60))),
                                                          "max_length": 64},

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from hone.evaluate.compare import compare_answers, compare_metric, paired_bootstrap
-from hone.evaluate.metrics import TEXT_METRICS, mean_metric
+from hone.evaluation.compare import compare_answers, compare_metric, paired_bootstrap
+from hone.evaluation.metrics import TEXT_METRICS, mean_metric
 
 
 def rows(values):
@@ -65,7 +65,7 @@ def test_corpus_metrics_resample_statistics_not_sentence_scores():
 
 
 def test_lower_is_better_metrics_count_a_drop_as_improvement():
-    from hone.evaluate.perplexity import perplexity_metric
+    from hone.evaluation.perplexity import perplexity_metric
 
     tuned = np.array([[1.0, 1], [1.0, 1]])
     base = np.array([[2.0, 1], [1.0, 1]])
@@ -80,7 +80,7 @@ def test_perplexity_statistics_match_transformers_loss(tiny_model):
 
     from hone.data.records import ChatExample, TextExample
     from hone.data.render import tokenize_chat
-    from hone.evaluate.perplexity import perplexity_statistics
+    from hone.evaluation.perplexity import perplexity_statistics
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()

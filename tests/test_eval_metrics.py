@@ -6,7 +6,7 @@ import pytest
 import sacrebleu
 
 from hone.errors import UserError
-from hone.evaluate.metrics import (TEXT_METRICS, accuracy, confusion_matrix, custom_metric, json_field_accuracy,
+from hone.evaluation.metrics import (TEXT_METRICS, accuracy, confusion_matrix, custom_metric, json_field_accuracy,
                                    json_match, json_schema_check, json_valid, label_metrics, looks_like_labels,
                                    macro_f1, pick_metrics, rouge_l, token_f1)
 
@@ -118,7 +118,7 @@ def test_custom_metric_by_dotted_path(tmp_path, monkeypatch):
 
 
 def test_perplexity_aggregates_token_weighted():
-    from hone.evaluate.perplexity import perplexity_metric
+    from hone.evaluation.perplexity import perplexity_metric
 
     rows = np.array([[2.0, 2], [4.0, 2]])  # 6 nats over 4 tokens
     assert perplexity_metric().score(rows) == pytest.approx(math.exp(1.5))

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_chat
 from hone.config import build_config
-from hone.evaluate.report import SECTIONS, write_report
+from hone.evaluation.report import SECTIONS, write_report
 from hone.objectives.sft import run_sft
 
 
@@ -122,7 +122,7 @@ def test_eval_and_report_errors_are_one_line(tmp_path):
 
 
 def test_eval_of_raw_text_reports_perplexity_only(tiny_model, tmp_path):
-    from hone.evaluate.run_eval import EvalOptions, evaluate_model
+    from hone.evaluation.run_eval import EvalOptions, evaluate_model
 
     text = tmp_path / "domain.jsonl"
     text.write_text('{"text": "Rivers carry stones to the sea."}\n{"text": "Maple leaves turn red."}\n')

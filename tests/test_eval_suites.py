@@ -6,8 +6,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from hone.errors import DataError, UserError
-from hone.evaluate.judge import judge_pairs, openai_chat, read_verdict
-from hone.evaluate.suites import load_suite, score_suite
+from hone.evaluation.judge import judge_pairs, openai_chat, read_verdict
+from hone.evaluation.suites import load_suite, score_suite
 
 
 def write_suite(tmp_path, *cases):

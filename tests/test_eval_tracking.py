@@ -4,7 +4,7 @@ import importlib.util
 import pytest
 
 from hone.errors import ConfigError
-from hone.train.trackers import Trackers, tracker_names
+from hone.training.trackers import Trackers, tracker_names
 
 
 def test_tensorboard_receives_every_logged_scalar(tmp_path):

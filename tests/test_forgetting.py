@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from hone.config import build_config
-from hone.evaluate.forgetting import (ProbeItem, ProbeScores, choice_logprobs, compare_probe, encode_items,
+from hone.evaluation.forgetting import (ProbeItem, ProbeScores, choice_logprobs, compare_probe, encode_items,
                                       load_probe, paired_bootstrap, score_probe)
 from hone.objectives.sft import run_sft
-from hone.train.regularise import kl_to_base, lr_warning
-from hone.train.replay import general_chats_path, mix_replay, replay_count
+from hone.training.regularise import kl_to_base, lr_warning
+from hone.training.replay import general_chats_path, mix_replay, replay_count
 
 
 def whole_sequence_logprob(model, prompt: list[int], answer: list[int]) -> float:
@@ -103,7 +103,7 @@ def test_kl_to_base_is_zero_for_an_untrained_adapter_and_grows_as_it_trains(tiny
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     batch = {"input_ids": torch.tensor([[1, 500, 600, 700, 800, 2]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
     keep = torch.tensor([[False, False, True, True, True]])
-    from hone.train.loss import trained_logits
+    from hone.training.loss import trained_logits
 
     penalty = kl_to_base(1.0)
     assert kl_to_base(0.0) is None

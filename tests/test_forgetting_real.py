@@ -1,7 +1,7 @@
 """The forgetting probe on the real embedded model (SmolLM2-135M-Instruct), kept to a few seconds."""
 import pytest
 
-from hone.evaluate.forgetting import load_probe, score_probe
+from hone.evaluation.forgetting import load_probe, score_probe
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import torch
 from rich.console import Console
 from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
 
-from hone.train.hf_trainer import HoneCallback
+from hone.config import build_config
+from hone.training.hf_trainer import HoneCallback
 
 
 class FakeClock:
@@ -40,7 +41,7 @@ def step(optimizer, scheduler) -> float:
 def test_budget_decays_the_lr_by_elapsed_time_when_steps_would_not(tmp_path):
     # 3 epochs would plan 1000 steps; the budget ends long before: the schedule follows the clock.
     clock = FakeClock()
-    callback = HoneCallback(tmp_path, time_budget=100.0, console=Console(quiet=True), clock=clock)
+    callback = HoneCallback(tmp_path, build_config({"train": {"time_budget": 100.0}}), console=Console(quiet=True), clock=clock)
     optimizer, scheduler = cosine_scheduler(1000)
     start(callback, scheduler, 1000, tmp_path)
     clock.now += 50.0  # half the budget spent after one step
@@ -52,7 +53,7 @@ def test_budget_decays_the_lr_by_elapsed_time_when_steps_would_not(tmp_path):
 
 def test_warmup_spreads_over_the_budget_too(tmp_path):
     clock = FakeClock()
-    callback = HoneCallback(tmp_path, time_budget=100.0, console=Console(quiet=True), clock=clock)
+    callback = HoneCallback(tmp_path, build_config({"train": {"time_budget": 100.0}}), console=Console(quiet=True), clock=clock)
     optimizer, scheduler = cosine_scheduler(1000, warmup_steps=100)  # warmup: 10% of the plan
     start(callback, scheduler, 1000, tmp_path)
     clock.now += 5.0  # 5% of the budget: halfway through warmup, though only one step ran
@@ -62,7 +63,7 @@ def test_warmup_spreads_over_the_budget_too(tmp_path):
 
 def test_first_step_under_a_budget_trains_at_a_warmup_lr_above_zero(tmp_path):
     clock = FakeClock()
-    callback = HoneCallback(tmp_path, time_budget=100.0, console=Console(quiet=True), clock=clock)
+    callback = HoneCallback(tmp_path, build_config({"train": {"time_budget": 100.0}}), console=Console(quiet=True), clock=clock)
     optimizer, scheduler = cosine_scheduler(10, warmup_steps=2)
     assert optimizer.param_groups[0]["lr"] == 0.0  # the Trainer's schedule: step 1 at warmup's 0
     start(callback, scheduler, 10, tmp_path)
@@ -72,7 +73,7 @@ def test_first_step_under_a_budget_trains_at_a_warmup_lr_above_zero(tmp_path):
 
 def test_steps_lead_when_they_run_out_before_the_budget(tmp_path):
     clock = FakeClock()
-    callback = HoneCallback(tmp_path, time_budget=1000.0, console=Console(quiet=True), clock=clock)
+    callback = HoneCallback(tmp_path, build_config({"train": {"time_budget": 1000.0}}), console=Console(quiet=True), clock=clock)
     optimizer, scheduler = cosine_scheduler(10)
     start(callback, scheduler, 10, tmp_path)
     lrs = []
@@ -85,7 +86,7 @@ def test_steps_lead_when_they_run_out_before_the_budget(tmp_path):
 
 def test_without_a_budget_the_schedule_is_the_trainers(tmp_path):
     clock = FakeClock()
-    callback = HoneCallback(tmp_path, time_budget=None, console=Console(quiet=True), clock=clock)
+    callback = HoneCallback(tmp_path, build_config({"train": {"time_budget": None}}), console=Console(quiet=True), clock=clock)
     optimizer, scheduler = cosine_scheduler(1000)
     start(callback, scheduler, 1000, tmp_path)
     clock.now += 10_000.0

@@ -24,7 +24,7 @@ def test_every_shipped_config_exists_and_the_ddp_one_starts_n_processes_on_cpu()
 def test_hones_loop_takes_fsdp2_and_refuses_fsdp1_and_deepspeed_in_one_line(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
-    check_launch("sft")  # hone's loop shards with FSDP2 itself (train/sharding.py)
+    check_launch("sft")  # hone's loop shards with FSDP2 itself (training/sharding.py)
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match="fsdp2 .or ddp. instead of FSDP1"):
         check_launch("sft")

@@ -8,7 +8,7 @@ import pytest
 
 from hone.config import build_config
 from hone.methods import METHODS
-from hone.evaluate.generate import generate_batch
+from hone.evaluation.generate import generate_batch
 from hone.objectives.sft import run_sft
 from hone.methods.artifact import load_run_model
 from test_methods import SMALL, TEST_LR, tiny_biased_model  # noqa: F401 (fixture)

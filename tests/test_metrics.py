@@ -1,4 +1,4 @@
-from hone.evaluate.metrics import exact_match, json_match, parse_json_answer, pick_metric
+from hone.evaluation.metrics import exact_match, json_match, parse_json_answer, pick_metric
 
 
 def test_json_match_compares_parsed_fields_and_tolerates_fences():

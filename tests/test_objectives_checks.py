@@ -5,7 +5,7 @@ import pytest
 from objective_helpers import label_rows, preference_rows, text_rows, tiny_run_config, write_jsonl
 
 from hone.errors import ConfigError
-from hone.evaluate.classification import classification_scores, entity_f1, entity_spans
+from hone.evaluation.classification import classification_scores, entity_f1, entity_spans
 from hone.objectives import checks, run
 
 

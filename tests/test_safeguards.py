@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load_file
 
 from hone.objectives.sft import run_sft
-from hone.train.checkpoint import list_checkpoints, save_checkpoint
-from hone.train.safeguards import ValidationWatch, best_dir
+from hone.training.checkpoint import list_checkpoints, save_checkpoint
+from hone.training.safeguards import ValidationWatch, best_dir
 from test_train import tiny_config
 
 
@@ -63,7 +63,7 @@ def test_early_stopping_stops_and_ends_with_the_best_weights(tiny_model, chat_fi
 def test_a_checkpoint_that_fails_mid_write_never_becomes_the_latest(tiny_model, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    import hone.train.checkpoint as checkpoint
+    import hone.training.checkpoint as checkpoint
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     optimizer = __import__("torch").optim.AdamW(model.parameters())
@@ -175,7 +175,7 @@ def test_ctrl_c_during_validation_checkpoints_the_step_with_its_metrics_line(tin
     loss, and a resume carries on from there to the end."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import hone.train.loop as loop
+    import hone.training.loop as loop
     from hone.config import build_config
     from hone.data.render import tokenize_chat
     from hone.errors import Interrupted

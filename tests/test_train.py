@@ -8,8 +8,8 @@ from hone.config import build_config
 from hone.data.render import tokenize_chat
 from hone.hardware import pick_hardware
 from hone.objectives.sft import run_sft
-from hone.train.checkpoint import list_checkpoints
-from hone.train.loop import train_step
+from hone.training.checkpoint import list_checkpoints
+from hone.training.loop import train_step
 
 
 def tiny_config(tiny_model, chat_files, tmp_path, **train):
@@ -49,7 +49,7 @@ def test_accumulated_micro_batches_give_the_same_update_as_one_batch(tiny_model,
 
 
 def test_micro_batches_respect_the_token_cap_and_keep_order():
-    from hone.train.batches import micro_batches
+    from hone.training.batches import micro_batches
 
     lengths = [10, 20, 30, 40, 200, 50]
     chunks = micro_batches(list(range(6)), 3, lengths, max_tokens=90)
@@ -110,8 +110,8 @@ def test_loss_falls_on_a_learnable_task(tiny_model, chat_files, tmp_path):
 def test_packed_batches_give_the_same_loss_and_gradients_as_padded_ones(tiny_model, chat_files, attention):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hone.train.batches import make_batch
-    from hone.train.loss import summed_loss
+    from hone.training.batches import make_batch
+    from hone.training.loss import summed_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     lines = chat_files["train"].read_text().splitlines()[:6]
@@ -134,8 +134,8 @@ def test_packed_batches_give_the_same_loss_and_gradients_as_padded_ones(tiny_mod
 def test_head_only_loss_equals_the_full_logits_loss(tiny_model, chat_files):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hone.train.batches import make_batch
-    from hone.train.loss import summed_loss
+    from hone.training.batches import make_batch
+    from hone.training.loss import summed_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64)
@@ -153,8 +153,8 @@ def test_a_shared_system_prompt_run_once_gives_the_same_loss_and_gradients(tiny_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hone.train.batches import SHARED_PREFIX_MIN, make_batch
-    from hone.train.loss import summed_loss
+    from hone.training.batches import SHARED_PREFIX_MIN, make_batch
+    from hone.training.loss import summed_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     chats = [json.loads(l)["messages"] for l in chat_files["train"].read_text().splitlines()[:5]]
@@ -186,9 +186,9 @@ def test_fused_lora_layers_give_peft_s_loss_and_gradients_over_a_bf16_base(tiny_
     from peft.tuners.lora import Linear as LoraLinear
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hone.train.batches import make_batch
-    from hone.train.loss import summed_loss
-    from hone.train.precision import bf16_frozen_linears
+    from hone.training.batches import make_batch
+    from hone.training.loss import summed_loss
+    from hone.training.precision import bf16_frozen_linears
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64)
@@ -223,7 +223,7 @@ def test_fused_lora_layers_give_peft_s_loss_and_gradients_over_a_bf16_base(tiny_
 
 def test_fused_lora_group_computes_each_member_s_layer():
     """The grouped node (q/k/v in one) against each layer alone, exact in fp32: widths, ranks, scalings, bias."""
-    from hone.train.fused_lora import _LoRAGroup, _LoRALinear
+    from hone.training.fused_lora import _LoRAGroup, _LoRALinear
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 8, requires_grad=True)
@@ -251,7 +251,7 @@ def test_fused_lora_group_computes_each_member_s_layer():
 
 def test_no_prefix_is_shared_when_rows_differ_early_or_a_trained_token_comes_first():
     from hone.data.render import TokenizedExample
-    from hone.train.batches import SHARED_PREFIX_MIN, common_prefix, make_batch
+    from hone.training.batches import SHARED_PREFIX_MIN, common_prefix, make_batch
 
     head = list(range(10, 10 + SHARED_PREFIX_MIN + 4))
     rows = [TokenizedExample(head + [1, 2, 3], [-100] * len(head) + [1, 2, 3]),
@@ -268,7 +268,7 @@ def test_no_prefix_is_shared_when_rows_differ_early_or_a_trained_token_comes_fir
 
 
 def test_the_token_cap_counts_a_shared_prefix_once():
-    from hone.train.batches import micro_batches
+    from hone.training.batches import micro_batches
 
     # 4 chats of 100 tokens under a 250-token cap: 2 per pass, or all 4 when their first 80 tokens run once
     assert micro_batches([0, 1, 2, 3], 8, [100] * 4, 250) == [[0, 1], [2, 3]]
@@ -292,9 +292,9 @@ def test_the_frozen_head_keeps_fp32_logits_and_sends_back_a_bf16_rounded_gradien
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import hone.train.precision as precision
-    from hone.train.batches import make_batch
-    from hone.train.loss import summed_loss
+    import hone.training.precision as precision
+    from hone.training.batches import make_batch
+    from hone.training.loss import summed_loss
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64)
@@ -322,8 +322,8 @@ def test_compiled_layers_train_like_eager_ones(tiny_model, chat_files, tmp_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hone.methods import apply_method
-    from hone.train.loop import train_loop
-    from hone.train.precision import bf16_frozen_linears
+    from hone.training.loop import train_loop
+    from hone.training.precision import bf16_frozen_linears
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [tokenize_chat(tokenizer, json.loads(l)["messages"], 64)

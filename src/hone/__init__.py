@@ -25,8 +25,8 @@ __all__ = ["Predictor", "RunConfig", "RunResult", "check_data", "evaluate", "loa
 
 if TYPE_CHECKING:
     from hone.config import RunConfig
-    from hone.evaluate.predict import Predictor
-    from hone.evaluate.run_eval import EvalResult
+    from hone.evaluation.predict import Predictor
+    from hone.evaluation.run_eval import EvalResult
     from hone.objectives.lifecycle import RunResult
     from hone.objectives.plan import Plan
 
@@ -70,7 +70,7 @@ def evaluate(target: str | Path, data: str | Path | None = None, *, console=None
     EvalOptions' fields (base, compare_base, metrics, schema, suite, judge_url, limit, seed, ...)."""
     from rich.console import Console
 
-    from hone.evaluate.run_eval import EvalOptions, evaluate_model
+    from hone.evaluation.run_eval import EvalOptions, evaluate_model
 
     opts = EvalOptions(data=Path(data) if data is not None else None, **options)
     return evaluate_model(str(target), opts, console=console or Console(stderr=True))
@@ -96,7 +96,7 @@ def plan(model: str = "smollm2-135m-instruct", methods: list[str] | None = None,
 def __getattr__(name: str):
     """The classes of the front door, imported when first used (they pull in torch)."""
     if name == "Predictor":
-        from hone.evaluate.predict import Predictor
+        from hone.evaluation.predict import Predictor
 
         return Predictor
     if name == "RunResult":

@@ -14,7 +14,7 @@ class Hardware:
     autocast: torch.dtype | None  # dtype for autocast regions, None for none
     threads: int
     note: str                   # one line for the user: what was chosen and why
-    frozen_bf16: bool = False   # frozen linear layers compute in bf16 (train/precision.py)
+    frozen_bf16: bool = False   # frozen linear layers compute in bf16 (training/precision.py)
 
 
 def cpu_has_bf16() -> bool:

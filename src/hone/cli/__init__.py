@@ -116,7 +116,7 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
          max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
          temperature: float = typer.Option(0.0, "--temperature")):
     """Chat with a tuned model (streaming). Empty line or Ctrl-D quits."""
-    from hone.evaluate.predict import Predictor, chat_loop
+    from hone.evaluation.predict import Predictor, chat_loop
     from hone.hardware import pick_hardware
 
     predictor = Predictor(run, pick_hardware().device)
@@ -147,7 +147,7 @@ def generate(run: str = typer.Argument(..., help="Run folder, run id or 'latest'
              max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
              as_json: bool = typer.Option(False, "--json", help="One JSON object per answer")):
     """Answer one prompt or every prompt in a file with a tuned model (a classifier answers with its label)."""
-    from hone.evaluate.predict import Predictor, read_prompts
+    from hone.evaluation.predict import Predictor, read_prompts
     from hone.hardware import pick_hardware
 
     predictor = Predictor(run, pick_hardware().device)
@@ -219,8 +219,8 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
 ):
     """Evaluate a tuned model against its base on held-out data: metrics, intervals, suites, judge."""
-    from hone.evaluate.run_eval import EvalOptions, evaluate_model
-    from hone.evaluate.show import print_eval
+    from hone.evaluation.run_eval import EvalOptions, evaluate_model
+    from hone.evaluation.show import print_eval
 
     options = EvalOptions(data=data, base=base, compare_base=not no_base, metrics=metric or None, schema=schema,
                           suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
@@ -236,7 +236,7 @@ def eval_command(
 def report(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
            open_page: bool = typer.Option(False, "--open", help="Open the page in a web browser")):
     """Write the run's self-contained HTML report (runs/<id>/report.html)."""
-    from hone.evaluate.report import write_report
+    from hone.evaluation.report import write_report
     from hone.registry.runs import find_run
 
     path = write_report(find_run(run))

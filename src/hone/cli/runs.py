@@ -78,7 +78,7 @@ def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or
         table.add_row(f"data.{role}", f"{info['path']}  sha256 {info['sha256'][:16]}…")
     metrics = row["metrics"] or {}
     if metrics.get("recipe"):
-        from hone.evaluate.report import recipe_line
+        from hone.evaluation.report import recipe_line
 
         table.add_row("recipe", recipe_line(metrics["recipe"]))
     for key, value in metrics.items():

@@ -4,7 +4,7 @@ Configs (pass a name to `hone train --nproc N --launcher accelerate --accelerate
   ddp              data parallel; on CPU hosts hone sets ACCELERATE_USE_CPU=1 so that accelerate starts N
                    processes on gloo (a MULTI_CPU config, or `--cpu`, silently starts ONE: field notes §9)
   fsdp2            FSDP2 sharding: hone's own loop (sft, pretrain, mixture) shards weights, gradients and
-                   optimizer state with torch's fully_shard (train/sharding.py; on CPU too, gloo), as
+                   optimizer state with torch's fully_shard (training/sharding.py; on CPU too, gloo), as
                    `train.sharding: fsdp2` does under torchrun; the Trainer-driven objectives get
                    accelerate's FSDP2 (GPUs only)
   deepspeed-zero2  DeepSpeed ZeRO-2, for the Trainer-driven objectives on GPUs (pip install 'hone[deepspeed]')
@@ -67,7 +67,7 @@ def sharding_requested() -> str | None:
 
 
 def check_launch(objective: str, own_loop: bool, train_sharding: str = "none") -> None:
-    """hone's loop shards with FSDP2 (train/sharding.py) or replicates; FSDP1 and DeepSpeed it refuses up front,
+    """hone's loop shards with FSDP2 (training/sharding.py) or replicates; FSDP1 and DeepSpeed it refuses up front,
     and `train.sharding` outside it (the Trainer-driven objectives take sharding from accelerate's config)."""
     if train_sharding != "none" and not own_loop:
         raise ConfigError(f"train.sharding {train_sharding} applies to hone's own loop (sft, pretrain, mixture); "

@@ -23,7 +23,7 @@ from hone.data.load import iter_records
 from hone.data.problems import ValidationReport
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.errors import DataError
-from hone.evaluate.metrics import parse_json_answer
+from hone.evaluation.metrics import parse_json_answer
 from hone.methods.registry import METHODS
 from hone.objectives.registry import OBJECTIVES, objectives_for
 

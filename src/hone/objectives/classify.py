@@ -24,7 +24,7 @@ from hone.data.records import ChatExample, LabelExample
 from hone.data.render import classifier_text, common_system_prompt, with_system_prompt
 from hone.data.split import hold_out
 from hone.errors import DataError
-from hone.evaluate.classification import classification_scores, zero_shot_labels
+from hone.evaluation.classification import classification_scores, zero_shot_labels
 from hone.methods import apply_method, count_parameters
 from hone.methods.heads import (as_causal_lm, has_lm_head, load_head_model, load_head_run, max_tokens, predict,
                                 train_new_head)
@@ -33,7 +33,7 @@ from hone.models.load import load_causal_lm, load_tokenizer
 from hone.objectives.lifecycle import (Row, RunResult, RunStart, begin_run, finish_run, probe_base, probe_tuned,
                                        save_artifact)
 from hone.registry.runs import update_record
-from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
+from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 
 
 def load_labelled(path: Path, tokenizer, system_prompt: str | None = None) -> tuple[list[LabelExample], list]:
@@ -98,7 +98,7 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
     start = begin_run(config, run_dir, console, {
         "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation),
         "n_test": len(test) if config.data.test else 0, "label_counts": dict(Counter(e.label for e in train))})
-    # prompt_format "chat": the classifier reads rendered conversations (evaluate/predict.py renders them the same way).
+    # prompt_format "chat": the classifier reads rendered conversations (evaluation/predict.py renders them the same way).
     update_record(start.run_dir, head="sequence", labels=labels, prompt_format="chat" if chat else "text",
                   **({"system_prompt": system} if chat else {}))
 
@@ -116,7 +116,7 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
                   f"{len(labels)} labels: {', '.join(labels)}")
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
 
-    # 4. Train, validating on the held-out texts (early stopping, best weights, alarms: train/hf_trainer.py).
+    # 4. Train, validating on the held-out texts (early stopping, best weights, alarms: training/hf_trainer.py).
     args = trainer_arguments(TrainingArguments, config, start.run_dir, start.hw, validation=bool(validation))
     trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train, labels, length),
                       eval_dataset=encode(tokenizer, validation, labels, length) if validation else None,

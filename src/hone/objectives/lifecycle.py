@@ -12,7 +12,7 @@ What lands in the run folder:
     adapter/      what the method trained (+ tokenizer), written by methods/artifact.py's
                   `save_tuned`: a peft adapter, or the trained tensors (freeze, bitfit, adapters,
                   probe; a classifier's head among them); model/ for full fine-tuning
-    report.html   the report page (evaluate/report.py)
+    report.html   the report page (evaluation/report.py)
 """
 from __future__ import annotations
 
@@ -25,16 +25,16 @@ from rich.console import Console
 from hone import atomic
 from hone.version import __version__
 from hone.config import MethodSection, RunConfig
-from hone.evaluate.forgetting import ProbeScores, compare_probe, load_probe, probe_wanted, score_probe
-from hone.evaluate.report import write_report
+from hone.evaluation.forgetting import ProbeScores, compare_probe, load_probe, probe_wanted, score_probe
+from hone.evaluation.report import write_report
 from hone.hardware import Hardware, pick_hardware
 from hone.launch import launcher_name
 from hone.methods import artifact_folder_name, save_tuned
 from hone.models.catalogue import resolve_model
 from hone.registry.runs import new_run_dir, read_record, update_record
-from hone.train.distributed import ranks
-from hone.train.sharding import sync_name
-from hone.train.trackers import Trackers, tracker_names
+from hone.training.distributed import ranks
+from hone.training.sharding import sync_name
+from hone.training.trackers import Trackers, tracker_names
 
 # Scores read as a share (printed as a percentage); every other metric is printed as a number.
 SHARE_METRICS = {"accuracy", "exact_match", "json_match", "pairwise_accuracy", "entity_f1", "macro_f1",
@@ -64,7 +64,7 @@ class RunResult:
     steps: int | None = None
     stopped_by: str | None = None           # epochs, max_steps, time_budget, early_stopping
     losses: dict = field(default_factory=dict)  # first, last (train), validation, best_validation, best_step
-    forgetting: dict | None = None          # the probe's verdict (evaluate/forgetting.py), when it ran
+    forgetting: dict | None = None          # the probe's verdict (evaluation/forgetting.py), when it ran
     artifact: str | None = None             # adapter/ or model/
     rows: list[Row] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # prompt, base, tuned, expected, correct
@@ -104,7 +104,7 @@ def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: d
               own_loop: bool = False) -> RunStart:
     """Create (or reopen, to resume) the run folder once the data has been read without error.
 
-    `own_loop`: hone's loop casts frozen linears to bf16 (train/precision.py); Trainer-driven
+    `own_loop`: hone's loop casts frozen linears to bf16 (training/precision.py); Trainer-driven
     objectives keep fp32 weights with bf16 matmuls, and the hardware line says so. Under torchrun or
     accelerate, rank 0 makes the folder and the others train into it.
     """

@@ -29,9 +29,9 @@ from hone.objectives.pretrain import pack_blocks
 from hone.objectives.lifecycle import (Row, RunResult, begin_run, finish_run, is_peft, own_loop_trackers, probe_base,
                                        probe_tuned, save_artifact)
 from hone.data.render import with_system_prompt
-from hone.train.loop import train_loop, validation_loss
-from hone.train.precision import bf16_frozen_linears, pick_attention
-from hone.train.sharding import fuse_lora_wanted
+from hone.training.loop import train_loop, validation_loss
+from hone.training.precision import bf16_frozen_linears, pick_attention
+from hone.training.sharding import fuse_lora_wanted
 
 
 def load_source(path: Path, system_prompt: str | None) -> list:

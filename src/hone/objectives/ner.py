@@ -23,16 +23,16 @@ from hone.data.records import TagExample
 from hone.data.render import IGNORE
 from hone.data.split import hold_out
 from hone.errors import DataError
-from hone.evaluate.classification import entity_f1
-from hone.evaluate.metrics import accuracy
+from hone.evaluation.classification import entity_f1
+from hone.evaluation.metrics import accuracy
 from hone.methods import apply_method, count_parameters
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
-from hone.evaluate.generate import generate_batch
+from hone.evaluation.generate import generate_batch
 from hone.methods.heads import as_causal_lm, has_lm_head, load_head_model, load_head_run, train_new_head
 from hone.models.load import load_causal_lm
 from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
-from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
+from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.registry.runs import update_record
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 GB = 1024 ** 3
 ALLOCATOR_OVERHEAD = 1.6          # CPU: peak RSS growth / activation estimate (measured 1.25-1.75)
-# The same with LoRA layers fused into one autograd node (train/precision.py), which leaves far fewer
+# The same with LoRA layers fused into one autograd node (training/precision.py), which leaves far fewer
 # freed temporaries for glibc to keep: measured 1.06 (8 x 120-token LoRA run of the embedded model, 1,948 MB).
 FUSED_ALLOCATOR_OVERHEAD = 1.1
 # hone's LoRA loop reached 47% of the bf16 matmul peak by this module's FLOP count (benchmarks/README.md,
@@ -188,7 +188,7 @@ def plan_method(config, method: str, length: int, micro_batch: int, gpu: str | N
     from hone.config import build_config
     from hone.errors import UserError
     from hone.methods import apply_method, count_parameters, estimate_memory
-    from hone.train.precision import bf16_frozen_linears, pick_attention
+    from hone.training.precision import bf16_frozen_linears, pick_attention
 
     row = MethodPlan(method)
     section = build_config({"method": {"name": "lora" if method == "qlora" else method}}).method
@@ -265,7 +265,7 @@ def make_plan(model: str, methods: list[str] | None = None, length: int = 512, b
     from hone.errors import ConfigError
     from hone.hardware import cpu_has_bf16, pick_threads
     from hone.models.load import quiet_transformers
-    from hone.train.loop import CPU_MICRO_BATCH_TOKENS
+    from hone.training.loop import CPU_MICRO_BATCH_TOKENS
 
     quiet_transformers()
     if gpu is not None and gpu.lower() not in GPUS:

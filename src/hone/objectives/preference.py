@@ -12,7 +12,7 @@ train with TRL's trainer -> save -> score the tuned model -> record.
 
 Pairwise accuracy is the share of test pairs where the model gives the chosen answer a higher mean
 log-probability per token than the rejected one: what the training pushes on, measurable for the
-base model too. TRL's configs crash on CPU unless told `use_cpu`; train/hf_trainer.py handles it.
+base model too. TRL's configs crash on CPU unless told `use_cpu`; training/hf_trainer.py handles it.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from hone.methods import apply_method, count_parameters, load_base
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
-from hone.train.batches import collate
-from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
+from hone.training.batches import collate
+from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.methods.artifact import load_run_model
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental

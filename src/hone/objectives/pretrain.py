@@ -25,9 +25,9 @@ from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.lifecycle import (RunResult, begin_run, finish_run, is_peft, own_loop_trackers, probe_base,
                                        probe_tuned, save_artifact)
-from hone.train.loop import train_loop, validation_loss
-from hone.train.precision import bf16_frozen_linears, pick_attention
-from hone.train.sharding import fuse_lora_wanted
+from hone.training.loop import train_loop, validation_loss
+from hone.training.precision import bf16_frozen_linears, pick_attention
+from hone.training.sharding import fuse_lora_wanted
 
 
 def pack_blocks(tokenizer, texts: list[str], block_size: int) -> list[TokenizedExample]:

@@ -34,7 +34,7 @@ class Objective:
     trains: str                                  # what it optimises, in one line
     needs: tuple[type, ...]                      # record types (data/records.py) it trains on; () = several files
     run: Callable                                # the recipe: (config, run_dir=None, console=None) -> RunResult
-    loop: str                                    # "hone" (train/loop.py) or "trainer" (transformers/TRL)
+    loop: str                                    # "hone" (training/loop.py) or "trainer" (transformers/TRL)
     model_class: str                             # the transformers auto class the model is built with
     metric: str                                  # the score reported base vs tuned
     head: str | None = None                      # "sequence", "token" or "reward": a new head on the model

@@ -24,7 +24,7 @@ from hone.models.load import load_causal_lm, load_tokenizer
 from hone.methods.heads import as_causal_lm, has_lm_head, load_head_model, load_head_run, train_new_head
 from hone.objectives.preference import load_pairs, preference_scores
 from hone.objectives.lifecycle import RunResult, RunStart, begin_run, finish_run, probe_base, probe_tuned, save_artifact
-from hone.train.hf_trainer import run_trainer, trainer_arguments, trainer_results
+from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.registry.runs import update_record
 
 

@@ -7,7 +7,7 @@ and name it by its dotted path (`mypackage.rewards:score`).
 """
 from __future__ import annotations
 
-from hone.evaluate.metrics import parse_json_answer
+from hone.evaluation.metrics import parse_json_answer
 
 
 def completion_text(completion) -> str:

@@ -17,8 +17,8 @@ from hone.data.load import load_chat_records as load_chat
 from hone.data.records import ChatExample
 from hone.data.render import common_system_prompt, tokenize_chat, with_system_prompt
 from hone.data.split import hold_out
-from hone.evaluate.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
-from hone.evaluate.metrics import pick_metric
+from hone.evaluation.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
+from hone.evaluation.metrics import pick_metric
 from hone.hardware import peak_memory_mb
 from hone.methods import apply_method, artifact_folder_name, count_parameters, estimate_memory, load_base, load_tuned
 from hone.models.catalogue import resolve_model
@@ -26,14 +26,14 @@ from hone.models.load import load_tokenizer
 from hone.objectives.lifecycle import (RunResult, RunStart, begin_run, finish_run, own_loop_trackers, probe_base,
                                        probe_tuned, save_artifact)
 from hone.registry.runs import read_record, update_record
-from hone.train.batches import micro_batches
-from hone.train.distributed import close as close_ranks
-from hone.train.distributed import ranks
-from hone.train.loop import token_cap, train_loop
-from hone.train.precision import bf16_frozen_linears, pick_attention
-from hone.train.regularise import lr_warning
-from hone.train.replay import mix_replay
-from hone.train.sharding import fuse_lora_wanted, sharding_wanted
+from hone.training.batches import micro_batches
+from hone.training.distributed import close as close_ranks
+from hone.training.distributed import ranks
+from hone.training.loop import token_cap, train_loop
+from hone.training.precision import bf16_frozen_linears, pick_attention
+from hone.training.regularise import lr_warning
+from hone.training.replay import mix_replay
+from hone.training.sharding import fuse_lora_wanted, sharding_wanted
 
 
 def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hone.data.formats import read_jsonl
 from hone.errors import DataError
-from hone.evaluate.metrics import json_schema_check, normalise
+from hone.evaluation.metrics import json_schema_check, normalise
 
 CHECKS = ("contains", "not_contains", "regex", "exact", "json_schema")
 

@@ -6,8 +6,8 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from hone.evaluate.report import recipe_line
-from hone.evaluate.run_eval import EvalResult
+from hone.evaluation.report import recipe_line
+from hone.evaluation.run_eval import EvalResult
 
 
 def _value(value, percent: bool) -> str:

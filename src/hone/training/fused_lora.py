@@ -1,6 +1,6 @@
 """LoRA layers over a bf16 frozen base as fused autograd nodes (the `train.fused_lora` lever).
 
-peft's LoRA layer over a bf16 base (train/precision.py) is six small operations and a detour through
+peft's LoRA layer over a bf16 base (training/precision.py) is six small operations and a detour through
 the activations for each; here one layer is one node (_LoRALinear), and layers that read the same
 input, q/k/v and gate/up, are one node for the group (_LoRAGroup): one bf16 matmul over their
 concatenated base weights, one x @ A^T for all their A's, one input gradient. Measured on the

@@ -69,8 +69,8 @@ def best_dir(run_dir: Path) -> Path:
 def save_best(run_dir: Path, model, step: int, val_loss: float) -> None:
     """The trainable weights of the validation-best step, written atomically (sharded: every rank
     gathers, rank 0 writes)."""
-    from hone.train.checkpoint import trainable_state
-    from hone.train.distributed import ranks
+    from hone.training.checkpoint import trainable_state
+    from hone.training.distributed import ranks
 
     weights = trainable_state(model)
     if not ranks().main:

@@ -24,11 +24,11 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from hone import atomic
 from hone.config import RunConfig
 from hone.hardware import Hardware
-from hone.train.distributed import close as close_ranks
-from hone.train.distributed import ranks
-from hone.train.loop import Interrupted, progress_bar
-from hone.train.safeguards import ValidationWatch, restore_best, save_best
-from hone.train.trackers import Trackers, tracker_names
+from hone.training.distributed import close as close_ranks
+from hone.training.distributed import ranks
+from hone.training.loop import Interrupted, progress_bar
+from hone.training.safeguards import ValidationWatch, restore_best, save_best
+from hone.training.trackers import Trackers, tracker_names
 
 # Keys of a Trainer log that are bookkeeping, not measurements of the step.
 _SKIP = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
@@ -74,7 +74,7 @@ class HoneCallback(TrainerCallback):
     runs on progress = max(steps done / steps planned, seconds spent / budget): warmup and decay
     both finish by the end of the budget, whichever limit comes first. `clock` is for tests.
 
-    Each validation goes through the same ValidationWatch as hone's loop (train/safeguards.py): the
+    Each validation goes through the same ValidationWatch as hone's loop (training/safeguards.py): the
     best step's trainable weights are kept, patience stops training, the overfitting alarm is
     raised; the watch's state after each validation is kept in the run folder so a resumed run makes
     the same decisions. Curves go to the trackers of `train.report_to`.

@@ -17,7 +17,7 @@ from hone.data.formats import check_messages, read_jsonl
 from hone.data.records import ChatExample
 from hone.data.render import classifier_text
 from hone.errors import UserError
-from hone.evaluate.generate import generate_batch, stream_answer
+from hone.evaluation.generate import generate_batch, stream_answer
 from hone.methods.artifact import load_run_model
 from hone.methods.heads import load_head_run, predict
 from hone.models.load import load_causal_lm, load_tokenizer

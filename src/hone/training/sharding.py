@@ -4,7 +4,7 @@ Each rank keeps 1/N of every parameter, gradient and AdamW state (torch's `fully
 per decoder layer and the root group for the rest (embeddings, final norm, the head tied to them).
 A group's parameters are all-gathered just before its forward and its gradients reduce-scattered
 after its backward. What makes that correct here, each handled once, in `FSDP2` (the loop's hooks,
-train/parallel.py) or in the functions it calls:
+training/parallel.py) or in the functions it calls:
 
 - hone's loss runs the decoder and then the head on trained positions only, never the root's
   forward, so the root group would never gather nor reduce: the loss runs as a registered forward
@@ -17,7 +17,7 @@ train/parallel.py) or in the functions it calls:
 - A layer run twice before its backward breaks the resharding: no shared prompt prefix run once per
   micro-batch, no KL-to-base (a second pass), no compile (not tested), all refused or turned off.
 - Saving gathers the full weights and optimizer state onto rank 0 with every rank taking part
-  (train/checkpoint.py); ranks stopped mid-collective by Ctrl-C cannot, so an interrupt writes none.
+  (training/checkpoint.py); ranks stopped mid-collective by Ctrl-C cannot, so an interrupt writes none.
 - After training the model is turned back into a plain one with the full weights on every rank
   (`unshard_model`), so saving, restore-best and evaluation run exactly as without sharding.
 """
@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from hone.errors import ConfigError
-from hone.train.distributed import Ranks, ranks
+from hone.training.distributed import Ranks, ranks
 
 SYNC = "fsdp2 (fully_shard)"
-SHARDED_FORWARD = "hone_sharded_logits"  # the root's registered forward method (train/loss.py calls it)
+SHARDED_FORWARD = "hone_sharded_logits"  # the root's registered forward method (training/loss.py calls it)
 
 
 def sharding_wanted(cfg, world: int) -> bool:
@@ -60,7 +60,7 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    from hone.train.loss import _unwrap
+    from hone.training.loss import _unwrap
 
     base = _unwrap(model)
     layers = getattr(base.get_decoder(), "layers", None) if hasattr(base, "get_decoder") else None
@@ -75,7 +75,7 @@ def shard_model(model: nn.Module, world: int) -> int:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
-    from hone.train.loss import logits_on_trained
+    from hone.training.loss import logits_on_trained
 
     quantized = [name for name, p in model.named_parameters()
                  if type(p) is not nn.Parameter or type(p.data) is not torch.Tensor]
@@ -131,7 +131,7 @@ def unshard_model(model: nn.Module) -> None:
 
 @dataclass(frozen=True)
 class FSDP2:
-    """The loop's hooks when every rank holds 1/N of the model (train/parallel.py has the other kind)."""
+    """The loop's hooks when every rank holds 1/N of the model (training/parallel.py has the other kind)."""
     team: Ranks
     shares_prefix = False      # a prefix run once, then each micro-batch: a layer run twice before backward
     saves = True               # every rank takes part in a checkpoint: the gather is a collective

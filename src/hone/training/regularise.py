@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hone.train.loss import trained_logits
+from hone.training.loss import trained_logits
 
 # Above these peak rates a run is likely to damage general skills. From practice (full fine-tuning is
 # usually run at 1e-5 to 5e-5, LoRA at 1e-4 to 1e-3); docs/forgetting.md measures full at 5e-4 on SmolLM2.
@@ -53,7 +53,7 @@ def base_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor) -> to
 
 
 def kl_to_base(weight: float):
-    """A `regularise` hook for train/loss.py's summed_loss, or None when `weight` is 0."""
+    """A `regularise` hook for training/loss.py's summed_loss, or None when `weight` is 0."""
     if not weight:
         return None
 

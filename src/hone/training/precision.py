@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hone.train.fused_lora import fuse_lora_layers
+from hone.training.fused_lora import fuse_lora_layers
 
 # Longest padded sequence for which eager attention beats SDPA on CPU and its L x L weights stay
 # small (16 x 9 heads x 512^2 fp32 is 150 MB per layer kept for backward).
@@ -32,7 +32,7 @@ def bf16_frozen_linears(model: nn.Module, fuse_lora: bool = True) -> int:
     Inputs are cast to bf16 on the way in and outputs back to fp32 on the way out, so the rest of
     the model, and every trainable parameter, stays fp32. The fp32 base weights are gone afterwards:
     evaluate a tuned model by reloading the saved adapter onto a fresh base. With `fuse_lora`, each
-    plain LoRA layer over such a base runs as one autograd node (train/fused_lora.py).
+    plain LoRA layer over such a base runs as one autograd node (training/fused_lora.py).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     count = 0
@@ -59,7 +59,7 @@ class _HeadLinear(torch.autograd.Function):
     """logits = h @ W^T in fp32; the gradient reaching h, g @ W, in bf16 from a bf16 copy of the frozen W.
 
     Logits stay fp32: bf16 would round them by up to ~0.06 at |logit| 16-32, against losses of ~0.07.
-    The input gradient is what every bf16 base linear computes too (train/fused_lora.py). Measured on the
+    The input gradient is what every bf16 base linear computes too (training/fused_lora.py). Measured on the
     embedded model's head (161 trained tokens x 576 -> 49,152): 60 -> 30 ms per micro-batch.
     """
 

@@ -104,7 +104,7 @@ def common_prefix(examples: list[TokenizedExample]) -> int:
     from `examples` shares at least as many.
 
     Fine-tuning data often opens every example with the same system prompt: a causal model computes
-    those positions identically in each row, so train/loss.py runs them once and lets every row attend
+    those positions identically in each row, so training/loss.py runs them once and lets every row attend
     to that one copy; autograd sums the rows' gradients through it.
     """
     if len(examples) < 2:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from hone.data.records import ChatExample, TextExample
 from hone.data.render import IGNORE, TokenizedExample, tokenize_chat
-from hone.evaluate.metrics import Metric
+from hone.evaluation.metrics import Metric
 
 
 def perplexity_metric() -> Metric:

@@ -1,12 +1,12 @@
 """Scores for the classify and ner objectives: the run.json block of a classifier, and entity-level F1.
 
-Accuracy, macro-F1 and the confusion matrix live in evaluate/metrics.py. Entity F1 (as seqeval and
+Accuracy, macro-F1 and the confusion matrix live in evaluation/metrics.py. Entity F1 (as seqeval and
 CoNLL score NER) counts an entity as found only when its type and its exact span match.
 """
 from __future__ import annotations
 
-from hone.evaluate.generate import generate_batch
-from hone.evaluate.metrics import accuracy, confusion_matrix, macro_f1, normalise_label
+from hone.evaluation.generate import generate_batch
+from hone.evaluation.metrics import accuracy, confusion_matrix, macro_f1, normalise_label
 
 
 def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:

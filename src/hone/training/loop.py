@@ -7,7 +7,7 @@ with the same data order and RNG.
 
 `train_loop` reads top to bottom as the procedure; `LoopState` is where it stands (and what a
 checkpoint keeps), `Loop` its fixed parts with one method per step, and the parallel strategy
-(train/parallel.py) all that differs when the model is sharded across processes.
+(training/parallel.py) all that differs when the model is sharded across processes.
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ from hone.config import TrainSection
 from hone.errors import Interrupted
 from hone.data.render import IGNORE, TokenizedExample
 from hone.hardware import Hardware
-from hone.train.batches import common_prefix, epoch_batches, make_batch, micro_batches
-from hone.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from hone.train.distributed import Ranks, ranks
-from hone.train.loss import summed_loss
-from hone.train.parallel import Parallel, parallel_for, parallel_of
-from hone.train.regularise import kl_to_base
+from hone.training.batches import common_prefix, epoch_batches, make_batch, micro_batches
+from hone.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from hone.training.distributed import Ranks, ranks
+from hone.training.loss import summed_loss
+from hone.training.parallel import Parallel, parallel_for, parallel_of
+from hone.training.regularise import kl_to_base
 from hone.registry.runs import read_record, update_record
-from hone.train.safeguards import ValidationWatch, restore_best, save_best
+from hone.training.safeguards import ValidationWatch, restore_best, save_best
 
 
 @dataclass
@@ -81,8 +81,8 @@ def compile_layers(model) -> int:
     micro-batches, interleaved with the eager fused path): 1.08 -> 1.04 s best, 1.41 -> 1.24 s median
     under load; the first pass compiled 64 s cold, 5-19 s with inductor's cache warm. Fused LoRA nodes go
     back to peft's layers, which inductor fuses itself. Returns how many modules were compiled."""
-    from hone.train.fused_lora import unfuse_lora_layers
-    from hone.train.loss import _unwrap
+    from hone.training.fused_lora import unfuse_lora_layers
+    from hone.training.loss import _unwrap
 
     unfuse_lora_layers(model)
     base = _unwrap(model)
@@ -153,12 +153,12 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
                resume: bool = False, console: Console | None = None, callbacks: list | None = None) -> TrainResult:
     """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`.
 
-    `callbacks` get `on_step(record)` after each logged step (trackers: train/trackers.py)."""
+    `callbacks` get `on_step(record)` after each logged step (trackers: training/trackers.py)."""
     team = ranks()
     console = console or Console(stderr=True)
     if not team.main:
         console = Console(stderr=True, quiet=True)  # one voice: rank 0 reports, checkpoints and logs
-    parallel = parallel_for(cfg, team, console)  # one process, all-reduce or FSDP2 (train/parallel.py)
+    parallel = parallel_for(cfg, team, console)  # one process, all-reduce or FSDP2 (training/parallel.py)
     noted = parallel.wrap(model, console)  # before the optimizer: it must hold the sharded parameters
     if noted and team.main:
         update_record(run_dir, distributed=read_record(run_dir).get("distributed", {}) | noted)
@@ -213,7 +213,7 @@ class LoopState:
     unlogged: dict | None = None  # this step's record until metrics.jsonl has it
 
     def saved(self) -> dict:
-        """The state a checkpoint keeps (train/checkpoint.py writes it as state.json)."""
+        """The state a checkpoint keeps (training/checkpoint.py writes it as state.json)."""
         return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "seconds": self.seconds,
                 "tokens": self.tokens, "val_loss": self.val_loss, "loss": self.loss, "window": self.window,
                 "watch": self.watch.state()}

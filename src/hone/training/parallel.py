@@ -2,8 +2,8 @@
 
 Two kinds, with the same hooks:
 - `Replicated`: every rank holds the whole model. One process, or N processes that each run their
-  share of the batch and sum the trainable gradients before each step (train/distributed.py).
-- `FSDP2` (train/sharding.py): every rank holds 1/N of it; its hooks are where the pitfalls of
+  share of the batch and sum the trainable gradients before each step (training/distributed.py).
+- `FSDP2` (training/sharding.py): every rank holds 1/N of it; its hooks are where the pitfalls of
   sharding this loop are handled.
 
 The hooks: `refuse` (settings it cannot take), `wrap` (before the optimizer is built), `fillers`
@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hone.train.distributed import Ranks
-from hone.train.sharding import FSDP2, is_sharded, sharding_wanted
+from hone.training.distributed import Ranks
+from hone.training.sharding import FSDP2, is_sharded, sharding_wanted
 
 
 @dataclass(frozen=True)
 class Replicated:
     """The loop's hooks when every rank holds the whole model: nothing to do beyond summing the gradients."""
     team: Ranks = Ranks()
-    shares_prefix = True       # a shared prompt prefix may run once per micro-batch (train/batches.py)
+    shares_prefix = True       # a shared prompt prefix may run once per micro-batch (training/batches.py)
     saves_on_interrupt = True  # Ctrl-C checkpoints the step the loop stands at
 
     @property

@@ -4,7 +4,7 @@ A checkpoint holds the trainable weights (adapters are small; full fine-tuning s
 trainable), the optimizer state, the loop position and every RNG. It is written into a temporary
 folder and renamed, so a kill at any moment leaves either the old checkpoint or the new one.
 
-Under FSDP2 sharding (train/sharding.py) every rank takes part in gathering the full weights and
+Under FSDP2 sharding (training/sharding.py) every rank takes part in gathering the full weights and
 optimizer state, rank 0 writes the same files a single process writes, and loading scatters them
 back from rank 0.
 """
@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hone import atomic
-from hone.train.distributed import ranks
-from hone.train.sharding import is_sharded
+from hone.training.distributed import ranks
+from hone.training.sharding import is_sharded
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -18,9 +18,9 @@ from hone import atomic
 from hone.version import __version__
 from hone.data.load import load_chat_records
 from hone.errors import UserError
-from hone.evaluate import plots
-from hone.evaluate.compare import compare_answers
-from hone.evaluate.metrics import pick_metrics
+from hone.evaluation import plots
+from hone.evaluation.compare import compare_answers
+from hone.evaluation.metrics import pick_metrics
 
 SECTIONS = {"summary": "Summary", "config": "Configuration", "data": "Data", "training": "Training curves",
             "metrics": "Metrics: base vs tuned", "forgetting": "Forgetting probe",
@@ -278,7 +278,7 @@ def write_report(run: Path) -> Path:
     run = Path(run)
     if not (run / "run.json").is_file() and not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a run folder (no run.json)")
-    env = jinja2.Environment(loader=jinja2.PackageLoader("hone.evaluate", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("hone.evaluation", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True,
                              lstrip_blocks=True)
     html = env.get_template("report.html.j2").render(**build_context(run))

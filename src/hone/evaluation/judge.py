@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from hone.errors import UserError
-from hone.evaluate.metrics import parse_json_answer
+from hone.evaluation.metrics import parse_json_answer
 
 SYSTEM = ("You are an impartial judge. Compare two assistant answers to the same request. Judge "
           "correctness first, then helpfulness and format; ignore length unless it hurts the answer. "

@@ -17,11 +17,11 @@ from hone import atomic
 from hone.data.load import load_records
 from hone.data.records import ChatExample, LabelExample, TextExample
 from hone.errors import DataError, UserError
-from hone.evaluate.compare import Comparison, compare_answers, default_max_new_tokens, generate_answers
-from hone.evaluate.judge import JudgeResult, judge_pairs, openai_chat
-from hone.evaluate.metrics import label_metrics, normalise_label, pick_metrics
-from hone.evaluate.perplexity import perplexity_metric, perplexity_statistics
-from hone.evaluate.suites import SuiteResult, load_suite, score_suite
+from hone.evaluation.compare import Comparison, compare_answers, default_max_new_tokens, generate_answers
+from hone.evaluation.judge import JudgeResult, judge_pairs, openai_chat
+from hone.evaluation.metrics import label_metrics, normalise_label, pick_metrics
+from hone.evaluation.perplexity import perplexity_metric, perplexity_statistics
+from hone.evaluation.suites import SuiteResult, load_suite, score_suite
 
 SUITE_MAX_NEW_TOKENS = 128
 
@@ -212,7 +212,7 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
                                    tuned["answers"], references, options.judge_model or "judge")
     result.seconds = time.monotonic() - started
     if target.run_dir is not None:
-        from hone.evaluate.report import write_report
+        from hone.evaluation.report import write_report
 
         atomic.write_json(target.run_dir / "eval.json", result.to_json())
         write_report(target.run_dir)
@@ -222,7 +222,7 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
 def classifier_outputs(run_dir: Path, chats: list, cases: list, batch_size: int, device: str,
                        console: Console) -> dict:
     """A classifier run's answers (its labels) for the test items and suite cases; no perplexity."""
-    from hone.evaluate.predict import Predictor
+    from hone.evaluation.predict import Predictor
 
     predictor = Predictor(run_dir, device)
     console.print(f"  {run_dir.name} is a classifier ({len(predictor.labels)} labels): its answer is the label "
@@ -235,7 +235,7 @@ def classifier_outputs(run_dir: Path, chats: list, cases: list, batch_size: int,
 def classifier_scores(labels: list[str], references: list[str], tuned: list[str], base: list[str] | None) -> dict:
     """Accuracy, macro-F1 and the confusion matrix of the classifier and of the base model's generated answers
     (an answer counts as a label when it equals one up to case, spacing and a final full stop)."""
-    from hone.evaluate.classification import classification_scores
+    from hone.evaluation.classification import classification_scores
 
     loose = {normalise_label(label): label for label in labels}
     references = [r.strip() for r in references]

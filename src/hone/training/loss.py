@@ -60,10 +60,10 @@ def _shared_prefix_cache(base, ids: torch.Tensor, prefix: int):
 def trained_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, head_only: bool = True) -> torch.Tensor:
     """Logits predicting the tokens where `keep` (shape of labels[:, 1:]) is true: (n_kept, vocab).
 
-    A batch's "shared_prefix" (train/batches.py) is run once for all rows. `head_only=False` computes
+    A batch's "shared_prefix" (training/batches.py) is run once for all rows. `head_only=False` computes
     full-vocabulary logits for every position first (the common way; kept to measure what skipping
     them saves)."""
-    sharded = model.__dict__.get("hone_sharded_logits")  # FSDP2: the same, as the root's forward (train/sharding.py)
+    sharded = model.__dict__.get("hone_sharded_logits")  # FSDP2: the same, as the root's forward (training/sharding.py)
     if sharded is not None:
         return sharded(batch, keep, head_only)
     return logits_on_trained(model, batch, keep, head_only)
@@ -94,7 +94,7 @@ def summed_loss(model, batch: dict[str, torch.Tensor], head_only: bool = True,
                 regularise=None) -> tuple[torch.Tensor, int]:
     """(sum of token cross-entropies, number of trained tokens) for one micro-batch.
 
-    `regularise(model, batch, keep, logits)` adds a summed penalty on the same tokens (train/regularise.py).
+    `regularise(model, batch, keep, logits)` adds a summed penalty on the same tokens (training/regularise.py).
     """
     labels = batch["labels"]
     targets = labels[:, 1:]
