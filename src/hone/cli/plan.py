@@ -41,10 +41,9 @@ def plan_command(
 
 
 def _advise(data: Path, model, objective, method, data_format, as_json: bool):
-    from hone.objectives.advice import advice_rows, advise
-    from hone.config import overrides
-    from hone.config import load_config
     from hone.cli.summary import hone_command
+    from hone.config import load_config, overrides
+    from hone.objectives.advice import advice_rows, advise
 
     cfg = load_config(None, overrides(None, **{"model.name": model, "objective": objective, "method.name": method,
                                                "data.format": data_format}))

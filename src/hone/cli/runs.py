@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-
 out = Console()
 err = Console(stderr=True)
 runs_app = typer.Typer(no_args_is_help=True, help="The run registry: list, show, diff, tag and remove runs.")

@@ -59,7 +59,8 @@ def print_summary(result: RunResult, console: Console, samples: int | None = Non
                       f"{f['drop']:+.1f} pts [{f['ci'][0]:+.1f}, {f['ci'][1]:+.1f}]; gate {f['gate']:g}: {verdict}")
     losses = result.losses
     if losses.get("first_loss") is not None and losses.get("train_loss") is not None:
-        table.add_row("training loss, first -> last step", "", f"{losses['first_loss']:.4g} -> {losses['train_loss']:.4g}")
+        table.add_row("training loss, first -> last step", "",
+                      f"{losses['first_loss']:.4g} -> {losses['train_loss']:.4g}")
     if losses.get("val_loss") is not None:
         best = (f"; best {losses['best_val_loss']:.4f} at step {losses['best_step']}"
                 if losses.get("best_step") is not None and losses.get("best_val_loss") != losses["val_loss"] else "")

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hone.data.records import ChatExample
-from hone.evaluation.metrics import METRICS, Metric
 from hone.evaluation.generate import generate_batch
+from hone.evaluation.metrics import METRICS, Metric
 
 BOOTSTRAP_SAMPLES = 1000
 

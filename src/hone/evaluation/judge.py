@@ -31,7 +31,8 @@ def judge_prompt(request: str, answer_a: str, answer_b: str, reference: str | No
     return "\n\n".join(parts)
 
 
-def openai_chat(url: str, model: str, api_key: str | None = None, timeout: float = 120.0) -> Callable[[list[dict]], str]:
+def openai_chat(url: str, model: str, api_key: str | None = None,
+                timeout: float = 120.0) -> Callable[[list[dict]], str]:
     """A function that sends chat messages to `url` (e.g. http://localhost:8000/v1) and returns the reply."""
     endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/chat/completions")
     key = api_key or os.environ.get("HONE_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")

@@ -125,6 +125,7 @@ def answer(run_or_model: str | Path, messages: list[dict], max_new_tokens: int =
 
 
 def _run_max_length(run: Path, model) -> int:
-    configured = load_config(Path(run) / "config.yaml").data.max_length if (Path(run) / "config.yaml").is_file() else 1024
+    config_file = Path(run) / "config.yaml"
+    configured = load_config(config_file).data.max_length if config_file.is_file() else 1024
     limit = getattr(model.config, "max_position_embeddings", None) or configured
     return min(configured, limit)

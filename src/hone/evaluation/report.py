@@ -15,12 +15,12 @@ from pathlib import Path
 import yaml
 
 from hone import atomic
-from hone.version import __version__
 from hone.data.load import load_chat_records
 from hone.errors import UserError
 from hone.evaluation import plots
 from hone.evaluation.compare import compare_answers
 from hone.evaluation.metrics import pick_metrics
+from hone.version import __version__
 
 SECTIONS = {"summary": "Summary", "config": "Configuration", "data": "Data", "training": "Training curves",
             "metrics": "Metrics: base vs tuned", "forgetting": "Forgetting probe",
@@ -120,7 +120,8 @@ def worst_regressions(evaluation: dict, limit: int = 5) -> list[dict]:
 
     def change(i: int) -> tuple:
         """Signed improvement per metric, each scaled to comparable units (shares; BLEU/chrF /100)."""
-        return tuple((1 if m["higher_is_better"] else -1) * (per_item[m["name"]]["tuned"][i] - per_item[m["name"]]["base"][i])
+        return tuple((1 if m["higher_is_better"] else -1)
+                     * (per_item[m["name"]]["tuned"][i] - per_item[m["name"]]["base"][i])
                      / (1 if m["percent"] else 100) for m in order if m["name"] != "perplexity")
 
     worse = sorted((change(i), i) for i in range(n) if next((d for d in change(i) if d), 0) < 0)
@@ -177,7 +178,8 @@ def cost_rows(record: dict, steps: list[dict]) -> list[tuple[str, str]]:
     if results.get("tokens_per_s") is not None:
         rows.append(("throughput", f"{results['tokens_per_s']:,.0f} tokens/s"))
     if results.get("peak_memory_mb") is not None:
-        rows.append(("peak memory", f"{results['peak_memory_mb']:,.0f} MB ({results.get('peak_memory_kind', 'resident')})"))
+        kind = results.get("peak_memory_kind", "resident")
+        rows.append(("peak memory", f"{results['peak_memory_mb']:,.0f} MB ({kind})"))
     if results.get("trainable_parameters") is not None:
         total = results.get("total_parameters") or 0
         share = f" of {total:,} ({results['trainable_parameters'] / total:.2%})" if total else ""
@@ -209,7 +211,8 @@ def training_view(record: dict, steps: list[dict]) -> dict:
                          + (f" at step {stop_step}." if stop_step else "."))
     if results.get("train_loss") is not None:
         sentences.append(f"Final training loss {results['train_loss']:.4f}.")
-    return {"sentences": sentences, "loss_svg": plots.loss_curve(steps, best_step, stop_step, "early stop" if early else "stopped"),
+    return {"sentences": sentences,
+            "loss_svg": plots.loss_curve(steps, best_step, stop_step, "early stop" if early else "stopped"),
             "lr_svg": plots.lr_curve(steps), "best": best, "stopped_by": stopped_by, "early": early,
             "stop_step": stop_step, "alarms": alarms if isinstance(alarms, list) else [alarms],
             "final_loss": results.get("train_loss"), "val_loss": results.get("val_loss")}
@@ -244,13 +247,15 @@ def build_context(run: Path) -> dict:
     method = config.get("method") or {}
     config_rows = [("base model", record.get("base_model") or (config.get("model") or {}).get("name")),
                    ("method", method.get("name", "") + (f", r {method['lora_r']}, alpha {method['lora_alpha']}, "
-                                                       f"{method.get('target_modules', '')}" if method.get("name") == "lora" else "")),
+                                                       f"{method.get('target_modules', '')}"
+                                                       if method.get("name") == "lora" else "")),
                    ("objective", record.get("objective", "sft")),
                    ("recipe", recipe_line(record.get("recipe"))),
                    ("learning rate", f"{train.get('lr'):g}" if train.get("lr") else "method default"),
                    ("schedule", f"{train.get('scheduler', '')}, warmup {train.get('warmup_ratio', 0):.0%}"),
                    ("length", f"{train['max_steps']} steps" if train.get("max_steps") else
-                    f"{train.get('epochs')} epochs" + (f", budget {train['time_budget']:g} s" if train.get("time_budget") else "")),
+                    f"{train.get('epochs')} epochs"
+                    + (f", budget {train['time_budget']:g} s" if train.get("time_budget") else "")),
                    ("batch", f"{train.get('batch_size')} (micro-batch {train.get('micro_batch_size')})"),
                    ("precision", train.get("precision")), ("seed", train.get("seed"))]
     return {

@@ -117,8 +117,8 @@ def resolve_target(ref: str) -> Target:
 
 
 def load_model(ref: str, run_dir: Path | None, device: str):
-    from hone.models.load import load_causal_lm, load_tokenizer
     from hone.methods.artifact import load_run_model
+    from hone.models.load import load_causal_lm, load_tokenizer
 
     if run_dir is not None:
         return load_run_model(run_dir, device)

@@ -90,7 +90,8 @@ def print_eval(result: EvalResult, console: Console) -> None:
     if result.suite:
         data = result.suite.to_json()
         base = f"base {data['base_passed']}/{data['n']}, " if data["base_passed"] is not None else ""
-        console.print(f"\n[bold]Edge-case suite[/bold] {data['file']}: {base}tuned {data['tuned_passed']}/{data['n']} passed")
+        console.print(f"\n[bold]Edge-case suite[/bold] {data['file']}: "
+                      f"{base}tuned {data['tuned_passed']}/{data['n']} passed")
         for case in result.suite.cases:
             if case.regressed:
                 console.print(f"  [red]REGRESSION[/red] {case.name}: the base passed, the tuned model fails "

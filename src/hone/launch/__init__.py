@@ -33,7 +33,8 @@ def accelerate_config(name_or_path: str) -> Path:
     return path
 
 
-def launch_command(nproc: int, argv: list[str], launcher: str = "torchrun", config: str = "ddp") -> tuple[list[str], dict]:
+def launch_command(nproc: int, argv: list[str], launcher: str = "torchrun",
+                   config: str = "ddp") -> tuple[list[str], dict]:
     """(command, environment) that runs `hone <argv>` as `nproc` processes."""
     import torch
 

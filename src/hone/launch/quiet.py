@@ -32,7 +32,8 @@ def main(argv: list[str]) -> int:
         ranks = sorted(failed.failures.items())
         rank, code = next(((r, f.exitcode) for r, f in ranks if f.exitcode > 0), (ranks[0][0], 1))
         if code not in SAID_WHY:
-            sys.stderr.write(f"error: process {rank} of the launch failed with exit code {code} (its output is above)\n")
+            sys.stderr.write(f"error: process {rank} of the launch failed with exit code {code} "
+                             "(its output is above)\n")
         return code
     return 0
 

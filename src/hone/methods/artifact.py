@@ -42,7 +42,8 @@ def save_tuned(model: nn.Module, cfg: MethodSection, folder: Path) -> None:
     if saves in ("peft", "model"):
         model.save_pretrained(folder)
     else:
-        trained = {name: p.detach().float().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+        trained = {name: p.detach().float().contiguous().cpu()
+                   for name, p in model.named_parameters() if p.requires_grad}
         save_file(trained, folder / TENSORS_FILE)
     info = {"method": cfg.name, "saved": saves, "settings": cfg.model_dump(mode="json")}
     (folder / METHOD_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")

@@ -228,7 +228,7 @@ def round_trip_base(model: nn.Module, kind: str) -> nn.Module:
     """The base as qlora trained it, back in fp32: quantize each linear layer, then dequantize it."""
     quiet_quantization_libraries()
     layers = _quantizable(model)
-    for parent, name, layer in layers:
+    for _parent, _name, layer in layers:
         if kind == "nf4":
             import bitsandbytes.functional as bnbf
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hone import atomic
+from hone.config import DEFAULT_MODEL  # noqa: F401 (re-exported: the CLI and benchmarks import it from here)
 from hone.errors import ModelNotFound
-from hone.config import DEFAULT_MODEL
 from hone.home import models_dir
 
 

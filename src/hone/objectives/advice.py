@@ -134,7 +134,8 @@ def read_stats(path: Path, shape: str | None = None) -> DataStats:
 def closed_answer_set(stats: DataStats) -> tuple[bool, str]:
     """Do the chat answers come from a small closed set of labels? (yes/no, the one-line reason)"""
     if stats.long_answers:
-        return False, f"{stats.long_answers} of {stats.n} answers are longer than {MAX_LABEL_WORDS} words: free-form answers"
+        return False, (f"{stats.long_answers} of {stats.n} answers are longer than {MAX_LABEL_WORDS} words: "
+                       "free-form answers")
     if stats.json_answers:
         return False, f"{stats.json_answers} of {stats.n} answers are JSON: structured output to generate"
     if len(stats.answers) > MAX_LABELS:
@@ -212,8 +213,7 @@ def pick_epochs(method: str, n: int) -> tuple[float, str]:
 
 def example_tokens(stats: DataStats, tokenizer, objective: str) -> list[int]:
     """Tokens per example: a sample tokenized the way training will see it, the rest scaled by chars/token."""
-    from hone.data.render import render
-    from hone.data.render import classifier_text
+    from hone.data.render import classifier_text, render
 
     templated = bool(getattr(tokenizer, "chat_template", None))
     exact = []

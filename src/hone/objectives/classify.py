@@ -1,9 +1,9 @@
 """Sequence classification (text -> one label), top to bottom.
 
 load labelled text (or chat data with a closed answer set: the rendered conversation up to the
-assistant turn is the text, the answer is the label) -> label set from train -> tokenize -> base with a new head -> apply the method
-(the head always trains) -> train with transformers' Trainer -> save -> accuracy, macro-F1 and the
-confusion matrix on the test split, against the majority-class baseline -> record.
+assistant turn is the text, the answer is the label) -> label set from train -> tokenize -> base with a
+new head -> apply the method (the head always trains) -> train with transformers' Trainer -> save ->
+accuracy, macro-F1 and the confusion matrix on the test split, against the majority-class baseline -> record.
 
 An encoder such as the embedded MiniLM (`model: minilm-l6`) is the usual choice; a decoder works
 too (Llama scores its last token). For label prediction a head beats generating the label: on a
@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from hone.config import RunConfig
@@ -26,12 +25,27 @@ from hone.data.split import hold_out
 from hone.errors import DataError
 from hone.evaluation.classification import classification_scores, zero_shot_labels
 from hone.methods import apply_method, count_parameters
-from hone.methods.heads import (as_causal_lm, has_lm_head, load_head_model, load_head_run, max_tokens, predict,
-                                train_new_head)
+from hone.methods.heads import (
+    as_causal_lm,
+    has_lm_head,
+    load_head_model,
+    load_head_run,
+    max_tokens,
+    predict,
+    train_new_head,
+)
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer
-from hone.objectives.lifecycle import (Row, RunResult, RunStart, begin_run, finish_run, probe_base, probe_tuned,
-                                       save_artifact)
+from hone.objectives.lifecycle import (
+    Row,
+    RunResult,
+    RunStart,
+    begin_run,
+    finish_run,
+    probe_base,
+    probe_tuned,
+    save_artifact,
+)
 from hone.registry.runs import update_record
 from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 
@@ -98,7 +112,8 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
     start = begin_run(config, run_dir, console, {
         "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation),
         "n_test": len(test) if config.data.test else 0, "label_counts": dict(Counter(e.label for e in train))})
-    # prompt_format "chat": the classifier reads rendered conversations (evaluation/predict.py renders them the same way).
+    # prompt_format "chat": the classifier reads rendered conversations (evaluation/predict.py renders them
+    # the same way).
     update_record(start.run_dir, head="sequence", labels=labels, prompt_format="chat" if chat else "text",
                   **({"system_prompt": system} if chat else {}))
 

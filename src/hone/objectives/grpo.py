@@ -20,16 +20,16 @@ from rich.console import Console
 from hone.config import RunConfig
 from hone.data.load import load_records
 from hone.data.records import ChatExample
+from hone.data.render import with_system_prompt
 from hone.data.split import hold_out
 from hone.errors import ConfigError
-from hone.methods import apply_method, count_parameters, load_base
-from hone.models.catalogue import resolve_model
 from hone.evaluation.generate import generate_batch
+from hone.methods import apply_method, count_parameters, load_base
+from hone.methods.artifact import load_run_model
+from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
-from hone.data.render import with_system_prompt
 from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
-from hone.methods.artifact import load_run_model
 
 
 def load_prompts(path: Path, system_prompt: str | None) -> list[ChatExample]:

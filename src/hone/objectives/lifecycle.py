@@ -23,7 +23,6 @@ from pathlib import Path
 from rich.console import Console
 
 from hone import atomic
-from hone.version import __version__
 from hone.config import MethodSection, RunConfig
 from hone.evaluation.forgetting import ProbeScores, compare_probe, load_probe, probe_wanted, score_probe
 from hone.evaluation.report import write_report
@@ -35,6 +34,7 @@ from hone.registry.runs import new_run_dir, read_record, update_record
 from hone.training.distributed import ranks
 from hone.training.sharding import sync_name
 from hone.training.trackers import Trackers, tracker_names
+from hone.version import __version__
 
 # Scores read as a share (printed as a percentage); every other metric is printed as a number.
 SHARE_METRICS = {"accuracy", "exact_match", "json_match", "pairwise_accuracy", "entity_f1", "macro_f1",

@@ -19,16 +19,24 @@ from rich.console import Console
 from hone.config import MixtureSource, RunConfig
 from hone.data.load import load_records
 from hone.data.records import ChatExample, TextExample
-from hone.data.render import TokenizedExample, tokenize_chat
+from hone.data.render import TokenizedExample, tokenize_chat, with_system_prompt
 from hone.data.split import hold_out
 from hone.errors import ConfigError
 from hone.methods import apply_method, count_parameters, load_base, load_tuned
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
+from hone.objectives.lifecycle import (
+    Row,
+    RunResult,
+    begin_run,
+    finish_run,
+    is_peft,
+    own_loop_trackers,
+    probe_base,
+    probe_tuned,
+    save_artifact,
+)
 from hone.objectives.pretrain import pack_blocks
-from hone.objectives.lifecycle import (Row, RunResult, begin_run, finish_run, is_peft, own_loop_trackers, probe_base,
-                                       probe_tuned, save_artifact)
-from hone.data.render import with_system_prompt
 from hone.training.loop import train_loop, validation_loss
 from hone.training.precision import bf16_frozen_linears, pick_attention
 from hone.training.sharding import fuse_lora_wanted
@@ -69,7 +77,8 @@ def draw_mixture(sources: list[list[TokenizedExample]], weights: list[float], se
 def source_names(sources: list[MixtureSource]) -> list[str]:
     """Short names for the sources: file stems, with their folder when two share a stem (orders/train)."""
     stems = [Path(s.train).stem for s in sources]
-    names = [f"{Path(s.train).parent.name}/{stem}" if stems.count(stem) > 1 else stem for s, stem in zip(sources, stems)]
+    names = [f"{Path(s.train).parent.name}/{stem}" if stems.count(stem) > 1 else stem
+             for s, stem in zip(sources, stems)]
     return [f"{i + 1}-{name}" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
 

@@ -24,16 +24,15 @@ from hone.data.render import IGNORE
 from hone.data.split import hold_out
 from hone.errors import DataError
 from hone.evaluation.classification import entity_f1
+from hone.evaluation.generate import generate_batch
 from hone.evaluation.metrics import accuracy
 from hone.methods import apply_method, count_parameters
-from hone.models.catalogue import resolve_model
-from hone.models.load import load_tokenizer
-from hone.evaluation.generate import generate_batch
 from hone.methods.heads import as_causal_lm, has_lm_head, load_head_model, load_head_run, train_new_head
-from hone.models.load import load_causal_lm
+from hone.models.catalogue import resolve_model
+from hone.models.load import load_causal_lm, load_tokenizer
 from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
-from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 from hone.registry.runs import update_record
+from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 
 
 def load_tagged(path: Path) -> list[TagExample]:
@@ -149,7 +148,8 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
     model = apply_method(model, config.method)
     train_new_head(model)
     params = count_parameters(model)
-    length = min(config.data.max_length, getattr(model.config, "max_position_embeddings", None) or config.data.max_length)
+    length = min(config.data.max_length,
+                 getattr(model.config, "max_position_embeddings", None) or config.data.max_length)
     console.print(f"  data: {len(train)} train, {len(validation)} validation, {len(test)} test sentences; "
                   f"{len(tags)} tags: {', '.join(tags)}")
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}")
@@ -180,5 +180,6 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
                "trainable_parameters": params.trainable, "total_parameters": params.total,
                "artifact": out.name}
     rows = [Row("word accuracy", results["base_word_accuracy"], results["tuned_word_accuracy"], share=True),
-            Row("trivial baseline: every word tagged O (entity F1)", round(entity_f1(all_o, gold), 4), None, share=True)]
+            Row("trivial baseline: every word tagged O (entity F1)", round(entity_f1(all_o, gold), 4), None,
+                share=True)]
     return finish_run(start, results, summary["seconds"], rows=rows, forgetting=forgetting)

@@ -29,12 +29,12 @@ from hone.data.records import PreferenceExample
 from hone.data.render import IGNORE, tokenize_chat
 from hone.data.split import hold_out
 from hone.methods import apply_method, count_parameters, load_base
+from hone.methods.artifact import load_run_model
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.lifecycle import Row, RunResult, begin_run, finish_run, probe_base, probe_tuned, save_artifact
 from hone.training.batches import collate
 from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
-from hone.methods.artifact import load_run_model
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental
 
@@ -57,7 +57,8 @@ def to_dataset(pairs: list[PreferenceExample]):
 
 
 @torch.no_grad()
-def mean_logprobs(model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 16) -> list[float]:
+def mean_logprobs(model, tokenizer, conversations: list[list[dict]], max_length: int,
+                  batch_size: int = 16) -> list[float]:
     """Mean log-probability per token of each conversation's assistant answer."""
     model.eval()
     device = next(model.parameters()).device
@@ -76,8 +77,10 @@ def mean_logprobs(model, tokenizer, conversations: list[list[dict]], max_length:
 def preference_scores(model, tokenizer, pairs: list[PreferenceExample], max_length: int) -> dict[str, float]:
     """Pairwise accuracy, and the mean margin (chosen minus rejected mean log-probability per token):
     the margin keeps moving after accuracy saturates."""
-    chosen = mean_logprobs(model, tokenizer, [p.prompt + [{"role": "assistant", "content": p.chosen}] for p in pairs], max_length)
-    rejected = mean_logprobs(model, tokenizer, [p.prompt + [{"role": "assistant", "content": p.rejected}] for p in pairs], max_length)
+    chosen = mean_logprobs(model, tokenizer, [p.prompt + [{"role": "assistant", "content": p.chosen}] for p in pairs],
+                           max_length)
+    rejected = mean_logprobs(model, tokenizer,
+                             [p.prompt + [{"role": "assistant", "content": p.rejected}] for p in pairs], max_length)
     n = max(1, len(pairs))
     return {"accuracy": round(sum(c > r for c, r in zip(chosen, rejected)) / n, 4),
             "margin": round(sum(c - r for c, r in zip(chosen, rejected)) / n, 4)}
@@ -148,7 +151,8 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     forgetting = probe_tuned(start, probe, tuned, tokenizer)
     last = summary["last_log"]
     results = {"metric": "pairwise_accuracy", "split": "test" if config.data.test else "validation",
-               **trainer_results(summary), "reward_margin": last.get("rewards/margins"), "reward_accuracy": last.get("rewards/accuracies"),
+               **trainer_results(summary), "reward_margin": last.get("rewards/margins"),
+               "reward_accuracy": last.get("rewards/accuracies"),
                "base_score": base_scores.get("accuracy"), "tuned_score": tuned_scores.get("accuracy"),
                "base_margin": base_scores.get("margin"), "tuned_margin": tuned_scores.get("margin"),
                "trainable_parameters": params.trainable, "total_parameters": params.total, "artifact": out.name}

@@ -23,8 +23,16 @@ from hone.data.split import hold_out
 from hone.methods import apply_method, count_parameters, load_base, load_tuned
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
-from hone.objectives.lifecycle import (RunResult, begin_run, finish_run, is_peft, own_loop_trackers, probe_base,
-                                       probe_tuned, save_artifact)
+from hone.objectives.lifecycle import (
+    RunResult,
+    begin_run,
+    finish_run,
+    is_peft,
+    own_loop_trackers,
+    probe_base,
+    probe_tuned,
+    save_artifact,
+)
 from hone.training.loop import train_loop, validation_loss
 from hone.training.precision import bf16_frozen_linears, pick_attention
 from hone.training.sharding import fuse_lora_wanted
@@ -61,7 +69,8 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
         train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
     test = load_texts(config.data.test) if config.data.test else []
     start = begin_run(config, run_dir, console, {
-        "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation), "n_test": len(test)}, own_loop=True)
+        "train": str(config.data.train), "n_train": len(train), "n_validation": len(validation), "n_test": len(test)},
+        own_loop=True)
 
     # 2. Pack each split into blocks of token ids; every token is trained.
     base = resolve_model(config.model.name)

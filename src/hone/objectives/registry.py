@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from hone.methods.registry import METHODS
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
+from hone.methods.registry import METHODS
 from hone.objectives import classify, grpo, mixture, ner, preference, pretrain, reward, sft
 
 # Why a safeguard cannot apply, per kind of objective: refused in one line when the user sets it.
@@ -51,8 +51,8 @@ _HEAD_REFUSES = MappingProxyType({"train.kl_to_base": NO_KL_HEAD, "train.replay"
 _PAIR_REFUSES = MappingProxyType({"train.kl_to_base": NO_KL_PREFERENCE, "train.replay": NO_REPLAY_PAIRS})
 
 _OBJECTIVES = [
-    Objective("sft", "the assistant turns of chat or instruction data", (ChatExample, PreferenceExample), sft.run_sft, "hone",
-              "AutoModelForCausalLM", "exact_match or json_match (chosen from the answers)"),
+    Objective("sft", "the assistant turns of chat or instruction data", (ChatExample, PreferenceExample), sft.run_sft,
+              "hone", "AutoModelForCausalLM", "exact_match or json_match (chosen from the answers)"),
     Objective("pretrain", "every token of raw domain text (continued pre-training)", (TextExample,),
               pretrain.run_pretrain, "hone", "AutoModelForCausalLM", "perplexity", lower_is_better=True,
               refuses=MappingProxyType({"train.replay": NO_REPLAY_TEXT})),

@@ -19,13 +19,13 @@ from hone.data.records import PreferenceExample
 from hone.data.render import render
 from hone.data.split import hold_out
 from hone.methods import apply_method, count_parameters
+from hone.methods.heads import as_causal_lm, has_lm_head, load_head_model, load_head_run, train_new_head
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer
-from hone.methods.heads import as_causal_lm, has_lm_head, load_head_model, load_head_run, train_new_head
-from hone.objectives.preference import load_pairs, preference_scores
 from hone.objectives.lifecycle import RunResult, RunStart, begin_run, finish_run, probe_base, probe_tuned, save_artifact
-from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
+from hone.objectives.preference import load_pairs, preference_scores
 from hone.registry.runs import update_record
+from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_results
 
 
 def reward_ids(tokenizer, prompt: list[dict], answer: str, max_length: int) -> list[int]:
@@ -127,7 +127,8 @@ def base_preferences(start: RunStart, base, tokenizer, test: list[PreferenceExam
     if not has_lm_head(base):
         return None, None
     model = load_causal_lm(base, start.hw.device)
-    accuracy = preference_scores(model, tokenizer, test, length)["accuracy"] if test and start.config.eval.base else None
+    accuracy = (preference_scores(model, tokenizer, test, length)["accuracy"]
+                if test and start.config.eval.base else None)
     probe = probe_base(start, model, tokenizer)
     del model
     return accuracy, probe

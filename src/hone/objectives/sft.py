@@ -23,12 +23,19 @@ from hone.hardware import peak_memory_mb
 from hone.methods import apply_method, artifact_folder_name, count_parameters, estimate_memory, load_base, load_tuned
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
-from hone.objectives.lifecycle import (RunResult, RunStart, begin_run, finish_run, own_loop_trackers, probe_base,
-                                       probe_tuned, save_artifact)
+from hone.objectives.lifecycle import (
+    RunResult,
+    RunStart,
+    begin_run,
+    finish_run,
+    own_loop_trackers,
+    probe_base,
+    probe_tuned,
+    save_artifact,
+)
 from hone.registry.runs import read_record, update_record
 from hone.training.batches import micro_batches
-from hone.training.distributed import close as close_ranks
-from hone.training.distributed import ranks
+from hone.training.distributed import close as close_ranks, ranks
 from hone.training.loop import token_cap, train_loop
 from hone.training.precision import bf16_frozen_linears, pick_attention
 from hone.training.regularise import lr_warning
@@ -89,7 +96,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     model = apply_method(model, config.method)
     params = count_parameters(model)
     if hw.frozen_bf16 and config.train.frozen_bf16:
-        bf16_frozen_linears(model, fuse_lora_wanted(config.train))  # fp32 base weights are gone from here on: see step 8
+        # fp32 base weights are gone from here on: see step 8
+        bf16_frozen_linears(model, fuse_lora_wanted(config.train))
     memory, per_process = memory_estimate(model, train_set, config, hw, team.world)
     console.print(f"  method: {config.method.name}, {params}; lr {config.lr:g}\n"
                   f"  memory estimate: {memory}{per_process}", soft_wrap=True)
@@ -171,7 +179,8 @@ def memory_estimate(model, train_set: list, config: RunConfig, hw, world: int):
     return memory, f" per process, sharded over {world} (loading and checkpoints hold the full weights for a moment)"
 
 
-def side_by_side(test: list[ChatExample], base: Evaluation | None, tuned: Evaluation | None, samples: int) -> list[dict]:
+def side_by_side(test: list[ChatExample], base: Evaluation | None, tuned: Evaluation | None,
+                 samples: int) -> list[dict]:
     """A few test prompts with both answers and the expected one, spread over the split, with a tuned miss."""
     if not tuned or not samples:
         return []

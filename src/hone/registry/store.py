@@ -8,8 +8,8 @@ its record changes. `HONE_DB` (or `hone --db URL`) picks the database, e.g.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -165,10 +165,12 @@ def _artifacts(path: Path) -> dict[str, dict]:
     for name in ("adapter", "model"):
         folder = path / name
         if folder.is_dir():
-            found[name] = {"path": str(folder), "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())}
+            found[name] = {"path": str(folder),
+                           "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())}
     checkpoints = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
     if checkpoints:
-        found["checkpoints"] = {"path": str(path / "checkpoints"), "latest": checkpoints[-1].name, "count": len(checkpoints)}
+        found["checkpoints"] = {"path": str(path / "checkpoints"), "latest": checkpoints[-1].name,
+                                "count": len(checkpoints)}
     return found
 
 
@@ -185,7 +187,7 @@ def record_start(path: Path, config: dict, name: str, created_at: datetime | Non
     """Register a new run folder (or return its row): the next version of `name`, config, data prints."""
     path = Path(path).resolve()
     data_files = {role: config.get("data", {}).get(role) for role in ("train", "validation", "test")}
-    for attempt in range(3):  # two runs of one name starting together: the unique (name, version) decides
+    for _attempt in range(3):  # two runs of one name starting together: the unique (name, version) decides
         with session() as db:
             existing = db.scalar(select(Run).where(Run.path == str(path)))
             if existing:
@@ -213,7 +215,8 @@ def sync_run(path: Path, record: dict) -> Run:
         row = db.scalar(select(Run).where(Run.path == str(path)))
         if row is None:
             db.close()
-            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) if (path / "config.yaml").is_file() else {}
+            config = (yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+                      if (path / "config.yaml").is_file() else {})
             started = datetime.fromtimestamp((path / "config.yaml").stat().st_mtime, timezone.utc) if (
                 path / "config.yaml").is_file() else None
             record_start(path, config or {}, _run_name(path, config or {}), started)
@@ -255,7 +258,8 @@ def import_run_folders(folder: Path | None = None) -> int:
     added = 0
     for path in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
         if str(path.resolve()) not in known:
-            record = json.loads((path / "run.json").read_text(encoding="utf-8")) if (path / "run.json").is_file() else {}
+            record = (json.loads((path / "run.json").read_text(encoding="utf-8"))
+                      if (path / "run.json").is_file() else {})
             sync_run(path, record)
             added += 1
     return added

@@ -68,7 +68,8 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     meta: Mapped[Optional[dict]] = mapped_column(JSON)                 # the client's `metadata`
     method: Mapped[dict] = mapped_column(JSON)                         # {"type", "<type>": {"hyperparameters"}}
-    status: Mapped[str] = mapped_column(String(20), index=True)        # validating_files queued running paused succeeded failed cancelled
+    # validating_files queued running paused succeeded failed cancelled
+    status: Mapped[str] = mapped_column(String(20), index=True)
     request: Mapped[Optional[str]] = mapped_column(String(10))         # "cancel" or "pause", for the worker to act on
     error: Mapped[Optional[dict]] = mapped_column(JSON)
     fine_tuned_model: Mapped[Optional[str]] = mapped_column(Text)
@@ -112,7 +113,8 @@ def database_url(url: str | None = None) -> str:
     """`--db`, else HONE_DB, else SQLite in the hone home (the run registry's rule; its own file)."""
     url = url or os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'serve.db'}"
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]  # SQLAlchemy's default driver is psycopg2; hone ships psycopg 3
+        # SQLAlchemy's default driver is psycopg2; hone ships psycopg 3
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
 
 

@@ -86,7 +86,8 @@ def check_training_data(path: Path, filename: str) -> tuple[str | None, int]:
     if report.problems:
         first = report.first()
         field = f", field {first.field!r}" if first.field else ""
-        more = f" ({report.problems - 1} more problems; `hone data check` lists them all)" if report.problems > 1 else ""
+        more = (f" ({report.problems - 1} more problems; `hone data check` lists them all)"
+                if report.problems > 1 else "")
         raise APIError(400, f"Invalid file format. Line {first.line}{field}: {first.message}{more}",
                        param="file", code="invalid_file_format")
     if n == 0:
@@ -103,7 +104,8 @@ def absent_not_null(schema: dict) -> None:
 
 
 @router.post("/files", responses=error_responses(413))
-def upload_file(request: Request, file: UploadFile, purpose: str = Form(..., json_schema_extra={"enum": list(PURPOSES)}),
+def upload_file(request: Request, file: UploadFile,
+                purpose: str = Form(..., json_schema_extra={"enum": list(PURPOSES)}),
                 expires_anchor: Optional[Literal["created_at"]] = Form(None, alias="expires_after[anchor]",
                                                                        json_schema_extra=absent_not_null),
                 expires_seconds: Optional[int] = Form(None, alias="expires_after[seconds]", ge=MIN_EXPIRY,

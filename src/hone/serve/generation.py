@@ -39,7 +39,8 @@ class Job:
     """One API request: `n` answers to each of its prompts, reported as events through `emit`.
 
     Events (called on the scheduler thread): ("delta", index, text), ("finish", index) when a choice
-    ends, ("done", [Answer...]) when all have, ("error", exception). Choice `index` is prompt_number * n + j, as OpenAI numbers them.
+    ends, ("done", [Answer...]) when all have, ("error", exception). Choice `index` is prompt_number * n + j,
+    as OpenAI numbers them.
     """
 
     def __init__(self, source, prompts: list[list[int]], n: int, max_tokens: list[int], stop: list[str],
@@ -194,5 +195,8 @@ def adapter_scope(model, adapter: str | None):
 def _eos_ids(model, tokenizer) -> set[int]:
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos |= set(configured) if isinstance(configured, (list, tuple)) else ({configured} if configured is not None else set())
+    if isinstance(configured, (list, tuple)):
+        eos |= set(configured)
+    elif configured is not None:
+        eos.add(configured)
     return eos

@@ -53,7 +53,8 @@ def parse_method(method: Any, hyperparameters: Any) -> dict:
     kind = method.get("type")
     if not isinstance(kind, str) or kind not in FIELDS:
         raise APIError(400, f"method.type {kind!r} is not supported; use 'supervised' or 'dpo'"
-                       + (" (reinforcement fine-tuning is not implemented by hone serve)" if kind == "reinforcement" else ""),
+                       + (" (reinforcement fine-tuning is not implemented by hone serve)"
+                          if kind == "reinforcement" else ""),
                        param="method.type")
     section = _object(method.get(kind), f"method.{kind}")
     given = _object(section.get("hyperparameters"), f"method.{kind}.hyperparameters")

@@ -196,7 +196,7 @@ def encode(engine: Engine, source, prompt: str | list[dict]) -> list[int]:
         try:
             text = prompt_for_generation(tokenizer, prompt)
         except Exception as exc:  # noqa: BLE001 - jinja raises for conversations the template forbids
-            raise APIError(400, f"the model's chat template rejects these messages: {exc}", param="messages")
+            raise APIError(400, f"the model's chat template rejects these messages: {exc}", param="messages") from exc
         return engine.encode(source, text)
     ids = engine.encode(source, prompt)  # no special tokens, as hone's pretrain objective tokenizes
     return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]

@@ -174,10 +174,11 @@ class Worker:
                 raise JobFailed("invalid_file_format", f"Invalid file format. {exc}", param) from None
             if report.problems:
                 first = report.first()
-                raise JobFailed("invalid_file_format", f"Invalid file format. Line {first.line}: {first.message}", param)
+                raise JobFailed("invalid_file_format", f"Invalid file format. Line {first.line}: {first.message}",
+                                param)
             if not isinstance(records[0], wanted):
-                need = "preference pairs (input, preferred_output, non_preferred_output)" if job.method["type"] == "dpo" \
-                    else "chat examples (messages)"
+                need = ("preference pairs (input, preferred_output, non_preferred_output)"
+                        if job.method["type"] == "dpo" else "chat examples (messages)")
                 raise JobFailed("invalid_file_format", f"Invalid file format. A {job.method['type']} job needs "
                                 f"{need}; {file_id} holds {report.shape} records.", param)
             counts[param] = len(records)
@@ -223,7 +224,8 @@ class Worker:
                  "lr": DEFAULT_LR[self.settings.method] * float(hp["learning_rate_multiplier"]),
                  "seed": job.seed, "report_to": "none", "max_steps": self.settings.max_steps,
                  "time_budget": self.settings.time_budget, "save_every": self.settings.save_every}
-        data = {"name": job.id, "output": str(db.state_dir("jobs") / job.id), "objective": "sft" if kind == "supervised" else "dpo",
+        data = {"name": job.id, "output": str(db.state_dir("jobs") / job.id),
+                "objective": "sft" if kind == "supervised" else "dpo",
                 "model": {"name": base}, "method": {"name": self.settings.method},
                 "data": {"train": str(self._file_path(job.training_file, "training_file")),
                          "validation": str(self._file_path(job.validation_file, "validation_file") or "") or None},

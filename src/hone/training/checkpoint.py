@@ -120,6 +120,7 @@ def _load_sharded_optimizer(model, optimizer, optimized: dict) -> None:
     if optimized:
         names = [name for name, p in model.named_parameters() if p.requires_grad]
         optimized = {"state": {names[i]: value for i, value in optimized["state"].items()},
-                     "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in optimized["param_groups"]]}
+                     "param_groups": [g | {"params": [names[i] for i in g["params"]]}
+                                      for g in optimized["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, optimized,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))

@@ -24,8 +24,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from hone import atomic
 from hone.config import RunConfig
 from hone.hardware import Hardware
-from hone.training.distributed import close as close_ranks
-from hone.training.distributed import ranks
+from hone.training.distributed import close as close_ranks, ranks
 from hone.training.loop import Interrupted, progress_bar
 from hone.training.safeguards import ValidationWatch, restore_best, save_best
 from hone.training.trackers import Trackers, tracker_names
@@ -267,7 +266,8 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
     if team.world > 1:
         if team.main:  # what really kept the ranks in step, so a silent fallback shows in the record
             from hone.registry.runs import read_record, update_record
-            update_record(run_dir, distributed=(read_record(run_dir).get("distributed") or {}) | {"sync": trainer_sync(trainer)})
+            update_record(run_dir,
+                          distributed=(read_record(run_dir).get("distributed") or {}) | {"sync": trainer_sync(trainer)})
         # Training is the only collective work: rank 0 saves and evaluates alone, the others are done.
         trainer.model_wrapped = trainer.model
         import gc

@@ -23,16 +23,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hone.config import TrainSection
-from hone.errors import Interrupted
 from hone.data.render import IGNORE, TokenizedExample
+from hone.errors import Interrupted
 from hone.hardware import Hardware
+from hone.registry.runs import read_record, update_record
 from hone.training.batches import common_prefix, epoch_batches, make_batch, micro_batches
 from hone.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from hone.training.distributed import Ranks, ranks
 from hone.training.loss import summed_loss
 from hone.training.parallel import Parallel, parallel_for, parallel_of
 from hone.training.regularise import kl_to_base
-from hone.registry.runs import read_record, update_record
 from hone.training.safeguards import ValidationWatch, restore_best, save_best
 
 
@@ -236,7 +236,8 @@ def resume_or_seed(model, optimizer, cfg: TrainSection, run_dir: Path, resume: b
     if resume and checkpoints:
         return LoopState.from_saved(load_checkpoint(checkpoints[-1], model, optimizer))
     torch.manual_seed(cfg.seed)
-    return LoopState(watch=ValidationWatch(cfg.early_stopping_patience, cfg.early_stopping_min_delta, cfg.overfit_alarm))
+    return LoopState(watch=ValidationWatch(cfg.early_stopping_patience, cfg.early_stopping_min_delta,
+                                           cfg.overfit_alarm))
 
 
 @dataclass
@@ -303,7 +304,8 @@ class Loop:
         """Validation loss now; best weights, early stopping and the overfitting alarm follow from it."""
         cfg = self.cfg
         val = round(validation_loss(self.model, self.val_set, cfg.micro_batch_size, self.pad_id, self.hw,
-                                    cfg.head_on_trained_only, cfg.packing, token_cap(cfg, self.hw), cfg.shared_prefix), 5)
+                                    cfg.head_on_trained_only, cfg.packing, token_cap(cfg, self.hw), cfg.shared_prefix),
+                    5)
         total, count = state.window
         state.val_loss, state.window = val, [0.0, 0]
         record["val_loss"] = val
