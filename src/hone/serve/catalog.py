@@ -57,6 +57,7 @@ class DatabaseCatalog:
                 return None
             parent = source.base
         base = self.settings.base_models.get(parent, parent)
+        assert job.fine_tuned_model is not None  # _jobs selects only jobs that made a model
         return ModelSource(job.fine_tuned_model, base, str(run), job.org, job.finished_at or job.created_at)
 
     def _jobs(self, org: str, model_id: str | None = None) -> list[db.Job]:
@@ -81,6 +82,6 @@ class DatabaseCatalog:
         """Hide a tuned model from its org (its run folder stays, as the registry's record)."""
         with db.session(self.settings.db) as s:
             done = s.execute(update(db.Job).where(db.Job.org == org, db.Job.fine_tuned_model == model_id,
-                                                  db.Job.model_deleted == 0).values(model_deleted=1)).rowcount
+                                                  db.Job.model_deleted == 0).values(model_deleted=1)).rowcount  # type: ignore[attr-defined]  # an UPDATE returns a CursorResult; execute() is typed Result
             s.commit()
         return bool(done)

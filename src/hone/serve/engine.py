@@ -25,11 +25,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from hone.errors import UserError
 from hone.serve.generation import Job, adapter_scope, generate_rows
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 BASE = None  # `tuned` of a ModelSource that is a base model
 log = logging.getLogger("hone.serve")
@@ -274,9 +278,9 @@ class Engine:
         with base.lock:
             base.adapters.discard(entry.adapter)
             if base.adapters:
-                base.model.delete_adapter(entry.adapter)
+                cast("PeftModel", base.model).delete_adapter(entry.adapter)
             else:   # the last adapter: unwrap, so the base runs without peft's per-layer indirection
-                base.model = base.model.unload()
+                base.model = cast("PeftModel", base.model).unload()
 
     # -- the scheduler thread --------------------------------------------------------------------
     def _serve_forever(self) -> None:

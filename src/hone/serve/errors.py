@@ -8,6 +8,7 @@ so "job already finished" is a 400, never a 409 (reference/openai_ft_api.md §1.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -127,7 +128,7 @@ UNION_TAG = re.compile(r"^(\[key\]|(str|int|float|bool|none|dict|list|set|tuple|
                        r"|constrained-[\w-]+|function-[\w-]+|lax-[\w-]+|strict-[\w-]+|[A-Z]\w*)(\[.*\])?)$")
 
 
-def _first_error(errors: list) -> dict:
+def _first_error(errors: Sequence) -> dict:
     """The error to report: for a union (`prompt`: a string or a list) the one from the member the input
     was meant as (a constraint that failed) rather than 'Input should be a valid string'."""
     if not errors:
@@ -165,4 +166,4 @@ def install_openapi(app: FastAPI) -> None:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the schema

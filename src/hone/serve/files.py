@@ -47,7 +47,7 @@ def get_file(s: Session, org: str, file_id: str, param: str = "id") -> db.File:
     return row
 
 
-def _extension(filename: str) -> str:
+def _extension(filename: str | None) -> str:
     suffix = Path(filename or "").suffix.lower()
     return suffix if suffix in EXTENSIONS else ".jsonl"
 
@@ -85,6 +85,7 @@ def check_training_data(path: Path, filename: str) -> tuple[str | None, int]:
                        code="invalid_file_format") from None
     if report.problems:
         first = report.first()
+        assert first is not None  # report.problems > 0
         field = f", field {first.field!r}" if first.field else ""
         more = (f" ({report.problems - 1} more problems; `hone data check` lists them all)"
                 if report.problems > 1 else "")

@@ -96,7 +96,8 @@ class RowProgress:
         for row, token in zip(self.rows, last):
             if not row.done:
                 self.step(row, token)
-        return torch.tensor([row.done for row in self.rows], device=input_ids.device)
+        done = torch.tensor([row.done for row in self.rows], device=input_ids.device)
+        return done  # type: ignore[return-value]  # a bool tensor; torch types tensor() as a plain Tensor
 
     def step(self, row: _Row, token: int) -> None:
         row.tokens += 1

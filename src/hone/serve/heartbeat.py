@@ -66,10 +66,11 @@ class Heartbeat(threading.Thread):
         with db.session(self.settings.db) as s:
             kept = s.execute(update(db.Job).where(db.Job.id == self.job.id, db.Job.worker == self.token,
                                                   db.Job.request.is_(None), db.Job.status.in_(ACTIVE))
-                             .values(lease_until=time.time() + self.settings.lease_seconds)).rowcount
+                             .values(lease_until=time.time() + self.settings.lease_seconds)).rowcount  # type: ignore[attr-defined]  # an UPDATE returns a CursorResult; execute() is typed Result
             s.commit()
             if not kept:
                 row = s.scalar(select(db.Job).where(db.Job.id == self.job.id))
+                assert row is not None  # jobs are never deleted
                 self.reason = "lost" if row.worker != self.token else (row.request or row.status)
         if self.reason:
             self.stopped.set()

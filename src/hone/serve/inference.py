@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
@@ -34,8 +34,9 @@ MIN_SEED, MAX_SEED = -(2**53 - 1), 2**53 - 1
 Stop = Annotated[str, Field(min_length=1)]
 SSE_EVENT = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "string", "description": "a chunk as JSON, or [DONE] last"}}}
-STREAMED = {200: {"description": "One JSON body, or with `stream: true` server-sent events, one per chunk",
-                  "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {"description": "One JSON body, or with `stream: true` server-sent events, one per chunk",
+          "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 log = logging.getLogger("hone.serve")
 
 
@@ -96,7 +97,7 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     engine = engine or Engine()
     router = APIRouter(dependencies=[Depends(unicode_text)], responses=error_responses(400, 401, 404, 429, 500),
                        tags=["inference"])
-    router.engine = engine  # the app closes it on shutdown; tests read what it holds
+    router.engine = engine  # type: ignore[attr-defined]  # ours: the app closes it on shutdown; tests read it
 
     async def resolve(org: str, model_id: str, param: str | None = "model"):
         source = await asyncio.to_thread(catalog.resolve, org, model_id)   # the catalog may query a database

@@ -187,17 +187,18 @@ def _change(request: Request, org: str, job_id: str, action: str) -> dict:
 
     One conditional UPDATE, so a worker finishing the job at the same moment cannot be overwritten."""
     allowed = {"cancel": ACTIVE + ("paused",), "pause": ACTIVE, "resume": ("paused",)}[action]
-    values: dict[str, Any] = {
+    changes: dict[str, dict[str, Any]] = {
         "cancel": {"status": "cancelled", "finished_at": db.now(), "request": "cancel"},
         "pause": {"status": "paused", "request": "pause"},
-        "resume": {"status": "queued"}}[action]  # `request` stays set until the old worker lets go
+        "resume": {"status": "queued"}}  # `request` stays set until the old worker lets go
+    values = changes[action]
     message = {"cancel": "Fine-tuning job cancelled",
                "pause": "Fine-tuning job paused; its latest checkpoint is kept",
                "resume": "Fine-tuning job resumed; queued to continue from its latest checkpoint"}[action]
     with db.session(request.app.state.settings.db) as s:
         job = get_job(s, org, job_id)
         done = s.execute(update(db.Job).where(db.Job.id == job.id, db.Job.status.in_(allowed))
-                         .values(**values)).rowcount
+                         .values(**values)).rowcount  # type: ignore[attr-defined]  # an UPDATE returns a CursorResult; execute() is typed Result
         if not done:
             s.rollback()
             status = s.scalar(select(db.Job.status).where(db.Job.id == job.id))

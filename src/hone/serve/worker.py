@@ -80,7 +80,7 @@ class Worker:
                 token = f"{self.name}:{uuid.uuid4().hex[:8]}"
                 won = s.execute(update(db.Job).where(db.Job.id == job_id, claimable(now)).values(
                     worker=token, lease_until=now + self.settings.lease_seconds, request=None,
-                    attempts=db.Job.attempts + 1)).rowcount
+                    attempts=db.Job.attempts + 1)).rowcount  # type: ignore[attr-defined]  # an UPDATE returns a CursorResult; execute() is typed Result
                 s.commit()
                 if won:
                     return job_id, token
@@ -91,6 +91,7 @@ class Worker:
     def work(self, job_id: str, token: str) -> None:
         with db.session(self.settings.db) as s:
             job = s.get(db.Job, s.scalar(select(db.Job.seq).where(db.Job.id == job_id)))
+        assert job is not None  # this worker has just claimed it
         say(worker=self.name, job=job_id, event="claimed", status=job.status, attempt=job.attempts)
         beat = self.beat = Heartbeat(self.settings, job, token)
         beat.start()
@@ -140,7 +141,7 @@ class Worker:
         with db.session(self.settings.db) as s:
             done = s.execute(update(db.Job).where(db.Job.id == job.id, db.Job.worker == token,
                                                   db.Job.request.is_(None), db.Job.status.in_(statuses))
-                             .values(**values)).rowcount
+                             .values(**values)).rowcount  # type: ignore[attr-defined]  # an UPDATE returns a CursorResult; execute() is typed Result
             if done and event:
                 db.add_event(s, job.id, *event)
             s.commit()
@@ -174,6 +175,7 @@ class Worker:
                 raise JobFailed("invalid_file_format", f"Invalid file format. {exc}", param) from None
             if report.problems:
                 first = report.first()
+                assert first is not None  # report.problems > 0
                 raise JobFailed("invalid_file_format", f"Invalid file format. Line {first.line}: {first.message}",
                                 param)
             if not isinstance(records[0], wanted):
@@ -214,6 +216,7 @@ class Worker:
                 raise JobFailed("model_not_found", f"The model {job.model} was deleted.", "model")
             from hone.methods.artifact import tuned_model_folder
 
+            assert parent.tuned is not None  # a job's model is a tuned one
             base = str(tuned_model_folder(Path(parent.tuned)))  # adapter merged into a copy of its base, once
         elif job.model in self.settings.base_models:
             base = self.settings.base_models[job.model]
@@ -242,7 +245,7 @@ class Worker:
             message = f"Fine-tuning job resumed by worker {self.name} {where}"
         else:
             message = "Fine-tuning job started"
-        values = {"status": "running", "run_dir": str(beat.run_dir)}
+        values: dict[str, object] = {"status": "running", "run_dir": str(beat.run_dir)}
         if job.started_at is None:
             values["started_at"] = db.now()
         if not self._update(job, token, (message,), ("queued", "running"), **values):
