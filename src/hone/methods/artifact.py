@@ -40,7 +40,7 @@ def save_tuned(model: nn.Module, cfg: MethodSection, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     saves = METHODS[cfg.name].saves
     if saves in ("peft", "model"):
-        model.save_pretrained(folder)
+        model.save_pretrained(folder)  # type: ignore[operator]  # torch types module attributes as Tensor | Module
     else:
         trained = {name: p.detach().float().contiguous().cpu()
                    for name, p in model.named_parameters() if p.requires_grad}

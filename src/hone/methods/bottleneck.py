@@ -58,11 +58,15 @@ def add_adapters(model: nn.Module, size: int) -> nn.Module:
     hidden = unwrap(model).config.hidden_size
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    for block in transformer_blocks(model):
+    blocks = transformer_blocks(model)
+    assert blocks is not None  # check_adapters refuses a model without blocks
+    for block in blocks:
         reference = next(block.parameters())
         adapter = BottleneckAdapter(hidden, size).to(device=reference.device, dtype=torch.float32)
         block.add_module(ATTRIBUTE, adapter)
-        _mlp(block).register_forward_hook(adapter.after_mlp)
+        mlp = _mlp(block)
+        assert mlp is not None  # check_adapters refuses a block without an MLP
+        mlp.register_forward_hook(adapter.after_mlp)
     head = task_head(model)  # a new classification head must train too
     for parameter in head.parameters() if head is not None else []:
         parameter.requires_grad_(True)

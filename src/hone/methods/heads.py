@@ -66,7 +66,8 @@ def load_head_run(run: Path, device: str = "cpu"):
     for folder in (run / "adapter", run / "model"):
         if is_tuned_artifact(folder):
             if folder.name == "model":  # full fine-tuning saved the whole model, head included
-                build = lambda folder=folder: head_class(kind).from_pretrained(folder, dtype=torch.float32).to(device)  # noqa: E731
+                # B023: `build` runs below, in this iteration
+                build = lambda: head_class(kind).from_pretrained(folder, dtype=torch.float32).to(device)  # noqa: E731, B023
             else:
                 build = lambda: load_head_model(record["base_model"], kind, labels, device)  # noqa: E731
             quiet_transformers()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Any
 
 from torch import nn
 
@@ -26,7 +27,7 @@ def _lora_config(model: nn.Module, cfg: MethodSection, use_dora: bool = False):
     task = peft_task_type(model)
     # A new classification head trains whole (peft's modules_to_save); peft 0.21 would otherwise put
     # LoRA on a token classifier's head first and then refuse to make it trainable.
-    extra = {"exclude_modules": ["classifier", "score"]} if task != "CAUSAL_LM" else {}
+    extra: dict[str, Any] = {"exclude_modules": ["classifier", "score"]} if task != "CAUSAL_LM" else {}
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=_targets(cfg), use_dora=use_dora, task_type=task, **extra)
 
@@ -66,12 +67,13 @@ def qlora(model: nn.Module, cfg: MethodSection):
 
     if not is_quantized(model):  # else quantized while loading (quantized.load_quantized)
         quantize_base(model, cfg.quantize)
-    unwrap(model).is_loaded_in_4bit = cfg.quantize == "nf4"  # peft then uses its bitsandbytes LoRA layer
+    # peft then uses its bitsandbytes LoRA layer
+    unwrap(model).is_loaded_in_4bit = cfg.quantize == "nf4"  # type: ignore[assignment]  # peft reads it; transformers does not declare it
     wrapped = _wrap(model, _lora_config(model, cfg))
     # TRL casts the trainable parameters of a model that says it is 4-bit to bf16 (the QLoRA paper's
     # recipe). hone keeps LoRA in fp32 (eager bf16 rounds early updates away, field notes §4), and a
     # classifier head in bf16 fails against fp32 activations: once wrapped, the flag has done its job.
-    unwrap(wrapped).is_loaded_in_4bit = False
+    unwrap(wrapped).is_loaded_in_4bit = False  # type: ignore[assignment]  # peft reads it; transformers does not declare it
     return wrapped
 
 

@@ -81,7 +81,9 @@ def check_probe(model: nn.Module, cfg: MethodSection) -> None:
 def probe(model: nn.Module, cfg: MethodSection) -> nn.Module:
     """Only the classification head trains; every weight of the backbone stays frozen."""
     check_probe(model, cfg)
-    head = {id(p) for p in task_head(model).parameters()}
+    task = task_head(model)
+    assert task is not None  # check_probe refuses a model without one
+    head = {id(p) for p in task.parameters()}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in head)
     return model

@@ -94,7 +94,8 @@ def quantize_base(model: nn.Module, kind: str, dtype: torch.dtype | None = None)
     if kind == "nf4":
         for parent, name, layer in _quantizable(model):
             setattr(parent, name, _nf4(layer, dtype))
-        unwrap(model).is_loaded_in_4bit = True  # peft then uses its bitsandbytes LoRA layer
+        # peft then uses its bitsandbytes LoRA layer
+        unwrap(model).is_loaded_in_4bit = True  # type: ignore[assignment]  # peft reads it; transformers does not declare it
     else:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
@@ -233,7 +234,8 @@ def round_trip_base(model: nn.Module, kind: str) -> nn.Module:
             import bitsandbytes.functional as bnbf
 
             quantized = _nf4(layer, torch.float32)
-            weight = bnbf.dequantize_4bit(quantized.weight.data, quantized.weight.quant_state)
+            # a bitsandbytes Linear4bit, whose weight is a Params4bit with a quant_state
+            weight = bnbf.dequantize_4bit(quantized.weight.data, quantized.weight.quant_state)  # type: ignore[arg-type, union-attr]
         else:
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
 

@@ -6,15 +6,22 @@ than by one family's attribute names (Llama `model.layers`, GPT-2 `transformer.h
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Heads that transformers' *ForSequenceClassification / *ForTokenClassification models create.
 TASK_HEAD_NAMES = ("score", "classifier")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> PreTrainedModel:
     """The transformers model inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    # torch types a module's attributes as Tensor | Module, so mypy cannot see peft's method
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    return cast("PreTrainedModel", base)
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:

@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hone import atomic
 from hone.config import DEFAULT_MODEL  # noqa: F401 (re-exported: the CLI and benchmarks import it from here)
@@ -57,7 +58,7 @@ def catalogue_file(entry: CatalogueEntry) -> Path | None:
         dist = importlib.metadata.distribution(entry.wheel)
     except importlib.metadata.PackageNotFoundError:
         return None
-    path = Path(dist.locate_file(entry.file))
+    path = Path(str(dist.locate_file(entry.file)))
     return path if path.exists() else None
 
 
@@ -130,7 +131,7 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
     """A hub id: use the local Hugging Face cache, or download when a hub is reachable."""
     from huggingface_hub import snapshot_download
 
-    attempts = [{"local_files_only": True}]
+    attempts: list[dict[str, Any]] = [{"local_files_only": True}]
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         attempts.append({"etag_timeout": 5})
     for kwargs in attempts:

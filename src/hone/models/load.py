@@ -43,7 +43,8 @@ def load_causal_lm(model: ResolvedModel | str, device: str = "cpu", dtype: torch
     resolved = resolve_model(model) if isinstance(model, str) else model
     extra = {"attn_implementation": attention} if attention else {}
     lm = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype, **extra)
-    return lm.to(device).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose type takes the model as the first argument
+    return lm.to(device).eval()  # type: ignore[arg-type]
 
 
 def load_with_adapter(base: ResolvedModel | str, adapter_dir, device: str = "cpu", attention: str | None = None):

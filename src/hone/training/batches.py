@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import torch
 
@@ -44,7 +45,9 @@ def micro_batches(indices: list[int], micro_batch_size: int, lengths: list[int] 
     model peaked at 3.8 GB, of 4 x ~140 tokens at 2.9 GB)."""
     if lengths is None or max_tokens is None:
         return [indices[i:i + micro_batch_size] for i in range(0, len(indices), micro_batch_size)]
-    chunks, chunk, longest = [], [], 0
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    longest = 0
     for i in indices:
         wider = max(longest, lengths[i])
         if chunk and (len(chunk) >= micro_batch_size or shared + (len(chunk) + 1) * (wider - shared) > max_tokens):
@@ -70,7 +73,7 @@ def collate(examples: list[TokenizedExample], pad_id: int, pad_to_multiple: int 
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def collate_packed(examples: list[TokenizedExample], row_tokens: int = 1024) -> dict[str, torch.Tensor]:
+def collate_packed(examples: list[TokenizedExample], row_tokens: int = 1024) -> dict[str, torch.Tensor | None]:
     """Examples laid end to end in rows of at most `row_tokens` (longer examples get a row each),
     with position ids restarting at each example and no attention mask: transformers then builds a
     block-diagonal causal mask, so no example attends to another (tested against unpacked losses).
@@ -122,7 +125,7 @@ def make_batch(examples: list[TokenizedExample], pad_id: int, packing: bool, dev
                share_prefix: bool = False) -> dict:
     """Tensors for one micro-batch on `device`, padded or packed; with `share_prefix`, the length of
     the prefix all rows share under "shared_prefix" (see common_prefix)."""
-    batch = collate_packed(examples) if packing else collate(examples, pad_id)
+    batch: dict[str, Any] = collate_packed(examples) if packing else collate(examples, pad_id)
     if share_prefix and not packing:
         batch["shared_prefix"] = common_prefix(examples)
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

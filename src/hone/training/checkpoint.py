@@ -14,6 +14,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,7 +36,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
         return {name: params[name].detach().contiguous().cpu() for name in names}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+    full: dict[str, Any] = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
                                                                 ignore_frozen_params=True))
     return {name: full[name].contiguous() for name in names if name in full}  # tied weights: one name, as above
 
@@ -46,7 +47,8 @@ def optimizer_state(model, optimizer) -> dict:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    full = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full: dict[str, Any] = get_optimizer_state_dict(model, optimizer,
+                                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not full:
         return {}
     number = {name: i for i, name in enumerate(n for g in full["param_groups"] for n in g["params"])}
@@ -59,8 +61,9 @@ def load_trainable(model, weights: dict[str, torch.Tensor]) -> None:
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
-                                                                      strict=False))
+        # torch asks for dict[str, ValueType], which a dict of tensors is, but dict is invariant
+        set_model_state_dict(model, weights, options=StateDictOptions(  # type: ignore[arg-type]
+            full_state_dict=True, broadcast_from_rank0=True, strict=False))
         return
     params = dict(model.named_parameters())
     with torch.no_grad():

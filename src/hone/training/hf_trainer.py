@@ -113,9 +113,12 @@ class HoneCallback(TrainerCallback):
 
         As in hone's loop, the lr is that of the step about to run (step + 1): where a budget fits only a
         few steps, warmup's lr of 0 for the first one would waste it (a dpo run on the loaded CPU fit two)."""
+        budget = self.time_budget
+        assert budget  # on_train_begin calls this only with a time budget
+
         def budgeted(step: int) -> float:
             # rank 0's clock, so every process steps with the same lr
-            spent = ranks().from_main(min(1.0, (self.clock() - self.started) / self.time_budget))
+            spent = ranks().from_main(min(1.0, (self.clock() - self.started) / budget))
             return lr_lambda(max(float(step + 1), spent * total))
         return budgeted
 
@@ -285,7 +288,7 @@ def run_trainer(trainer, run_dir: Path, config: RunConfig, resume: bool, console
         stopped_by = "max_steps" if config.train.max_steps else "epochs"
     last_val = watch.history[-1][2] if watch.history else None
     restored = (config.train.restore_best and watch.best_step is not None and last_val is not None
-                and watch.best_loss < last_val and restore_best(run_dir, trainer.model))
+                and watch.best_loss is not None and watch.best_loss < last_val and restore_best(run_dir, trainer.model))
     if restored:
         console.print(f"  restored the validation-best weights of step {watch.best_step} "
                       f"(validation loss {watch.best_loss:.4f} against {last_val:.4f} at the end)")

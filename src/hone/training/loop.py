@@ -120,8 +120,8 @@ def validation_loss(model, examples: list[TokenizedExample], micro_batch_size: i
         if chunk is not None:
             total, count = total + float(loss), count + n
     model.train(was_training)
-    total, count = team.sum(total, count)
-    return total / max(1, count)
+    summed_total, summed_count = team.sum(total, count)
+    return summed_total / max(1, summed_count)
 
 
 class MetricsLog:
@@ -131,9 +131,9 @@ class MetricsLog:
         self.path = path  # None: a rank other than 0, which logs nothing
         if path is None:
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= keep_up_to_step]
-        self.path.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
+        path.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:
         if self.path is None:
@@ -205,7 +205,7 @@ class LoopState:
     val_loss: float | None = None
     loss: float | None = None     # the last step's
     window: list = field(default_factory=lambda: [0.0, 0])  # training loss sum and steps since the last validation
-    watch: ValidationWatch | None = None
+    watch: ValidationWatch = field(default_factory=lambda: ValidationWatch(None))
     started: float = 0.0          # time.monotonic() at step 0, as if the run had never stopped
     saved_step: int | None = None  # this process's last checkpoint
     step_seconds: float = 0.0     # the last step's duration
@@ -403,7 +403,7 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
         total += loss.item()
         seen += sum(len(examples[i].input_ids) for i in chunk)
     parallel.sum_and_clip(params, cfg.max_grad_norm)
-    total, seen = team.sum(total, seen)
+    summed_total, summed_seen = team.sum(total, seen)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total / n_trained, int(seen)
+    return summed_total / n_trained, int(summed_seen)

@@ -7,6 +7,8 @@ accumulation gives the same update as one big batch (the bug behind AX #2262, LF
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -69,7 +71,7 @@ def trained_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, he
     return logits_on_trained(model, batch, keep, head_only)
 
 
-def logits_on_trained(model, batch: dict[str, torch.Tensor], keep: torch.Tensor, head_only: bool = True,
+def logits_on_trained(model, batch: dict, keep: torch.Tensor, head_only: bool = True,
                       whole=None) -> torch.Tensor:
     """`trained_logits` itself; `whole` runs the whole model (default: calling it)."""
     base = _unwrap(model)
@@ -78,7 +80,7 @@ def logits_on_trained(model, batch: dict[str, torch.Tensor], keep: torch.Tensor,
         cache = _shared_prefix_cache(base, ids, prefix)
     else:
         prefix = 0
-    inputs = {"input_ids": ids[:, prefix:], "attention_mask": batch.get("attention_mask"),
+    inputs: dict[str, Any] = {"input_ids": ids[:, prefix:], "attention_mask": batch.get("attention_mask"),
               "position_ids": batch.get("position_ids"), "past_key_values": cache, "use_cache": cache is not None}
     keep = keep[:, prefix:]
     if head_only and _head_only_on_trained(model, base):

@@ -34,7 +34,7 @@ def bf16_frozen_linears(model: nn.Module, fuse_lora: bool = True) -> int:
     evaluate a tuned model by reloading the saved adapter onto a fresh base. With `fuse_lora`, each
     plain LoRA layer over such a base runs as one autograd node (training/fused_lora.py).
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None  # type: ignore[operator]  # torch types module attributes as Tensor | Module
     count = 0
     for module in model.modules():
         if type(module) is not nn.Linear or module is head or module.weight.requires_grad:
