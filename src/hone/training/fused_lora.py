@@ -11,8 +11,13 @@ peft's own path.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import Linear as LoraLinear
 
 # Sibling projections that read the same input in Llama-style decoders (Llama, Mistral, Qwen, Gemma,
 # SmolLM). Others are fused one by one.
@@ -109,20 +114,20 @@ def _fusable(module: nn.Module) -> str | None:
     return name if isinstance(module.lora_dropout[name], nn.Identity) else None
 
 
-def _plain_call(module: nn.Module, name: str, x, args, kwargs) -> bool:
+def _plain_call(module: LoraLinear, name: str, x, args, kwargs) -> bool:
     """True when this call can skip peft: the one adapter active, unmerged, an fp32 input, no extras."""
     return not (args or kwargs or module.disable_adapters or module.merged or x.dtype != torch.float32
                 or list(module.active_adapters) != [name])
 
 
-def _single(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+def _single(module: LoraLinear, name: str, x: torch.Tensor) -> torch.Tensor:
     """One LoRA linear as one _LoRALinear node."""
     base = module.base_layer
     return _LoRALinear.apply(x, base.weight, base.bias, module.lora_A[name].weight, module.lora_B[name].weight,
                              module.scaling[name])
 
 
-def _fuse_one(module: nn.Module, name: str) -> None:
+def _fuse_one(module: LoraLinear, name: str) -> None:
     peft_forward = module.forward
 
     def forward(x, *args, **kwargs):
@@ -130,17 +135,17 @@ def _fuse_one(module: nn.Module, name: str) -> None:
             return peft_forward(x, *args, **kwargs)
         return _single(module, name, x)
 
-    module.forward = forward
-    module.hone_fused = True
+    module.forward = forward  # type: ignore[method-assign]  # this instance's own forward, on purpose
+    module.hone_fused = True  # type: ignore[assignment]  # hone's marker; torch types attributes as Tensor | Module
 
 
 class _Siblings:
     """LoRA linears called one after another on the same input: the first call computes every
     member's output in one _LoRAGroup node; the others take theirs from `pending`."""
 
-    def __init__(self, members: list[nn.Module], name: str):
+    def __init__(self, members: list[LoraLinear], name: str):
         self.members, self.name = members, name
-        bases = [m.base_layer for m in members]
+        bases = [cast(nn.Linear, m.base_layer) for m in members]  # _fusable checked each
         with torch.no_grad():  # frozen: the members' weights become rows of one tensor, no copy kept
             self.weight = torch.cat([b.weight for b in bases])
             self.bias = torch.cat([b.bias for b in bases]) if bases[0].bias is not None else None
@@ -153,11 +158,13 @@ class _Siblings:
                 row += rows
         self.pointers = [b.weight.data_ptr() for b in bases]
         self.widths = tuple(b.weight.shape[0] for b in bases)
-        self.input, self.version, self.pending = None, None, {}
+        self.input: torch.Tensor | None = None
+        self.version: int | None = None
+        self.pending: dict[int, torch.Tensor] = {}
 
     def usable(self, x, args, kwargs) -> bool:
         return all(_plain_call(m, self.name, x, args, kwargs) for m in self.members) and \
-            self.pointers == [m.base_layer.weight.data_ptr() for m in self.members]
+            self.pointers == [cast(nn.Linear, m.base_layer).weight.data_ptr() for m in self.members]
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if x is self.input and x._version == self.version and index in self.pending:
@@ -173,7 +180,7 @@ class _Siblings:
         return outputs[index]
 
 
-def _fuse_group(members: list[nn.Module], name: str) -> None:
+def _fuse_group(members: list[LoraLinear], name: str) -> None:
     group = _Siblings(members, name)
     for index, module in enumerate(members):
         peft_forward = module.forward
@@ -185,8 +192,8 @@ def _fuse_group(members: list[nn.Module], name: str) -> None:
                 return _single(_module, name, x)
             return _peft(x, *args, **kwargs)
 
-        module.forward = forward
-        module.hone_fused = True
+        module.forward = forward  # type: ignore[method-assign]  # this instance's own forward, on purpose
+        module.hone_fused = True  # type: ignore[assignment]  # hone's marker; torch types attributes as Tensor | Module
 
 
 def fuse_lora_layers(model: nn.Module) -> int:
@@ -197,13 +204,15 @@ def fuse_lora_layers(model: nn.Module) -> int:
         for names in SIBLINGS:
             members = [children.get(n) for n in names]
             adapters = {_fusable(m) if m is not None else None for m in members}
-            if len(adapters) == 1 and None not in adapters and len({m.base_layer.bias is None for m in members}) == 1:
-                _fuse_group(members, adapters.pop())
-                count += len(members)
+            if len(adapters) == 1 and None not in adapters:
+                layers = cast("list[LoraLinear]", members)  # each one fusable: a LoRA linear
+                if len({layer.base_layer.bias is None for layer in layers}) == 1:
+                    _fuse_group(layers, cast(str, adapters.pop()))
+                    count += len(layers)
     for module in model.modules():
         name = _fusable(module)
         if name is not None and not getattr(module, "hone_fused", False):
-            _fuse_one(module, name)
+            _fuse_one(cast("LoraLinear", module), name)
             count += 1
     return count
 
@@ -213,4 +222,4 @@ def unfuse_lora_layers(model: nn.Module) -> None:
     for module in model.modules():
         if getattr(module, "hone_fused", False):
             del module.forward  # the instance attribute: the class's forward shows through again
-            module.hone_fused = False
+            module.hone_fused = False  # type: ignore[assignment]  # as in _fuse_one
