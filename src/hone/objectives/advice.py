@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hone.config import DEFAULT_LR, RunConfig
 from hone.data.load import iter_records
@@ -283,6 +284,7 @@ def advise(path: Path, config: RunConfig | None = None, model: str | None = None
     objective = config.objective if forced else advised
     reasons = {"objective": f"you chose {objective} (the data alone suggests {advised}: {why})" if forced else why}
     n_train = round(stats.n * (1 - (0 if config.data.validation else config.data.validation_fraction)))
+    method: str
     if "name" in config.method.model_fields_set:
         method, reasons["method"] = config.method.name, "you chose it"
     else:
@@ -367,7 +369,7 @@ def choose_recipe(config: RunConfig, console=None) -> RunConfig:
     if config.recipe:  # already chosen (a config written by an earlier run)
         return config
     if config.objective == "auto" and config.mixture:
-        recipe = {"objective": "mixture", "method": config.method.name, "source": "advised",
+        recipe: dict[str, Any] = {"objective": "mixture", "method": config.method.name, "source": "advised",
                   "reasons": {"objective": "several datasets under `mixture:`"}}
         return config.model_copy(update={"objective": "mixture", "recipe": recipe})
     if config.objective == "auto":

@@ -94,7 +94,7 @@ def check_grpo(config: RunConfig) -> None:
                            "train.batch_size")
     if grpo.reward_function:
         reward_function(grpo.reward_function)
-    elif not Path(grpo.reward_model).expanduser().is_dir():
+    elif not Path(grpo.reward_model or "").expanduser().is_dir():  # set: exactly one of the two is (above)
         raise ConfigError("reward model folder not found", file=grpo.reward_model, field="grpo.reward_model")
 
 

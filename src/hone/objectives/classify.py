@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 from rich.console import Console
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -54,11 +55,13 @@ def load_labelled(path: Path, tokenizer, system_prompt: str | None = None) -> tu
     """(labelled texts, the conversations a generating model is asked) of a file: labelled text, or chat
     records whose rendered prompt is the text and whose answer is the label."""
     records = load_records(path)
-    if isinstance(records[0], ChatExample):
-        with_system_prompt(records, system_prompt)
-        return chat_as_labels(records, tokenizer), [r.prompt_messages for r in records]
+    if isinstance(records[0], ChatExample):  # the file's first record says what all are (objectives/checks.py)
+        chats = cast("list[ChatExample]", records)
+        with_system_prompt(chats, system_prompt)
+        return chat_as_labels(chats, tokenizer), [r.prompt_messages for r in chats]
+    labelled = cast("list[LabelExample]", records)
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return records, [head + [{"role": "user", "content": r.text}] for r in records]
+    return labelled, [head + [{"role": "user", "content": r.text}] for r in labelled]
 
 
 def chat_as_labels(records: list[ChatExample], tokenizer) -> list[LabelExample]:
@@ -92,17 +95,19 @@ def run_classify(config: RunConfig, run_dir: Path | None = None, console: Consol
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
     # 1. Data: the label set comes from the training split; other splits may not add labels.
+    assert config.data.train is not None  # objectives/checks.py refuses a run without it
     records = load_records(config.data.train)
     chat = isinstance(records[0], ChatExample)
-    system = config.data.system_prompt or (common_system_prompt(records) if chat else None)
-    train = list(zip(*load_labelled(config.data.train, tokenizer, system)))  # (example, conversation) pairs
+    system = config.data.system_prompt or (common_system_prompt(cast("list[ChatExample]", records)) if chat else None)
+    train_pairs = list(zip(*load_labelled(config.data.train, tokenizer, system)))  # (example, conversation) pairs
     if config.data.validation:
-        validation = list(zip(*load_labelled(config.data.validation, tokenizer, system)))
+        validation_pairs = list(zip(*load_labelled(config.data.validation, tokenizer, system)))
     else:
-        train, validation = hold_out(train, config.data.validation_fraction, config.train.seed)
-    test = list(zip(*load_labelled(config.data.test, tokenizer, system))) if config.data.test else validation
-    asked = [conversation for _, conversation in test]
-    train, validation, test = ([e for e, _ in pairs] for pairs in (train, validation, test))
+        train_pairs, validation_pairs = hold_out(train_pairs, config.data.validation_fraction, config.train.seed)
+    test_pairs = (list(zip(*load_labelled(config.data.test, tokenizer, system))) if config.data.test
+                  else validation_pairs)
+    asked = [conversation for _, conversation in test_pairs]
+    train, validation, test = ([e for e, _ in pairs] for pairs in (train_pairs, validation_pairs, test_pairs))
     labels = sorted({e.label for e in train})
     if len(labels) < 2:
         raise DataError(f"classification needs at least two labels; training data has only {labels}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import cast
 
 from rich.console import Console
 
@@ -33,7 +34,8 @@ from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_res
 
 
 def load_prompts(path: Path, system_prompt: str | None) -> list[ChatExample]:
-    return with_system_prompt(load_records(path), system_prompt)
+    records = cast("list[ChatExample]", load_records(path))  # objectives/checks.py checked the record type
+    return with_system_prompt(records, system_prompt)
 
 
 def reward_function(path: str):
@@ -91,6 +93,7 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     console = console or Console(stderr=True)
     g = config.grpo
     # 1. Prompts (with reference answers) and the reward.
+    assert config.data.train is not None  # objectives/checks.py refuses a run without it
     train = load_prompts(config.data.train, config.data.system_prompt)
     if config.data.validation:
         validation = load_prompts(config.data.validation, config.data.system_prompt)
@@ -103,6 +106,7 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     if g.reward_function:
         reward = reward_function(g.reward_function)
     else:
+        assert g.reward_model is not None  # objectives/checks.py asks for one of the two
         reward = reward_from_model(Path(g.reward_model).expanduser(), start.hw.device, config.data.max_length)
     reward_name = g.reward_function or f"reward model {g.reward_model}"
 
@@ -125,11 +129,14 @@ def run_grpo(config: RunConfig, run_dir: Path | None = None, console: Console | 
     args = trainer_arguments(GRPOConfig, config, start.run_dir, start.hw, False, num_generations=g.num_generations,
                              max_completion_length=g.max_completion_length, temperature=g.temperature,
                              beta=g.beta, generation_batch_size=config.train.batch_size)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=to_dataset(train),
+    # apply_method returns the PreTrainedModel or PeftModel typed as the nn.Module both are
+    trainer = GRPOTrainer(model=model,  # type: ignore[arg-type]
+                          reward_funcs=[reward], args=args, train_dataset=to_dataset(train),
                           processing_class=tokenizer)
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)
 
     # 5. Save, reload, and the tuned model's mean reward on the same prompts.
+    assert trainer.model is not None  # the trainer was given one
     model = trainer.model
     model.eval()
     out = save_artifact(model, tokenizer, start.run_dir, config.method)

@@ -17,6 +17,7 @@ What lands in the run folder:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -78,7 +79,9 @@ class RunResult:
 
     @property
     def forgetting_failed(self) -> bool:
-        return bool(self.forgetting) and not self.forgetting["passed"]
+        if not self.forgetting:
+            return False
+        return not self.forgetting["passed"]
 
     def to_json(self) -> dict:
         """Plain data: the last line of `hone train --json`."""
@@ -113,7 +116,7 @@ def begin_run(config: RunConfig, run_dir: Path | None, console: Console, data: d
     team = ranks()
     if not team.main:
         console = Console(stderr=True, quiet=True)
-    run_dir = team.from_main(Path(run_dir) if resume else (new_run_dir(config) if team.main else None))
+    run_dir = team.from_main(Path(run_dir) if run_dir is not None else (new_run_dir(config) if team.main else None))
     hw = pick_hardware(config.train.precision, config.train.threads)
     if hw.frozen_bf16 and not own_loop:
         hw = replace(hw, frozen_bf16=False, note=f"CPU, {hw.threads} thread(s), fp32 training with bf16 matmuls")
@@ -182,8 +185,8 @@ def save_artifact(model, tokenizer, run_dir: Path, method: MethodSection) -> Pat
     return out
 
 
-def finish_run(start: RunStart, results: dict, train_seconds: float, rows: list[Row] = (),
-               samples: list[dict] = (), forgetting: dict | None = None, lower_is_better: bool = False,
+def finish_run(start: RunStart, results: dict, train_seconds: float, rows: Sequence[Row] = (),
+               samples: Sequence[dict] = (), forgetting: dict | None = None, lower_is_better: bool = False,
                **record_fields) -> RunResult:
     """Record the results (run.json `succeeded`), write the report page, and return the RunResult."""
     config = start.config

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import cast
 
 from rich.console import Console
 
@@ -47,7 +48,9 @@ def load_source(path: Path, system_prompt: str | None) -> list:
     if not isinstance(records[0], (ChatExample, TextExample)):
         raise ConfigError(f"a mixture combines chat data and raw text; this file holds {type(records[0]).__name__} "
                           "records", file=str(path), field="mixture.train")
-    return with_system_prompt(records, system_prompt) if isinstance(records[0], ChatExample) else records
+    if isinstance(records[0], ChatExample):  # then every record is one: objectives/checks.py checked the type
+        return with_system_prompt(cast("list[ChatExample]", records), system_prompt)
+    return records
 
 
 def tokenize(tokenizer, records: list, config: RunConfig) -> list[TokenizedExample]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import torch
 from rich.console import Console
@@ -36,7 +37,7 @@ from hone.training.hf_trainer import run_trainer, trainer_arguments, trainer_res
 
 
 def load_tagged(path: Path) -> list[TagExample]:
-    return load_records(path)
+    return cast("list[TagExample]", load_records(path))  # objectives/checks.py checked the record type
 
 
 def zero_shot_tags(model, tokenizer, sentences: list[list[str]], tags: list[str], batch_size: int) -> list[list[str]]:
@@ -64,15 +65,16 @@ def first_tokens(tokenizer, words: list[str], max_length: int) -> tuple[dict, li
         text += word + " "
         at += len(word) + 1
     encoded = tokenizer(text.rstrip(), truncation=True, max_length=max_length, return_offsets_mapping=True)
-    starts, seen = [], set()
+    starts: list[int | None] = []
+    seen: set[int | None] = set()
     for start, end in encoded.pop("offset_mapping"):
         if end <= start:  # special tokens have empty spans
             starts.append(None)
             continue
         start += len(text[start:end]) - len(text[start:end].lstrip())  # a token may carry the leading space
-        word = next((i for i, (a, b) in enumerate(spans) if a <= start < b), None)
-        starts.append(word if word is not None and word not in seen else None)
-        seen.add(word)
+        index = next((i for i, (a, b) in enumerate(spans) if a <= start < b), None)
+        starts.append(index if index is not None and index not in seen else None)
+        seen.add(index)
     return encoded, starts
 
 
@@ -80,7 +82,7 @@ def encode(tokenizer, examples: list[TagExample], tags: list[str], max_length: i
     from datasets import Dataset
 
     index = {tag: i for i, tag in enumerate(tags)}
-    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    rows: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
     for example in examples:
         encoded, starts = first_tokens(tokenizer, example.tokens, max_length)
         rows["input_ids"].append(encoded["input_ids"])
@@ -114,6 +116,7 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
 
     console = console or Console(stderr=True)
     # 1. Data: the tag set comes from the training split.
+    assert config.data.train is not None  # objectives/checks.py refuses a run without it
     train = load_tagged(config.data.train)
     if config.data.validation:
         validation = load_tagged(config.data.validation)
@@ -142,7 +145,7 @@ def run_ner(config: RunConfig, run_dir: Path | None = None, console: Console | N
         probe = probe_base(start, lm, tokenizer)
         del lm
     elif config.is_set("eval.forgetting") and config.eval.forgetting:
-        raise config.error(f"eval.forgetting needs a model with a language-model head; {base.name} is an encoder",
+        raise config.error(f"eval.forgetting needs a model with a language-model head; {base.spec} is an encoder",
                            "eval.forgetting")
     model = load_head_model(base, "token", tags, start.hw.device, seed=config.train.seed)
     model = apply_method(model, config.method)

@@ -21,6 +21,7 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 GB = 1024 ** 3
 ALLOCATOR_OVERHEAD = 1.6          # CPU: peak RSS growth / activation estimate (measured 1.25-1.75)
@@ -42,7 +43,7 @@ GPUS = {
 }
 
 # Published configs of Llama-architecture models, for planning by size ("7b") without the model.
-REFERENCE_SHAPES = {
+REFERENCE_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "135m": ("SmolLM2-135M", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
                                   tie_word_embeddings=True)),
@@ -111,6 +112,12 @@ def _size_in_parameters(text: str) -> float | None:
     return float(match.group(1)) * (1e6 if match.group(2).lower() == "m" else 1e9)
 
 
+def _reference_size(key: str) -> float:
+    size = _size_in_parameters(key)
+    assert size is not None  # REFERENCE_SHAPES is keyed by sizes
+    return size
+
+
 def model_config(spec: str):
     """(transformers config, description) for a catalogue name, a local folder or a size like 7b."""
     import transformers
@@ -122,10 +129,10 @@ def model_config(spec: str):
         resolved = resolve_model(spec)
         return transformers.AutoConfig.from_pretrained(resolved.path), str(spec)
     # The reference model nearest in size; other sizes scale its number of layers.
-    key = min(REFERENCE_SHAPES, key=lambda k: abs(math.log(_size_in_parameters(k) / size)))
+    key = min(REFERENCE_SHAPES, key=lambda k: abs(math.log(_reference_size(k) / size)))
     name, shape = REFERENCE_SHAPES[key]
     config = transformers.LlamaConfig(**shape)
-    if abs(math.log(_size_in_parameters(key) / size)) > 0.05:
+    if abs(math.log(_reference_size(key) / size)) > 0.05:
         per_layer = _block_parameters(config)
         embedding = config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
         config.num_hidden_layers = max(1, round((size - embedding) / per_layer))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in t
 
 
 def load_pairs(path: Path, system_prompt: str | None, objective: str) -> list[PreferenceExample]:
-    records = load_records(path)
+    records = cast("list[PreferenceExample]", load_records(path))  # objectives/checks.py checked the record type
     if system_prompt:
         for pair in records:
             if not pair.prompt or pair.prompt[0]["role"] != "system":
@@ -113,6 +114,7 @@ def run_preference(config: RunConfig, run_dir: Path | None = None, console: Cons
     console = console or Console(stderr=True)
     objective = config.objective
     # 1. Data: pairs for training, validation (held out when no file is given) and test.
+    assert config.data.train is not None  # objectives/checks.py refuses a run without it
     train = load_pairs(config.data.train, config.data.system_prompt, objective)
     if config.data.validation:
         validation = load_pairs(config.data.validation, config.data.system_prompt, objective)

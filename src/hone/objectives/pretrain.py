@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 from rich.console import Console
 
@@ -51,7 +52,7 @@ def pack_blocks(tokenizer, texts: list[str], block_size: int) -> list[TokenizedE
 
 
 def load_texts(path: Path) -> list[TextExample]:
-    return load_records(path)
+    return cast("list[TextExample]", load_records(path))  # objectives/checks.py checked the record type
 
 
 def perplexity(model, blocks: list[TokenizedExample], micro_batch_size: int, pad_id: int, hw) -> float:
@@ -62,6 +63,7 @@ def run_pretrain(config: RunConfig, run_dir: Path | None = None, console: Consol
     """Continue pre-training the base model on raw text; `run_dir` of an interrupted run resumes it."""
     console = console or Console(stderr=True)
     # 1. Data: documents for training, validation (held out when no file is given) and test.
+    assert config.data.train is not None  # objectives/checks.py refuses a run without it
     train = load_texts(config.data.train)
     if config.data.validation:
         validation = load_texts(config.data.validation)

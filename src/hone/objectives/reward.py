@@ -76,6 +76,7 @@ def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console 
 
     console = console or Console(stderr=True)
     # 1. Data.
+    assert config.data.train is not None  # objectives/checks.py refuses a run without it
     train = load_pairs(config.data.train, config.data.system_prompt, "reward")
     if config.data.validation:
         validation = load_pairs(config.data.validation, config.data.system_prompt, "reward")
@@ -101,7 +102,9 @@ def run_reward(config: RunConfig, run_dir: Path | None = None, console: Console 
 
     # 3. Train with TRL.
     args = trainer_arguments(RewardConfig, config, start.run_dir, start.hw, bool(validation), max_length=length)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=to_dataset(tokenizer, train, length),
+    # apply_method returns the PreTrainedModel or PeftModel typed as the nn.Module both are
+    trainer = RewardTrainer(model=model,  # type: ignore[arg-type]
+                            args=args, train_dataset=to_dataset(tokenizer, train, length),
                             eval_dataset=to_dataset(tokenizer, validation, length) if validation else None,
                             processing_class=tokenizer)
     summary = run_trainer(trainer, start.run_dir, config, start.resume, console)

@@ -73,7 +73,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
         update_record(start.run_dir, system_prompt=common_system_prompt(train))
 
     # 3. The base model, with the attention kernel that is fastest for these lengths.
-    attention = config.train.attention
+    attention: str = config.train.attention
     if attention == "auto":
         attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
     model = load_base(base, config.method, hw.device, attention)  # qlora: NF4 as it loads
@@ -127,6 +127,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if test or probe:
         tuned = load_tuned(base, out, hw.device, attention) if out.name == "adapter" else model
     if test:
+        assert metric is not None  # picked in step 5 whenever there is a test split
         tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
                                       "tuned eval", console)
     forgetting = probe_tuned(start, probe, tuned, tokenizer) if probe else None
