@@ -5,7 +5,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -186,7 +186,7 @@ def methods_list(as_json: bool = typer.Option(False, "--json")):
     from hone.methods import METHODS
     from hone.objectives.registry import OBJECTIVES
 
-    rows = [{"name": m.name, "trains": m.trains, "default_lr": m.default_lr, "saves": m.saves,
+    rows: list[dict[str, Any]] = [{"name": m.name, "trains": m.trains, "default_lr": m.default_lr, "saves": m.saves,
              "objectives": sorted(o.name for o in OBJECTIVES.values() if m.applies(o.head is not None, o.own_loop)),
              "choose_when": m.choose_when} for m in METHODS.values()]
     if as_json:
@@ -253,7 +253,7 @@ def models_catalog(as_json: bool = typer.Option(False, "--json")):
     """Built-in models that work offline."""
     from hone.models.catalogue import CATALOGUE, DEFAULT_MODEL, catalogue_file
 
-    rows = [{"name": e.name, "kind": e.kind, "parameters": e.parameters, "installed": catalogue_file(e) is not None,
+    rows: list[dict[str, Any]] = [{"name": e.name, "kind": e.kind, "parameters": e.parameters, "installed": catalogue_file(e) is not None,
              "default": e.name == DEFAULT_MODEL, "description": e.description} for e in CATALOGUE.values()]
     if as_json:
         print(json.dumps(rows))

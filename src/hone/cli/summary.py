@@ -77,6 +77,7 @@ def print_summary(result: RunResult, console: Console, samples: int | None = Non
     print_recipe(result.record, console)
     hone = hone_command()
     if result.forgetting_failed:
+        assert result.forgetting is not None  # it failed, so it ran
         console.print(f"[bold red]Forgetting check failed[/bold red]: general-skills accuracy fell "
                       f"{result.forgetting['drop']:.1f} points (gate {result.forgetting['gate']:g}). Try a lower "
                       "--lr, --set train.replay=0.2 or --set train.kl_to_base=0.5 (docs/forgetting.md).")
@@ -88,7 +89,7 @@ def print_summary(result: RunResult, console: Console, samples: int | None = Non
                       highlight=False)
 
 
-def _print_samples(result: RunResult, console: Console, samples: int) -> None:
+def _print_samples(result: RunResult, console: Console, samples: int | None) -> None:
     if not result.samples or samples == 0:
         return
     side = Table(title="Test prompts side by side", show_lines=True, header_style="bold")

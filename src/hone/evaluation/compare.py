@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 from rich.console import Console
@@ -104,7 +105,7 @@ class MetricComparison:
     @property
     def significant(self) -> bool:
         """The interval excludes zero."""
-        return bool(self.interval) and (self.interval[0] > 0 or self.interval[1] < 0)
+        return self.interval is not None and (self.interval[0] > 0 or self.interval[1] < 0)
 
 
 def compare_metric(metric: Metric, tuned: np.ndarray, base: np.ndarray | None = None,
@@ -163,6 +164,7 @@ def compare_answers(metrics: list[Metric], primary: str, references: list[str], 
     statistics were computed elsewhere (perplexity): name -> (Metric, tuned rows, base rows or None)."""
     results, items = [], {}
     for metric in metrics:
+        assert metric.statistics is not None  # metrics without them come through `extra`
         tuned = metric.statistics(tuned_answers, references)
         base = metric.statistics(base_answers, references) if base_answers is not None else None
         results.append(compare_metric(metric, tuned, base, seed))
@@ -172,5 +174,6 @@ def compare_answers(metrics: list[Metric], primary: str, references: list[str], 
         items[metric.name] = (metric.item_score(tuned), None if base is None else metric.item_score(base))
     per_item = {name: {"tuned": [float(v) for v in t], "base": None if b is None else [float(v) for v in b]}
                 for name, (t, b) in items.items()}
-    return Comparison(len(per_item[primary]["tuned"]), primary, results, per_item[primary]["tuned"],
+    tuned_items = cast("list[float]", per_item[primary]["tuned"])  # only "base" may be None
+    return Comparison(len(tuned_items), primary, results, tuned_items,
                       per_item[primary]["base"], seed, per_item)

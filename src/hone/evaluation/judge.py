@@ -12,6 +12,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -101,7 +102,7 @@ class JudgeResult:
 
 
 def judge_pairs(chat: Callable[[list[dict]], str], prompts: list[str], base_answers: list[str],
-                tuned_answers: list[str], references: list[str | None] | None = None,
+                tuned_answers: list[str], references: Sequence[str | None] | None = None,
                 model: str = "judge") -> JudgeResult:
     """Judge each (base, tuned) pair in both orders; only an order-independent verdict is a win."""
     judgements = []

@@ -111,7 +111,7 @@ def json_field_accuracy(prediction: str, reference: str) -> float:
     return sum(path in have and have[path] == value for path, value in want.items()) / len(want)
 
 
-def json_schema_check(schema: dict, source: str = "schema") -> Callable[[str, str], float]:
+def json_schema_check(schema: dict, source: str = "schema") -> Callable[..., float]:
     """A per-item metric: 1.0 when the answer holds JSON that validates against `schema`."""
     import jsonschema
 

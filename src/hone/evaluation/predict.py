@@ -40,6 +40,7 @@ class Predictor:
         self.kind = "classifier" if head == "sequence" else "generator"
         self.labels: list[str] = self.record.get("labels", [])
         if self.kind == "classifier":
+            assert run is not None  # a head is recorded by a run
             self.model, self.tokenizer, _ = load_head_run(run, device)
             self.max_length = _run_max_length(run, self.model)
         elif run is not None:

@@ -11,6 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -152,7 +153,8 @@ def forgetting_view(record: dict) -> dict | None:
     probe = record.get("forgetting") or (record.get("results") or {}).get("forgetting")
     if not isinstance(probe, dict):
         return None
-    view = {"raw": {k: v for k, v in probe.items() if k not in ("base", "tuned", "drop", "ci", "gate", "passed")}}
+    view: dict[str, Any] = {
+        "raw": {k: v for k, v in probe.items() if k not in ("base", "tuned", "drop", "ci", "gate", "passed")}}
     for key in ("base", "tuned"):
         value = probe.get(key)
         view[key] = f"{value:.1%}" if isinstance(value, (int, float)) and value <= 1 else value
@@ -224,7 +226,7 @@ def recipe_line(recipe: dict | None) -> str | None:
         return None
     source = recipe.get("source")
     why = (recipe.get("reasons") or {}).get("objective", "")
-    how = {"advised": "advised by hone", "forced": "chosen by the user"}.get(source, source or "not recorded")
+    how = {"advised": "advised by hone", "forced": "chosen by the user"}.get(source or "", source or "not recorded")
     return f"{recipe.get('objective')} + {recipe.get('method')} ({how}{': ' + why if why else ''})"
 
 

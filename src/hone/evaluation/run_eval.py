@@ -176,11 +176,12 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         if name is None:
             continue
         if role == "tuned" and target.classifier:  # the label it scores highest is its answer
+            assert target.run_dir is not None  # a classifier is a run's
             outputs[role] = classifier_outputs(target.run_dir, chats, cases, options.batch_size, hw.device, console)
             continue
         model, tokenizer = load_model(name, run_dir, hw.device)
         torch.manual_seed(options.seed)
-        max_new = options.max_new_tokens or (default_max_new_tokens(tokenizer, chats) if chats else None)
+        max_new = options.max_new_tokens or (default_max_new_tokens(tokenizer, chats) if chats else 0)  # 0: unused
         outputs[role] = {
             "answers": generate_answers(model, tokenizer, chats, max_new, options.batch_size, f"{role} eval",
                                         console) if chats else [],
@@ -208,6 +209,7 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         result.suite = score_suite(str(options.suite), cases, tuned["suite"], base["suite"] if base else None)
     if options.judge_url and chats:
         chat = openai_chat(options.judge_url, options.judge_model or "judge")
+        assert base is not None  # --judge-url needs a base: refused above
         result.judge = judge_pairs(chat, [e.prompt_messages[-1]["content"] for e in chats], base["answers"],
                                    tuned["answers"], references, options.judge_model or "judge")
     result.seconds = time.monotonic() - started

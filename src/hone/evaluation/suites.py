@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 from hone.data.formats import read_jsonl
 from hone.errors import DataError
@@ -36,15 +37,16 @@ class Check:
         return f"{self.kind} {self.value!r}" + (" (any case)" if self.ignore_case else "")
 
     def passes(self, answer: str) -> bool:
+        value = cast(str, self.value)  # a string for every kind but json_schema (the last line)
         if self.kind in ("contains", "not_contains"):
-            found = (self.value.casefold() in answer.casefold()) if self.ignore_case else (self.value in answer)
+            found = (value.casefold() in answer.casefold()) if self.ignore_case else (value in answer)
             return found if self.kind == "contains" else not found
         if self.kind == "regex":
-            return re.search(self.value, answer, re.IGNORECASE if self.ignore_case else 0) is not None
+            return re.search(value, answer, re.IGNORECASE if self.ignore_case else 0) is not None
         if self.kind == "exact":
-            a, b = normalise(answer), normalise(self.value)
+            a, b = normalise(answer), normalise(value)
             return a.casefold() == b.casefold() if self.ignore_case else a == b
-        return bool(json_schema_check(self.value)(answer))
+        return bool(json_schema_check(cast(dict, self.value))(answer))
 
 
 @dataclass

@@ -114,7 +114,9 @@ def unshard_model(model: nn.Module) -> None:
         for group in state._fsdp_param_groups:
             for param in group.fsdp_params:
                 sharded = param.sharded_param
-                full = nn.Parameter(sharded.full_tensor(), requires_grad=sharded.requires_grad)
+                # a DTensor, which FSDPParam types as the Parameter it also is
+                full = nn.Parameter(sharded.full_tensor(),  # type: ignore[attr-defined]
+                                    requires_grad=sharded.requires_grad)
                 param._setattr_on_modules(full)
                 param._post_load_hook_handle.remove()
             for handles in (group._module_to_pre_save_state_dict_hook_handle,

@@ -39,8 +39,11 @@ class Trackers:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            self.sinks.append((lambda values, step: [writer.add_scalar(f"train/{k}", v, step)
-                                                     for k, v in values.items()], writer.close))
+            def scalars(values: dict, step: int) -> None:
+                for k, v in values.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+
+            self.sinks.append((scalars, writer.close))
         if "wandb" in names:
             import wandb
 
