@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 from rich.console import Console
+from rich.progress import TaskID
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from hone import atomic
@@ -90,7 +91,7 @@ class HoneCallback(TrainerCallback):
         self.started = clock()
         self.logged_at = self.started
         self.bar = progress_bar(console)
-        self.task = None
+        self.task: TaskID | None = None
         self.stopped_by_budget = self.stopped_early = False
         self.last: dict = {}
         self.losses_since_validation: list[float] = []
@@ -123,7 +124,8 @@ class HoneCallback(TrainerCallback):
         return budgeted
 
     def on_step_end(self, args, state, control, **kwargs):
-        over = bool(self.time_budget) and self.clock() - self.started >= self.time_budget
+        budget = self.time_budget or 0.0
+        over = bool(budget) and self.clock() - self.started >= budget
         if ranks().from_main(over):  # every process stops at the same step, or one waits forever
             self.stopped_by_budget = True
             control.should_training_stop = True
@@ -180,6 +182,7 @@ class HoneCallback(TrainerCallback):
         done = state.global_step / max(1, state.max_steps)
         if self.time_budget:
             done = max(done, record["elapsed_s"] / self.time_budget)
+        assert self.task is not None  # on_train_begin added it
         self.bar.update(self.task, completed=int(min(1.0, done) * 1000), status=status)
         if not self.console.is_terminal and self.clock() - self.logged_at >= 30:
             self.console.print(f"train {status}", highlight=False, soft_wrap=True)
