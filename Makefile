@@ -27,8 +27,11 @@ demo: install
 
 # Tests run one OpenMP thread each (tests/conftest.py), so one pytest worker per core uses the machine;
 # the serve tests also spend much of their time waiting on subprocesses.
+# Lint and types first (settings in pyproject.toml, choices in docs/decisions.md); mypy caches in .mypy_cache.
 test: install
+	$(VENV)/bin/ruff check src/hone
+	$(PY) -m mypy
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache
