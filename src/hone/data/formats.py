@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from hone.errors import DataError
 BOM = b"\xef\xbb\xbf"
 TEXT_SUFFIXES = (".txt", ".md")
 _DECODER = json.JSONDecoder()
-_SPACE = " \t\r\n"
+_SPACE = re.compile(r"[ \t\r\n]*")  # JSON's white space
 
 
 class Row(NamedTuple):
@@ -185,9 +186,7 @@ def _json_array(text: str, start: int, file: str, top: bool) -> Iterator[Row]:
 
     def skip_space() -> None:
         nonlocal position, line
-        skip = position
-        while skip < n and text[skip] in _SPACE:
-            skip += 1
+        skip = _SPACE.match(text, position).end()
         line += text.count("\n", position, skip)
         position = skip
 
