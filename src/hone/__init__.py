@@ -81,8 +81,10 @@ def check_data(*paths: str | Path, model: str | None = None, max_seq_len: int = 
     """The quality report `hone data check` prints, as a dict: problems by line, duplicates, conflicts, PII,
     lengths, leakage between the files (train first, then validation and test). `model` counts tokens."""
     from hone.data.quality import check_data as check
+    from hone.models.load import counting_tokenizer
 
-    return check([Path(p) for p in paths], model, max_seq_len, format, strict)
+    tokenizer, context = counting_tokenizer(model) if model else (None, None)
+    return check([Path(p) for p in paths], model, max_seq_len, format, strict, tokenizer=tokenizer, context=context)
 
 
 def plan(model: str = "smollm2-135m-instruct", methods: list[str] | None = None, length: int = 512,

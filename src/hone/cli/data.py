@@ -56,10 +56,13 @@ def _check(files, model, no_tokens, max_seq_len, data_format, strict, output, as
     from hone.data.quality import check_data, has_errors
     from hone.data.report import print_report, render_html
     from hone.models.catalogue import DEFAULT_MODEL
+    from hone.models.load import counting_tokenizer
     from hone import atomic
 
     limit = max_seq_len or DataSection().max_length
-    report = check_data(files, None if no_tokens else (model or DEFAULT_MODEL), limit, data_format, strict)
+    name = None if no_tokens else (model or DEFAULT_MODEL)
+    tokenizer, context = counting_tokenizer(name) if name else (None, None)
+    report = check_data(files, name, limit, data_format, strict, tokenizer=tokenizer, context=context)
     first = Path(files[0])
     folder = output or (first.parent if first.is_file() else first.parent)
     stem = (first.stem if first.is_file() else first.name)[:200]  # room for ".check.html" and a temp name

@@ -250,19 +250,12 @@ def measured_throughput(model: str) -> dict | None:
 
 
 def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1024, shape: str | None = None,
-               strict: bool = False, epochs: float = 3, tokenizer=None) -> dict:
+               strict: bool = False, epochs: float = 3, tokenizer=None, context: int | None = None) -> dict:
     """The quality report of one or more files (train first, then validation and test) as a dict.
 
-    `model` None skips tokenizing (no token lengths, no time estimate); `tokenizer` overrides loading.
+    `tokenizer` (models/load.py `counting_tokenizer`) counts tokens: None skips token lengths and the time
+    estimate; `context` is the model's context length; `model` names it for the measured throughput.
     """
-    context = None
-    if model and tokenizer is None:
-        from hone.models.catalogue import resolve_model
-        from hone.models.load import load_tokenizer
-
-        resolved = resolve_model(model)
-        tokenizer = load_tokenizer(resolved)
-        context = model_context(Path(resolved.path))
     near = NearDuplicates()
     cap = CAP_FACTOR * max(max_seq_len, context or 0)
     counter = TokenCounter(tokenizer, max_seq_len, cap) if tokenizer else None
@@ -295,16 +288,6 @@ def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1
     if tokenizer is not None and files[0]["tokens"]:
         report["training"] = _estimate(files[0]["tokens"]["total"], epochs, model)
     return report
-
-
-def model_context(folder: Path) -> int | None:
-    """The model's context length (max_position_embeddings in its config.json), if it says."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = config.get("max_position_embeddings") or config.get("n_positions")
-    return int(value) if isinstance(value, int) else None
 
 
 def _estimate(tokens_per_epoch: int, epochs: float, model: str | None) -> dict:
