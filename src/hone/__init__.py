@@ -49,9 +49,8 @@ def train(config_or_path: RunConfig | str | Path | None = None, *, resume: str |
     from hone import config, objectives
     from hone.registry.runs import find_run
 
-    run_dir = None
-    if resume is not None:
-        run_dir = find_run(resume)
+    run_dir = find_run(resume) if resume is not None else None
+    if run_dir is not None and config_or_path is None:  # the interrupted run's own configuration
         cfg = config.load_config(run_dir / "config.yaml")
     elif isinstance(config_or_path, config.RunConfig):
         cfg = config_or_path
