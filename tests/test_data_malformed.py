@@ -214,3 +214,253 @@ def test_cli_check_without_strict_reports_and_exits_1(tmp_path):
     result = hone("data", "check", str(path), "--no-tokens")
     assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
     assert "invalid_json" in result.stdout and "mixed.jsonl:2" in result.stdout
+
+
+# Hostile files (issue 24): each kind once ended in a traceback, a hang or a silent pass.
+
+def _deep(depth: int, inner=None):
+    value = inner if inner is not None else []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _strict_error(path, **kw) -> str:
+    with pytest.raises(DataError) as caught:
+        load_records(path, strict=True, **kw)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("line,field", [
+    ('{"text": "t", "label": ' + "9" * 5000 + "}", "`label`"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": -'
+     + "1" * 4400 + "}]}", "`messages[1].weight`"),
+])
+def test_integer_over_the_int_string_limit_is_a_located_error(tmp_path, line, field):
+    path = write(tmp_path / "big.jsonl", json.dumps(OK) + "\n" + line + "\n")
+    message = _strict_error(path)
+    assert message.startswith(f"{path}:2: invalid JSON (") and field in message and "write it as a string" in message
+    records, report = load_with_report(path)
+    assert len(records) == 1 and dict(report.counts) == {"invalid_json": 1}
+
+
+def test_integer_over_the_limit_inside_a_csv_json_cell_or_tool_arguments_is_located(tmp_path):
+    cell = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 10 ** 10}])
+    cell = cell.replace(str(10 ** 10), "1" * 5000)
+    csv_path = write(tmp_path / "m.csv", 'messages\n"' + cell.replace('"', '""') + '"\n')
+    assert "m.csv:2: `messages` holds JSON Python cannot read" in _strict_error(csv_path)
+    call = {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                  "function": {"name": "f", "arguments": '{"n": ' + "7" * 5000 + "}"}}]}
+    record = {"messages": [{"role": "user", "content": "q"}, call, {"role": "tool", "tool_call_id": "c", "content": "r"},
+                           {"role": "assistant", "content": "a"}]}
+    path = write(tmp_path / "t.jsonl", json.dumps(record) + "\n")
+    assert "t.jsonl:1: messages[1].tool_calls[0].function.arguments is not valid JSON" in _strict_error(path)
+
+
+@pytest.mark.parametrize("record,words", [
+    ({"messages": "[" * 1000 + "]" * 1000}, "`messages` holds JSON Python cannot read (nested too deeply"),
+    ({**OK, "tools": _deep(600)}, "`tools[0][0]` is nested more than 64 levels deep"),
+    ({"messages": [{"role": "user", "content": "q", "name": _deep(900)}, OK["messages"][1]]},
+     "`messages[0].name` is nested more than 64 levels deep"),
+    ({"text": "t", "label": "x", "meta": _deep(200, {"a": 1})}, "`meta[0][0]` is nested more than 64"),
+])
+def test_deep_nesting_is_a_located_error_not_a_recursion_error(tmp_path, record, words):
+    path = write(tmp_path / "deep.jsonl", json.dumps(record) + "\n")
+    message = _strict_error(path)
+    assert message.startswith(f"{path}:1: ") and words in message
+    _records_or_error(path)
+
+
+def test_deep_nesting_past_the_parser_limit_in_a_json_file_is_located(tmp_path):
+    path = write(tmp_path / "deep.json", '[{"text": "a"},\n' + "[" * 5000 + "]" * 5000 + "]")
+    assert _strict_error(path).startswith(f"{path}:2: invalid JSON (nested too deeply")
+
+
+@pytest.mark.parametrize("line,field", [
+    ('{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]}',
+     "`messages[0].content` holds a lone surrogate ('\\ud800' at character 1)"),
+    ('{"prompt": "ok", "completion": "x\\udfffy"}', "`completion` holds a lone surrogate"),
+    ('{"text": "t", "label": "a", "\\ud83d": 1}', "a key in `the record` holds a lone surrogate"),
+])
+def test_lone_surrogates_are_refused_at_validation(tmp_path, line, field):
+    path = write(tmp_path / "s.jsonl", line + "\n")
+    message = _strict_error(path)
+    assert message.startswith(f"{path}:1: ") and field in message
+    records_or_none = _records_or_error(path)
+    assert not records_or_none
+    pair = write(tmp_path / "pair.jsonl", '{"text": "smile \\ud83d\\ude00"}\n')  # a valid pair is text
+    assert load_records(pair)[0].text == "smile \U0001F600"
+
+
+def test_damaged_parquet_data_page_is_a_data_error_naming_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": [f"record number {i} " * 5 for i in range(5000)]}), path, row_group_size=1000)
+    page = pq.ParquetFile(path).metadata.row_group(2).column(0).data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[page + 30: page + 200] = b"\xab" * 170
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as caught:
+        load_records(path)
+    assert str(caught.value).startswith(f"{path}: damaged Parquet data after row ") and "\n" not in str(caught.value)
+
+
+def test_null_system_content_is_refused_at_validation(tmp_path):
+    system = {"messages": [{"role": "system", "content": None}, *OK["messages"]]}
+    path = write(tmp_path / "sys.jsonl", json.dumps(system) + "\n")
+    assert _strict_error(path) == (f"{path}:1: messages[0].content is null; give the system message text or leave "
+                                   "the message out")
+
+
+def test_a_tool_call_turn_with_null_content_renders_and_trains_its_call(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    from hone.data.render import IGNORE, tokenize_chat
+
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]}
+    tools = {"messages": [{"role": "user", "content": "q"}, call, {"role": "tool", "tool_call_id": "c1", "content": "r"},
+                          {"role": "assistant", "content": "done"}]}
+    record = load_records(write(tmp_path / "tools.jsonl", json.dumps(tools) + "\n"))[0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    example = tokenize_chat(tokenizer, record.messages, 512)
+    trained = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE])
+    assert '"name": "lookup"' in trained and "done" in trained
+
+
+def test_json_array_grammar_is_enforced_with_the_line(tmp_path):
+    cases = {'[{"text": "a"},\n{"text": "b"},\n]': (3, "a trailing comma before ']'"),
+             '[{"text": "a"}]\ngarbage': (2, "text after the closing ']'"),
+             '[{"text": "a"},\n,{"text": "b"}]': (2, "a comma with no value before it"),
+             '[{"text": "a"}\n{"text": "b"}]': (2, "expected ',' or ']' after a value"),
+             '{"train": [{"text": "a"},]}': (1, "invalid JSON")}
+    for i, (text, (line, words)) in enumerate(cases.items()):
+        path = write(tmp_path / f"a{i}.json", text)
+        message = _strict_error(path)
+        assert message.startswith(f"{path}:{line}: invalid JSON") and words in message, message
+    assert [r.text for r in load_records(write(tmp_path / "ok.json", '[ {"text": "a"} ,\n {"text": "b"} ]\n'))] == ["a", "b"]
+
+
+def test_empty_and_blank_files_are_an_error_for_check(tmp_path):
+    from hone.data.quality import check_data
+
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n \n\n"), ("empty.json", "  \n")):
+        path = write(tmp_path / name, text)
+        with pytest.raises(DataError, match="no records: the file is empty or holds only blank lines"):
+            check_data([path], strict=True)
+        result = hone("data", "check", str(path), "--strict", "--no-tokens")
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {path}: no records")
+
+
+def test_a_named_pipe_is_refused_without_hanging(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    # A child process first, so a hang (the old behaviour) fails the test instead of stalling the suite.
+    result = subprocess.run([sys.executable, "-m", "hone.cli", "data", "check", str(fifo), "--no-tokens"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == f"error: {fifo}: not a regular file (a named pipe, socket or " \
+                                                       "device); save the data to a file\n"
+    with pytest.raises(DataError, match="not a regular file"):
+        load_records(fifo)
+
+
+def test_a_file_name_over_255_characters_is_one_line(tmp_path):
+    path = tmp_path / ("x" * 300 + ".jsonl")
+    with pytest.raises(DataError, match="cannot open .*check the path"):
+        load_records(path)
+    result = hone("data", "check", str(path), "--no-tokens")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    long_ok = write(tmp_path / ("y" * 240 + ".jsonl"), json.dumps(OK) + "\n")  # legal name, long report names
+    assert hone("data", "check", str(long_ok), "--no-tokens").returncode == 0
+
+
+def _check_with_tokenizer(tmp_path, tiny_model, records, max_seq_len, strict=False):
+    from transformers import AutoTokenizer
+
+    from hone.data.quality import check_data
+
+    path = write(tmp_path / "long.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    seen = []
+
+    def counting(texts, **kw):
+        seen.extend(len(t) for t in ([texts] if isinstance(texts, str) else texts))
+        return tokenizer(texts, **kw)
+
+    counting.apply_chat_template = tokenizer.apply_chat_template
+    counting.chat_template = tokenizer.chat_template
+    counting.eos_token = tokenizer.eos_token
+    return check_data([path], tokenizer=counting, max_seq_len=max_seq_len, strict=strict), seen, path
+
+
+def test_an_answer_past_max_seq_len_trains_no_token_and_is_reported(tmp_path, tiny_model):
+    from hone.data.quality import has_errors
+    from hone.errors import UserError
+
+    huge = {"messages": [{"role": "user", "content": "word " * 1_000_000}, {"role": "assistant", "content": "ok"}]}
+    report, _seen, path = _check_with_tokenizer(tmp_path, tiny_model, [OK, huge], 64)
+    problems = report["files"][0]["validation"]["problems"]["trains_no_token"]
+    assert [p["line"] for p in problems] == [2] and "this record trains no token" in problems[0]["message"]
+    assert has_errors(report)
+    with pytest.raises(UserError, match=r"long\.jsonl:2: the prompt before the first answer .* trains no token"):
+        _check_with_tokenizer(tmp_path, tiny_model, [OK, huge], 64, strict=True)
+
+
+def test_token_counting_of_a_huge_record_stops_at_a_cap(tmp_path, tiny_model):
+    from hone.data.quality import LONG_TEXT
+    from hone.data.report import findings
+
+    huge = {"text": "many words here " * 500_000}   # 8 MB
+    report, seen, _path = _check_with_tokenizer(tmp_path, tiny_model, [{"text": "short"}, huge], 64)
+    tokens = report["files"][0]["tokens"]
+    assert tokens["over_cap"] == 1 and tokens["over_cap_lines"] == [2] and tokens["max"] == tokens["cap"]
+    assert max(seen) <= LONG_TEXT   # the tokenizer never saw the whole 8 MB
+    assert any(f.title.startswith(f"over {tokens['cap']:,} tokens") for f in findings(report["files"][0]))
+
+
+def test_e_mail_search_is_linear_on_hostile_text(tmp_path):
+    # 400 KB of "x@a-a-a-..." took minutes with the unbounded pattern (quadratic); a child process
+    # with a generous timeout keeps a regression from stalling the suite.
+    code = ("from hone.data.pii import find_pii\n"
+            "for text in ('x@' + 'a-' * 200_000, 'a@' + 'b.' * 200_000, 'q.' * 200_000 + '1'):\n"
+            "    find_pii(text)\n"
+            "print(find_pii('mail ann.lee@example.org now ' + 'a-' * 1000))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "('email', 5, 24)" in result.stdout
+
+
+def test_identical_lines_are_hashed_once_and_grouped(tmp_path, monkeypatch):
+    from datasketch import MinHash
+
+    from hone.data.quality import check_data
+
+    calls = []
+    original = MinHash.update_batch
+    monkeypatch.setattr(MinHash, "update_batch", lambda self, b: (calls.append(1), original(self, b))[1])
+    same = json.dumps(OK) + "\n"
+    path = write(tmp_path / "same.jsonl", same * 20_000 + json.dumps({"messages": [
+        {"role": "user", "content": "a different question"}, {"role": "assistant", "content": "another answer"}]}))
+    entry = check_data([path])["files"][0]
+    assert entry["exact_duplicates"]["groups"] == 1 and entry["exact_duplicates"]["extra_copies"] == 19_999
+    assert entry["exact_duplicates"]["examples"][0][:3] == [1, 2, 3]
+    assert len(calls) == 2   # one MinHash per distinct text, not one per line
+
+
+def test_cli_check_tells_a_crash_from_problems_found(tmp_path):
+    path = write(tmp_path / "ok.jsonl", json.dumps(OK) + "\n")
+    code = ("import runpy, sys\n"
+            "import hone.data.quality as quality\n"
+            "def boom(*args, **kwargs):\n"
+            "    raise RuntimeError('simulated bug')\n"
+            "quality.check_data = boom\n"
+            f"sys.argv = ['hone', 'data', 'check', {str(path)!r}, '--no-tokens']\n"
+            "runpy.run_module('hone.cli', run_name='__main__')\n")
+    crash = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert crash.returncode == 70 and "internal error in hone data check (RuntimeError); this is a bug" in crash.stderr
+    assert hone("data", "check", str(path), "--no-tokens").returncode == 0

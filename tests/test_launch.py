@@ -24,24 +24,24 @@ def test_every_shipped_config_exists_and_the_ddp_one_starts_n_processes_on_cpu()
 def test_hones_loop_takes_fsdp2_and_refuses_fsdp1_and_deepspeed_in_one_line(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
-    check_launch("sft")  # hone's loop shards with FSDP2 itself (training/sharding.py)
+    check_launch("sft", True)  # hone's loop shards with FSDP2 itself (training/sharding.py)
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match="fsdp2 .or ddp. instead of FSDP1"):
-        check_launch("sft")
+        check_launch("sft", True)
     monkeypatch.setattr("hone.launch._has_gpu", lambda: True)
-    check_launch("dpo")  # the Trainer-driven objectives take sharding from accelerate, on GPUs
+    check_launch("dpo", False)  # the Trainer-driven objectives take sharding from accelerate, on GPUs
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="instead of DeepSpeed"):
-        check_launch("pretrain")
-    check_launch("dpo")
+        check_launch("pretrain", True)
+    check_launch("dpo", False)
     monkeypatch.setattr("hone.launch._has_gpu", lambda: False)  # on a CPU host the Trainer would fall back to DDP
     with pytest.raises(ConfigError, match="DeepSpeed does not run on a CPU host"):
-        check_launch("dpo")
+        check_launch("dpo", False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
-    check_launch("mixture", "fsdp2")
+    check_launch("mixture", True, "fsdp2")
     with pytest.raises(ConfigError, match="train.sharding fsdp2 applies to hone's own loop"):
-        check_launch("dpo", "fsdp2")  # a Trainer-driven objective would silently ignore it
+        check_launch("dpo", False, "fsdp2")  # a Trainer-driven objective would silently ignore it
 
 
 def test_accelerate_launch_with_the_ddp_config_matches_one_process(tiny_model, chat_files, tmp_path):

@@ -13,7 +13,7 @@ from hone.objectives.sft import run_sft
 from hone.methods.artifact import load_run_model
 from test_methods import SMALL, TEST_LR, tiny_biased_model  # noqa: F401 (fixture)
 
-SFT_METHODS = [name for name, m in METHODS.items() if "sft" in m.objectives]
+SFT_METHODS = [name for name, m in METHODS.items() if m.applies(head=False, own_loop=True)]
 
 
 @pytest.mark.parametrize("name", SFT_METHODS)

@@ -104,3 +104,38 @@ def test_the_docs_table_is_the_registry_table():
 
     docs = (Path(__file__).parents[1] / "docs" / "objectives.md").read_text(encoding="utf-8")
     assert safeguard_table() in docs
+
+
+def losses_of(run_dir) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_a_classify_run_repeats_its_losses_from_the_same_seed(tiny_model, tmp_path):
+    """The new head's initialisation, the data order and dropout all follow train.seed."""
+    train = write_jsonl(tmp_path / "train.jsonl", label_rows(24))
+    runs = [objectives.run(tiny_run_config(tiny_model, tmp_path / str(k), "classify", train,
+                                           train={"seed": 3, "max_steps": 4, "batch_size": 4, "micro_batch_size": 4},
+                                           eval={"forgetting": False, "base": False}))
+            for k in range(2)]
+    assert losses_of(runs[0].run_dir) == losses_of(runs[1].run_dir) and len(losses_of(runs[0].run_dir)) == 4
+
+
+def test_a_trainer_run_resumed_from_its_checkpoint_repeats_the_uninterrupted_losses(tiny_model, tmp_path):
+    """As after a kill -9 once step 4's checkpoint was written: the Trainer's own checkpoint (weights,
+    optimizer, scheduler, RNG states) and hone's validation watch carry the run on exactly."""
+    import shutil
+
+    train = write_jsonl(tmp_path / "train.jsonl", label_rows(32))
+    config = tiny_run_config(tiny_model, tmp_path, "classify", train,
+                             train={"seed": 5, "max_steps": 6, "batch_size": 4, "micro_batch_size": 4,
+                                    "save_every": 2, "keep_checkpoints": 3, "eval_every": 2},
+                             eval={"forgetting": False, "base": False})
+    whole = objectives.run(config).run_dir
+    killed = tmp_path / "killed"
+    shutil.copytree(whole, killed)
+    shutil.rmtree(killed / "checkpoints" / "checkpoint-6")
+    kept = [line for line in (killed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 4]
+    (killed / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    resumed = objectives.run(config.model_copy(update={"output": killed}), run_dir=killed)
+    assert resumed.steps == 6
+    assert losses_of(killed) == pytest.approx(losses_of(whole), abs=1e-6)

@@ -73,7 +73,7 @@ def database(request, monkeypatch, hone_home):
 
 
 def fake_run(tiny_model, data_file, tmp_path, name, lr, folder):
-    """A run folder written through train/run.py's hooks, as an objective would write it."""
+    """A run folder written through registry/runs.py's hooks, as an objective would write it."""
     cfg = build_config({"name": name, "model": {"name": str(tiny_model)}, "output": str(tmp_path / folder),
                         "data": {"train": str(data_file)}, "train": {"lr": lr}})
     path = new_run_dir(cfg)
@@ -168,14 +168,14 @@ def test_run_folders_from_before_the_registry_are_imported(hone_home, tmp_path):
 
 
 def test_sft_run_is_registered_and_found_by_name(tiny_model, chat_files, tmp_path):
-    from hone.objectives.sft import run_sft
+    from hone.objectives import run
     from hone.registry import get_run
 
     cfg = build_config({"name": "reverser", "model": {"name": str(tiny_model)}, "output": str(tmp_path / "run"),
                         "data": {"train": str(chat_files["train"]), "validation": str(chat_files["validation"]),
                                  "max_length": 64},
                         "train": {"max_steps": 2, "batch_size": 8, "micro_batch_size": 8, "threads": 1}})
-    result = run_sft(cfg)
+    result = run(cfg)  # objective auto: the advice picks sft for this data
     row = get_run("reverser:1")
     assert Path(row.path) == result.run_dir.resolve() and row.status == "succeeded"
     assert row.metrics["steps"] == 2 and "adapter" in row.artifacts and row.objective == "sft"

@@ -49,9 +49,8 @@ def train(config_or_path: RunConfig | str | Path | None = None, *, resume: str |
     from hone import config, objectives
     from hone.registry.runs import find_run
 
-    run_dir = None
-    if resume is not None:
-        run_dir = find_run(resume)
+    run_dir = find_run(resume) if resume is not None else None
+    if run_dir is not None and config_or_path is None:  # the interrupted run's own configuration
         cfg = config.load_config(run_dir / "config.yaml")
     elif isinstance(config_or_path, config.RunConfig):
         cfg = config_or_path
@@ -81,8 +80,10 @@ def check_data(*paths: str | Path, model: str | None = None, max_seq_len: int = 
     """The quality report `hone data check` prints, as a dict: problems by line, duplicates, conflicts, PII,
     lengths, leakage between the files (train first, then validation and test). `model` counts tokens."""
     from hone.data.quality import check_data as check
+    from hone.models.load import counting_tokenizer
 
-    return check([Path(p) for p in paths], model, max_seq_len, format, strict)
+    tokenizer, context = counting_tokenizer(model) if model else (None, None)
+    return check([Path(p) for p in paths], model, max_seq_len, format, strict, tokenizer=tokenizer, context=context)
 
 
 def plan(model: str = "smollm2-135m-instruct", methods: list[str] | None = None, length: int = 512,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hone.errors import UserError
 
 out = Console()
 err = Console(stderr=True)
@@ -26,18 +28,44 @@ def data_check(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the JSON and HTML report (default: beside the first file)"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
 ):
-    """Validate data and report its quality: problems by line, duplicates, conflicts, PII, lengths, leakage."""
+    """Validate data and report its quality: problems by line, duplicates, conflicts, PII, lengths, leakage.
+
+    Exit status: 0 no problems; 1 problems found (records skipped, or records that train no token);
+    2 a fatal problem with the data or the command (one line; with --strict, the first problem);
+    70 an internal error, a bug in hone rather than in the data (please report it with its traceback).
+    """
+    try:
+        problems = _check(files, model, no_tokens, max_seq_len, data_format, strict, output, as_json)
+    except (UserError, typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug: say so, distinctly from "your data has problems" (1) and "bad input" (2)
+        traceback.print_exc()
+        err.file.write(f"error: internal error in hone data check ({type(exc).__name__}); this is a bug in hone, "
+                       "not a problem in your data: please report it with the traceback above\n")
+        raise typer.Exit(INTERNAL_ERROR) from None
+    if problems:
+        raise typer.Exit(1)
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h: distinct from 1 (problems found) and 2 (user error)
+
+
+def _check(files, model, no_tokens, max_seq_len, data_format, strict, output, as_json) -> bool:
+    """Run the check, write and print the report; True when it found problems."""
     from hone.config import DataSection
     from hone.data.quality import check_data, has_errors
     from hone.data.report import print_report, render_html
     from hone.models.catalogue import DEFAULT_MODEL
+    from hone.models.load import counting_tokenizer
     from hone import atomic
 
     limit = max_seq_len or DataSection().max_length
-    report = check_data(files, None if no_tokens else (model or DEFAULT_MODEL), limit, data_format, strict)
+    name = None if no_tokens else (model or DEFAULT_MODEL)
+    tokenizer, context = counting_tokenizer(name) if name else (None, None)
+    report = check_data(files, name, limit, data_format, strict, tokenizer=tokenizer, context=context)
     first = Path(files[0])
     folder = output or (first.parent if first.is_file() else first.parent)
-    stem = first.stem if first.is_file() else first.name
+    stem = (first.stem if first.is_file() else first.name)[:200]  # room for ".check.html" and a temp name
     json_path, html_path = folder / f"{stem}.check.json", folder / f"{stem}.check.html"
     atomic.write_json(json_path, report)
     atomic.write_text(html_path, render_html(report))
@@ -46,8 +74,7 @@ def data_check(
     else:
         print_report(report, out)
         out.print(f"report: {json_path} and {html_path}", highlight=False)
-    if has_errors(report):
-        raise typer.Exit(1)
+    return has_errors(report)
 
 
 @data_app.command("split")

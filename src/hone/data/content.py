@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Iterable
 
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, Record, TagExample, TextExample
@@ -18,7 +18,10 @@ WHERE = ("file", "line", "meta")
 
 def canonical(record: Record) -> str:
     """The record as compact JSON with sorted keys, without file, line and meta."""
-    data = {key: value for key, value in asdict(record).items() if key not in WHERE and value is not None}
+    # The fields as they are: json.dumps walks them itself, and dataclasses.asdict's deep copy took
+    # half of the check's time on 100,000 records.
+    data = {f.name: getattr(record, f.name) for f in fields(record)}
+    data = {key: value for key, value in data.items() if key not in WHERE and value is not None}
     data["type"] = type(record).__name__
     return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
@@ -105,8 +108,10 @@ class Fingerprint:
     def __init__(self):
         self._hash, self.count = hashlib.sha256(), 0
 
-    def add(self, record: Record) -> None:
-        self._hash.update(canonical(record).encode("utf-8") + b"\n")
+    def add(self, record: Record, canonical_text: str | None = None) -> None:
+        """Add one record; pass `canonical_text` when canonical(record) is already at hand."""
+        text = canonical(record) if canonical_text is None else canonical_text
+        self._hash.update(text.encode("utf-8") + b"\n")
         self.count += 1
 
     def hexdigest(self) -> str:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import stat
 import sys
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from hone.data.json_values import BadJSON, raw_decode
 from hone.data.problems import RecordError
 from hone.data.records import ChatExample  # noqa: F401  (re-exported: callers import it from here)
 from hone.data.shapes import check_messages  # noqa: F401  (re-exported)
@@ -20,6 +24,8 @@ from hone.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
 TEXT_SUFFIXES = (".txt", ".md")
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\r\n]*")  # JSON's white space
 
 
 class Row(NamedTuple):
@@ -45,8 +51,7 @@ def file_kind(path: Path) -> str:
 def read_rows(path: Path, notes: list[str] | None = None) -> Iterator[Row]:
     """Every row of a data file or folder; `notes` collects things worth telling (a BOM, a JSON dict)."""
     path = Path(path)
-    if not path.exists():
-        raise DataError("file not found", file=str(path))
+    _check_readable(path)
     notes = notes if notes is not None else []
     kind = file_kind(path)
     if kind == "jsonl":
@@ -61,6 +66,20 @@ def read_rows(path: Path, notes: list[str] | None = None) -> Iterator[Row]:
         yield from _datasets(path)
     else:
         yield from _text(path)
+
+
+def _check_readable(path: Path) -> None:
+    """A regular file or a folder: a missing path, a name the system refuses or a pipe is a one-line error."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError("file not found", file=str(path)) from None
+    except OSError as exc:  # a name over 255 bytes (ENAMETOOLONG), a loop of links, no permission, ...
+        raise DataError(f"cannot open ({exc.strerror or exc}); check the path", file=str(path)) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # Reading a named pipe blocks until something writes to it: refuse it rather than hang.
+        raise DataError("not a regular file (a named pipe, socket or device); save the data to a file",
+                        file=str(path))
 
 
 def _check_start(path: Path, head: bytes, notes: list[str]) -> int:
@@ -93,13 +112,12 @@ def _decode_whole(raw: bytes, file: str) -> str | RecordError:
 
 def _parse_object(text: str, file: str, line: int) -> Row:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return Row(file, line, None, RecordError("invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})",
+        data, end = raw_decode(_DECODER, text, len(text) - len(text.lstrip()))
+    except BadJSON as exc:
+        return Row(file, line, None, RecordError("invalid_json", f"invalid JSON ({exc.msg})", file=file, line=line))
+    if text[end:].strip():
+        return Row(file, line, None, RecordError("invalid_json", f"invalid JSON (extra data at column {end + 1})",
                                                  file=file, line=line))
-    except RecursionError:
-        return Row(file, line, None, RecordError("invalid_json", "invalid JSON (nested too deeply)", file=file,
-                                                 line=line))
     if not isinstance(data, dict):
         kind = {list: "a list", str: "a string"}.get(type(data), "null" if data is None else type(data).__name__)
         return Row(file, line, None, RecordError("data_type", f"expected a JSON object, got {kind}", file=file,
@@ -130,19 +148,17 @@ def _json(path: Path, notes: list[str]) -> Iterator[Row]:
     if isinstance(text, RecordError):
         yield Row(file, text.line, None, text)
         return
-    decoder = json.JSONDecoder()
     start = len(text) - len(text.lstrip())
     if not text.strip():
         return
     if text[start] == "[":
-        yield from _json_array(text, start, file, decoder)
+        yield from _json_array(text, start, file, top=True)
         return
     try:
-        first, end = decoder.raw_decode(text, start)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        line = getattr(exc, "lineno", 1)
-        yield Row(file, line, None, RecordError("invalid_json", f"invalid JSON ({getattr(exc, 'msg', exc)})",
-                                                file=file, line=line))
+        first, end = raw_decode(_DECODER, text, start)
+    except BadJSON as exc:
+        yield Row(file, exc.lineno, None, RecordError("invalid_json", f"invalid JSON ({exc.msg})",
+                                                      file=file, line=exc.lineno))
         return
     if text[end:].strip():  # more values follow: this is JSON Lines with a .json name
         for number, line_text in enumerate(text.splitlines(), start=1):
@@ -155,31 +171,44 @@ def _json(path: Path, notes: list[str]) -> Iterator[Row]:
         notes.append(f"{file}: an object of arrays; read {', '.join(arrays)}")
         for key in arrays:
             at = text.find(f'"{key}"', start)
-            yield from _json_array(text, text.find("[", at), file, decoder)
+            yield from _json_array(text, text.find("[", at), file, top=False)
         return
     yield _parse_object(text, file, text.count("\n", 0, start) + 1)
 
 
-def _json_array(text: str, start: int, file: str, decoder: json.JSONDecoder) -> Iterator[Row]:
-    """Elements of the array at text[start] with the line each begins on."""
+def _json_array(text: str, start: int, file: str, top: bool) -> Iterator[Row]:
+    """Elements of the array at text[start] with the line each begins on.
+
+    The grammar is JSON's own: one comma between elements, none before `]`, and (for a `top` array)
+    nothing but white space after it; the first break of it is an invalid_json row at its line.
+    """
     position, line, n = start + 1, text.count("\n", 0, start) + 1, len(text)
-    while True:
-        skip = position
-        while skip < n and text[skip] in " \t\r\n,":
-            skip += 1
+
+    def skip_space() -> None:
+        nonlocal position, line
+        skip = _SPACE.match(text, position).end()
         line += text.count("\n", position, skip)
         position = skip
+
+    def broken(message: str) -> Row:
+        return Row(file, line, None, RecordError("invalid_json", f"invalid JSON ({message})", file=file, line=line))
+
+    skip_space()
+    if position < n and text[position] == "]":
+        return
+    while True:
+        skip_space()
         if position >= n:
-            yield Row(file, line, None, RecordError("invalid_json", "invalid JSON (the array is never closed)",
-                                                    file=file, line=line))
+            yield broken("the array is never closed")
             return
-        if text[position] == "]":
+        if text[position] in ",]":
+            yield broken("a trailing comma before ']'" if text[position] == "]" else "a comma with no value before it")
             return
         try:
-            value, end = decoder.raw_decode(text, position)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            yield Row(file, line, None, RecordError("invalid_json", f"invalid JSON ({getattr(exc, 'msg', exc)})",
-                                                    file=file, line=getattr(exc, "lineno", line)))
+            value, end = raw_decode(_DECODER, text, position)
+        except BadJSON as exc:
+            yield Row(file, exc.lineno, None, RecordError("invalid_json", f"invalid JSON ({exc.msg})", file=file,
+                                                          line=exc.lineno))
             return
         if isinstance(value, dict):
             yield Row(file, line, value)
@@ -188,7 +217,18 @@ def _json_array(text: str, start: int, file: str, decoder: json.JSONDecoder) -> 
                                                     f"{type(value).__name__}", file=file, line=line))
         line += text.count("\n", position, end)
         position = end
-
+        skip_space()
+        if position < n and text[position] == ",":
+            position += 1
+            continue
+        if position < n and text[position] == "]":
+            position += 1
+            break
+        yield broken("the array is never closed" if position >= n else "expected ',' or ']' after a value")
+        return
+    skip_space()
+    if top and position < n:
+        yield broken("text after the closing ']'")
 
 def _csv(path: Path, delimiter: str, notes: list[str]) -> Iterator[Row]:
     file = str(path)
@@ -228,9 +268,17 @@ def _parquet(path: Path) -> Iterator[Row]:
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DataError(f"not a readable Parquet file ({exc})", file=str(path)) from None
-    row = 0
-    for batch in parquet.iter_batches(batch_size=1024):
+        raise DataError(f"not a readable Parquet file ({' '.join(str(exc).split())})", file=str(path)) from None
+    row, batches = 0, parquet.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # a damaged data page: OSError, ArrowInvalid, ... from deep in pyarrow
+            detail = " ".join(str(exc).split())  # pyarrow's messages span lines; ours is one
+            raise DataError(f"damaged Parquet data after row {row} ({detail}); re-export the file",
+                            file=str(path)) from None
+        if batch is None:
+            return
         for data in batch.to_pylist():
             row += 1
             yield Row(str(path), row, data)

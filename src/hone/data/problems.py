@@ -30,7 +30,9 @@ KINDS = {
     "invalid_tool_call": "a tool call is malformed",
     "chosen_equals_rejected": "preferred and rejected answers are identical",
     "length_mismatch": "`tokens` and `tags` differ in length",
+    "nested_too_deep": "a value is nested more than 64 levels deep",
     "too_long": "longer than the model's context",
+    "trains_no_token": "the prompt fills max_seq_len: truncation leaves no answer token to train",
     "unreadable_file": "the file cannot be read",
 }
 

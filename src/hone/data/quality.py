@@ -21,13 +21,16 @@ from hone.data.content import (Fingerprint, canonical, full_text, input_text, la
 from hone.data.load import iter_records
 from hone.data.neardup import NearDuplicates
 from hone.data.pii import KINDS as PII_KINDS, find_pii
-from hone.data.problems import Problem, ValidationReport
+from hone.data.problems import Problem, RecordError, ValidationReport
 from hone.data.records import ChatExample, PreferenceExample
 from hone.errors import DataError
 
 LISTED = 20          # line numbers listed per finding; the counts are always complete
 SHORT_OUTPUT = 3     # an answer of at most this many characters is "very short"
 TOKEN_BATCH = 256
+LONG_TEXT = 32_768          # characters: longer texts are tokenized in chunks of this size, up to the cap
+MAX_CHARS_PER_TOKEN = 64    # no tokenizer packs more characters than this into a token on average
+CAP_FACTOR = 4              # token counts stop at 4 x the longer of max_seq_len and the model's context
 
 
 @dataclass
@@ -44,41 +47,92 @@ class FileScan:
     short: list = field(default_factory=list)
     short_count: int = 0
     pii: dict = field(default_factory=lambda: {kind: [0, []] for kind in PII_KINDS})
+    over_cap: list = field(default_factory=list)                 # lines counted only up to the cap
     fingerprint: str = ""
 
 
 class TokenCounter:
-    """Token lengths with the model's tokenizer, in batches (a batch call is ~10x faster than one by one)."""
+    """Token lengths with the model's tokenizer, in batches (a batch call is ~10x faster than one by one).
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.pending, self.out = tokenizer, [], None
+    Counting is capped: a text of more than LONG_TEXT characters is tokenized a chunk at a time and
+    only until `cap` tokens are reached (one 50 MB record peaked at 7.2 GiB and took 87 s tokenized
+    whole), and is recorded as `cap` tokens with its line in `over_cap`. A chat record longer than
+    `max_seq_len` is also checked for a prompt so long that truncation leaves no answer token to train.
+    """
 
-    def add(self, item, out: array) -> None:
-        self.out = out
-        if isinstance(item, list):
-            from hone.data.render import render
+    def __init__(self, tokenizer, max_seq_len: int, cap: int):
+        self.tokenizer, self.max_seq_len, self.cap = tokenizer, max_seq_len, cap
+        self.pending: list[tuple[str, list | None, int]] = []
+        self.scan: FileScan | None = None
+        self.strict = False
 
-            item = render(self.tokenizer, item)
-        self.pending.append(item)
+    def start(self, scan: FileScan, strict: bool) -> None:
+        self.scan, self.strict = scan, strict
+
+    def add(self, item, line: int) -> None:
+        messages = item if isinstance(item, list) else None
+        text = self._render(messages) if messages is not None else item
+        self.pending.append((text, messages, line))
         if len(self.pending) >= TOKEN_BATCH:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            ids = self.tokenizer(self.pending, add_special_tokens=False)["input_ids"]
-            self.out.extend(len(x) for x in ids)
-            self.pending = []
+        if not self.pending:
+            return
+        short = [text for text, _messages, _line in self.pending if len(text) <= LONG_TEXT]
+        ids = self.tokenizer(short, add_special_tokens=False)["input_ids"] if short else []
+        counts = iter(len(x) for x in ids)
+        for text, messages, line in self.pending:
+            n = next(counts) if len(text) <= LONG_TEXT else self.count(text, self.cap)
+            if n >= self.cap and len(text) > LONG_TEXT:
+                self.scan.over_cap.append(line)
+            self.scan.tokens.append(min(n, self.cap))
+            if messages is not None and n > self.max_seq_len:
+                self._check_answer_fits(messages, line)
+        self.pending = []
+
+    def count(self, text: str, limit: int) -> int:
+        """Tokens in `text`, counted a chunk at a time and no further than `limit` (then `limit`)."""
+        total = 0
+        for start in range(0, len(text), LONG_TEXT):
+            if total >= limit or start >= limit * MAX_CHARS_PER_TOKEN:
+                return limit  # past what any tokenizer packs into `limit` tokens
+            total += len(self.tokenizer(text[start:start + LONG_TEXT], add_special_tokens=False)["input_ids"])
+        return min(total, limit)
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        from hone.data.render import render
+
+        return render(self.tokenizer, messages, add_generation_prompt)
+
+    def _check_answer_fits(self, messages: list[dict], line: int) -> None:
+        """A record whose first trained answer starts after `max_seq_len` tokens trains nothing."""
+        first = next((i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1)), None)
+        if first is None:
+            return
+        prompt = self.count(self._render(messages[:first], add_generation_prompt=True), self.max_seq_len)
+        if prompt < self.max_seq_len:
+            return
+        message = (f"the prompt before the first answer is {self.max_seq_len:,} tokens or more, so truncated to "
+                   f"max_seq_len {self.max_seq_len:,} this record trains no token; shorten the prompt or raise "
+                   "data.max_length (--max-seq-len)")
+        if self.strict:
+            raise RecordError("trains_no_token", message, file=self.scan.path, line=line, field="messages")
+        self.scan.report.add(Problem("trains_no_token", message, self.scan.path, line, "messages"))
 
 
 def scan_file(path: Path, shape: str | None, strict: bool, near: NearDuplicates, counter: TokenCounter | None) -> FileScan:
     """One streaming pass: validate, hash, count, tokenize, feed the near-duplicate index."""
     scan = FileScan(str(path), ValidationReport())
     fingerprint = Fingerprint()
+    if counter:
+        counter.start(scan, strict)
     for record in iter_records(path, shape, strict, scan.report):
         line = record.line or 0
         scan.lines.append(line)
-        fingerprint.add(record)
-        scan.full.append(short_hash(canonical(record)))
+        whole = canonical(record)
+        fingerprint.add(record, whole)
+        scan.full.append(short_hash(whole))
         scan.inputs.append(short_hash(input_text(record)))
         answer = output_text(record)
         scan.outputs.append(short_hash(answer) if answer is not None else 0)
@@ -96,9 +150,11 @@ def scan_file(path: Path, shape: str | None, strict: bool, near: NearDuplicates,
                     entry[1].append(line)
         near.add(full_text(record))
         if counter:
-            counter.add(training_text(record), scan.tokens)
+            counter.add(training_text(record), line)
     if counter:
         counter.flush()
+    if not scan.report.records:
+        raise DataError("no records: the file is empty or holds only blank lines", file=str(path))
     scan.fingerprint = fingerprint.hexdigest()
     return scan
 
@@ -126,7 +182,8 @@ def _conflicts(scan: FileScan) -> dict:
             "examples": [lines[g[:LISTED]].tolist() for g in groups[:LISTED]]}
 
 
-def _token_stats(tokens: np.ndarray, max_seq_len: int, context: int | None) -> dict:
+def _token_stats(tokens: np.ndarray, max_seq_len: int, context: int | None, cap: int, over_cap: list) -> dict:
+    """Length statistics; a record counted only up to `cap` tokens (its line in `over_cap`) counts as `cap`."""
     if not len(tokens):
         return {}
     q = np.percentile(tokens, [10, 50, 90, 99])
@@ -134,7 +191,7 @@ def _token_stats(tokens: np.ndarray, max_seq_len: int, context: int | None) -> d
             "p90": int(q[2]), "p99": int(q[3]), "max": int(tokens.max()), "total": int(tokens.sum()),
             "max_seq_len": max_seq_len, "truncated": int((tokens > max_seq_len).sum()),
             "context": context, "over_context": int((tokens > context).sum()) if context else 0,
-            "histogram": _histogram(tokens)}
+            "cap": cap, "over_cap": len(over_cap), "over_cap_lines": over_cap[:LISTED], "histogram": _histogram(tokens)}
 
 
 def _histogram(tokens: np.ndarray, bins: int = 20) -> dict:
@@ -193,21 +250,16 @@ def measured_throughput(model: str) -> dict | None:
 
 
 def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1024, shape: str | None = None,
-               strict: bool = False, epochs: float = 3, tokenizer=None) -> dict:
+               strict: bool = False, epochs: float = 3, tokenizer=None, context: int | None = None) -> dict:
     """The quality report of one or more files (train first, then validation and test) as a dict.
 
-    `model` None skips tokenizing (no token lengths, no time estimate); `tokenizer` overrides loading.
+    `tokenizer` (models/load.py `counting_tokenizer`) counts tokens: None skips token lengths and the time
+    estimate; `context` is the model's context length; `model` names it for the measured throughput.
     """
-    context = None
-    if model and tokenizer is None:
-        from hone.models.catalogue import resolve_model
-        from hone.models.load import load_tokenizer
-
-        resolved = resolve_model(model)
-        tokenizer = load_tokenizer(resolved)
-        context = model_context(Path(resolved.path))
     near = NearDuplicates()
-    scans = [scan_file(Path(p), shape, strict, near, TokenCounter(tokenizer) if tokenizer else None) for p in paths]
+    cap = CAP_FACTOR * max(max_seq_len, context or 0)
+    counter = TokenCounter(tokenizer, max_seq_len, cap) if tokenizer else None
+    scans = [scan_file(Path(p), shape, strict, near, counter) for p in paths]
     groups = near.groups()
     near.close()
     offsets = np.cumsum([0] + [len(s.lines) for s in scans]).tolist()
@@ -221,8 +273,9 @@ def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1
         if context:
             for line, n in zip(scan.lines, scan.tokens):
                 if n > context:
-                    scan.report.add(Problem("too_long", f"{n} tokens, longer than the model's context of {context}",
-                                            scan.path, line))
+                    size = f"over {n:,}" if n >= cap else f"{n:,}"
+                    scan.report.add(Problem("too_long", f"{size} tokens, longer than the model's context of "
+                                            f"{context:,}", scan.path, line))
         files.append({
             "file": scan.path, "shape": scan.report.shape, "records": scan.report.records,
             "valid": scan.report.valid, "fingerprint": scan.fingerprint, "validation": scan.report.as_dict(),
@@ -230,21 +283,11 @@ def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1
             "conflicts": _conflicts(scan), "labels": _label_balance(scan.labels),
             "short_outputs": {"count": scan.short_count, "lines": scan.short, "max_chars": SHORT_OUTPUT},
             "pii": {kind: {"count": n, "lines": lines_} for kind, (n, lines_) in scan.pii.items() if n},
-            "tokens": _token_stats(tokens, max_seq_len, context) if tokenizer else {}})
+            "tokens": _token_stats(tokens, max_seq_len, context, cap, scan.over_cap) if tokenizer else {}})
     report = {"model": model, "files": files, "leakage": _leakage(scans, groups, offsets)}
     if tokenizer is not None and files[0]["tokens"]:
         report["training"] = _estimate(files[0]["tokens"]["total"], epochs, model)
     return report
-
-
-def model_context(folder: Path) -> int | None:
-    """The model's context length (max_position_embeddings in its config.json), if it says."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = config.get("max_position_embeddings") or config.get("n_positions")
-    return int(value) if isinstance(value, int) else None
 
 
 def _estimate(tokens_per_epoch: int, epochs: float, model: str | None) -> dict:
@@ -256,7 +299,8 @@ def _estimate(tokens_per_epoch: int, epochs: float, model: str | None) -> dict:
 
 
 def has_errors(report: dict) -> bool:
-    return any(f["validation"]["skipped"] for f in report["files"])
+    """Records were skipped, or kept records cannot train (too_long alone is a warning)."""
+    return any(f["validation"]["skipped"] or set(f["validation"]["counts"]) - {"too_long"} for f in report["files"])
 
 
 def require_records(report: dict) -> None:

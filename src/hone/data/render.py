@@ -8,6 +8,7 @@ The end-of-turn token is trained too, or the tuned model never stops (TRL #2059,
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -30,8 +31,28 @@ class TokenizedExample:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    """The conversation as the model's chat template writes it."""
+    knows_tools = "tool_calls" in (tokenizer.chat_template or "")
+    clean = [_for_template(m, knows_tools) for m in messages]
     return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _for_template(message: dict, knows_tools: bool) -> dict:
+    """A message a template can render: text content, never null.
+
+    transformers drops a null `content` before rendering, so templates that read `message['content']`
+    (SmolLM2's does) fail with jinja2's UndefinedError on an OpenAI tool-call turn. On a template that
+    does not know `tool_calls`, the calls are written into the text as JSON, so they are trained and
+    seen rather than silently dropped.
+    """
+    clean = {k: v for k, v in message.items() if k != "weight"}
+    content = clean.get("content") or ""
+    calls = clean.get("tool_calls")
+    if calls and not knows_tools:
+        written = json.dumps([c.get("function", c) if isinstance(c, dict) else c for c in calls], ensure_ascii=False)
+        content = f"{content}\n{written}" if content else written
+    clean["content"] = content
+    return clean
 
 
 def trained_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:

@@ -56,6 +56,9 @@ def findings(entry: dict) -> list[Finding]:
     if tokens.get("truncated"):
         out.append(Finding("warn", f"longer than max_seq_len {tokens['max_seq_len']} (truncated in training)",
                            tokens["truncated"], ""))
+    if tokens.get("over_cap"):
+        out.append(Finding("warn", f"over {tokens['cap']:,} tokens (counted no further)", tokens["over_cap"],
+                           _lines(tokens["over_cap_lines"])))
     labels = entry["labels"]
     if labels and labels["imbalance"] >= 3:
         out.append(Finding("warn", "label imbalance (commonest / rarest)", labels["classes"],
@@ -75,6 +78,11 @@ def leakage_findings(report: dict) -> list[Finding]:
             if pair[key]:
                 out.append(Finding("error", f"leakage {a} -> {b}: {title}", pair[key], f"{b} {_lines(pair[lines])}"))
     return out
+
+
+def _longest(tokens: dict) -> str:
+    """The longest record's tokens: "over N" when counting stopped at the cap."""
+    return f"over {tokens['cap']:,}" if tokens.get("over_cap") else str(tokens["max"])
 
 
 def format_seconds(seconds: float) -> str:
@@ -111,7 +119,7 @@ def print_report(report: dict, console) -> None:
                 f"shape {entry['shape'] or '?'}")
         console.print(head)
         if tokens:
-            console.print(f"  tokens: median {tokens['median']}, p90 {tokens['p90']}, max {tokens['max']} "
+            console.print(f"  tokens: median {tokens['median']}, p90 {tokens['p90']}, max {_longest(tokens)} "
                           f"(min {tokens['min']}); {tokens['total']:,} in all", highlight=False)
         if entry["labels"]:
             shown = ", ".join(f"{k} {v}" for k, v in list(entry["labels"]["labels"].items())[:8])
@@ -175,7 +183,7 @@ def render_html(report: dict) -> str:
         tokens = entry["tokens"]
         if tokens:
             parts.append(f"<p>Tokens per example: min {tokens['min']}, median {tokens['median']}, "
-                         f"p90 {tokens['p90']}, p99 {tokens['p99']}, max {tokens['max']}; {tokens['truncated']:,} "
+                         f"p90 {tokens['p90']}, p99 {tokens['p99']}, max {_longest(tokens)}; {tokens['truncated']:,} "
                          f"longer than max_seq_len {tokens['max_seq_len']}.</p>{_svg_histogram(tokens['histogram'])}")
         if entry["labels"]:
             parts.append("<table><tr><th>label</th><th>records</th></tr>" + "".join(

@@ -7,8 +7,7 @@ tool calls, text-part content, `weight` 0/1 on assistant turns) and nothing loos
 """
 from __future__ import annotations
 
-import json
-
+from hone.data.json_values import BadJSON, check_value, loads
 from hone.data.problems import RecordError
 from hone.data.records import (ChatExample, LabelExample, PreferenceExample, Record, TagExample,
                                TextExample)
@@ -78,13 +77,24 @@ class Checker:
         value = record.get(key)
         if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
+                value = loads(value)
+            except BadJSON as exc:
+                if exc.over_limit:  # JSON, but too deep or with a huge integer: not just a string
+                    raise self.fail("invalid_json", f"`{where}` holds JSON Python cannot read ({exc.msg})",
+                                    where) from None
+            else:
+                self.values(value, where)
         if not isinstance(value, kind):
             raise self.fail("wrong_type", f"`{where}` must be a {'list' if kind is list else 'object'}, "
                             f"got {_type(value)}", where)
         return value
+
+    def values(self, value, where: str = "") -> None:
+        """Refuse a value nested too deeply or text with a lone surrogate (json_values.check_value)."""
+        found = check_value(value, where)
+        if found:
+            kind, field, message = found
+            raise self.fail(kind, message, field or None)
 
 
 def _type(value) -> str:
@@ -120,9 +130,9 @@ def _tool_calls(check: Checker, calls, where: str) -> None:
             raise check.fail("invalid_tool_call", f"{at}.function.arguments must be a JSON string, got "
                              f"{_type(arguments)}", f"{at}.function.arguments")
         try:
-            json.loads(arguments)
-        except json.JSONDecodeError:
-            raise check.fail("invalid_tool_call", f"{at}.function.arguments is not valid JSON",
+            loads(arguments)
+        except BadJSON as exc:
+            raise check.fail("invalid_tool_call", f"{at}.function.arguments is not valid JSON ({exc.msg})",
                              f"{at}.function.arguments") from None
 
 
@@ -151,9 +161,14 @@ def check_message_list(check: Checker, messages, where: str = "messages", need_a
         if "content" not in message and not (role == "assistant" and calls):
             raise check.fail("message_missing_key", f"{at} has no `content`", f"{at}.content")
         content = _content_text(check, message.get("content"), at)
+        if content is None and role == "system":
+            raise check.fail("missing_content", f"{at}.content is null; give the system message text or leave "
+                             "the message out", f"{at}.content")
         if not (content and content.strip()) and role != "system" and not (role == "assistant" and calls):
             raise check.fail("missing_content", f"{at}.content is {'null' if content is None else 'empty'}",
                              f"{at}.content")
+        if "name" in message and not isinstance(message["name"], str):
+            raise check.fail("wrong_type", f"{at}.name must be a string, got {_type(message['name'])}", f"{at}.name")
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise check.fail("message_missing_key", f"{at} is a tool result without a `tool_call_id`",
                              f"{at}.tool_call_id")
@@ -271,6 +286,7 @@ def to_record(record: dict, shape: str, file: str, line: int | None) -> Record:
     check = Checker(file, line)
     if is_empty(record):
         raise check.fail("empty_record", "record is empty")
+    check.values(record)
     if shape == "chat":
         if "weight" in record:
             raise check.fail("invalid_weight", "example-level `weight`: put weight 0/1 on assistant messages", "weight")

@@ -124,7 +124,7 @@ def choice_logprobs(model, encoded: list[tuple[list[int], list[list[int]]]], pad
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         rows = [(row, k) for row, i in enumerate(chunk) for k in range(len(encoded[i][1]))]
         owner = torch.tensor([row for row, _ in rows], device=device)
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_select_indices(owner)
         answers = [encoded[chunk[row]][1][k] for row, k in rows]
         longest = max(len(a) for a in answers)
@@ -136,7 +136,7 @@ def choice_logprobs(model, encoded: list[tuple[list[int], list[list[int]]]], pad
         answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
         positions = mask.sum(-1)[owner].unsqueeze(1) + torch.arange(longest, device=device)
         logits = model(input_ids=answer_ids, attention_mask=torch.cat([mask[owner], answer_mask], dim=1),
-                       position_ids=positions, past_key_values=cache, use_cache=True).logits
+                       position_ids=positions, cache=cache, use_cache=True).logits
         rest = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, answer_ids[:, 1:].unsqueeze(2)).squeeze(2)
         totals = first[owner, answer_ids[:, 0]] + (rest * answer_mask[:, 1:]).sum(dim=1)
         for (row, _k), total in zip(rows, totals.tolist()):

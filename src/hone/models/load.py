@@ -1,7 +1,9 @@
 """Load a base model and its tokenizer from whatever `resolve_model` found."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -72,3 +74,19 @@ def merged_copy(peft_model):
     fresh.generation_config = merged.generation_config
     device = next(merged.parameters()).device
     return fresh.to(device).eval()
+
+
+def model_context(folder: Path) -> int | None:
+    """The model's context length (max_position_embeddings in its config.json), if it says."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings") or config.get("n_positions")
+    return int(value) if isinstance(value, int) else None
+
+
+def counting_tokenizer(model: str):
+    """(tokenizer, context length) of a model, for counting the tokens of data before training."""
+    resolved = resolve_model(model)
+    return load_tokenizer(resolved), model_context(Path(resolved.path))

@@ -2,7 +2,7 @@
 
 inference.py (part B) serves what this resolves. `tuned` is the job's run folder: its adapter/ (LoRA
 by default, loaded onto a shared base) or model/ (full fine-tuning) is the tuned artifact, and
-hone.training.run.tuned_model_folder(run) turns it into a plain model folder when one is needed.
+hone.methods.artifact.tuned_model_folder(run) turns it into a plain model folder when one is needed.
 """
 from __future__ import annotations
 

@@ -104,9 +104,9 @@ class Worker:
             beat.run_dir = Path(config.output)
             resume = (beat.run_dir / "run.json").is_file()
             self.set_running(job, token, resume, beat)
-            from hone.objectives import run
+            import hone  # the front door, as `hone train` and scripts call it
 
-            run(config, run_dir=beat.run_dir if resume else None, console=Console(stderr=True))
+            hone.train(config, resume=beat.run_dir if resume else None, console=Console(stderr=True))
             beat.stop()
             beat.sync_progress()
             self.succeed(job, token, beat.run_dir)

@@ -54,7 +54,7 @@ def _shared_prefix_cache(base, ids: torch.Tensor, prefix: int):
     from transformers.cache_utils import DynamicCache
 
     cache = DynamicCache(config=base.config)
-    base.get_decoder()(input_ids=ids[:1, :prefix], past_key_values=cache, use_cache=True)
+    base.get_decoder()(input_ids=ids[:1, :prefix], cache=cache, use_cache=True)
     cache.batch_repeat_interleave(ids.shape[0])
     return cache
 
@@ -81,7 +81,9 @@ def logits_on_trained(model, batch: dict, keep: torch.Tensor, head_only: bool = 
     else:
         prefix = 0
     inputs: dict[str, Any] = {"input_ids": ids[:, prefix:], "attention_mask": batch.get("attention_mask"),
-              "position_ids": batch.get("position_ids"), "past_key_values": cache, "use_cache": cache is not None}
+                              "position_ids": batch.get("position_ids"), "use_cache": cache is not None}
+    if cache is not None:  # transformers 5.25 names it `cache` (past_key_values warns at every forward)
+        inputs["cache"] = cache
     keep = keep[:, prefix:]
     if head_only and _head_only_on_trained(model, base):
         # Route through the (possibly peft-wrapped) model's modules: LoRA layers live inside them.
