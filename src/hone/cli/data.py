@@ -52,12 +52,12 @@ INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h: distinct from 1 (problems foun
 
 def _check(files, model, no_tokens, max_seq_len, data_format, strict, output, as_json) -> bool:
     """Run the check, write and print the report; True when it found problems."""
+    from hone import atomic
     from hone.config import DataSection
     from hone.data.quality import check_data, has_errors
     from hone.data.report import print_report, render_html
     from hone.models.catalogue import DEFAULT_MODEL
     from hone.models.load import counting_tokenizer
-    from hone import atomic
 
     limit = max_seq_len or DataSection().max_length
     name = None if no_tokens else (model or DEFAULT_MODEL)

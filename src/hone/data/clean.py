@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hone import atomic
 from hone.data.content import canonical, full_text, short_hash
-from hone.data.load import iter_records
+from hone.data.load import iter_records, iter_records_with_raw
 from hone.data.neardup import NearDuplicates
 from hone.data.pii import redact
 from hone.data.problems import ValidationReport
@@ -68,7 +68,7 @@ def clean_file(path: Path, output: Path | None = None, dedup: bool = True, near:
 
         report.listener = lambda problem: note({"file": problem.file, "line": problem.line,
                                                 "action": "dropped_invalid", "reason": problem.message})
-        for i, (record, raw) in enumerate(iter_records(path, shape, False, report, with_raw=True)):
+        for i, (record, raw) in enumerate(iter_records_with_raw(path, shape, False, report)):
             where = {"file": record.file, "line": record.line or None}
             key = short_hash(canonical(record))
             if dedup and key in seen:

@@ -119,7 +119,8 @@ def _parse_object(text: str, file: str, line: int) -> Row:
         return Row(file, line, None, RecordError("invalid_json", f"invalid JSON (extra data at column {end + 1})",
                                                  file=file, line=line))
     if not isinstance(data, dict):
-        kind = {list: "a list", str: "a string"}.get(type(data), "null" if data is None else type(data).__name__)
+        kinds: dict[type, str] = {list: "a list", str: "a string"}
+        kind = kinds.get(type(data), "null" if data is None else type(data).__name__)
         return Row(file, line, None, RecordError("data_type", f"expected a JSON object, got {kind}", file=file,
                                                  line=line))
     return Row(file, line, data)
@@ -186,7 +187,9 @@ def _json_array(text: str, start: int, file: str, top: bool) -> Iterator[Row]:
 
     def skip_space() -> None:
         nonlocal position, line
-        skip = _SPACE.match(text, position).end()
+        space = _SPACE.match(text, position)
+        assert space is not None  # `*`: matches, if only the empty string
+        skip = space.end()
         line += text.count("\n", position, skip)
         position = skip
 
@@ -338,4 +341,5 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     for row in _jsonl(Path(path), []) if Path(path).is_file() else read_rows(path):
         if row.error:
             raise row.error
-        yield row.line, row.data
+        assert row.data is not None  # a row holds data or the error that replaced it
+        yield row.line or 0, row.data

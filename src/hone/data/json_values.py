@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from typing import Any
 
 MAX_DEPTH = 64      # real records (OpenAI tool schemas included) nest under 20 levels
 INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
@@ -101,7 +102,8 @@ def check_value(value, path: str = "") -> tuple[str, str, str] | None:
 
 
 def _is_clean(value) -> bool:
-    search, stack = _SURROGATE.search, [([value], -1)]  # wrapped, so a bare string is checked too
+    search = _SURROGATE.search
+    stack: list[tuple[Any, int]] = [([value], -1)]  # wrapped, so a bare string is checked too
     while stack:
         item, depth = stack.pop()
         if depth >= MAX_DEPTH:

@@ -27,11 +27,15 @@ def check_shape_name(shape: str | None) -> str | None:
 
 
 def iter_records(path: Path, shape: str | None = None, strict: bool = False,
-                 report: ValidationReport | None = None, with_raw: bool = False) -> Iterator[Record]:
-    """Stream the valid records of one file or folder; problems go into `report` (or raise if strict).
+                 report: ValidationReport | None = None) -> Iterator[Record]:
+    """Stream the valid records of one file or folder; problems go into `report` (or raise if strict)."""
+    for record, _ in iter_records_with_raw(path, shape, strict, report):
+        yield record
 
-    `with_raw` yields (record, raw row) pairs, for writers that keep the user's own shape.
-    """
+
+def iter_records_with_raw(path: Path, shape: str | None = None, strict: bool = False,
+                          report: ValidationReport | None = None) -> Iterator[tuple[Record, dict]]:
+    """(record, raw row) pairs, for writers that keep the user's own shape."""
     check_shape_name(shape)
     report = report if report is not None else ValidationReport()
     report.files.append(str(path))
@@ -41,6 +45,7 @@ def iter_records(path: Path, shape: str | None = None, strict: bool = False,
         try:
             if row.error:
                 raise row.error
+            assert row.data is not None  # read_rows gives data or an error
             if is_empty(row.data):
                 raise RecordError("empty_record", "record is empty", file=row.file, line=row.line)
             found = shape or detect_shape(row.data)
@@ -60,11 +65,12 @@ def iter_records(path: Path, shape: str | None = None, strict: bool = False,
             report.add(Problem.from_error(exc))
             continue
         report.valid += 1
-        yield (record, row.data) if with_raw else record
+        yield record, row.data
     report.shape = file_shape
 
 
-def load_with_report(path: Path, shape: str | None = None, strict: bool = False) -> tuple[list[Record], ValidationReport]:
+def load_with_report(path: Path, shape: str | None = None,
+                     strict: bool = False) -> tuple[list[Record], ValidationReport]:
     """All valid records of a file and the report of what was skipped; no valid record is an error."""
     report = ValidationReport()
     records = list(iter_records(path, shape, strict, report))
@@ -92,9 +98,9 @@ def load_chat_records(path: Path, shape: str | None = None, strict: bool = False
     first = records[0]
     if isinstance(first, PreferenceExample):
         return [ChatExample(r.prompt + [{"role": "assistant", "content": r.chosen}], r.file, r.line)
-                for r in records]
+                for r in records if isinstance(r, PreferenceExample)]
     if not isinstance(first, ChatExample):
         kind = type(first).__name__
         raise DataError(f"these are {kind} records, not chat or instruction data; SFT needs a user "
                         "prompt and an assistant answer", file=str(path))
-    return records
+    return [r for r in records if isinstance(r, ChatExample)]

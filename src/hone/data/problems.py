@@ -7,6 +7,7 @@ missing_content, example_missing_assistant_message), so users coming from there 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hone.errors import DataError
@@ -79,7 +80,7 @@ class ValidationReport:
     examples: dict[str, list[Problem]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     keep: int = 20              # problems kept per kind; the rest are only counted
-    listener: object = None     # called with every problem (cleaning logs each one)
+    listener: Callable[[Problem], None] | None = None  # called with every problem (cleaning logs each one)
 
     def add(self, problem: Problem) -> None:
         if self.listener:

@@ -16,8 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from hone.data.content import (Fingerprint, canonical, full_text, input_text, label_of, output_text, short_hash,
-                               text_fields, training_text)
+from hone.data.content import (
+    Fingerprint,
+    canonical,
+    full_text,
+    input_text,
+    label_of,
+    output_text,
+    short_hash,
+    text_fields,
+    training_text,
+)
 from hone.data.load import iter_records
 from hone.data.neardup import NearDuplicates
 from hone.data.pii import KINDS as PII_KINDS, find_pii
@@ -63,7 +72,7 @@ class TokenCounter:
     def __init__(self, tokenizer, max_seq_len: int, cap: int):
         self.tokenizer, self.max_seq_len, self.cap = tokenizer, max_seq_len, cap
         self.pending: list[tuple[str, list | None, int]] = []
-        self.scan: FileScan | None = None
+        self.scan = FileScan("", ValidationReport())  # replaced by start() for each file
         self.strict = False
 
     def start(self, scan: FileScan, strict: bool) -> None:
@@ -121,7 +130,8 @@ class TokenCounter:
         self.scan.report.add(Problem("trains_no_token", message, self.scan.path, line, "messages"))
 
 
-def scan_file(path: Path, shape: str | None, strict: bool, near: NearDuplicates, counter: TokenCounter | None) -> FileScan:
+def scan_file(path: Path, shape: str | None, strict: bool, near: NearDuplicates,
+              counter: TokenCounter | None) -> FileScan:
     """One streaming pass: validate, hash, count, tokenize, feed the near-duplicate index."""
     scan = FileScan(str(path), ValidationReport())
     fingerprint = Fingerprint()
@@ -263,7 +273,7 @@ def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1
     groups = near.groups()
     near.close()
     offsets = np.cumsum([0] + [len(s.lines) for s in scans]).tolist()
-    files = []
+    files: list[dict] = []
     for i, scan in enumerate(scans):
         lines, full = np.frombuffer(scan.lines, np.int64), np.frombuffer(scan.full, np.uint64)
         exact = _duplicate_groups(full)
@@ -284,7 +294,7 @@ def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1
             "short_outputs": {"count": scan.short_count, "lines": scan.short, "max_chars": SHORT_OUTPUT},
             "pii": {kind: {"count": n, "lines": lines_} for kind, (n, lines_) in scan.pii.items() if n},
             "tokens": _token_stats(tokens, max_seq_len, context, cap, scan.over_cap) if tokenizer else {}})
-    report = {"model": model, "files": files, "leakage": _leakage(scans, groups, offsets)}
+    report: dict = {"model": model, "files": files, "leakage": _leakage(scans, groups, offsets)}
     if tokenizer is not None and files[0]["tokens"]:
         report["training"] = _estimate(files[0]["tokens"]["total"], epochs, model)
     return report

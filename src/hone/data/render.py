@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 from hone.data.records import ChatExample
-
 from hone.errors import DataError
 
 IGNORE = -100

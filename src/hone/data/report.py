@@ -45,7 +45,8 @@ def findings(entry: dict) -> list[Finding]:
     if near["groups"]:
         out.append(Finding("warn", "near-duplicates (extra copies)", near["extra_copies"], _groups(near["examples"])))
     if conflicts["inputs"]:
-        out.append(Finding("warn", "same input, conflicting outputs", conflicts["inputs"], _groups(conflicts["examples"])))
+        out.append(Finding("warn", "same input, conflicting outputs", conflicts["inputs"],
+                           _groups(conflicts["examples"])))
     short = entry["short_outputs"]
     if short["count"]:
         out.append(Finding("warn", f"empty or very short outputs (<= {short['max_chars']} chars)", short["count"],
@@ -171,7 +172,8 @@ def render_html(report: dict) -> str:
         parts.append(f"<p>Token counts with the tokenizer of <code>{e(report['model'])}</code>.</p>")
     for entry in report["files"]:
         parts.append(f"<h2>{e(entry['file'])}</h2><p>{entry['valid']:,} valid of {entry['records']:,} records; "
-                     f"shape <code>{e(str(entry['shape']))}</code>; fingerprint <code>{entry['fingerprint'][:16]}</code></p>")
+                     f"shape <code>{e(str(entry['shape']))}</code>; "
+                     f"fingerprint <code>{entry['fingerprint'][:16]}</code></p>")
         rows = findings(entry)
         if rows:
             parts.append("<table><tr><th></th><th>finding</th><th>count</th><th>where</th></tr>")

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from hone.data.json_values import BadJSON, check_value, loads
 from hone.data.problems import RecordError
-from hone.data.records import (ChatExample, LabelExample, PreferenceExample, Record, TagExample,
-                               TextExample)
+from hone.data.records import ChatExample, LabelExample, PreferenceExample, Record, TagExample, TextExample
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
@@ -98,8 +97,8 @@ class Checker:
 
 
 def _type(value) -> str:
-    return "null" if value is None else {dict: "object", list: "list", str: "string"}.get(type(value),
-                                                                                         type(value).__name__)
+    names: dict[type, str] = {dict: "object", list: "list", str: "string"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _content_text(check: Checker, content, where: str):
@@ -235,7 +234,7 @@ def _preference(check: Checker, record: dict) -> PreferenceExample:
     else:
         messages = [{"role": "user", "content": check.string(record, "prompt")}]
     return PreferenceExample(messages, _answer(check, chosen, "chosen"), _answer(check, rejected, "rejected"),
-                             check.file, check.line)
+                             check.file, check.line or 0)
 
 
 def _openai_preference(check: Checker, record: dict) -> PreferenceExample:
@@ -247,7 +246,7 @@ def _openai_preference(check: Checker, record: dict) -> PreferenceExample:
         if len(output) != 1 or not isinstance(output[0], dict) or output[0].get("role") != "assistant":
             raise check.fail("wrong_type", f"`{key}` must hold exactly one assistant message", key)
         answers.append(check.string(output[0], "content", f"{key}[0].content"))
-    return PreferenceExample(messages, answers[0], answers[1], check.file, check.line)
+    return PreferenceExample(messages, answers[0], answers[1], check.file, check.line or 0)
 
 
 def _label(check: Checker, record: dict) -> LabelExample:
@@ -260,7 +259,7 @@ def _label(check: Checker, record: dict) -> LabelExample:
         raise check.fail("wrong_type", f"`label` must be a string or an integer, got {_type(label)}", "label")
     if not text_label.strip():
         raise check.fail("missing_content", "`label` is empty", "label")
-    return LabelExample(check.string(record, "text"), text_label, check.file, check.line)
+    return LabelExample(check.string(record, "text"), text_label, check.file, check.line or 0)
 
 
 def _tags(check: Checker, record: dict) -> TagExample:
@@ -274,7 +273,7 @@ def _tags(check: Checker, record: dict) -> TagExample:
                 raise check.fail("wrong_type", f"{name}[{i}] must be a string, got {_type(value)}", f"{name}[{i}]")
     if len(tokens) != len(tags):
         raise check.fail("length_mismatch", f"`tokens` has {len(tokens)} items but `{key}` has {len(tags)}", key)
-    return TagExample([str(t) for t in tokens], [str(t) for t in tags], check.file, check.line)
+    return TagExample([str(t) for t in tokens], [str(t) for t in tags], check.file, check.line or 0)
 
 
 def is_empty(record: dict) -> bool:

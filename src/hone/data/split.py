@@ -20,7 +20,7 @@ import numpy as np
 
 from hone import atomic
 from hone.data.content import Fingerprint, full_text, label_of
-from hone.data.load import iter_records
+from hone.data.load import iter_records, iter_records_with_raw
 from hone.data.neardup import NearDuplicates
 from hone.data.problems import ValidationReport
 from hone.errors import DataError, UserError
@@ -50,7 +50,8 @@ def parse_sizes(text: str) -> tuple[float, float, float]:
     if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0 or values[0] == 0:
         raise UserError(f"--sizes expects three non-negative shares like 80/10/10 (train > 0), got {text!r}")
     total = sum(values)
-    return tuple(v / total for v in values)
+    train, validation, test = (v / total for v in values)
+    return train, validation, test
 
 
 def assign_groups(groups: np.ndarray, labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> np.ndarray:
@@ -119,7 +120,7 @@ def split_dataset(path: Path, out_dir: Path | None = None, sizes: tuple[float, f
     label_counts: dict[str, dict[str, int]] = {name: {} for name in targets}
     with ExitStack() as stack:
         handles = {name: stack.enter_context(atomic.writer(target)) for name, target in targets.items()}
-        for i, (record, raw) in enumerate(iter_records(path, shape, False, ValidationReport(), with_raw=True)):
+        for i, (record, raw) in enumerate(iter_records_with_raw(path, shape, False, ValidationReport())):
             name = NAMES[assignment[i]]
             handles[name].write(json.dumps(raw, ensure_ascii=False, default=str) + "\n")
             prints[name].add(record)
