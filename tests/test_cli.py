@@ -45,3 +45,14 @@ def test_hub_id_offline_names_local_models(monkeypatch):
 def test_minilm_resolves_to_the_wheel_folder():
     resolved = resolve_model("minilm-l6")
     assert (resolved.path / "config.json").is_file() and resolved.kind == "encoder"
+
+
+def test_a_damaged_gguf_is_one_error_naming_the_file(tmp_path):
+    """The conversion runs in a child process; its failure comes back as one line, and no folder is left."""
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"not a gguf" * 100)
+    with pytest.raises(ModelNotFound, match=r"model\.gguf: could not convert .*GGUF magic"):
+        resolve_model(str(bad))
+    from hone.home import models_dir
+
+    assert not list(models_dir().glob("model-*"))  # no half-converted folder
