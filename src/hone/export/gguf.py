@@ -164,6 +164,9 @@ def verify_gguf(job: ExportJob, folder: Path) -> Verification:
     """The file's metadata checked, then its weights loaded back by transformers' GGUF loader and compared."""
     from transformers import AutoModelForCausalLM
 
+    from hone.models.load import quiet_transformers
+
+    quiet_transformers()  # its per-tensor dequantising bar would cut through hone's own status line
     path = gguf_file(folder)
     checks = metadata_checks(path, job.model.config, job.tokenizer)
     with job.console.status(f"  loading {path.name} back with transformers' GGUF loader (dequantised to fp32)"):

@@ -141,7 +141,7 @@ def export_manifest(job: ExportJob, folder: Path, files: list[Path], verificatio
 
 def record_export(run: Path, target: Path, manifest: dict) -> None:
     """Add (or replace, for the same folder) the export in run.json's `exports` list."""
-    main = next((f for f in manifest["files"] if f["path"] in manifest["main_files"]), manifest["files"][0])
+    main = next((f for f in manifest["files"] if f["path"] == manifest["main_files"][0]), manifest["files"][0])
     entry = {"format": manifest["format"], "quant": manifest["quant"], "path": str(target.resolve()),
              "file": main["path"], "bytes": sum(f["bytes"] for f in manifest["files"]), "sha256": main["sha256"],
              "verification": {k: manifest["verification"][k] for k in ("runtime", "max_logit_delta", "greedy_same",
