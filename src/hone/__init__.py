@@ -102,11 +102,10 @@ def export(run: str | Path, format: str = "gguf", quant: str | None = None, outp
     FORMATS`), `quant` one of the format's (default its first), into `output` (default RUN/exports/FORMAT-QUANT).
     The artifact is loaded back and compared with the run's own model on `prompts` prompts of its test split
     before it is put in place; a mismatch raises hone.export.ExportRejected."""
-    from rich.console import Console
+    from hone.export.run import export as export_a_run
 
-    from hone.export import export_run
-
-    return export_run(run, format, quant, output, force, prompts, console=console or Console(stderr=True))
+    # Once hone/export/ is imported, `hone.export` names that package; it answers this same call (its __init__).
+    return export_a_run(run, format, quant, output, force=force, prompts=prompts, console=console)
 
 
 def __getattr__(name: str):

@@ -91,8 +91,8 @@ def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or
         check = entry.get("verification") or {}
         table.add_row(f"export {entry['format']} {entry['quant']}",
                       f"{entry['path']}  {entry['bytes'] / 1e6:,.1f} MB  sha256 {entry['sha256'][:16]}…  "
-                      f"max |Δlogit| {check.get('max_logit_delta', float('nan')):.3g}, greedy same "
-                      f"{check.get('greedy_same', '?')}/{check.get('prompts', '?')}")
+                      f"max |Δlogit| {check.get('max_logit_delta', float('nan')):.3g}, greedy answers agree "
+                      f"{check.get('greedy_agree', '?')}/{check.get('prompts', '?')}")
     table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in (row["libraries"] or {}).items()))
     out.print(table)
 

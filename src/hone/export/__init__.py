@@ -8,7 +8,21 @@
     ollama.py     `ollama`: the GGUF and a Modelfile whose TEMPLATE is proved against the chat template
     gotemplate.py the small Go-template evaluator that proof runs on
 """
-from hone.export.formats import FORMATS, Format, Quant
-from hone.export.run import ExportRejected, ExportResult, export_run
+import sys
+import types
 
-__all__ = ["FORMATS", "ExportRejected", "ExportResult", "Format", "Quant", "export_run"]
+from hone.export.formats import FORMATS, Format, Quant
+from hone.export.run import ExportRejected, ExportResult, export, export_run
+
+__all__ = ["FORMATS", "ExportRejected", "ExportResult", "Format", "Quant", "export", "export_run"]
+
+
+class _CallableStage(types.ModuleType):
+    """Importing this package sets `hone.export` to the package, hiding the front door's `hone.export(...)`
+    function of the same name; so the package answers the same call with the same function."""
+
+    def __call__(self, *args, **kwargs) -> ExportResult:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableStage

@@ -51,6 +51,12 @@ class ExportResult:
         return {"run": str(self.run), "folder": str(self.folder), **self.manifest}
 
 
+def export(run: str | Path, format: str = "gguf", quant: str | None = None, output: str | Path | None = None, *,
+           force: bool = False, prompts: int = PROMPTS, console: Console | None = None) -> ExportResult:
+    """`hone.export(...)`: the front door's signature over export_run."""
+    return export_run(run, format, quant, output, force, prompts, console)
+
+
 def export_run(ref: str | Path, format: str = "gguf", quant: str | None = None, output: str | Path | None = None,
                force: bool = False, prompts: int = PROMPTS, console: Console | None = None) -> ExportResult:
     """Export the run `ref` (folder, id, NAME:VERSION, NAME@TAG or 'latest') as `format`/`quant`."""
@@ -144,8 +150,8 @@ def record_export(run: Path, target: Path, manifest: dict) -> None:
     main = next((f for f in manifest["files"] if f["path"] == manifest["main_files"][0]), manifest["files"][0])
     entry = {"format": manifest["format"], "quant": manifest["quant"], "path": str(target.resolve()),
              "file": main["path"], "bytes": sum(f["bytes"] for f in manifest["files"]), "sha256": main["sha256"],
-             "verification": {k: manifest["verification"][k] for k in ("runtime", "max_logit_delta", "greedy_same",
-                                                                       "prompts", "tolerance", "passed")},
+             "verification": {k: manifest["verification"][k] for k in ("runtime", "max_logit_delta", "greedy_agree",
+                                                                       "near_ties", "prompts", "tolerance", "passed")},
              "created_at": manifest["created_at"]}
     exports = [e for e in read_record(run).get("exports", []) if e.get("path") != entry["path"]]
     update_record(run, exports=exports + [entry])
