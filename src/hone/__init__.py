@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from hone.config import RunConfig
     from hone.evaluation.predict import Predictor
     from hone.evaluation.run_eval import EvalResult
-    from hone.export import ExportResult
+    from hone.exporting import ExportResult
     from hone.objectives.lifecycle import RunResult
     from hone.objectives.plan import Plan
 
@@ -98,14 +98,15 @@ def plan(model: str = "smollm2-135m-instruct", methods: list[str] | None = None,
 
 def export(run: str | Path, format: str = "gguf", quant: str | None = None, output: str | Path | None = None, *,
            force: bool = False, prompts: int = 8, console=None) -> ExportResult:
-    """Export a finished run as `hone export` does: `format` hf, peft, gguf, ollama or gguf-lora (`hone.export.
-    FORMATS`), `quant` one of the format's (default its first), into `output` (default RUN/exports/FORMAT-QUANT).
-    The artifact is loaded back and compared with the run's own model on `prompts` prompts of its test split
-    before it is put in place; a mismatch raises hone.export.ExportRejected."""
-    from hone.export.run import export as export_a_run
+    """Export a finished run as `hone export` does: `format` hf, peft, gguf, ollama or gguf-lora (the table is
+    `hone.exporting.FORMATS`), `quant` one of the format's (default its first), into `output` (default
+    RUN/exports/FORMAT-QUANT). The artifact is loaded back and compared with the run's own model on `prompts`
+    prompts of its test split before it is put in place; a mismatch raises hone.exporting.ExportRejected."""
+    from rich.console import Console
 
-    # Once hone/export/ is imported, `hone.export` names that package; it answers this same call (its __init__).
-    return export_a_run(run, format, quant, output, force=force, prompts=prompts, console=console)
+    from hone.exporting import export_run
+
+    return export_run(run, format, quant, output, force, prompts, console=console or Console(stderr=True))
 
 
 def __getattr__(name: str):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from hone.export.job import ExportJob
-from hone.export.verify import Verification, compare_model, tokenizer_checks
+from hone.exporting.job import ExportJob
+from hone.exporting.verify import Verification, compare_model, tokenizer_checks
 from hone.version import __version__
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}

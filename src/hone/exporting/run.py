@@ -20,10 +20,10 @@ from rich.console import Console
 from hone import atomic
 from hone.config import load_config
 from hone.errors import UserError
-from hone.export.formats import Format, Quant, pick_format, why_not
-from hone.export.gguf import CONVERTER, tool_missing
-from hone.export.job import ExportJob
-from hone.export.verify import PROMPTS, Verification, check_prompts, print_verification, reference_outputs
+from hone.exporting.formats import Format, Quant, pick_format, why_not
+from hone.exporting.gguf import CONVERTER, tool_missing
+from hone.exporting.job import ExportJob
+from hone.exporting.verify import PROMPTS, Verification, check_prompts, print_verification, reference_outputs
 from hone.methods.artifact import is_tuned_artifact, load_run_model, read_method
 from hone.registry.fingerprint import file_sha256, folder_files
 from hone.registry.runs import find_run, read_record, update_record
@@ -49,12 +49,6 @@ class ExportResult:
 
     def to_json(self) -> dict:
         return {"run": str(self.run), "folder": str(self.folder), **self.manifest}
-
-
-def export(run: str | Path, format: str = "gguf", quant: str | None = None, output: str | Path | None = None, *,
-           force: bool = False, prompts: int = PROMPTS, console: Console | None = None) -> ExportResult:
-    """`hone.export(...)`: the front door's signature over export_run."""
-    return export_run(run, format, quant, output, force, prompts, console)
 
 
 def export_run(ref: str | Path, format: str = "gguf", quant: str | None = None, output: str | Path | None = None,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from hone.data.render import render
 from hone.errors import UserError
-from hone.export import gotemplate
-from hone.export.gguf import gguf_file, verify_gguf, write_gguf
-from hone.export.job import ExportJob
-from hone.export.verify import Verification
+from hone.exporting import gotemplate
+from hone.exporting.gguf import gguf_file, verify_gguf, write_gguf
+from hone.exporting.job import ExportJob
+from hone.exporting.verify import Verification
 
 ROLES = ("system", "user", "assistant")
 MARK = "HONEMARK{}Q"                  # marker contents: plain letters and digits survive every template

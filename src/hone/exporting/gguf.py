@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from hone.errors import UserError
-from hone.export.hf import save_model_folder
-from hone.export.job import ExportJob
-from hone.export.verify import NEW_TOKENS, POSITIONS, Verification, compare, compare_model
+from hone.exporting.hf import save_model_folder
+from hone.exporting.job import ExportJob
+from hone.exporting.verify import NEW_TOKENS, POSITIONS, Verification, compare, compare_model
 
 CONVERTER = Path(sys.prefix) / "hone-tools" / "gguf-convert" / "convert_hf_to_gguf.py"
 LLAMACPP_TOOLS = Path(sys.prefix) / "hone-tools" / "llama.cpp"   # convert_lora_to_gguf.py, conversion/, gguf-py/

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from hone.errors import UserError
-from hone.export import gguf, hf, ollama
-from hone.export.job import ExportJob
-from hone.export.verify import Verification
+from hone.exporting import gguf, hf, ollama
+from hone.exporting.job import ExportJob
+from hone.exporting.verify import Verification
 from hone.methods.registry import METHODS
 
 # What a method leaves behind decides where it can go (every name in methods/registry.py is in one group).

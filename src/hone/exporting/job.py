@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from hone.export.verify import Reference
+from hone.exporting.verify import Reference
 
 if TYPE_CHECKING:
-    from hone.export.formats import Format, Quant
+    from hone.exporting.formats import Format, Quant
 
 
 @dataclass
