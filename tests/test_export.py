@@ -199,6 +199,15 @@ def test_bad_requests_are_one_line_errors_naming_run_format_and_quant(lora_run, 
     with pytest.raises(UserError, match="unfinished has no trained model to export \\(status: running\\)"):
         hone.export(unfinished, "gguf")
 
+    classifier = tmp_path / "classifier"
+    (classifier / "adapter").mkdir(parents=True)
+    (classifier / "config.yaml").write_text("name: classifier\n")
+    (classifier / "run.json").write_text(json.dumps({"status": "succeeded", "head": "sequence"}))
+    (classifier / "adapter" / "hone_method.json").write_text(json.dumps({"method": "lora", "saved": "peft",
+                                                                          "settings": {"name": "lora"}}))
+    with pytest.raises(UserError, match="classifier .* with a sequence head answers with labels"):
+        hone.export(classifier, "hf")
+
 
 @pytest.mark.skipif(gguf_module.tool_missing("llamacpp") is None, reason="llama.cpp is built here")
 def test_k_quants_and_lora_gguf_name_the_llamacpp_extra_when_it_is_absent(lora_run, tmp_path):

@@ -95,9 +95,10 @@ def pick_format(name: str, quant: str | None) -> tuple[Format, Quant]:
 
 def why_not(fmt: Format, quant: Quant, method: str, head: str | None = None) -> str | None:
     """Why a run trained with `method` cannot be exported as `fmt`/`quant` (one line), or None when it can."""
-    if head and fmt.name != "peft":
-        return (f"a run with a {head} head is a classifier or tagger, not a language model that generates: "
-                "export --format peft (its trained tensors and head, loaded by hone)")
+    if head:
+        return (f"a run with a {head} head answers with labels or tags, not generated text, and hone export "
+                "takes runs that generate; its adapter/ folder is what `hone chat`, `hone generate` and "
+                "`hone serve` load")
     if method in VIRTUAL and method not in fmt.methods:
         return (f"{method} learns virtual tokens fed in front of every prompt; they cannot be merged into the "
                 f"weights and {fmt.runtime} has no place for them: export --format hf (the base model with the "
