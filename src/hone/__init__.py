@@ -9,6 +9,7 @@ The front door: what the `hone` command does, callable from Python (docs/python.
     hone.Predictor(result.run_dir).chat([{"role": "user", "content": "..."}])
     hone.check_data("orders.jsonl")                                 # -> the quality report
     hone.plan(model="smollm2-135m-instruct", methods=["lora", "full"])
+    hone.export(result.run_dir, format="gguf", quant="q8_0")        # -> verified artifact + export.json
 
 Imports are deferred to the call: `import hone` stays fast for the CLI and for scripts that only
 read a config (torch and transformers load when a function first needs them).
@@ -20,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from hone.version import __version__
 
-__all__ = ["Predictor", "RunConfig", "RunResult", "check_data", "evaluate", "load_config", "plan", "train",
+__all__ = ["Predictor", "RunConfig", "RunResult", "check_data", "evaluate", "export", "load_config", "plan", "train",
            "__version__"]
 
 if TYPE_CHECKING:
     from hone.config import RunConfig
     from hone.evaluation.predict import Predictor
     from hone.evaluation.run_eval import EvalResult
+    from hone.exporting import ExportResult
     from hone.objectives.lifecycle import RunResult
     from hone.objectives.plan import Plan
 
@@ -92,6 +94,19 @@ def plan(model: str = "smollm2-135m-instruct", methods: list[str] | None = None,
     from hone.objectives.plan import make_plan
 
     return make_plan(model, methods, length, batch, examples, gpu, threads)
+
+
+def export(run: str | Path, format: str = "gguf", quant: str | None = None, output: str | Path | None = None, *,
+           force: bool = False, prompts: int = 8, console=None) -> ExportResult:
+    """Export a finished run as `hone export` does: `format` hf, peft, gguf, ollama or gguf-lora (the table is
+    `hone.exporting.FORMATS`), `quant` one of the format's (default its first), into `output` (default
+    RUN/exports/FORMAT-QUANT). The artifact is loaded back and compared with the run's own model on `prompts`
+    prompts of its test split before it is put in place; a mismatch raises hone.exporting.ExportRejected."""
+    from rich.console import Console
+
+    from hone.exporting import export_run
+
+    return export_run(run, format, quant, output, force, prompts, console=console or Console(stderr=True))
 
 
 def __getattr__(name: str):

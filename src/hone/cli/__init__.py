@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hone.cli.data import data_app
+from hone.cli.export import export_command
 from hone.cli.plan import plan_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
@@ -31,6 +32,7 @@ app.command("worker")(worker_command)
 out = Console()
 err = Console(stderr=True)
 app.command("plan")(plan_command)
+app.command("export")(export_command)
 
 
 @app.callback()

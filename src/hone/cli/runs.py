@@ -83,8 +83,16 @@ def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or
     for key, value in metrics.items():
         if not isinstance(value, list) and key != "recipe":
             table.add_row(f"metrics.{key}", _fmt(value))
-    for key, value in (row["artifacts"] or {}).items():
+    artifacts = dict(row["artifacts"] or {})
+    exports = artifacts.pop("exports", [])
+    for key, value in artifacts.items():
         table.add_row(f"artifacts.{key}", _fmt(value))
+    for entry in exports:  # hone export: each artifact with its size, hash and how it compared with the run
+        check = entry.get("verification") or {}
+        table.add_row(f"export {entry['format']} {entry['quant']}",
+                      f"{entry['path']}  {entry['bytes'] / 1e6:,.1f} MB  sha256 {entry['sha256'][:16]}…  "
+                      f"max |Δlogit| {check.get('max_logit_delta', float('nan')):.3g}, greedy answers agree "
+                      f"{check.get('greedy_agree', '?')}/{check.get('prompts', '?')}")
     table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in (row["libraries"] or {}).items()))
     out.print(table)
 

@@ -74,7 +74,7 @@ class Run(Base):
     method: Mapped[Optional[str]] = mapped_column(String(40))
     objective: Mapped[Optional[str]] = mapped_column(String(40))
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
-    artifacts: Mapped[dict] = mapped_column(JSON, default=dict)     # name -> {path, bytes}
+    artifacts: Mapped[dict] = mapped_column(JSON, default=dict)     # name -> {path, bytes}; "exports": [...]
     parent_id: Mapped[Optional[str]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     hone_version: Mapped[Optional[str]] = mapped_column(String(40))
     libraries: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -235,7 +235,7 @@ def sync_run(path: Path, record: dict) -> Run:
             if key in record:
                 metrics[key] = record[key]
         row.metrics = metrics
-        row.artifacts = _artifacts(path)
+        row.artifacts = _artifacts(path) | ({"exports": record["exports"]} if record.get("exports") else {})
         row.updated_at = _now()
         if row.status in FINISHED and row.finished_at is None:
             row.finished_at = row.updated_at
