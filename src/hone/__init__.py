@@ -16,10 +16,16 @@ read a config (torch and transformers load when a function first needs them).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hone.version import __version__
+
+# bitsandbytes (through `kernels` 0.19) warns on every import, when the hub is offline as hone's users
+# usually are, that it skips a publisher check for a kernel hone never downloads; it also broke the
+# one-line errors of every command on a fresh install.
+logging.getLogger("kernels").setLevel(logging.ERROR)
 
 __all__ = ["Predictor", "RunConfig", "RunResult", "check_data", "evaluate", "export", "load_config", "plan", "train",
            "__version__"]
