@@ -53,7 +53,8 @@ def train(
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
     method: Optional[str] = typer.Option(None, "--method", help="Adaptation method (`hone methods` lists them)"),
-    objective: Optional[str] = typer.Option(None, "--objective", help="auto (default: chosen from the data), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo or mixture"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="auto (default: chosen from the data), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo, mixture or distill"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="With --objective distill: the model the student learns from, a run (folder, id, NAME:VERSION, latest) or a model"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation, data order and dropout (default 42)"),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data"),
@@ -79,7 +80,8 @@ def train(
     result = hone.train(config, resume=resume, console=err, sets=sets, data=data, validation=validation, test=test,
                         model=model, method=method, objective=objective, lr=lr, epochs=epochs, max_steps=max_steps,
                         batch_size=batch_size, time_budget=time_budget, save_steps=save_steps, seed=seed,
-                        system_prompt=system_prompt, format=data_format, strict=strict, output=output, name=name)
+                        system_prompt=system_prompt, format=data_format, strict=strict, output=output, name=name,
+                        teacher=teacher)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary per launch: rank 0 evaluated, saved and recorded the run
     _print_result(result, as_json)

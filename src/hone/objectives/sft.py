@@ -220,10 +220,11 @@ def score_base(start: RunStart, model, tokenizer, test: list[ChatExample], metri
     """The base model's answers to the test split, kept in run.json so a resumed run does not redo them."""
     record = read_record(start.run_dir) if start.resume else {}
     if record.get("base_scores"):
-        return Evaluation(metric, record["base_answers"], record["base_scores"])
+        return Evaluation(metric, record["base_answers"], record["base_scores"], record.get("base_seconds", 0.0))
     evaluation = evaluate_answers(model, tokenizer, test, metric, max_new, start.config.eval.batch_size,
                                   "base eval", start.console)
-    update_record(start.run_dir, base_answers=evaluation.answers, base_scores=evaluation.scores)
+    update_record(start.run_dir, base_answers=evaluation.answers, base_scores=evaluation.scores,
+                  base_seconds=round(evaluation.seconds, 3))
     return evaluation
 
 
