@@ -231,3 +231,18 @@ def test_the_cli_passes_teacher_through(tiny_model, teacher, tmp_path):
                                       "--teacher", str(teacher), "--output", str(tmp_path / "run")])
     assert isinstance(result.exception, ConfigError) and "--teacher applies only to objective distill" in str(
         result.exception)
+
+
+def test_a_half_depth_student_keeps_the_first_and_last_layers_and_generates_with_its_cache(tiny_model, tmp_path):
+    from hone.models.shrink import drop_layers, kept_layers
+
+    assert kept_layers(30, 15) == [0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29]
+    deep = tiny_llama(tmp_path / "deep", tiny_model, layers=4, seed=2)
+    half = drop_layers(str(deep), tmp_path / "half")
+    original, student = load_causal_lm(str(deep)), load_causal_lm(str(half))
+    assert student.config.num_hidden_layers == 2
+    torch.testing.assert_close(student.model.layers[1].mlp.up_proj.weight, original.model.layers[3].mlp.up_proj.weight)
+    ids = torch.tensor([[1, 500, 600, 700]])
+    cached = student.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=2)
+    uncached = student.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=2, use_cache=False)
+    assert torch.equal(cached, uncached)

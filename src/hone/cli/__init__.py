@@ -270,6 +270,19 @@ def models_catalog(as_json: bool = typer.Option(False, "--json")):
     out.print(table)
 
 
+@models_app.command("shrink")
+def models_shrink(model: str = typer.Argument(..., help="Model to shrink: catalogue name, HF folder or .gguf"),
+                  output: Path = typer.Argument(..., help="Folder for the smaller model"),
+                  keep: Optional[int] = typer.Option(None, "--keep", help="Decoder layers to keep (default: half)")):
+    """A smaller student for distillation: MODEL with fewer decoder layers (first and last kept, the rest spread evenly)."""
+    from hone.models.shrink import drop_layers
+
+    folder = drop_layers(model, output, keep)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    err.print(f"{folder}: {config['num_hidden_layers']} decoder layers; train it with "
+              f"hone train --objective distill --model {folder} --teacher RUN_OR_MODEL", highlight=False)
+
+
 @config_app.command("show")
 def config_show(config: Optional[Path] = typer.Argument(None, help="YAML config (optional)"),
                 sets: Optional[List[str]] = typer.Option(None, "--set", help="section.field=value"),
