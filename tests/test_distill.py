@@ -116,9 +116,10 @@ def test_an_interrupted_distillation_resumes_the_teacher_s_answers_and_the_stude
     train = load_chat_records(Path(config.data.train))
     train, _ = hold_out(train, 0.25, config.train.seed)
     assert [line["index"] for line in lines] == list(range(12))
-    assert [line["answer"] for line in lines[:2]] == real(teacher_model, tokenizer,
+    assert [line["messages"][-1]["content"] for line in lines[:2]] == real(teacher_model, tokenizer,
                                                          [e.prompt_messages for e in train[:2]], 6)
-    taught = distill.with_answers(train, {line["index"]: line["answer"] for line in lines})
+    taught = load_chat_records(run_dir / "teacher" / "train.jsonl")  # the cache is chat data as it stands
+    assert [e.prompt_messages for e in taught] == [e.prompt_messages for e in train]
     before, after = answer_loss(tiny_model, None, taught), answer_loss(tiny_model, run_dir, taught)
     gold_after = answer_loss(tiny_model, run_dir, train)
     assert after < 0.7 * before and after < gold_after, (before, after, gold_after)

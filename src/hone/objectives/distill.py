@@ -175,7 +175,7 @@ def read_answers(path: Path, examples: list[ChatExample]) -> dict[int, str]:
                 continue  # a line cut short when the run was killed
             index = entry.get("index")
             if isinstance(index, int) and 0 <= index < len(keys) and entry.get("prompt") == keys[index]:
-                found[index] = entry["answer"]
+                found[index] = entry["messages"][-1]["content"]
         if found:
             break
     return found
@@ -187,14 +187,17 @@ def partial_path(path: Path) -> Path:
 
 def teacher_answers(teacher, tokenizer, examples: list[ChatExample], path: Path, max_new_tokens: int,
                     batch_size: int, console: Console) -> list[str]:
-    """The teacher's greedy answer to each example's prompt, cached at `path`.
+    """The teacher's greedy answer to each example's prompt, cached at `path`: one chat per line (the
+    prompt and the teacher's answer, with the example's index and prompt fingerprint), so the file is
+    also SFT data as it stands.
 
     Answers are appended to a partial file batch by batch (flushed and synced), so a run stopped here
     keeps what it has and generates only the rest on resume; once all are there, `path` is written
     atomically in example order and the partial file goes."""
     done = read_answers(path, examples)
     keys = [prompt_key(e) for e in examples]
-    entry = lambda i: json.dumps({"index": i, "prompt": keys[i], "answer": done[i]}, ensure_ascii=False) + "\n"  # noqa: E731
+    entry = lambda i: json.dumps({"index": i, "prompt": keys[i], "messages": with_answers(  # noqa: E731
+        [examples[i]], {0: done[i]})[0].messages}, ensure_ascii=False) + "\n"
     if len(done) == len(examples) and path.is_file():
         return [done[i] for i in range(len(examples))]
     partial = partial_path(path)
