@@ -137,6 +137,7 @@ def test_an_interrupted_distillation_resumes_the_teacher_s_answers_and_the_stude
     console = Console(record=True, width=160)
     print_summary(result, console)
     assert "teacher" in console.export_text().splitlines()[2]  # the table's header row
+    assert "teacher (distill)" in (run_dir / "report.html").read_text()
 
 
 def test_with_a_shared_vocabulary_the_student_also_learns_the_teacher_s_distributions(tiny_model, teacher, tmp_path,

@@ -205,7 +205,7 @@ def teacher_answers(teacher, tokenizer, examples: list[ChatExample], path: Path,
     todo = sorted((i for i in range(len(examples)) if i not in done),
                   key=lambda i: len(json.dumps(examples[i].prompt_messages)))  # similar lengths batch together
     label = f"teacher answers ({path.stem})"
-    started = time.monotonic()
+    started = printed = time.monotonic()
     try:
         with Progress(TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar, partial.open("a", encoding="utf-8") as handle:
@@ -220,6 +220,9 @@ def teacher_answers(teacher, tokenizer, examples: list[ChatExample], path: Path,
                 handle.flush()
                 os.fsync(handle.fileno())
                 bar.advance(task, len(chunk))
+                if not console.is_terminal and time.monotonic() - printed >= 30:  # logs, CI: no live bar there
+                    console.print(f"{label}: {len(done)}/{len(examples)}", highlight=False)
+                    printed = time.monotonic()
     except KeyboardInterrupt:
         raise Interrupted(0, f"interrupted while the teacher answered the {path.stem} prompts ({len(done)} of "
                              f"{len(examples)} answers kept in {partial})") from None
