@@ -38,6 +38,8 @@ def test_example_trains_a_couple_of_steps_on_the_tiny_model(example, tiny_model,
     for field in ("train", "validation", "test"):
         if getattr(cfg.data, field):
             overrides[f"data.{field}"] = shorten(getattr(cfg.data, field), tmp_path)
+    if cfg.objective == "distill":
+        overrides["distill.teacher"] = str(tiny_model)  # the example's teacher is a real model
     cfg = load_config(example, overrides)
     if cfg.mixture:
         cfg.mixture = [s.model_copy(update={"train": Path(shorten(s.train, tmp_path)),

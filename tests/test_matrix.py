@@ -26,12 +26,12 @@ LR = {**TEST_LR, "probe": 1e-2}
 LR_WITH_HEAD = {**LR, "ia3": 0.3}  # ia3 at 1.0 overshot on ner (1.44 -> 0.06 -> 3.92)
 HEADS = {"classify", "ner", "reward"}
 VALID, INVALID = method_objective_pairs(), method_objective_pairs(valid=False)
-MODULES = ["sft", "pretrain", "classify", "ner", "preference", "reward", "grpo", "mixture"]
+MODULES = ["sft", "pretrain", "classify", "ner", "preference", "reward", "grpo", "mixture"]  # distill saves through sft
 
 
 def rows_for(objective: str) -> list[dict]:
     """Two training rows for `objective` (two distinct ones where labels need two classes)."""
-    if objective in ("sft", "grpo"):
+    if objective in ("sft", "grpo", "distill"):
         return [{"messages": [{"role": "user", "content": "Say apple"}, {"role": "assistant", "content": "apple"}]}] * 2
     if objective == "pretrain":
         return [{"text": " ".join(WORDS)}]
@@ -54,8 +54,10 @@ def matrix_config(model: Path, tmp_path: Path, method: str, objective: str):
     else:
         train = write_jsonl(tmp_path / "train.jsonl", rows_for(objective))
         data = {"train": str(train), "validation": str(train)}
-        if objective != "sft":  # sft without a test file skips generation; the others score validation
+        if objective not in ("sft", "distill"):  # without a test file they skip generation; the others score validation
             data["test"] = str(train)
+    if objective == "distill":  # the tiny model teaches itself: the answers and the KL term run, cheaply
+        sections["distill"] = {"teacher": str(model), "max_new_tokens": 2}
     if objective == "grpo":
         sections["grpo"] = {"reward_function": "objective_helpers:shorter_is_better", "num_generations": 2,
                             "max_completion_length": 4}

@@ -124,6 +124,12 @@ class GRPOSection(Section):
     beta: float = Field(0.0, ge=0, description="grpo: KL penalty to the base model (0: none, TRL's default)")
 
 
+class DistillSection(Section):
+    teacher: Optional[str] = Field(None, description="distill: the model whose answers the student learns: a run (folder, id, NAME:VERSION, NAME@TAG, latest) or a model (catalogue name, HF folder, .gguf)")
+    kl_weight: Optional[float] = Field(None, ge=0, description="distill: weight of KL(teacher || student) on the answer tokens; default 1 when both tokenizers have the same vocabulary, else 0 (answers only); setting it with different vocabularies is refused")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="distill: longest teacher answer in tokens; default eval.max_new_tokens, else from the longest training answer")
+
+
 class MixtureSource(Section):
     train: Path = Field(description="A training file (chat data or raw text)")
     weight: float = Field(1.0, gt=0, description="Share of the mixture (weights are normalised)")
@@ -138,10 +144,11 @@ class RunConfig(Section):
     method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
-    objective: str = Field("auto", description="What training optimises: auto (read the data and choose, `hone plan --data FILE` shows why) or one of `hone objectives`: sft, pretrain, mixture, classify, ner, dpo, orpo, simpo, reward, grpo")
+    objective: str = Field("auto", description="What training optimises: auto (read the data and choose, `hone plan --data FILE` shows why) or one of `hone objectives`: sft, pretrain, mixture, classify, ner, dpo, orpo, simpo, reward, grpo, distill")
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
     grpo: GRPOSection = Field(default_factory=GRPOSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
     mixture: list[MixtureSource] = Field(default_factory=list, description="mixture: datasets with weights, e.g. [{train: a.jsonl, weight: 0.7}, ...]")
     recipe: Optional[dict] = Field(None, description="Written by hone: how objective and method were chosen (advised or forced) and why")
 
@@ -273,7 +280,7 @@ TRAIN_FLAGS = {
     "strict": "data.strict", "system_prompt": "data.system_prompt", "model": "model.name", "method": "method.name",
     "objective": "objective", "lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps",
     "batch_size": "train.batch_size", "time_budget": "train.time_budget", "save_steps": "train.save_every",
-    "seed": "train.seed", "output": "output", "name": "name",
+    "seed": "train.seed", "output": "output", "name": "name", "teacher": "distill.teacher",
 }
 
 

@@ -27,8 +27,9 @@ class ModelNotFound(UserError):
 
 
 class Interrupted(Exception):
-    """Training was interrupted; a checkpoint was saved at `step`."""
+    """Training was interrupted; a checkpoint was saved at `step` (`what`: where else a run stopped, such as
+    a distillation teacher's answers, and what it kept)."""
 
-    def __init__(self, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint saved")
+    def __init__(self, step: int, what: str | None = None):
+        super().__init__(what or f"interrupted at step {step}; checkpoint saved")
         self.step = step

@@ -55,7 +55,8 @@ def train(
     test: Optional[Path] = typer.Option(None, "--test", help="Test data, scored base vs tuned"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model"),
     method: Optional[str] = typer.Option(None, "--method", help="Adaptation method (`hone methods` lists them)"),
-    objective: Optional[str] = typer.Option(None, "--objective", help="auto (default: chosen from the data), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo or mixture"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="auto (default: chosen from the data), sft, pretrain, classify, ner, dpo, orpo, simpo, reward, grpo, mixture or distill"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="With --objective distill: the model the student learns from, a run (folder, id, NAME:VERSION, latest) or a model"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation, data order and dropout (default 42)"),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data"),
@@ -81,7 +82,8 @@ def train(
     result = hone.train(config, resume=resume, console=err, sets=sets, data=data, validation=validation, test=test,
                         model=model, method=method, objective=objective, lr=lr, epochs=epochs, max_steps=max_steps,
                         batch_size=batch_size, time_budget=time_budget, save_steps=save_steps, seed=seed,
-                        system_prompt=system_prompt, format=data_format, strict=strict, output=output, name=name)
+                        system_prompt=system_prompt, format=data_format, strict=strict, output=output, name=name,
+                        teacher=teacher)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary per launch: rank 0 evaluated, saved and recorded the run
     _print_result(result, as_json)
@@ -268,6 +270,19 @@ def models_catalog(as_json: bool = typer.Option(False, "--json")):
         name = row["name"] + (" (default)" if row["default"] else "")
         table.add_row(name, row["kind"], row["parameters"], "yes" if row["installed"] else "no", row["description"])
     out.print(table)
+
+
+@models_app.command("shrink")
+def models_shrink(model: str = typer.Argument(..., help="Model to shrink: catalogue name, HF folder or .gguf"),
+                  output: Path = typer.Argument(..., help="Folder for the smaller model"),
+                  keep: Optional[int] = typer.Option(None, "--keep", help="Decoder layers to keep (default: half)")):
+    """A smaller student for distillation: MODEL with fewer decoder layers (first and last kept, the rest spread evenly)."""
+    from hone.models.shrink import drop_layers
+
+    folder = drop_layers(model, output, keep)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    err.print(f"{folder}: {config['num_hidden_layers']} decoder layers; train it with "
+              f"hone train --objective distill --model {folder} --teacher RUN_OR_MODEL", highlight=False)
 
 
 @config_app.command("show")

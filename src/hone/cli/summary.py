@@ -35,6 +35,9 @@ def print_summary(result: RunResult, console: Console, samples: int | None = Non
     table.add_column("")
     table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
+    teacher = result.teacher_score is not None  # distill: the teacher on the same test items
+    if teacher:
+        table.add_column("teacher", justify="right")
     if result.tuned_score is not None:
         split = results.get("split") or "test"
         n = (result.record.get("data") or {}).get("n_test") or ""
@@ -42,11 +45,13 @@ def print_summary(result: RunResult, console: Console, samples: int | None = Non
         better = result.base_score is None or ((result.tuned_score < result.base_score) if result.lower_is_better
                                               else (result.tuned_score > result.base_score))
         table.add_row(f"{name} on {n} {split} items".replace("  ", " "), score_text(result.base_score, result.share),
-                      f"[{'bold green' if better else 'bold red'}]{score_text(result.tuned_score, result.share)}")
+                      f"[{'bold green' if better else 'bold red'}]{score_text(result.tuned_score, result.share)}",
+                      *([score_text(result.teacher_score, result.share)] if teacher else []))
     if result.baseline:
         table.caption = f"base: {result.baseline}"
     for row in result.rows:
-        table.add_row(row.label, score_text(row.base, row.share), score_text(row.tuned, row.share))
+        table.add_row(row.label, score_text(row.base, row.share), score_text(row.tuned, row.share),
+                      *([score_text(row.teacher, row.share)] if teacher else []))
     if results.get("items"):
         items = results["items"]
         table.add_row("items improved / regressed / unchanged", "",
@@ -83,7 +88,7 @@ def print_summary(result: RunResult, console: Console, samples: int | None = Non
                       "--lr, --set train.replay=0.2 or --set train.kl_to_base=0.5 (docs/forgetting.md).")
     console.print(f"\nRun folder: [bold]{result.run_dir}[/bold] ({result.artifact or 'adapter'}/ holds the model; "
                   "report.html shows the run)")
-    if result.objective in ("sft", "classify", "pretrain", "mixture", "dpo", "orpo", "simpo", "grpo"):
+    if result.objective in ("sft", "classify", "pretrain", "mixture", "dpo", "orpo", "simpo", "grpo", "distill"):
         console.print(f"Chat with the tuned model:  {hone} chat {result.run_dir}", highlight=False)
         console.print(f"Generate from a file:       {hone} generate {result.run_dir} --file prompts.jsonl",
                       highlight=False)

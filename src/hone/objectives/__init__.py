@@ -9,6 +9,7 @@
     dpo, orpo, simpo   preference pairs through TRL (orpo/simpo need no reference)    preference.py
     reward    a scalar reward model from preference pairs (TRL RewardTrainer)         reward.py
     grpo      RL against a reward function or a trained reward model (TRL)            grpo.py
+    distill   a teacher's answers (+ its distributions when vocabularies match)       distill.py
 
 Every recipe shares one lifecycle (lifecycle.py): begin_run, the forgetting probe before and after,
 finish_run (run.json, the HTML report) and one RunResult.

@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from hone.config import RunConfig
+from hone.config import DistillSection, RunConfig
 from hone.data.load import iter_records
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.errors import ConfigError
 from hone.launch import check_launch
 from hone.methods.registry import METHODS, check_method, check_pair, meta_model
 from hone.models.catalogue import resolve_model
+from hone.objectives.distill import check_distill
 from hone.objectives.grpo import reward_function
 from hone.objectives.registry import OBJECTIVES, Objective, objectives_for
 
@@ -56,6 +57,8 @@ def check_config(config: RunConfig, check_data: bool = True) -> Objective:
                            "data.train")
     if entry.name == "grpo":
         check_grpo(config)
+    if entry.name == "distill":
+        check_distill(config)
     if check_data:
         for role in ("train", "validation", "test"):
             path = getattr(config.data, role)
@@ -70,10 +73,17 @@ def _method(config: RunConfig):
 
 
 def check_settings(config: RunConfig, entry: Objective) -> None:
-    """A safeguard the user set that this objective cannot honour is refused, with the reason."""
+    """A safeguard the user set that this objective cannot honour is refused, with the reason; so is a
+    teacher (distill.*) for any objective but distill."""
     for setting, why in entry.refuses.items():
         if config.is_set(setting) and _active(config, setting):
             raise config.error(f"{setting} does not apply to objective {entry.name}: {why}", setting)
+    if entry.name != "distill":
+        for name in DistillSection.model_fields:
+            if config.is_set(f"distill.{name}") and getattr(config.distill, name) is not None:
+                flag = "--teacher" if name == "teacher" else f"distill.{name}"
+                raise config.error(f"{flag} applies only to objective distill, not {entry.name}: add "
+                                   "--objective distill (or drop it)", f"distill.{name}")
 
 
 def _active(config: RunConfig, setting: str) -> bool:

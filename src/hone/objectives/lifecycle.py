@@ -44,10 +44,11 @@ SHARE_METRICS = {"accuracy", "exact_match", "json_match", "pairwise_accuracy", "
 
 @dataclass
 class Row:
-    """One extra line of a result table: a figure for the base and for the tuned model."""
+    """One extra line of a result table: a figure for the base and for the tuned model (and the teacher)."""
     label: str
     base: float | str | None
     tuned: float | str | None
+    teacher: float | str | None = None  # distill: the same figure for the teacher
     share: bool = False            # print as a percentage
 
 
@@ -60,6 +61,7 @@ class RunResult:
     metric: str | None = None               # what base_score and tuned_score measure
     base_score: float | None = None         # always measured on the base model, never a constant
     tuned_score: float | None = None
+    teacher_score: float | None = None      # distill: the teacher on the same test items
     baseline: str | None = None             # how the base was scored, when not as the tuned model was
     lower_is_better: bool = False
     steps: int | None = None
@@ -203,6 +205,7 @@ def finish_run(start: RunStart, results: dict, train_seconds: float, rows: Seque
     losses = {key: results.get(key) for key in ("first_loss", "train_loss", "val_loss", "best_val_loss", "best_step")
               if results.get(key) is not None}
     return RunResult(start.run_dir, config.objective, config.method.name, results.get("metric"),
-                     results.get("base_score"), results.get("tuned_score"), results.get("baseline"),
+                     results.get("base_score"), results.get("tuned_score"), results.get("teacher_score"),
+                     results.get("baseline"),
                      lower_is_better, results.get("steps"), results.get("stopped_by"), losses, forgetting,
                      results.get("artifact"), list(rows), list(samples), train_seconds, total, record)

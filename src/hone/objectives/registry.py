@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.methods.registry import METHODS
-from hone.objectives import classify, grpo, mixture, ner, preference, pretrain, reward, sft
+from hone.objectives import classify, distill, grpo, mixture, ner, preference, pretrain, reward, sft
 
 # Why a safeguard cannot apply, per kind of objective: refused in one line when the user sets it.
 NO_KL_HEAD = "a new task head has no base distribution to stay near; use eval.forgetting and a lower lr"
@@ -83,6 +83,9 @@ _OBJECTIVES = [
                                         "train.early_stopping_patience": NO_VALIDATION_GRPO,
                                         "train.restore_best": NO_VALIDATION_GRPO,
                                         "train.eval_every": NO_VALIDATION_GRPO})),
+    Objective("distill", "a teacher's answers to the training prompts (+ its token distributions where the "
+              "vocabularies match)", (ChatExample,), distill.run_distill, "hone", "AutoModelForCausalLM",
+              "exact_match or json_match, student base vs student vs teacher", advisable=False),
 ]
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in _OBJECTIVES}
 

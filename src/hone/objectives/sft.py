@@ -3,11 +3,15 @@
 load data -> load base -> render with the chat template (loss on assistant turns and their
 end-of-turn token) -> score the base on the test split -> apply the method -> train -> save ->
 score the tuned model -> record everything in the run folder.
+
+`run_sft` reads the splits and opens the run folder; `train_on_chats` is everything after, and
+distillation (objectives/distill.py) runs it on the teacher's answers.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -24,6 +28,7 @@ from hone.methods import apply_method, artifact_folder_name, count_parameters, e
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
 from hone.objectives.lifecycle import (
+    Row,
     RunResult,
     RunStart,
     begin_run,
@@ -43,20 +48,66 @@ from hone.training.replay import mix_replay
 from hone.training.sharding import fuse_lora_wanted, sharding_wanted
 
 
+@dataclass
+class ChatSplits:
+    """The chat examples of one run: what it trains on, validates on and is scored on."""
+    train: list[ChatExample]
+    validation: list[ChatExample]
+    test: list[ChatExample]
+
+
+@dataclass
+class Teacher:
+    """What distillation adds to an SFT run (objectives/distill.py): the teacher's score on the same test
+    items (a third column beside base and tuned) and its KL term in the loss (None: answers only)."""
+    evaluation: Evaluation | None
+    regularise: Callable | None = None
+    name: str = "teacher"
+
+
 def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | None = None) -> RunResult:
     """Train and evaluate one SFT run; `run_dir` of an interrupted run resumes it."""
     console = console or Console(stderr=True)
+    splits = read_chat_splits(config)
+    start = begin_run(config, run_dir, console, data_summary(config, splits), own_loop=True)
+    return train_on_chats(start, splits)
+
+
+def read_chat_splits(config: RunConfig) -> ChatSplits:
+    """Train, validation (a seeded share of train when no file is given) and test, with the system prompt."""
     data = config.data
-    # 1. Data: train, validation (a seeded share of train when no file is given), test.
     read = lambda path: with_system_prompt(load_chat(path, data.format, data.strict), data.system_prompt)  # noqa: E731
+    assert data.train is not None  # objectives/checks.py refuses a run without it
     train = read(data.train)
     if data.validation:
         validation = read(data.validation)
     else:
         train, validation = hold_out(train, data.validation_fraction, config.train.seed)
-    n_own = len(train)
-    train = mix_replay(train, config.train.replay, config.train.seed)  # general chats vs forgetting
-    test = read(data.test) if data.test else []
+    return ChatSplits(train, validation, read(data.test) if data.test else [])
+
+
+def data_summary(config: RunConfig, splits: ChatSplits) -> dict:
+    """run.json's `data`: where each split came from and its size."""
+    data = config.data
+    return {"train": str(data.train), "validation": str(data.validation or ""), "test": str(data.test or ""),
+            "n_train": len(splits.train), "n_validation": len(splits.validation), "n_test": len(splits.test)}
+
+
+def scoring_settings(config: RunConfig, tokenizer, test: list[ChatExample]) -> tuple[str, int]:
+    """The test metric (eval.metric, or chosen from the reference answers) and the generation limit."""
+    metric = pick_metric([e.answer or "" for e in test]) if config.eval.metric == "auto" else config.eval.metric
+    return metric, config.eval.max_new_tokens or default_max_new_tokens(tokenizer, test)
+
+
+def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None = None) -> RunResult:
+    """SFT from an open run folder: render, score the base, apply the method, train, save, score the tuned
+    model, record. `teacher` (distillation) adds its KL term and its score."""
+    config, console, hw, team = start.config, start.console, start.hw, ranks()
+    data = config.data
+    # 1. General chats mixed in against forgetting (train.replay); the validation split stays the task's.
+    n_own = len(splits.train)
+    train = mix_replay(splits.train, config.train.replay, config.train.seed)
+    validation, test = splits.validation, splits.test
 
     # 2. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
     base = resolve_model(config.model.name)
@@ -64,13 +115,10 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     train_set = [tokenize_chat(tokenizer, e.messages, data.max_length) for e in train]
     val_set = [tokenize_chat(tokenizer, e.messages, data.max_length) for e in validation]
     truncated = sum(e.truncated for e in train_set + val_set)
-    start = begin_run(config, run_dir, console, {
-        "train": str(data.train), "validation": str(data.validation or ""), "test": str(data.test or ""),
-        "n_train": len(train_set), "n_validation": len(val_set), "n_test": len(test), "truncated": truncated},
-        own_loop=True)
-    console, hw, team = start.console, start.hw, ranks()
     if team.main:
-        update_record(start.run_dir, system_prompt=common_system_prompt(train))
+        update_record(start.run_dir, system_prompt=common_system_prompt(train),
+                      data=read_record(start.run_dir).get("data", {}) | {"n_train": len(train_set),
+                                                                          "truncated": truncated})
 
     # 3. The base model, with the attention kernel that is fastest for these lengths.
     attention: str = config.train.attention
@@ -83,8 +131,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     # 4. The base model on the test split and on the forgetting probe, before any change.
     metric = base_eval = None
     if test and team.main:
-        metric = pick_metric([e.answer or "" for e in test]) if config.eval.metric == "auto" else config.eval.metric
-        max_new = config.eval.max_new_tokens or default_max_new_tokens(tokenizer, test)
+        metric, max_new = scoring_settings(config, tokenizer, test)
         if config.eval.base:
             base_eval = score_base(start, model, tokenizer, test, metric, max_new)
     probe = probe_base(start, model, tokenizer)
@@ -108,7 +155,8 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     trackers = own_loop_trackers(start)
     try:
         result = train_loop(model, train_set, val_set, config.train, config.lr, hw, start.run_dir,
-                            tokenizer.pad_token_id, resume=start.resume, console=console, callbacks=[trackers])
+                            tokenizer.pad_token_id, resume=start.resume, console=console, callbacks=[trackers],
+                            regularise=teacher.regularise if teacher else None)
     finally:
         trackers.on_end()
 
@@ -118,7 +166,7 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     if not team.main:
         team.wait()
         close_ranks()
-        return RunResult(start.run_dir, "sft", config.method.name)  # rank 0 evaluates, saves and records
+        return RunResult(start.run_dir, config.objective, config.method.name)  # rank 0 evaluates, saves, records
     save_artifact(model, tokenizer, start.run_dir, config.method)
 
     # 8. The tuned model on the same test items and probe. Reloaded onto a fresh fp32 base: the trained
@@ -145,8 +193,13 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     results["peak_memory_mb"], results["peak_memory_kind"] = peak_memory_mb(hw.device)
     if base_eval and tuned_eval:
         results["items"] = item_outcomes(base_eval, tuned_eval)
+    rows = []
+    if teacher and teacher.evaluation and tuned_eval:
+        results["teacher_score"] = teacher.evaluation.score
+        speed = [generation_speed(e, tokenizer) for e in (base_eval, tuned_eval, teacher.evaluation)]
+        rows.append(Row("answer tokens per second on the test prompts", speed[0], speed[1], speed[2]))
     samples = side_by_side(test, base_eval, tuned_eval, config.eval.samples)
-    finished = finish_run(start, results, result.seconds, samples=samples, forgetting=forgetting,
+    finished = finish_run(start, results, result.seconds, rows=rows, samples=samples, forgetting=forgetting,
                           tuned_answers=tuned_eval.answers if tuned_eval else None,
                           warnings=[w for w in [warning] if w])
     team.wait()
@@ -154,14 +207,24 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     return finished
 
 
+def generation_speed(evaluation: Evaluation | None, tokenizer) -> float | None:
+    """Answer tokens generated per second in an evaluation (batched as eval.batch_size says); None when
+    the evaluation was read back from run.json rather than timed."""
+    if evaluation is None or not evaluation.seconds:
+        return None
+    tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in evaluation.answers)
+    return round(tokens / evaluation.seconds, 1)
+
+
 def score_base(start: RunStart, model, tokenizer, test: list[ChatExample], metric: str, max_new: int) -> Evaluation:
     """The base model's answers to the test split, kept in run.json so a resumed run does not redo them."""
     record = read_record(start.run_dir) if start.resume else {}
     if record.get("base_scores"):
-        return Evaluation(metric, record["base_answers"], record["base_scores"])
+        return Evaluation(metric, record["base_answers"], record["base_scores"], record.get("base_seconds", 0.0))
     evaluation = evaluate_answers(model, tokenizer, test, metric, max_new, start.config.eval.batch_size,
                                   "base eval", start.console)
-    update_record(start.run_dir, base_answers=evaluation.answers, base_scores=evaluation.scores)
+    update_record(start.run_dir, base_answers=evaluation.answers, base_scores=evaluation.scores,
+                  base_seconds=round(evaluation.seconds, 3))
     return evaluation
 
 

@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -32,7 +33,7 @@ from hone.training.checkpoint import list_checkpoints, load_checkpoint, save_che
 from hone.training.distributed import Ranks, ranks
 from hone.training.loss import summed_loss
 from hone.training.parallel import Parallel, parallel_for, parallel_of
-from hone.training.regularise import kl_to_base
+from hone.training.regularise import both, kl_to_base
 from hone.training.safeguards import ValidationWatch, restore_best, save_best
 
 
@@ -150,10 +151,13 @@ def progress_bar(console: Console) -> Progress:
 
 def train_loop(model, train_set: list[TokenizedExample], val_set: list[TokenizedExample],
                cfg: TrainSection, lr: float, hw: Hardware, run_dir: Path, pad_id: int,
-               resume: bool = False, console: Console | None = None, callbacks: list | None = None) -> TrainResult:
+               resume: bool = False, console: Console | None = None, callbacks: list | None = None,
+               regularise=None) -> TrainResult:
     """Train `model`'s trainable parameters on `train_set`; validate on `val_set`; checkpoint to `run_dir`.
 
-    `callbacks` get `on_step(record)` after each logged step (trackers: training/trackers.py)."""
+    `callbacks` get `on_step(record)` after each logged step (trackers: training/trackers.py); `regularise`
+    adds a penalty to each step's loss besides train.kl_to_base's (distillation's KL to the teacher:
+    training/regularise.py), while validation loss stays the plain cross-entropy."""
     team = ranks()
     console = console or Console(stderr=True)
     if not team.main:
@@ -168,7 +172,8 @@ def train_loop(model, train_set: list[TokenizedExample], val_set: list[Tokenized
         compile_layers(model)
     state = resume_or_seed(model, optimizer, cfg, run_dir, resume)  # resumed: weights, optimizer, every RNG
     loop = Loop(model, optimizer, params, train_set, val_set, cfg, lr, hw, Path(run_dir), pad_id, parallel, console,
-                MetricsLog(Path(run_dir) / "metrics.jsonl" if team.main else None, state.step), callbacks or [])
+                MetricsLog(Path(run_dir) / "metrics.jsonl" if team.main else None, state.step), callbacks or [],
+                regularise)
     model.train()
     state.start_clock()
     lengths = [len(e.input_ids) for e in train_set]
@@ -257,6 +262,7 @@ class Loop:
     console: Console
     metrics: MetricsLog
     callbacks: list
+    regularise: Callable | None = None  # an extra penalty per step (training/regularise.py)
 
     def __post_init__(self) -> None:
         steps_per_epoch = math.ceil(len(self.train_set) / self.cfg.batch_size)
@@ -290,7 +296,8 @@ class Loop:
         step_started = time.monotonic()
         rate = self.lr * lr_factor(self.progress(state, ahead=1), self.cfg.warmup_ratio, self.cfg.scheduler)
         loss, tokens = train_step(self.model, self.optimizer, [self.train_set[i] for i in batches[state.batch]],
-                                  self.cfg, rate, self.pad_id, self.hw, self.params, self.parallel.team)
+                                  self.cfg, rate, self.pad_id, self.hw, self.params, self.parallel.team,
+                                  self.regularise)
         state.step_seconds = time.monotonic() - step_started
         state.step, state.batch, state.loss, state.tokens = state.step + 1, state.batch + 1, loss, state.tokens + tokens
         state.window = [state.window[0] + loss, state.window[1] + 1]
@@ -376,7 +383,7 @@ class Loop:
 
 def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSection, lr: float,
                pad_id: int, hw: Hardware, params: list[torch.nn.Parameter],
-               team: Ranks = Ranks()) -> tuple[float, int]:
+               team: Ranks = Ranks(), regularise=None) -> tuple[float, int]:
     """One optimizer step over an effective batch; returns (mean loss per trained token, tokens seen).
 
     Under data parallelism each rank runs its share of the batch; the loss is still normalised by
@@ -387,7 +394,7 @@ def train_step(model, optimizer, examples: list[TokenizedExample], cfg: TrainSec
     n_trained = max(1, sum(loss_tokens(e) for e in examples))
     total, seen = 0.0, 0
     order = team.share(list(range(len(examples))))
-    regularise = kl_to_base(cfg.kl_to_base)  # None unless train.kl_to_base > 0
+    regularise = both(kl_to_base(cfg.kl_to_base), regularise)  # None unless one of them is asked for
     lengths = [len(e.input_ids) for e in examples]
     share_prefix = cfg.shared_prefix and parallel.shares_prefix
     shared = common_prefix([examples[i] for i in order]) if share_prefix and not cfg.packing else 0

@@ -1,9 +1,13 @@
-"""Forgetting mitigations inside the training step: KL to the base model, and risky learning rates.
+"""Penalties inside the training step: KL to the base model (forgetting), KL to a teacher (distillation),
+and risky learning rates.
 
 KL-to-base adds `weight * KL(base || tuned)` summed over the trained tokens, so the tuned model is
 pulled back towards the base's distribution wherever it learns (the frozen base is the teacher on the
 training batch). With LoRA the teacher is the same model with its adapters disabled, so no second copy
 is held; full fine-tuning loads the base once more from the folder it came from (frozen, no grads).
+KL-to-teacher is the same term with another model as the reference (objectives/distill.py): the
+word-level knowledge distillation of Hinton et al. 2015 at temperature 1, on the teacher's own answers
+(Kim & Rush 2016 combine the two the same way).
 """
 from __future__ import annotations
 
@@ -52,15 +56,45 @@ def base_logits(model, batch: dict[str, torch.Tensor], keep: torch.Tensor) -> to
     return trained_logits(_frozen_teacher(model), batch, keep)
 
 
+def summed_kl(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """KL(reference || model) summed over the rows: (n, vocab) logits each. A reference with a wider
+    output layer (rows padded past the tokenizer's vocabulary) is cut to the model's width."""
+    width = min(logits.shape[-1], reference.shape[-1])
+    target = F.log_softmax(reference[..., :width].float(), dim=-1)
+    student = F.log_softmax(logits[..., :width].float(), dim=-1)
+    # kl_div(input=student, target=teacher) = sum p_teacher * (log p_teacher - log p_student)
+    return F.kl_div(student, target, reduction="sum", log_target=True)
+
+
 def kl_to_base(weight: float):
     """A `regularise` hook for training/loss.py's summed_loss, or None when `weight` is 0."""
     if not weight:
         return None
 
     def regularise(model, batch, keep, logits):
-        teacher = F.log_softmax(base_logits(model, batch, keep).float(), dim=-1)
-        student = F.log_softmax(logits.float(), dim=-1)
-        # kl_div(input=student, target=teacher) = sum p_teacher * (log p_teacher - log p_student)
-        return weight * F.kl_div(student, teacher, reduction="sum", log_target=True)
+        return weight * summed_kl(logits, base_logits(model, batch, keep))
 
     return regularise
+
+
+def kl_to_teacher(teacher, weight: float):
+    """A `regularise` hook pulling the model towards a frozen `teacher`'s distribution on the trained
+    tokens (the two share a vocabulary), or None when `weight` is 0."""
+    if not weight:
+        return None
+    teacher.requires_grad_(False)
+
+    def regularise(model, batch, keep, logits):
+        with torch.no_grad():
+            reference = trained_logits(teacher, batch, keep)
+        return weight * summed_kl(logits, reference)
+
+    return regularise
+
+
+def both(*hooks):
+    """One `regularise` hook summing the given ones (None where none is given)."""
+    present = [hook for hook in hooks if hook is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    return lambda model, batch, keep, logits: sum(hook(model, batch, keep, logits) for hook in present)
