@@ -56,8 +56,10 @@ def matrix_config(model: Path, tmp_path: Path, method: str, objective: str):
         data = {"train": str(train), "validation": str(train)}
         if objective not in ("sft", "distill"):  # without a test file they skip generation; the others score validation
             data["test"] = str(train)
-    if objective == "distill":  # the tiny model teaches itself: the answers and the KL term run, cheaply
-        sections["distill"] = {"teacher": str(model), "max_new_tokens": 2}
+    if objective == "distill":  # the tiny model teaches itself its own answers, cheaply. No KL term: to itself it
+        # starts at 0 and can only grow, which outweighed the answers' falling loss for freeze, bitfit, ia3 and
+        # adapters (10.8155 -> 10.8161); tests/test_distill.py covers the KL term.
+        sections["distill"] = {"teacher": str(model), "max_new_tokens": 2, "kl_weight": 0}
     if objective == "grpo":
         sections["grpo"] = {"reward_function": "objective_helpers:shorter_is_better", "num_generations": 2,
                             "max_completion_length": 4}
