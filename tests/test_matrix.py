@@ -57,7 +57,7 @@ def matrix_config(model: Path, tmp_path: Path, method: str, objective: str):
         if objective not in ("sft", "distill"):  # without a test file they skip generation; the others score validation
             data["test"] = str(train)
     if objective == "distill":  # the tiny model teaches itself: the answers and the KL term run, cheaply
-        sections["distill"] = {"teacher": str(model), "max_new_tokens": 2}
+        sections["distill"] = {"teacher": str(model), "max_new_tokens": 2, "kl_weight": 1.0}
     if objective == "grpo":
         sections["grpo"] = {"reward_function": "objective_helpers:shorter_is_better", "num_generations": 2,
                             "max_completion_length": 4}
