@@ -86,8 +86,8 @@ def answer_loss(model_path, run_dir: Path | None, examples) -> float:
 
 def test_an_interrupted_distillation_resumes_the_teacher_s_answers_and_the_student_learns_them(
         tiny_model, teacher, tmp_path, monkeypatch):
-    # Answers only (kl_weight 0): the KL term alone would also pull the student towards the teacher.
-    config = distill_config(tiny_model, teacher, tmp_path, distill={"kl_weight": 0})
+    # Answers only (the default): the KL term alone would also pull the student towards the teacher.
+    config = distill_config(tiny_model, teacher, tmp_path)
     asked: list[int] = []
     real = distill.generate_batch
 
@@ -140,8 +140,7 @@ def test_an_interrupted_distillation_resumes_the_teacher_s_answers_and_the_stude
     assert "teacher (distill)" in (run_dir / "report.html").read_text()
 
 
-def test_with_a_shared_vocabulary_the_student_also_learns_the_teacher_s_distributions(tiny_model, teacher, tmp_path,
-                                                                                      monkeypatch):
+def test_a_kl_weight_adds_the_teacher_s_distributions_to_every_step(tiny_model, teacher, tmp_path, monkeypatch):
     calls = []
     real = distill.kl_to_teacher
 
@@ -150,10 +149,11 @@ def test_with_a_shared_vocabulary_the_student_also_learns_the_teacher_s_distribu
         return lambda *args: calls.append(weight) or hook(*args)
 
     monkeypatch.setattr(distill, "kl_to_teacher", spy)
-    config = distill_config(tiny_model, teacher, tmp_path, train={"max_steps": 1}, data={"test": None})
+    config = distill_config(tiny_model, teacher, tmp_path, train={"max_steps": 1}, data={"test": None},
+                            distill={"kl_weight": 0.5})
     result = objectives.run(config)
-    assert calls == [1.0]  # one micro-batch, weight 1 by default: the tokenizers are the same
-    assert result.record["teacher"]["kl_weight"] == 1.0
+    assert calls == [0.5]  # one step of one micro-batch: the hook ran with the weight asked for
+    assert result.record["teacher"]["kl_weight"] == 0.5
 
 
 def test_kl_to_the_teacher_is_zero_at_the_teacher_and_a_step_on_it_moves_the_student_closer(tiny_model, teacher):

@@ -126,7 +126,7 @@ class GRPOSection(Section):
 
 class DistillSection(Section):
     teacher: Optional[str] = Field(None, description="distill: the model whose answers the student learns: a run (folder, id, NAME:VERSION, NAME@TAG, latest) or a model (catalogue name, HF folder, .gguf)")
-    kl_weight: Optional[float] = Field(None, ge=0, description="distill: weight of KL(teacher || student) on the answer tokens; default 1 when both tokenizers have the same vocabulary, else 0 (answers only); setting it with different vocabularies is refused")
+    kl_weight: float = Field(0.0, ge=0, description="distill: weight of KL(teacher || student) on the answer tokens, besides the teacher's answers (needs the same vocabulary in both tokenizers; 0: answers only, the measured default, docs/distill.md)")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="distill: longest teacher answer in tokens; default eval.max_new_tokens, else from the longest training answer")
 
 

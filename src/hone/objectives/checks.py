@@ -80,7 +80,7 @@ def check_settings(config: RunConfig, entry: Objective) -> None:
             raise config.error(f"{setting} does not apply to objective {entry.name}: {why}", setting)
     if entry.name != "distill":
         for name in DistillSection.model_fields:
-            if config.is_set(f"distill.{name}") and getattr(config.distill, name) is not None:
+            if config.is_set(f"distill.{name}") and getattr(config.distill, name) not in (None, 0):
                 flag = "--teacher" if name == "teacher" else f"distill.{name}"
                 raise config.error(f"{flag} applies only to objective distill, not {entry.name}: add "
                                    "--objective distill (or drop it)", f"distill.{name}")
