@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from objective_helpers import label_rows, preference_rows, text_rows, tiny_run_config, write_jsonl
+from objective_helpers import chat_rows, label_rows, preference_rows, text_rows, tiny_run_config, write_jsonl
 
 from hone.errors import ConfigError
 from hone.evaluation.classification import classification_scores, entity_f1, entity_spans
@@ -102,3 +102,26 @@ def test_entity_f1_needs_exact_span_and_type():
     assert entity_f1(gold, gold) == 1.0
     assert entity_f1([["B-PER", "O", "O", "B-ITEM"]], gold) == 0.5  # a cut-short name does not count
     assert entity_f1([["O"] * 4], gold) == 0.0
+
+
+def test_a_chat_template_that_cannot_render_the_data_fails_before_a_run_folder(tiny_model, tmp_path):
+    """SFT renders every chat before it opens the run folder: no folder is left marked `running`."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from hone.errors import UserError
+
+    model = tmp_path / "odd-template"
+    shutil.copytree(tiny_model, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                               "{% if not add_generation_prompt %}(end of chat){% endif %}")
+    tokenizer.save_pretrained(model)
+    two_turns = [{"messages": r["messages"] * 2} for r in chat_rows(8)]
+    chats = write_jsonl(tmp_path / "chats.jsonl", two_turns)
+    cfg = tiny_run_config(model, tmp_path, "sft", chats)
+    with pytest.raises(UserError, match=r"renders messages\[1\] differently") as info:
+        run(cfg)
+    assert "\n" not in str(info.value)
+    assert not cfg.output.exists()

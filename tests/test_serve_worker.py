@@ -72,6 +72,38 @@ def test_concurrent_claims_take_each_job_exactly_once(database):
     assert got and got[0] == "ftjob-00" and got[1].startswith("late:")
 
 
+def test_a_pause_that_lands_after_the_last_step_is_reported(tmp_path, monkeypatch):
+    """Training can end between the pause and the heartbeat that would have seen it: the worker must
+    still say the job stopped, or the user waits on a paused job that never reports (a CI flake)."""
+    from sqlalchemy import select
+
+    from hone.serve import db
+    from hone.serve.settings import ServeSettings
+    from hone.serve.worker import Worker
+
+    monkeypatch.setenv("HONE_HOME", str(tmp_path / "home"))
+    settings = ServeSettings(db=f"sqlite:///{tmp_path / 'serve.db'}", lease_seconds=60)
+    with db.session(settings.db) as s:
+        s.add(db.Job(id="ftjob-late", org="acme", model="tiny", training_file="file-x", seed=0,
+                     method={"type": "supervised"}, status="running", created_at=0, result_files=[],
+                     attempts=0, model_deleted=0))
+        s.commit()
+    worker = Worker(settings, name="w")
+    job_id, token = worker.claim()
+    with db.session(settings.db) as s:  # what POST /jobs/{id}/pause does
+        s.query(db.Job).filter_by(id=job_id).update({"status": "paused", "request": "pause"})
+        s.commit()
+        job = s.scalar(select(db.Job).where(db.Job.id == job_id))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    worker.succeed(job, token, run_dir)  # training had just ended when the pause arrived
+    with db.session(settings.db) as s:
+        row = s.scalar(select(db.Job).where(db.Job.id == job_id))
+        messages = list(s.scalars(select(db.Event.message).where(db.Event.job_id == job_id)))
+    assert row.status == "paused" and row.worker is None and row.fine_tuned_model is None
+    assert messages == ["Training stopped (pause) after its last step; its checkpoint is kept"]
+
+
 @pytest.fixture(scope="module")
 def shared_server(tiny_model, tmp_path_factory):
     """No workers of its own: each test starts (and kills) `hone worker` processes."""
@@ -85,9 +117,14 @@ def shared_server(tiny_model, tmp_path_factory):
 
 @pytest.fixture
 def server(shared_server):
-    """The module's server; the workers a test starts are stopped when it ends."""
+    """The module's server; the workers a test starts are stopped when it ends. Their logs' tails are
+    printed then, which pytest shows only for a failed test: what the worker did is what explains it."""
+    first = len(shared_server.workers)
     yield shared_server
     shared_server.stop_workers()
+    for i in range(first, len(shared_server.workers)):
+        lines = (shared_server.home / f"worker-{i}.log").read_text(errors="replace").splitlines()
+        print(f"--- worker-{i}.log (last 40 of {len(lines)} lines)", *lines[-40:], sep="\n")
 
 
 def _checkpointed_and_running(client, job_id):

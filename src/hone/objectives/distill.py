@@ -36,7 +36,15 @@ from hone.methods.artifact import load_run_model
 from hone.models.catalogue import ResolvedModel, resolve_model
 from hone.models.load import load_causal_lm, load_tokenizer
 from hone.objectives.lifecycle import RunResult, RunStart, begin_run
-from hone.objectives.sft import ChatSplits, Teacher, data_summary, read_chat_splits, scoring_settings, train_on_chats
+from hone.objectives.sft import (
+    ChatSplits,
+    Teacher,
+    data_summary,
+    read_chat_splits,
+    render_chats,
+    scoring_settings,
+    train_on_chats,
+)
 from hone.registry.runs import find_run, read_record, run_reference, update_record
 from hone.training.distributed import ranks
 from hone.training.regularise import kl_to_teacher
@@ -50,6 +58,7 @@ def run_distill(config: RunConfig, run_dir: Path | None = None, console: Console
     team = ranks()
     # 1. The prompts, read as SFT reads them; the test split keeps its reference answers.
     splits = read_chat_splits(config)
+    render_chats(config, splits)  # the student's template renders these chats (or fails) before any folder exists
     start = begin_run(config, run_dir, console, data_summary(config, splits), own_loop=True)
 
     # 2. The teacher, and whether the student can learn its distributions as well as its answers.

@@ -69,8 +69,9 @@ def run_sft(config: RunConfig, run_dir: Path | None = None, console: Console | N
     """Train and evaluate one SFT run; `run_dir` of an interrupted run resumes it."""
     console = console or Console(stderr=True)
     splits = read_chat_splits(config)
+    rendered = render_chats(config, splits)  # a template that cannot render the data fails before any folder
     start = begin_run(config, run_dir, console, data_summary(config, splits), own_loop=True)
-    return train_on_chats(start, splits)
+    return train_on_chats(start, splits, rendered=rendered)
 
 
 def read_chat_splits(config: RunConfig) -> ChatSplits:
@@ -99,22 +100,40 @@ def scoring_settings(config: RunConfig, tokenizer, test: list[ChatExample]) -> t
     return metric, config.eval.max_new_tokens or default_max_new_tokens(tokenizer, test)
 
 
-def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None = None) -> RunResult:
-    """SFT from an open run folder: render, score the base, apply the method, train, save, score the tuned
-    model, record. `teacher` (distillation) adds its KL term and its score."""
+@dataclass
+class RenderedChats:
+    """The splits as token ids, labels only on the assistant's words and end-of-turn tokens."""
+    tokenizer: object
+    train: list[ChatExample]      # the task's examples, with replayed general chats mixed in
+    n_own: int                    # how many of `train` are the task's
+    train_set: list
+    val_set: list
+
+    @property
+    def truncated(self) -> int:
+        return sum(e.truncated for e in self.train_set + self.val_set)
+
+
+def render_chats(config: RunConfig, splits: ChatSplits) -> RenderedChats:
+    """Mix in general chats against forgetting (train.replay; validation stays the task's) and render."""
+    train = mix_replay(splits.train, config.train.replay, config.train.seed)
+    tokenizer = load_tokenizer(resolve_model(config.model.name))
+    tokenize = lambda examples: [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in examples]  # noqa: E731
+    return RenderedChats(tokenizer, train, len(splits.train), tokenize(train), tokenize(splits.validation))
+
+
+def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None = None,
+                   rendered: RenderedChats | None = None) -> RunResult:
+    """SFT from an open run folder: render (unless `rendered` already is), score the base, apply the method,
+    train, save, score the tuned model, record. `teacher` (distillation) adds its KL term and its score."""
     config, console, hw, team = start.config, start.console, start.hw, ranks()
     data = config.data
-    # 1. General chats mixed in against forgetting (train.replay); the validation split stays the task's.
-    n_own = len(splits.train)
-    train = mix_replay(splits.train, config.train.replay, config.train.seed)
-    validation, test = splits.validation, splits.test
-
-    # 2. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
+    # 1-2. Replay and render (objectives/sft.py render_chats).
+    rendered = rendered or render_chats(config, splits)
+    tokenizer, train, n_own = rendered.tokenizer, rendered.train, rendered.n_own
+    train_set, val_set, truncated = rendered.train_set, rendered.val_set, rendered.truncated
+    test = splits.test
     base = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(base)
-    train_set = [tokenize_chat(tokenizer, e.messages, data.max_length) for e in train]
-    val_set = [tokenize_chat(tokenizer, e.messages, data.max_length) for e in validation]
-    truncated = sum(e.truncated for e in train_set + val_set)
     if team.main:
         update_record(start.run_dir, system_prompt=common_system_prompt(train),
                       data=read_record(start.run_dir).get("data", {}) | {"n_train": len(train_set),

@@ -273,7 +273,14 @@ class Worker:
                 db.add_event(s, job.id, f"New fine-tuned model created: {name}")
                 db.add_event(s, job.id, "The job has successfully completed")
                 s.commit()
-        else:  # cancelled or paused in the last moments: the request wins, the worker lets go
+        else:  # cancelled or paused after the last step: the request wins, the worker says so and lets go
+            with db.session(self.settings.db) as s:
+                row = s.scalar(select(db.Job).where(db.Job.id == job.id))
+                assert row is not None  # jobs are never deleted
+                if row.worker == token:  # not lost to another worker: its holder reports the stop
+                    reason = row.request or row.status
+                    db.add_event(s, job.id, f"Training stopped ({reason}) after its last step; its checkpoint is kept")
+                    s.commit()
             self.release(job, token)
         say(worker=self.name, job=job.id, event="succeeded" if done else "finished-after-stop", model=name)
 
