@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -103,7 +103,7 @@ def scoring_settings(config: RunConfig, tokenizer, test: list[ChatExample]) -> t
 @dataclass
 class RenderedChats:
     """The splits as token ids, labels only on the assistant's words and end-of-turn tokens."""
-    tokenizer: object
+    tokenizer: Any                # a transformers tokenizer
     train: list[ChatExample]      # the task's examples, with replayed general chats mixed in
     n_own: int                    # how many of `train` are the task's
     train_set: list
