@@ -115,6 +115,6 @@ def why_not(fmt: Format, quant: Quant, method: str, head: str | None = None) -> 
     if method not in fmt.methods:
         return f"--format {fmt.name} does not take {method} runs; it takes {', '.join(sorted(fmt.methods))}"
     if method in MERGED and not quant.merged_ok:
-        return (f"{quant.name} keeps a merged {method} delta with relative error 0.64 (fp16: 0.09; field notes §7), "
+        return (f"{quant.name} keeps a merged {method} delta with relative error 0.64 (fp16: 0.09; docs/export.md), "
                 "most of what training changed; choose " + ", ".join(q.name for q in fmt.quants if q.merged_ok))
     return None
