@@ -12,25 +12,26 @@ def hone(*args, env=None):
     return subprocess.run([sys.executable, "-m", "hone.cli", *args], capture_output=True, text=True, env=env)
 
 
-def test_bad_data_line_is_a_one_line_error_naming_file_and_line(tmp_path):
+def test_bad_data_line_is_a_one_line_error_naming_file_and_line(tmp_path, cli):
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
                     '{"messages": [{"role": "asistant", "content": "x"}]}\n')
-    result = hone("train", "--data", str(data), "--max-steps", "1", "--strict")
+    result = cli("train", "--data", str(data), "--max-steps", "1", "--strict")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == (f"error: {data}:2: messages[0].role is 'asistant'; "
                          "expected system, user, assistant or tool")
     assert "Traceback" not in result.stderr
+    assert "recipe" not in result.stderr and "Converting" not in result.stderr  # refused before any model work
 
 
-def test_unknown_flag_value_key_suggests(tmp_path):
-    result = hone("config", "show", "--set", "train.lrr=1")
+def test_unknown_flag_value_key_suggests(tmp_path, cli):
+    result = cli("config", "show", "--set", "train.lrr=1")
     assert result.returncode == 2 and "did you mean 'train.lr'" in result.stderr
 
 
-def test_catalogue_lists_embedded_models_as_json():
-    result = hone("models", "catalog", "--json")
+def test_catalogue_lists_embedded_models_as_json(cli):
+    result = cli("models", "catalog", "--json")
     names = {row["name"]: row for row in json.loads(result.stdout.strip().splitlines()[-1])}
     assert names["smollm2-135m-instruct"]["default"] and names["smollm2-135m-instruct"]["installed"]
     assert names["minilm-l6"]["kind"] == "encoder"

@@ -196,22 +196,18 @@ def test_mutated_chat_messages_load_or_fail_cleanly(tmp_path, messages, kind):
     _records_or_error(path)
 
 
-def hone(*args):
-    return subprocess.run([sys.executable, "-m", "hone.cli", *args], capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("content", ["not json\n", '{"messages": [{"role": "asistant", "content": "x"}]}\n',
                                      '{"foo": 1}\n'])
-def test_cli_prints_one_line_and_exits_2_on_strict_check(tmp_path, content):
+def test_cli_prints_one_line_and_exits_2_on_strict_check(tmp_path, content, cli):
     path = write(tmp_path / "bad.jsonl", content)
-    result = hone("data", "check", str(path), "--strict", "--no-tokens")
+    result = cli("data", "check", str(path), "--strict", "--no-tokens")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith(f"error: {path}:1: ")
 
 
-def test_cli_check_without_strict_reports_and_exits_1(tmp_path):
+def test_cli_check_without_strict_reports_and_exits_1(tmp_path, cli):
     path = write(tmp_path / "mixed.jsonl", json.dumps(OK) + "\nnot json\n")
-    result = hone("data", "check", str(path), "--no-tokens")
+    result = cli("data", "check", str(path), "--no-tokens")
     assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
     assert "invalid_json" in result.stdout and "mixed.jsonl:2" in result.stdout
 
@@ -345,14 +341,14 @@ def test_json_array_grammar_is_enforced_with_the_line(tmp_path):
     assert [r.text for r in load_records(write(tmp_path / "ok.json", '[ {"text": "a"} ,\n {"text": "b"} ]\n'))] == ["a", "b"]
 
 
-def test_empty_and_blank_files_are_an_error_for_check(tmp_path):
+def test_empty_and_blank_files_are_an_error_for_check(tmp_path, cli):
     from hone.data.quality import check_data
 
     for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n \n\n"), ("empty.json", "  \n")):
         path = write(tmp_path / name, text)
         with pytest.raises(DataError, match="no records: the file is empty or holds only blank lines"):
             check_data([path], strict=True)
-        result = hone("data", "check", str(path), "--strict", "--no-tokens")
+        result = cli("data", "check", str(path), "--strict", "--no-tokens")
         assert result.returncode == 2 and result.stderr.startswith(f"error: {path}: no records")
 
 
@@ -370,14 +366,14 @@ def test_a_named_pipe_is_refused_without_hanging(tmp_path):
         load_records(fifo)
 
 
-def test_a_file_name_over_255_characters_is_one_line(tmp_path):
+def test_a_file_name_over_255_characters_is_one_line(tmp_path, cli):
     path = tmp_path / ("x" * 300 + ".jsonl")
     with pytest.raises(DataError, match="cannot open .*check the path"):
         load_records(path)
-    result = hone("data", "check", str(path), "--no-tokens")
+    result = cli("data", "check", str(path), "--no-tokens")
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     long_ok = write(tmp_path / ("y" * 240 + ".jsonl"), json.dumps(OK) + "\n")  # legal name, long report names
-    assert hone("data", "check", str(long_ok), "--no-tokens").returncode == 0
+    assert cli("data", "check", str(long_ok), "--no-tokens").returncode == 0
 
 
 def _check_with_tokenizer(tmp_path, tiny_model, records, max_seq_len, strict=False):
@@ -452,7 +448,7 @@ def test_identical_lines_are_hashed_once_and_grouped(tmp_path, monkeypatch):
     assert len(calls) == 2   # one MinHash per distinct text, not one per line
 
 
-def test_cli_check_tells_a_crash_from_problems_found(tmp_path):
+def test_cli_check_tells_a_crash_from_problems_found(tmp_path, cli):
     path = write(tmp_path / "ok.jsonl", json.dumps(OK) + "\n")
     code = ("import runpy, sys\n"
             "import hone.data.quality as quality\n"
@@ -463,4 +459,4 @@ def test_cli_check_tells_a_crash_from_problems_found(tmp_path):
             "runpy.run_module('hone.cli', run_name='__main__')\n")
     crash = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert crash.returncode == 70 and "internal error in hone data check (RuntimeError); this is a bug" in crash.stderr
-    assert hone("data", "check", str(path), "--no-tokens").returncode == 0
+    assert cli("data", "check", str(path), "--no-tokens").returncode == 0

@@ -155,15 +155,13 @@ def test_invalid_method_objective_pairs_are_refused(method, objective):
                      check_data=False)
 
 
-def test_invalid_pair_fails_on_the_command_line_before_any_work(tiny_model, chat_files, tmp_path):
-    from test_cli import hone
-
-    result = hone("train", "--data", str(chat_files["train"]), "--model", str(tiny_model), "--method", "bitfit",
+def test_invalid_pair_fails_on_the_command_line_before_any_work(tiny_model, chat_files, tmp_path, cli):
+    result = cli("train", "--data", str(chat_files["train"]), "--model", str(tiny_model), "--method", "bitfit",
                   "--output", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: bitfit trains bias terms only, and llama")
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
-    result = hone("train", "--data", str(chat_files["train"]), "--method", "probe")
+    result = cli("train", "--data", str(chat_files["train"]), "--method", "probe")
     assert result.returncode == 2 and "does not apply to objective 'sft'" in result.stderr
 
 
@@ -223,10 +221,8 @@ def test_nf4_base_holds_a_fraction_of_the_fp32_bytes(tiny_model):
     assert count_parameters(model).total == count_parameters(load_causal_lm(str(tiny_model))).total
 
 
-def test_hone_methods_lists_every_method_with_its_default_lr():
-    from test_cli import hone
-
-    result = hone("methods", "--json")
+def test_hone_methods_lists_every_method_with_its_default_lr(cli):
+    result = cli("methods", "--json")
     assert result.returncode == 0
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert set(rows) == set(METHODS)

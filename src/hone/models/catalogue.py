@@ -110,16 +110,23 @@ def gguf_to_folder(gguf: Path, name: str) -> Path:
     target = models_dir() / name
     if (target / "config.json").is_file():
         return target
+    import fcntl
     import subprocess
     import sys
 
     from rich.console import Console
 
-    Console(stderr=True).print(f"[dim]Converting {gguf.name} to safetensors once "
-                               f"(about 25 s; later loads take seconds) -> {target}[/dim]")
-    done = subprocess.run([sys.executable, "-c", "import sys; from hone.models.catalogue import convert_gguf; "
-                           "convert_gguf(sys.argv[1], sys.argv[2])", str(gguf), str(target)],
-                          stderr=subprocess.PIPE, text=True)
+    # One conversion at a time per target: a second process (another run, a pytest worker) waits for it
+    # and then reads the finished folder, instead of replacing it while the first one loads it.
+    with open(models_dir() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        Console(stderr=True).print(f"[dim]Converting {gguf.name} to safetensors once "
+                                   f"(about 25 s; later loads take seconds) -> {target}[/dim]")
+        done = subprocess.run([sys.executable, "-c", "import sys; from hone.models.catalogue import convert_gguf; "
+                               "convert_gguf(sys.argv[1], sys.argv[2])", str(gguf), str(target)],
+                              stderr=subprocess.PIPE, text=True)
     if done.returncode != 0 or not (target / "config.json").is_file():
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise ModelNotFound(f"{gguf}: could not convert it to safetensors ({lines[-1] if lines else 'no output'})")

@@ -97,10 +97,11 @@ class Advice:
                 **({"labels": self.labels} if self.labels else {})}
 
 
-def read_stats(path: Path, shape: str | None = None) -> DataStats:
-    """One streaming pass: counts, answer and label frequencies, lengths."""
+def read_stats(path: Path, shape: str | None = None, strict: bool = False) -> DataStats:
+    """One streaming pass: counts, answer and label frequencies, lengths. `strict`: the first bad record
+    raises its located error here, before the advice loads a tokenizer or converts a model."""
     stats, report = DataStats(str(path)), ValidationReport()
-    for record in iter_records(Path(path), shape, report=report):
+    for record in iter_records(Path(path), shape, strict=strict, report=report):
         stats.n += 1
         stats.kind = stats.kind or type(record).__name__
         if len(stats.samples) < TOKENIZED_SAMPLE:
@@ -276,7 +277,7 @@ def advise(path: Path, config: RunConfig | None = None, model: str | None = None
     from hone.models.load import load_tokenizer
 
     config = config or RunConfig()
-    stats = read_stats(Path(path), config.data.format)
+    stats = read_stats(Path(path), config.data.format, config.data.strict)
     advised, why = pick_objective(stats)
     if config.objective == "auto" and config.is_set("method.name"):
         advised, why = honour_method(advised, why, stats, config.method.name)
