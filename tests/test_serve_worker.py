@@ -15,7 +15,7 @@ from test_registry import postgres_url  # noqa: F401 - the throwaway PostgreSQL 
 # Jobs train for a wall-clock budget, not a step count: on an idle machine 24 steps of the tiny model
 # took 0.8 s and ended before a cancel or pause could reach them. STEPS is only an upper bound.
 STEPS = 100_000
-TRAIN_SECONDS = 20
+TRAIN_SECONDS = 12
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
