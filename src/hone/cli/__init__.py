@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hone.cli.data import data_app
 from hone.cli.export import export_command
+from hone.cli.kb import kb_app
 from hone.cli.plan import plan_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
@@ -26,6 +27,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(kb_app, name="kb")
 app.add_typer(keys_app, name="keys")
 app.command("serve")(serve_command)
 app.command("worker")(worker_command)

@@ -1,0 +1,175 @@
+"""Knowledge bases: reading, chunking, building, resuming, searching, and the errors a user sees."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hone.errors import UserError
+from hone.kb import KnowledgeBase, create_kb, find_kb, list_kbs, remove_kb, with_passages
+from hone.kb.chunking import chunk_sections, word_counter
+from hone.kb.documents import Section, read_sections
+
+PLANTED = "The zorblax daemon listens on port 7319 and writes its log to /var/log/zorblax."
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from hone.kb.embed import Encoder
+
+    return Encoder()
+
+
+def write_pdf(path, text: str):
+    """A one-page PDF with `text` in Helvetica, cross-reference table and all."""
+    stream = f"BT /F1 12 Tf 10 100 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 400 144] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    path.write_bytes(bytes(out))
+    return path
+
+
+@pytest.fixture
+def docs(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "guide.md").write_text("# Install\n\nRun the installer; it takes two minutes.\n\n## On Linux\n\n"
+                                     f"{PLANTED}\n\n```\n# not a heading inside a fence\n```\n\n# Billing\n\n"
+                                     "Invoices are sent on the first day of each month. Refunds take ten days.\n")
+    (folder / "page.html").write_text("<html><head><style>p {color: red}</style></head><body><h1>Returns</h1>"
+                                      "<p>Items can be returned within 30 days.</p><script>var x = 1;</script>"
+                                      "<h2>Damaged</h2><p>Send a photo of the damage.</p></body></html>")
+    (folder / "faq.jsonl").write_text(json.dumps({"id": "parking", "title": "Parking",
+                                                  "text": "Parking is free on level B2."}) + "\n"
+                                      + json.dumps({"id": "hours", "text": "The office opens at 9 am."}) + "\n")
+    write_pdf(folder / "vault.pdf", "The vault code is 4417.")
+    return folder
+
+
+def test_markdown_sections_follow_headings_not_fenced_lines(docs):
+    sections = read_sections(docs / "guide.md", "guide.md")
+    assert [s.title for s in sections] == ["Install", "Install > On Linux", "Billing"]
+    assert "# not a heading inside a fence" in sections[1].text
+
+
+def test_html_jsonl_and_pdf_sections(docs):
+    html = read_sections(docs / "page.html", "page.html")
+    assert [(s.title, s.text) for s in html] == [("Returns", "Items can be returned within 30 days."),
+                                                  ("Returns > Damaged", "Send a photo of the damage.")]
+    records = read_sections(docs / "faq.jsonl", "faq.jsonl")
+    assert [(s.source, s.title) for s in records] == [("faq.jsonl:parking", "Parking"), ("faq.jsonl:hours", "")]
+    assert read_sections(docs / "vault.pdf", "vault.pdf") == [Section("vault.pdf", "page 1", "The vault code is 4417.")]
+
+
+def test_chunks_fit_the_size_overlap_and_never_cross_a_section():
+    words = [f"w{i}" for i in range(100)]
+    paragraphs = "\n\n".join(" ".join(words[i:i + 10]) + "." for i in range(0, 100, 10))
+    sections = [Section("a.md", "One", paragraphs), Section("a.md", "Two", "short tail.")]
+    chunks = chunk_sections(sections, max_tokens=30, overlap=10, count=word_counter)
+    assert all(len(c.text.split()) <= 30 for c in chunks)
+    assert [c.id for c in chunks] == [f"a.md#{i}" for i in range(1, len(chunks) + 1)]
+    one = [c for c in chunks if c.title == "One"]
+    for before, after in zip(one, one[1:]):   # each chunk starts with the paragraph the one before ended with
+        assert after.text.split()[:10] == before.text.split()[-10:]
+    assert {w for c in one for w in c.text.rstrip(".").replace(".", "").split()} == set(words)
+    assert chunks[-1].title == "Two" and chunks[-1].text == "short tail."
+
+
+def test_long_sentence_is_cut_into_windows_within_the_size():
+    chunks = chunk_sections([Section("b.txt", "", " ".join(["word"] * 95))], 20, 0, word_counter)
+    assert len(chunks) >= 5 and all(len(c.text.split()) <= 20 for c in chunks)
+    assert sum(len(c.text.split()) for c in chunks) == 95
+
+
+def test_build_search_and_reopen_find_the_planted_passage(docs, encoder):
+    result = create_kb("support", [docs], embedder=encoder)
+    assert (result.version, result.status, result.documents) == (1, "built", 4)
+    kb = KnowledgeBase("support", encoder=encoder)   # reopened from disk: index, words, manifest
+    for mode in ("hybrid", "dense", "bm25"):
+        assert kb.search("Which port does the zorblax daemon listen on?", 2, mode)[0].id == "guide.md#2", mode
+    assert kb.search("what is the code of the vault", 1)[0].id == "vault.pdf#1"
+    assert kb.search("where can I park my car", 1)[0].id == "faq.jsonl:parking#1"
+    assert kb.search('"unbalanced (quotes AND', 1) is not None   # FTS5 syntax in a question is just text
+    prompt = with_passages([{"role": "user", "content": "Which port?"}], kb.search("zorblax port", 1))
+    assert "[guide.md#2] Install > On Linux\n" + PLANTED in prompt[0]["content"]
+    assert prompt[0]["content"].endswith("Question: Which port?")
+
+
+def test_same_sources_are_unchanged_changed_sources_make_a_new_version(docs, encoder):
+    create_kb("support", [docs], embedder=encoder)
+    assert create_kb("support", [docs], embedder=encoder).status == "unchanged"
+    (docs / "faq.jsonl").write_text(json.dumps({"id": "wifi", "text": "The wifi password is hunter2."}) + "\n")
+    second = create_kb("support", [docs], embedder=encoder)
+    assert (second.version, second.status) == (2, "built")
+    assert KnowledgeBase("support", encoder=encoder).search("wifi password", 1)[0].id == "faq.jsonl:wifi#1"
+    assert find_kb("support:1").name == "1"
+    assert [f"{m['name']}:{m['version']}" for m in list_kbs()] == ["support:1", "support:2"]
+    assert remove_kb("support:1") == ["support:1"]
+    assert remove_kb("support") == ["support:2"] and list_kbs() == []
+
+
+class Interrupting:
+    """The real encoder, stopped (as by Ctrl-C) on its `stop_at`-th document; counts what it embedded."""
+
+    def __init__(self, encoder, stop_at=None):
+        self.encoder, self.stop_at, self.calls, self.texts = encoder, stop_at, 0, []
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def embed(self, texts, batch_size=32):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        self.texts += texts
+        return self.encoder.embed(texts, batch_size)
+
+
+def test_interrupted_build_resumes_with_the_documents_it_had(docs, encoder):
+    whole = create_kb("whole", [docs], embedder=encoder)
+    first = Interrupting(encoder, stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        create_kb("part", [docs], embedder=first)
+    with pytest.raises(UserError, match="was not finished .2 of 4 documents.; run the same hone kb create again"):
+        KnowledgeBase("part")
+    second = Interrupting(encoder)
+    resumed = create_kb("part", [docs], embedder=second)
+    assert (resumed.status, resumed.version, resumed.chunks) == ("resumed", 1, whole.chunks)
+    assert second.calls == 2 and not set(second.texts) & set(first.texts)   # the first two were not embedded again
+    a, b = KnowledgeBase("whole", encoder=encoder), KnowledgeBase("part", encoder=encoder)
+    assert sorted(p.id for p in a.chunks()) == sorted(p.id for p in b.chunks())
+    question = "How long do refunds take?"
+    assert [p.id for p in a.search(question, 3)] == [p.id for p in b.search(question, 3)]
+
+
+def test_unreadable_document_and_empty_kb_are_one_line_errors(tmp_path, encoder):
+    binary = tmp_path / "scan.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0")
+    with pytest.raises(UserError, match=f"^{binary}: looks binary"):
+        create_kb("bad", [binary], embedder=encoder)
+    latin = tmp_path / "notes.md"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(UserError, match=f"^{latin}: not UTF-8 text"):
+        create_kb("bad", [latin], embedder=encoder)
+    broken = tmp_path / "manual.pdf"
+    broken.write_text("not a pdf")
+    with pytest.raises(UserError, match=f"^{broken}: not a readable PDF"):
+        create_kb("bad", [broken], embedder=encoder)
+    blank = tmp_path / "blank.md"
+    blank.write_text("\n\n   \n")
+    with pytest.raises(UserError, match="knowledge base empty would be empty: no text in blank.md"):
+        create_kb("empty", [blank], embedder=encoder)
+    assert list_kbs() == [] or all(m["name"] != "empty" for m in list_kbs())
+    with pytest.raises(UserError, match="no knowledge base 'nope'"):
+        KnowledgeBase("nope")
