@@ -120,12 +120,21 @@ def demo(
 def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
          system: Optional[str] = typer.Option(None, "--system", help="System message"),
          max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
-         temperature: float = typer.Option(0.0, "--temperature")):
+         temperature: float = typer.Option(0.0, "--temperature"),
+         kb: Optional[str] = typer.Option(None, "--kb", help="Answer from a knowledge base (NAME or NAME:VERSION): passages in the prompt, their ids as sources"),
+         k: int = typer.Option(4, "--k", min=1, help="With --kb: passages per question")):
     """Chat with a tuned model (streaming). Empty line or Ctrl-D quits."""
     from hone.evaluation.predict import Predictor, chat_loop
     from hone.hardware import pick_hardware
 
+    knowledge = None
+    if kb is not None:
+        from hone.kb import KnowledgeBase
+
+        knowledge = KnowledgeBase(kb)   # before the model loads: a wrong name fails at once
     predictor = Predictor(run, pick_hardware().device)
+    if knowledge is not None and predictor.kind == "classifier":
+        raise UserError("--kb: a classifier answers with a label and reads no passages; use a generative run or model")
     if predictor.kind == "classifier":
         err.print(f"[dim]A classifier: it answers with one of {len(predictor.labels)} labels "
                   f"({', '.join(predictor.labels[:8])}{', …' if len(predictor.labels) > 8 else ''}).[/dim]",
@@ -133,9 +142,12 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
     if system is None and (system := predictor.system_prompt):
         err.print(f"[dim]System prompt from the training data: {system!r} (--system '' for none)[/dim]",
                   highlight=False)
+    if knowledge is not None:
+        err.print(f"[dim]Answering from knowledge base {knowledge.name} ({len(knowledge)} chunks, {k} passages "
+                  "per question).[/dim]", highlight=False)
     err.print("[dim]Type a message; an empty line quits.[/dim]")
     write = lambda text: out.print(text, end="", markup=False, highlight=False)  # noqa: E731
-    chat_loop(predictor, _read_line, write, system, max_new_tokens, temperature)
+    chat_loop(predictor, _read_line, write, system, max_new_tokens, temperature, knowledge, k)
 
 
 def _read_line() -> str | None:
