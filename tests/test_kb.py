@@ -173,3 +173,102 @@ def test_unreadable_document_and_empty_kb_are_one_line_errors(tmp_path, encoder)
     assert list_kbs() == [] or all(m["name"] != "empty" for m in list_kbs())
     with pytest.raises(UserError, match="no knowledge base 'nope'"):
         KnowledgeBase("nope")
+
+
+class FakeTeacher:
+    """An OpenAI-compatible endpoint on a free local port that answers like a teacher would: one grounded
+    pair per passage, one from outside knowledge, one duplicate, and one that repeats an evaluation question."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        teacher = self
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                teacher.requests.append(body)
+                passage = body["messages"][-1]["content"].split("Passage:\n", 1)[1]
+                sentence = passage.splitlines()[-1].split(". ")[0].rstrip(".")
+                pairs = [{"question": f"Is it true that {sentence}?", "answer": sentence},
+                         {"question": "Who won the 1998 football World Cup?", "answer": "France"},
+                         {"question": f"is it true that {sentence} ?", "answer": sentence},
+                         {"question": "Which port does the zorblax daemon listen on?", "answer": "7319"}]
+                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                             "role": "assistant", "content": "```json\n" + json.dumps(pairs) + "\n```"}}]}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_synth_keeps_source_ids_and_drops_ungrounded_duplicate_and_leaked_pairs(docs, encoder, tmp_path):
+    from hone.kb.synth import openai_teacher, synthesise
+
+    create_kb("support", [docs], embedder=encoder)
+    kb = KnowledgeBase("support", encoder=encoder)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"messages": [{"role": "user", "content": "Which port does the zorblax daemon "
+                                                   "listen on?"}, {"role": "assistant", "content": "7319"}]}) + "\n")
+    fake = FakeTeacher()
+    try:
+        out = tmp_path / "train.jsonl"
+        result = synthesise(kb, openai_teacher(fake.url, "teacher-x"), "fake", out, per_chunk=4, exclude=questions)
+    finally:
+        fake.close()
+    chunks = {p.id: p.passage for p in kb.chunks()}
+    assert fake.requests[0]["model"] == "teacher-x" and len(fake.requests) == len(chunks)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(written) == len(chunks) == len(result.kept)
+    for example in written:   # every kept answer comes from the chunk it names
+        assert example["messages"][1]["content"] in chunks[example["source"]]
+    n = len(chunks)
+    # "France" everywhere, "7319" everywhere but the chunk it is in (where it is the evaluation question)
+    assert result.dropped() == {"ungrounded": n + n - 1, "duplicate": n, "leak": 1}
+    report = json.loads((tmp_path / "train.jsonl.synth.json").read_text())
+    assert report["kept"] == n and {d["reason"] for d in report["dropped_examples"]} >= {"ungrounded", "duplicate"}
+
+
+def test_teacher_endpoint_that_is_down_is_one_line_naming_the_url():
+    import socket
+
+    from hone.kb.synth import openai_teacher
+
+    with socket.socket() as s:   # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with pytest.raises(UserError, match=f"^teacher endpoint {url} is unreachable"):
+        openai_teacher(url, "m", timeout=5)([[{"role": "user", "content": "hi"}]])
+
+
+def test_chat_with_kb_gives_the_model_the_passages_and_prints_their_ids(docs, encoder, tiny_model):
+    from hone.evaluation.predict import Predictor, chat_loop
+
+    create_kb("support", [docs], embedder=encoder)
+    predictor = Predictor(str(tiny_model))
+    seen = []
+    stream = predictor.stream
+    predictor.stream = lambda messages, *a: (seen.append(messages), stream(messages, *a))[1]  # type: ignore
+    questions, written = iter(["Which port does the zorblax daemon listen on?", ""]), []
+    history = chat_loop(predictor, lambda: next(questions), written.append, max_new_tokens=4,
+                        kb=KnowledgeBase("support", encoder=encoder), k=2)
+    assert PLANTED in seen[0][-1]["content"] and seen[0][-1]["content"].endswith("Question: Which port does the "
+                                                                                  "zorblax daemon listen on?")
+    assert written[-1].startswith("sources: [guide.md#2]")
+    assert history[0]["content"] == "Which port does the zorblax daemon listen on?"   # history keeps the question

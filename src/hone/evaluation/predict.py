@@ -148,3 +148,21 @@ def _run_max_length(run: Path, model) -> int:
     configured = load_config(config_file).data.max_length if config_file.is_file() else 1024
     limit = getattr(model.config, "max_position_embeddings", None) or configured
     return min(configured, limit)
+
+
+def teacher_for(teacher: str = "local", model: str | None = None, device: str = "cpu", max_new_tokens: int = 384):
+    """(answer function, name) for `hone data synth`: "local" answers with `model` (a run or a model; default
+    the catalogue's default) on this machine; a URL is any OpenAI-compatible endpoint, asked for `model`."""
+    from hone.kb.synth import openai_teacher
+    from hone.models.catalogue import DEFAULT_MODEL
+
+    if teacher != "local":
+        if not teacher.startswith(("http://", "https://")):
+            raise UserError(f"--teacher {teacher!r}: give 'local' or the URL of an OpenAI-compatible endpoint "
+                            "(e.g. http://localhost:8000/v1)")
+        return openai_teacher(teacher, model or "default"), f"{teacher} ({model or 'default'})"
+    predictor = Predictor(model or DEFAULT_MODEL, device)
+    if predictor.kind == "classifier":
+        raise UserError("--teacher-model: a classifier cannot write questions and answers; use a generative model")
+    return (lambda conversations: predictor.answers(conversations, max_new_tokens, batch_size=8),
+            f"local {model or DEFAULT_MODEL}")
