@@ -272,3 +272,64 @@ def test_chat_with_kb_gives_the_model_the_passages_and_prints_their_ids(docs, en
                                                                                   "zorblax daemon listen on?")
     assert written[-1].startswith("sources: [guide.md#2]")
     assert history[0]["content"] == "Which port does the zorblax daemon listen on?"   # history keeps the question
+
+
+def test_four_way_comparison_scores_every_contender_on_the_same_questions(docs, encoder, tiny_model, chat_files,
+                                                                          tmp_path, monkeypatch):
+    import hone
+    from hone.evaluation.contenders import compare_knowledge, print_comparison
+    from hone.evaluation.run_eval import EvalOptions
+
+    create_kb("support", [docs], embedder=encoder)
+    monkeypatch.setattr("hone.kb.embed.Encoder", lambda spec: encoder)   # the kb's encoder, loaded once
+    run = hone.train(data=chat_files["train"], model=str(tiny_model), max_steps=1, output=tmp_path / "run",
+                     train__threads=1, train__batch_size=4, train__micro_batch_size=4, eval__forgetting=False).run_dir
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"messages": [{"role": "user", "content": "Which port does the zorblax daemon listen on?"},
+                      {"role": "assistant", "content": "7319"}], "source": "guide.md"},
+        {"messages": [{"role": "user", "content": "Where is parking free?"},
+                      {"role": "assistant", "content": "level B2"}], "source": "faq.jsonl:parking"},
+        {"messages": [{"role": "user", "content": "What is the vault code?"},
+                      {"role": "assistant", "content": "4417"}], "source": "page.html"},   # a wrong gold source
+        {"messages": [{"role": "user", "content": "When does the office open?"},
+                      {"role": "assistant", "content": "9 am"}]}]))
+    report = compare_knowledge(str(run), ["base", "base+kb", "tuned", "tuned+kb"], "support",
+                               EvalOptions(data=questions, max_new_tokens=3, batch_size=4), k=2)
+    metrics = report.metrics()
+    assert list(metrics) == ["base", "base+kb", "tuned", "tuned+kb"]
+    assert all({"exact_match", "token_f1", "rouge_l"} <= set(m) for m in metrics.values())
+    assert metrics["base+kb"]["recall_at_2"] == pytest.approx(2 / 3) and "recall_at_2" not in metrics["base"]
+    assert metrics["base+kb"]["tokens_per_answer"] > metrics["base"]["tokens_per_answer"]   # the passages cost tokens
+    assert report.primary == "token_f1" and report.choice in metrics and report.recommendation.startswith("Deploy ")
+    assert report.contenders[1].against_first["token_f1"].interval is not None   # paired against `base`
+    assert json.loads((run / "compare-kb.json").read_text())["metrics"] == json.loads(json.dumps(metrics))
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    print_comparison(report, console)
+    shown = console.export_text()
+    assert "tuned+kb" in shown and "recall@2: 0.667 (3 questions name their source)" in shown
+    with pytest.raises(UserError, match="'tuned' needs a run"):
+        compare_knowledge(str(tiny_model), ["base", "tuned"], "support", EvalOptions(data=questions))
+
+
+def test_advice_prefers_the_simpler_contender_when_the_best_is_not_significantly_better():
+    import numpy as np
+
+    from hone.evaluation.compare import compare_metric
+    from hone.evaluation.contenders import Contender, recommend
+    from hone.evaluation.metrics import TEXT_METRICS
+
+    f1 = TEXT_METRICS["token_f1"]()
+    per_item = {"base": [0.0] * 20, "base+kb": [1.0] * 9 + [0.0] * 11, "tuned": [0.0] * 20,
+                "tuned+kb": [1.0] * 10 + [0.0] * 10}
+    contenders = [Contender(name, "m", ["x"] * 20, 20.0, 100.0, 5.0, {"token_f1": float(np.mean(v))})
+                  for name, v in per_item.items()]
+    best = contenders[3]
+    for c in contenders:
+        c.against_best = compare_metric(f1, np.array(per_item[c.name])[:, None], np.array(per_item[best.name])[:, None])
+    choice, advice = recommend(contenders, best, "token_f1")
+    assert choice.name == "base+kb"
+    assert advice.startswith("Deploy base+kb: tuned+kb scores best on token_f1 (0.500")
+    assert "needs no training run" in advice and "Significantly worse: base 0.000" in advice

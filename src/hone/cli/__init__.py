@@ -235,6 +235,9 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test items"),
     seed: int = typer.Option(0, "--seed", help="Seed for generation and the bootstrap"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Fine-tune, retrieve or both: any of base,base+kb,tuned,tuned+kb (needs --kb)"),
+    kb: Optional[str] = typer.Option(None, "--kb", help="With --compare: the knowledge base the +kb contenders answer from"),
+    k: int = typer.Option(4, "--k", min=1, help="With --compare: passages per question"),
 ):
     """Evaluate a tuned model against its base on held-out data: metrics, intervals, suites, judge."""
     from hone.evaluation.run_eval import EvalOptions, evaluate_model
@@ -243,11 +246,32 @@ def eval_command(
     options = EvalOptions(data=data, base=base, compare_base=not no_base, metrics=metric or None, schema=schema,
                           suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+    if compare is not None or kb is not None:
+        _compare_knowledge(target, compare, kb, k, options, as_json, no_base=no_base, suite=suite, judge=judge_url)
+        return
     result = evaluate_model(target, options, console=err)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
         print_eval(result, out)
+
+
+def _compare_knowledge(target, compare, kb, k, options, as_json: bool, **refused) -> None:
+    from hone.evaluation.contenders import compare_knowledge, parse_contenders, print_comparison
+
+    if compare is None or kb is None:
+        raise UserError("--compare and --kb go together: hone eval RUN --compare base,base+kb,tuned,tuned+kb "
+                        "--kb NAME --data questions.jsonl")
+    flags = {"no_base": "--no-base", "suite": "--suite", "judge": "--judge-url"}
+    for key, value in refused.items():
+        if value:
+            raise UserError(f"{flags[key]} does not apply to --compare (name the contenders in --compare instead)"
+                            if key == "no_base" else f"{flags[key]} is not available with --compare yet; run it "
+                            "without --compare")
+    report = compare_knowledge(target, parse_contenders(compare), kb, options, k, console=err)
+    print_comparison(report, err if as_json else out)
+    if as_json:
+        print(json.dumps(report.metrics(), ensure_ascii=False))
 
 
 @app.command()
