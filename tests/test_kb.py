@@ -333,3 +333,50 @@ def test_advice_prefers_the_simpler_contender_when_the_best_is_not_significantly
     assert choice.name == "base+kb"
     assert advice.startswith("Deploy base+kb: tuned+kb scores best on token_f1 (0.500")
     assert "needs no training run" in advice and "Significantly worse: base 0.000" in advice
+
+
+def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_model, monkeypatch):
+    from dataclasses import dataclass
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from hone.serve.errors import install_error_handlers
+    from hone.serve.inference import make_inference_router
+
+    @dataclass(frozen=True)
+    class Source:   # the fields of hone.serve.catalog.ModelSource
+        id: str
+        base: str
+        tuned: str | None
+        owned_by: str
+        created: int
+
+    class Catalog:
+        model = Source("tiny", str(tiny_model), None, "system", 1700000000)
+
+        def resolve(self, org, model_id):
+            return self.model if model_id == "tiny" else None
+
+    create_kb("support", [docs], embedder=encoder)
+    monkeypatch.setattr("hone.kb.embed.Encoder", lambda spec: encoder)
+    app = FastAPI()
+    install_error_handlers(app)
+    router = make_inference_router(Catalog(), lambda: "acme")
+    app.include_router(router)
+    question = [{"role": "user", "content": "Which port does the zorblax daemon listen on?"}]
+    with TestClient(app) as http:
+        reply = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question, "max_tokens": 3,
+                                                        "temperature": 0, "hone_kb": {"name": "support", "k": 2}})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["hone_citations"][0]["id"] == "guide.md#2" and len(body["hone_citations"]) == 2
+        assert body["usage"]["prompt_tokens"] > 60   # the passages were in the prompt
+        missing = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question,
+                                                          "hone_kb": {"name": "nope"}})
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "hone_kb"
+        assert "no knowledge base 'nope'" in missing.json()["error"]["message"]
+        streamed = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question, "stream": True,
+                                                           "hone_kb": {"name": "support"}})
+        assert streamed.status_code == 400 and "stream" in streamed.json()["error"]["message"]
+    router.engine.close()

@@ -17,7 +17,9 @@ import json
 import re
 import shutil
 import sqlite3
+import threading
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from hone.errors import UserError
@@ -162,6 +164,7 @@ class KnowledgeBase:
         self.db = sqlite3.connect(self.folder / "chunks.db", check_same_thread=False)
         self.index = faiss.read_index(str(self.folder / "index.faiss"))
         self._encoder = encoder
+        self._lock = threading.Lock()   # one search at a time: the server calls from worker threads
 
     @property
     def encoder(self):
@@ -191,6 +194,10 @@ class KnowledgeBase:
         """The `k` passages that best match `query`: dense (cosine), bm25 (words) or hybrid (both, fused)."""
         if mode not in MODES:
             raise KnowledgeBaseError(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}")
+        with self._lock:
+            return self._search(query, k, mode)
+
+    def _search(self, query: str, k: int, mode: str) -> list[Passage]:
         if mode == "dense":
             ranked = self.dense(query, k)
         elif mode == "bm25":
@@ -212,3 +219,13 @@ class KnowledgeBase:
         rows = self.db.execute("SELECT id, source, title, text FROM chunks ORDER BY rowid" +
                                (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
         return [Passage(row[0], row[1], row[2], row[3], 0.0) for row in rows]
+
+
+def open_kb(ref: str) -> KnowledgeBase:
+    """A loaded knowledge base, kept for the next call (the server's): `NAME` follows its newest ready version."""
+    return _open_folder(str(find_kb(ref)))
+
+
+@lru_cache(maxsize=8)
+def _open_folder(folder: str) -> KnowledgeBase:
+    return KnowledgeBase(folder)

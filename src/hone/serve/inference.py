@@ -81,9 +81,18 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart] | None = None
 
 
+class KnowledgeRequest(BaseModel):
+    """hone extension: answer from a knowledge base (docs/knowledge.md)."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="knowledge base, NAME or NAME:VERSION (hone kb list)")
+    k: int = Field(4, ge=1, le=32, description="passages put before the last user message")
+
+
 class ChatRequest(Sampled):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    hone_kb: KnowledgeRequest | None = Field(None, description="hone extension: retrieve passages from a knowledge "
+                                             "base into the prompt; the answer carries `hone_citations`")
 
 
 class CompletionRequest(Sampled):
@@ -130,6 +139,9 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
         source = await resolve(org, body.model)
         messages = [chat_message(m) for m in body.messages]
+        citations = None
+        if body.hone_kb is not None:   # hone extension: the same template and retrieval as `hone chat --kb`
+            messages, citations = await asyncio.to_thread(with_knowledge, body.hone_kb, messages, body.stream)
         prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
                                       "messages", body.n or 1, max_request_tokens)
         run = start(engine, source, body, prompt, limit)
@@ -139,7 +151,8 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
         choices = [{"index": i, "message": {"role": "assistant", "content": a.text, "refusal": None},
                     "logprobs": None, "finish_reason": a.finish_reason} for i, a in enumerate(answers)]
         return {"id": run.id("chatcmpl"), "object": "chat.completion", "created": run.created, "model": body.model,
-                "choices": choices, "usage": run.usage(answers), "system_fingerprint": None}
+                "choices": choices, "usage": run.usage(answers), "system_fingerprint": None,
+                **({"hone_citations": citations} if citations is not None else {})}
 
     @router.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, org: str = Depends(current_org)):
@@ -157,6 +170,21 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
                 "choices": choices, "usage": run.usage(answers), "system_fingerprint": None}
 
     return router
+
+
+def with_knowledge(request: KnowledgeRequest, messages: list[dict], stream: bool | None) -> tuple[list[dict], list]:
+    """(messages with the retrieved passages, their citations) for a request's `hone_kb`."""
+    from hone.kb.prompt import retrieve_for
+    from hone.kb.store import open_kb
+
+    if stream:
+        raise APIError(400, "hone_kb with stream: true is not supported yet; send stream: false to get the "
+                       "answer with its hone_citations", param="hone_kb", code="unsupported_parameter")
+    try:
+        asked, passages = retrieve_for(open_kb(request.name), messages, request.k)
+    except UserError as exc:
+        raise APIError(404, str(exc), param="hone_kb", code="kb_not_found") from None
+    return asked, [{"id": p.id, "source": p.source, "title": p.title, "score": p.score} for p in passages]
 
 
 def model_object(source) -> dict:
