@@ -366,12 +366,14 @@ def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_mo
     app.include_router(router)
     question = [{"role": "user", "content": "Which port does the zorblax daemon listen on?"}]
     with TestClient(app) as http:
-        reply = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question, "max_tokens": 3,
-                                                        "temperature": 0, "hone_kb": {"name": "support", "k": 2}})
-        assert reply.status_code == 200, reply.text
-        body = reply.json()
-        assert body["hone_citations"][0]["id"] == "guide.md#2" and len(body["hone_citations"]) == 2
-        assert body["usage"]["prompt_tokens"] > 60   # the passages were in the prompt
+        from openai import OpenAI
+
+        official = OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+        reply = official.chat.completions.create(model="tiny", messages=question, max_tokens=3, temperature=0,
+                                                 extra_body={"hone_kb": {"name": "support", "k": 2}})
+        citations = (reply.model_extra or {})["hone_citations"]
+        assert citations[0]["id"] == "guide.md#2" and len(citations) == 2
+        assert reply.usage is not None and reply.usage.prompt_tokens > 60   # the passages were in the prompt
         missing = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question,
                                                           "hone_kb": {"name": "nope"}})
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "hone_kb"

@@ -156,7 +156,9 @@ def data_synth(
     if out_path is None and not dry_run:
         raise UserError("give --out train.jsonl (or --dry-run to see a few pairs first)")
     knowledge = KnowledgeBase(kb)
-    ask, name = teacher_for(teacher, teacher_model, pick_hardware().device if teacher == "local" else "cpu")
+    # room for each pair, not for rambling past them: a batch generates until its longest reply ends
+    ask, name = teacher_for(teacher, teacher_model, pick_hardware().device if teacher == "local" else "cpu",
+                            max_new_tokens=100 * per_chunk)
     result = synthesise(knowledge, ask, name, None if dry_run else out_path, per_chunk, limit or (3 if dry_run else None),
                         exclude, min_grounding, console=err)
     if as_json:
