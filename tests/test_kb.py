@@ -382,3 +382,17 @@ def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_mo
                                                            "hone_kb": {"name": "support"}})
         assert streamed.status_code == 400 and "stream" in streamed.json()["error"]["message"]
     router.engine.close()
+
+
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "nowhere"
+    for args, message in ((["kb", "create", "docs", str(missing)], f"error: {missing}: no such file or folder"),
+                          (["kb", "show", "nope"], "error: no knowledge base 'nope'; create one with hone kb create"),
+                          (["eval", "latest", "--compare", "base,kb"],
+                           "error: --compare and --kb go together: hone eval RUN --compare base,base+kb,tuned,"
+                           "tuned+kb --kb NAME --data questions.jsonl")):
+        done = subprocess.run([sys.executable, "-m", "hone.cli", *args], capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == message, done.stderr
