@@ -22,6 +22,8 @@ from hone.kb.store import KnowledgeBaseError, check_name, connect, kb_root, read
 from hone.models.catalogue import DEFAULT_ENCODER
 from hone.registry.fingerprint import file_sha256
 
+EMBED_SLICE = 256   # chunks embedded between progress updates
+
 
 @dataclass
 class BuildResult:
@@ -95,7 +97,10 @@ def create_kb(name: str, documents: list[Path], encoder: str = DEFAULT_ENCODER, 
         for source in todo:
             bar.update(task, doc=source["source"][-40:])
             chunks = chunk_sections(read_sections(Path(source["path"]), source["source"]), size, step, model.count)
-            vectors = model.embed([c.passage for c in chunks], batch_size) if chunks else []
+            vectors = []
+            for start in range(0, len(chunks), EMBED_SLICE):   # a long document shows its chunks as they go
+                bar.update(task, doc=f"{source['source'][-40:]} ({start}/{len(chunks)} chunks)")
+                vectors += list(model.embed([c.passage for c in chunks[start:start + EMBED_SLICE]], batch_size))
             with db:   # one transaction per document: all of it or none of it survives an interrupt
                 for chunk, vector in zip(chunks, vectors):
                     row = db.execute("INSERT INTO chunks (id, source, title, text, vector, document) "
