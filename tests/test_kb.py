@@ -243,6 +243,14 @@ def test_synth_keeps_source_ids_and_drops_ungrounded_duplicate_and_leaked_pairs(
     assert result.dropped() == {"ungrounded": n + n - 1, "duplicate": n, "leak": 1}
     report = json.loads((tmp_path / "train.jsonl.synth.json").read_text())
     assert report["kept"] == n and {d["reason"] for d in report["dropped_examples"]} >= {"ungrounded", "duplicate"}
+    # Again, with passages in the prompts: the teacher's replies come from the cache (its endpoint is closed now)
+    again = synthesise(kb, openai_teacher(fake.url, "teacher-x"), "fake", out, per_chunk=4, exclude=questions,
+                       with_passages=2)
+    assert len(again.kept) == n
+    for example in (json.loads(line) for line in out.read_text().splitlines()):
+        prompt = example["messages"][0]["content"]
+        assert prompt.count("\n\n[") == 2 and f"[{example['source']}] " in prompt
+        assert prompt.rsplit("\n\nQuestion: ", 1)[1].startswith("Is it true that ")   # the teacher's question last
 
 
 def test_teacher_endpoint_that_is_down_is_one_line_naming_the_url():

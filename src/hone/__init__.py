@@ -136,7 +136,7 @@ def create_kb(name: str, *documents: str | Path, encoder: str = "minilm-l6", chu
 
 def synthesise(kb: str, out: str | Path | None, *, teacher: str = "local", teacher_model: str | None = None,
                per_chunk: int = 3, limit: int | None = None, exclude: str | Path | None = None,
-               min_grounding: float = 0.6, console=None) -> SynthResult:
+               min_grounding: float = 0.6, with_passages: int = 0, console=None) -> SynthResult:
     """Question-answer pairs grounded in the chunks of `kb`, as `hone data synth` writes them (`out` None: a dry
     run that writes nothing); `teacher` is "local" or an OpenAI-compatible URL."""
     from rich.console import Console
@@ -147,7 +147,8 @@ def synthesise(kb: str, out: str | Path | None, *, teacher: str = "local", teach
 
     ask, name = teacher_for(teacher, teacher_model)
     return synth(KnowledgeBase(kb), ask, name, Path(out) if out is not None else None, per_chunk, limit,
-                 Path(exclude) if exclude is not None else None, min_grounding, console=console or Console(stderr=True))
+                 Path(exclude) if exclude is not None else None, min_grounding, with_passages=with_passages,
+                 console=console or Console(stderr=True))
 
 
 def compare_knowledge(run: str | Path, kb: str, data: str | Path, *,

@@ -144,6 +144,7 @@ def data_synth(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N chunks, spread over the knowledge base"),
     exclude: Optional[Path] = typer.Option(None, "--exclude", help="Evaluation questions (JSONL) no training pair may repeat"),
     min_grounding: float = typer.Option(0.6, "--min-grounding", min=0.0, max=1.0, help="Share of an answer's words that must occur in its chunk"),
+    with_passages: int = typer.Option(0, "--with-passages", min=0, help="Write each question with K retrieved passages in its prompt (its own chunk among them), to train for answering with a knowledge base"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Ask about 3 chunks (or --limit), show the pairs and verdicts, write nothing"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on the last line"),
 ):
@@ -160,7 +161,7 @@ def data_synth(
     ask, name = teacher_for(teacher, teacher_model, pick_hardware().device if teacher == "local" else "cpu",
                             max_new_tokens=100 * per_chunk)
     result = synthesise(knowledge, ask, name, None if dry_run else out_path, per_chunk, limit or (3 if dry_run else None),
-                        exclude, min_grounding, console=err)
+                        exclude, min_grounding, with_passages=with_passages, console=err)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return

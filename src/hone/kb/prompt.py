@@ -3,7 +3,7 @@
 The passages go into the user's turn, above the question, each headed by its id in square brackets;
 the conversation before it (a run's system prompt included) is left as it is. The template is part of
 hone's interface (docs/knowledge.md shows it), so a model tuned on prompts built here (`hone data synth
---with-passages`) sees at inference exactly what it was trained on.
+--with-passages K`) sees at inference exactly what it was trained on.
 """
 from __future__ import annotations
 

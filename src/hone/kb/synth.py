@@ -51,9 +51,13 @@ class Candidate:
     source: str          # the chunk id
     reason: str | None = None   # why it was dropped; None: kept
 
-    def example(self) -> dict:
-        return {"messages": [{"role": "user", "content": self.question},
-                             {"role": "assistant", "content": self.answer}], "source": self.source}
+    def example(self, passages: list[Passage] | None = None) -> dict:
+        """A chat example; with `passages`, its question carries them as `hone chat --kb` would (prompt.py)."""
+        from hone.kb.prompt import with_passages
+
+        asked = [{"role": "user", "content": self.question}]
+        return {"messages": [*with_passages(asked, passages or []), {"role": "assistant", "content": self.answer}],
+                "source": self.source}
 
 
 @dataclass
@@ -165,9 +169,13 @@ def filter_candidates(candidates: list[Candidate], passages: dict[str, str], exc
 
 def synthesise(kb: KnowledgeBase, teacher: Teacher, teacher_name: str, output: Path | None, per_chunk: int = 3,
                limit: int | None = None, exclude: Path | None = None, min_grounding: float = MIN_GROUNDING,
-               batch_size: int = 8, console: Console | None = None) -> SynthResult:
+               batch_size: int = 8, with_passages: int = 0, console: Console | None = None) -> SynthResult:
     """Ask `teacher` for `per_chunk` pairs on each chunk (or `limit` chunks spread over the kb), filter them,
-    and write the kept ones to `output` as chat JSONL with their chunk id (None: a dry run, nothing written)."""
+    and write the kept ones to `output` as chat JSONL with their chunk id (None: a dry run, nothing written).
+
+    `with_passages` K > 0 writes each question with K passages in its prompt, as retrieval would give them at
+    inference (the other K-1 are distractors), its own chunk always among them (RAFT, Zhang et al. 2024,
+    trains with distractors; this keeps the source passage in every example)."""
     console = console or Console(stderr=True)
     started = time.monotonic()
     chunks = kb.chunks()
@@ -201,12 +209,21 @@ def synthesise(kb: KnowledgeBase, teacher: Teacher, teacher_name: str, output: P
     if output is not None:
         with atomic.writer(output) as handle:
             for candidate in result.kept:
-                handle.write(json.dumps(candidate.example(), ensure_ascii=False) + "\n")
+                handle.write(json.dumps(candidate.example(_passages_for(kb, candidate, with_passages, chunks)
+                                                          if with_passages else None), ensure_ascii=False) + "\n")
         result.output = output
     result.seconds = time.monotonic() - started
     if output is not None:
         atomic.write_json(Path(f"{output}.synth.json"), result.to_json())
     return result
+
+
+def _passages_for(kb: KnowledgeBase, candidate: Candidate, k: int, chunks: list[Passage]) -> list[Passage]:
+    """The `k` passages retrieval finds for the question, the candidate's own chunk put in last if it missed."""
+    found = kb.search(candidate.question, k)
+    if all(p.id != candidate.source for p in found):
+        found = found[:k - 1] + [next(c for c in chunks if c.id == candidate.source)]
+    return found
 
 
 def _ask(chunk: Passage, n: int) -> list[dict]:
