@@ -280,6 +280,10 @@ def test_chat_with_kb_gives_the_model_the_passages_and_prints_their_ids(docs, en
                                                                                   "zorblax daemon listen on?")
     assert written[-1].startswith("sources: [guide.md#2]")
     assert history[0]["content"] == "Which port does the zorblax daemon listen on?"   # history keeps the question
+    answer, passages = predictor.ask(question_only := [{"role": "user", "content": "zorblax port?"}],
+                                     KnowledgeBase("support", encoder=encoder), k=1, max_new_tokens=2)
+    assert isinstance(answer, str) and [p.id for p in passages] == ["guide.md#2"]
+    assert question_only == [{"role": "user", "content": "zorblax port?"}]   # the caller's messages unchanged
 
 
 def test_four_way_comparison_scores_every_contender_on_the_same_questions(docs, encoder, tiny_model, chat_files,
