@@ -184,7 +184,7 @@ def synthesise(kb: KnowledgeBase, teacher: Teacher, teacher_name: str, output: P
         chunks = chunks[::step][:limit]
     excluded = evaluation_questions(exclude) if exclude else []
     cache = Path(f"{output}.teacher.jsonl") if output else None
-    replies = _cached_replies(cache, teacher_name)
+    replies = _cached_replies(cache, teacher_name, per_chunk)
     todo = [c for c in chunks if c.id not in replies]
     with Progress(TextColumn("[bold]synth[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -196,8 +196,8 @@ def synthesise(kb: KnowledgeBase, teacher: Teacher, teacher_name: str, output: P
             if cache is not None:
                 with cache.open("a", encoding="utf-8") as handle:   # appended per batch: the resume point
                     for chunk, answer in zip(batch, answers):
-                        handle.write(json.dumps({"chunk": chunk.id, "teacher": teacher_name, "reply": answer},
-                                                ensure_ascii=False) + "\n")
+                        handle.write(json.dumps({"chunk": chunk.id, "teacher": teacher_name, "per_chunk": per_chunk,
+                                                 "reply": answer}, ensure_ascii=False) + "\n")
             bar.advance(task, len(batch))
     result = SynthResult(kb.name, teacher_name, len(chunks))
     for chunk in chunks:
@@ -230,8 +230,9 @@ def _ask(chunk: Passage, n: int) -> list[dict]:
     return [{"role": "user", "content": PROMPT.format(n=n, passage=chunk.passage)}]
 
 
-def _cached_replies(cache: Path | None, teacher_name: str) -> dict[str, str]:
-    """Replies an earlier, interrupted run of the same teacher already got (a torn last line is ignored)."""
+def _cached_replies(cache: Path | None, teacher_name: str, per_chunk: int) -> dict[str, str]:
+    """Replies an earlier, interrupted run of the same teacher, asked the same, already got (a torn last line
+    is ignored)."""
     replies: dict[str, str] = {}
     if cache is None or not cache.is_file():
         return replies
@@ -240,7 +241,7 @@ def _cached_replies(cache: Path | None, teacher_name: str) -> dict[str, str]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("teacher") == teacher_name:
+        if record.get("teacher") == teacher_name and record.get("per_chunk") == per_chunk:
             replies[record["chunk"]] = record["reply"]
     return replies
 
