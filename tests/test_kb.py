@@ -390,6 +390,10 @@ def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_mo
                                                           "hone_kb": {"name": "nope"}})
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "hone_kb"
         assert "no knowledge base 'nope'" in missing.json()["error"]["message"]
+        folder = str(next((docs.parent / "hone-home" / "kb" / "support").iterdir()))   # a path, not a name
+        by_path = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question,
+                                                          "hone_kb": {"name": folder}})
+        assert by_path.status_code == 404 and "give NAME or NAME:VERSION" in by_path.json()["error"]["message"]
         streamed = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question, "stream": True,
                                                            "hone_kb": {"name": "support"}})
         assert streamed.status_code == 400 and "stream" in streamed.json()["error"]["message"]

@@ -222,8 +222,11 @@ class KnowledgeBase:
 
 
 def open_kb(ref: str) -> KnowledgeBase:
-    """A loaded knowledge base, kept for the next call (the server's): `NAME` follows its newest ready version."""
-    return _open_folder(str(find_kb(ref)))
+    """A loaded knowledge base, kept for the next call (the server's): `NAME` follows its newest ready version.
+    Only names: a client of the server must not open folders by path."""
+    if not _REF.match(ref.strip()) or not _NAME.match(ref.strip().split(":")[0]):
+        raise KnowledgeBaseError(f"no knowledge base {ref!r}; give NAME or NAME:VERSION")
+    return _open_folder(str(find_kb(ref.strip())))
 
 
 @lru_cache(maxsize=8)
