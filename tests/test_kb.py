@@ -395,8 +395,11 @@ def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_mo
                                                           "hone_kb": {"name": folder}})
         assert by_path.status_code == 404 and "give NAME or NAME:VERSION" in by_path.json()["error"]["message"]
         streamed = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question, "stream": True,
-                                                           "hone_kb": {"name": "support"}})
-        assert streamed.status_code == 400 and "stream" in streamed.json()["error"]["message"]
+                                                           "max_tokens": 2, "hone_kb": {"name": "support", "k": 2}})
+        frames = [json.loads(line[6:]) for line in streamed.text.splitlines()
+                  if line.startswith("data: {")]
+        assert [c["id"] for c in frames[0]["hone_citations"]] == [c["id"] for c in citations]
+        assert all("hone_citations" not in f for f in frames[1:]) and streamed.text.endswith("data: [DONE]\n\n")
     router.engine.close()
 
 

@@ -141,12 +141,12 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
         messages = [chat_message(m) for m in body.messages]
         citations = None
         if body.hone_kb is not None:   # hone extension: the same template and retrieval as `hone chat --kb`
-            messages, citations = await asyncio.to_thread(with_knowledge, body.hone_kb, messages, body.stream)
+            messages, citations = await asyncio.to_thread(with_knowledge, body.hone_kb, messages)
         prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
                                       "messages", body.n or 1, max_request_tokens)
         run = start(engine, source, body, prompt, limit)
         if body.stream:
-            return sse(chat_events(run, body))
+            return sse(chat_events(run, body, citations))
         answers = await run.result()
         choices = [{"index": i, "message": {"role": "assistant", "content": a.text, "refusal": None},
                     "logprobs": None, "finish_reason": a.finish_reason} for i, a in enumerate(answers)]
@@ -172,14 +172,11 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     return router
 
 
-def with_knowledge(request: KnowledgeRequest, messages: list[dict], stream: bool | None) -> tuple[list[dict], list]:
+def with_knowledge(request: KnowledgeRequest, messages: list[dict]) -> tuple[list[dict], list]:
     """(messages with the retrieved passages, their citations) for a request's `hone_kb`."""
     from hone.kb.prompt import retrieve_for
     from hone.kb.store import open_kb
 
-    if stream:
-        raise APIError(400, "hone_kb with stream: true is not supported yet; send stream: false to get the "
-                       "answer with its hone_citations", param="hone_kb", code="unsupported_parameter")
     try:
         asked, passages = retrieve_for(open_kb(request.name), messages, request.k)
     except UserError as exc:
@@ -357,10 +354,12 @@ async def stream_frames(run: Run, body: Sampled, head: Callable[[], dict], choic
         run.job.cancelled = True   # the client hung up mid-stream: stop generating for it
 
 
-def chat_events(run: Run, body: ChatRequest):
+def chat_events(run: Run, body: ChatRequest, citations: list | None = None):
+    cite = [{"hone_citations": citations}] if citations is not None else []   # hone_kb: on the first chunk only
+
     def head() -> dict:
         return {"id": run.id("chatcmpl"), "object": "chat.completion.chunk", "created": run.created,
-                "model": body.model, "system_fingerprint": None}
+                "model": body.model, "system_fingerprint": None, **(cite.pop() if cite else {})}
 
     def choice(index: int, text: str | None, finish: str | None) -> dict:
         if text is None:   # the opening chunk of each choice carries the role
