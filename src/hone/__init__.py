@@ -10,6 +10,10 @@ The front door: what the `hone` command does, callable from Python (docs/python.
     hone.check_data("orders.jsonl")                                 # -> the quality report
     hone.plan(model="smollm2-135m-instruct", methods=["lora", "full"])
     hone.export(result.run_dir, format="gguf", quant="q8_0")        # -> verified artifact + export.json
+    hone.create_kb("handbook", "docs/")                             # -> a knowledge base (docs/knowledge.md)
+    hone.KnowledgeBase("handbook").search("How do I ...?", k=4)     # -> passages with ids
+    hone.synthesise("handbook", "train.jsonl")                      # -> QA pairs grounded in its chunks
+    hone.compare_knowledge(run, "handbook", "questions.jsonl")      # -> base, base+kb, tuned, tuned+kb
 
 Imports are deferred to the call: `import hone` stays fast for the CLI and for scripts that only
 read a config (torch and transformers load when a function first needs them).
@@ -27,14 +31,17 @@ from hone.version import __version__
 # one-line errors of every command on a fresh install.
 logging.getLogger("kernels").setLevel(logging.ERROR)
 
-__all__ = ["Predictor", "RunConfig", "RunResult", "check_data", "evaluate", "export", "load_config", "plan", "train",
-           "__version__"]
+__all__ = ["KnowledgeBase", "Predictor", "RunConfig", "RunResult", "check_data", "compare_knowledge", "create_kb",
+           "evaluate", "export", "load_config", "plan", "synthesise", "train", "__version__"]
 
 if TYPE_CHECKING:
     from hone.config import RunConfig
+    from hone.evaluation.contenders import KnowledgeComparison
     from hone.evaluation.predict import Predictor
     from hone.evaluation.run_eval import EvalResult
     from hone.exporting import ExportResult
+    from hone.kb import BuildResult, KnowledgeBase
+    from hone.kb.synth import SynthResult
     from hone.objectives.lifecycle import RunResult
     from hone.objectives.plan import Plan
 
@@ -115,12 +122,59 @@ def export(run: str | Path, format: str = "gguf", quant: str | None = None, outp
     return export_run(run, format, quant, output, force, prompts, console=console or Console(stderr=True))
 
 
+def create_kb(name: str, *documents: str | Path, encoder: str = "minilm-l6", chunk_tokens: int | None = None,
+              overlap: int | None = None, console=None) -> BuildResult:
+    """Build the knowledge base `name` from documents (files or folders: text, Markdown, HTML, JSONL, PDF), as
+    `hone kb create` does: a new version when they changed, the same one when not, resumed after an interrupt."""
+    from rich.console import Console
+
+    from hone.kb import create_kb as create
+
+    return create(name, [Path(d) for d in documents], encoder, chunk_tokens, overlap,
+                  console=console or Console(stderr=True))
+
+
+def synthesise(kb: str, out: str | Path | None, *, teacher: str = "local", teacher_model: str | None = None,
+               per_chunk: int = 3, limit: int | None = None, exclude: str | Path | None = None,
+               min_grounding: float = 0.6, with_passages: int = 0, console=None) -> SynthResult:
+    """Question-answer pairs grounded in the chunks of `kb`, as `hone data synth` writes them (`out` None: a dry
+    run that writes nothing); `teacher` is "local" or an OpenAI-compatible URL."""
+    from rich.console import Console
+
+    from hone.evaluation.predict import teacher_for
+    from hone.kb import KnowledgeBase
+    from hone.kb.synth import synthesise as synth
+
+    ask, name = teacher_for(teacher, teacher_model)
+    return synth(KnowledgeBase(kb), ask, name, Path(out) if out is not None else None, per_chunk, limit,
+                 Path(exclude) if exclude is not None else None, min_grounding, with_passages=with_passages,
+                 console=console or Console(stderr=True))
+
+
+def compare_knowledge(run: str | Path, kb: str, data: str | Path, *,
+                      contenders=("base", "base+kb", "tuned", "tuned+kb"), k: int = 4, console=None,
+                      **options: Any) -> KnowledgeComparison:
+    """Fine-tune, retrieve or both, scored on the same questions as `hone eval --compare` does; `options` are
+    EvalOptions' fields (base, metrics, max_new_tokens, limit, seed, ...). `.metrics()` maps contender -> metrics."""
+    from rich.console import Console
+
+    from hone.evaluation.contenders import compare_knowledge as compare
+    from hone.evaluation.run_eval import EvalOptions
+
+    return compare(str(run), list(contenders), kb, EvalOptions(data=Path(data), **options), k,
+                   console=console or Console(stderr=True))
+
+
 def __getattr__(name: str):
     """The classes of the front door, imported when first used (they pull in torch)."""
     if name == "Predictor":
         from hone.evaluation.predict import Predictor
 
         return Predictor
+    if name == "KnowledgeBase":
+        from hone.kb import KnowledgeBase
+
+        return KnowledgeBase
     if name == "RunResult":
         from hone.objectives.lifecycle import RunResult
 

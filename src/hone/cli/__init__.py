@@ -13,6 +13,7 @@ from rich.table import Table
 
 from hone.cli.data import data_app
 from hone.cli.export import export_command
+from hone.cli.kb import kb_app
 from hone.cli.plan import plan_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
@@ -26,6 +27,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(kb_app, name="kb")
 app.add_typer(keys_app, name="keys")
 app.command("serve")(serve_command)
 app.command("worker")(worker_command)
@@ -118,12 +120,21 @@ def demo(
 def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
          system: Optional[str] = typer.Option(None, "--system", help="System message"),
          max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
-         temperature: float = typer.Option(0.0, "--temperature")):
+         temperature: float = typer.Option(0.0, "--temperature"),
+         kb: Optional[str] = typer.Option(None, "--kb", help="Answer from a knowledge base (NAME or NAME:VERSION): passages in the prompt, their ids as sources"),
+         k: int = typer.Option(4, "--k", min=1, help="With --kb: passages per question")):
     """Chat with a tuned model (streaming). Empty line or Ctrl-D quits."""
     from hone.evaluation.predict import Predictor, chat_loop
     from hone.hardware import pick_hardware
 
+    knowledge = None
+    if kb is not None:
+        from hone.kb import KnowledgeBase
+
+        knowledge = KnowledgeBase(kb)   # before the model loads: a wrong name fails at once
     predictor = Predictor(run, pick_hardware().device)
+    if knowledge is not None and predictor.kind == "classifier":
+        raise UserError("--kb: a classifier answers with a label and reads no passages; use a generative run or model")
     if predictor.kind == "classifier":
         err.print(f"[dim]A classifier: it answers with one of {len(predictor.labels)} labels "
                   f"({', '.join(predictor.labels[:8])}{', …' if len(predictor.labels) > 8 else ''}).[/dim]",
@@ -131,9 +142,12 @@ def chat(run: str = typer.Argument(..., help="Run folder, run id or 'latest'"),
     if system is None and (system := predictor.system_prompt):
         err.print(f"[dim]System prompt from the training data: {system!r} (--system '' for none)[/dim]",
                   highlight=False)
+    if knowledge is not None:
+        err.print(f"[dim]Answering from knowledge base {knowledge.name} ({len(knowledge)} chunks, {k} passages "
+                  "per question).[/dim]", highlight=False)
     err.print("[dim]Type a message; an empty line quits.[/dim]")
     write = lambda text: out.print(text, end="", markup=False, highlight=False)  # noqa: E731
-    chat_loop(predictor, _read_line, write, system, max_new_tokens, temperature)
+    chat_loop(predictor, _read_line, write, system, max_new_tokens, temperature, knowledge, k)
 
 
 def _read_line() -> str | None:
@@ -221,6 +235,9 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test items"),
     seed: int = typer.Option(0, "--seed", help="Seed for generation and the bootstrap"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Fine-tune, retrieve or both: any of base,base+kb,tuned,tuned+kb (needs --kb)"),
+    kb: Optional[str] = typer.Option(None, "--kb", help="With --compare: the knowledge base the +kb contenders answer from"),
+    k: int = typer.Option(4, "--k", min=1, help="With --compare: passages per question"),
 ):
     """Evaluate a tuned model against its base on held-out data: metrics, intervals, suites, judge."""
     from hone.evaluation.run_eval import EvalOptions, evaluate_model
@@ -229,11 +246,32 @@ def eval_command(
     options = EvalOptions(data=data, base=base, compare_base=not no_base, metrics=metric or None, schema=schema,
                           suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+    if compare is not None or kb is not None:
+        _compare_knowledge(target, compare, kb, k, options, as_json, no_base=no_base, suite=suite, judge=judge_url)
+        return
     result = evaluate_model(target, options, console=err)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
         print_eval(result, out)
+
+
+def _compare_knowledge(target, compare, kb, k, options, as_json: bool, **refused) -> None:
+    from hone.evaluation.contenders import compare_knowledge, parse_contenders, print_comparison
+
+    if compare is None or kb is None:
+        raise UserError("--compare and --kb go together: hone eval RUN --compare base,base+kb,tuned,tuned+kb "
+                        "--kb NAME --data questions.jsonl")
+    flags = {"no_base": "--no-base", "suite": "--suite", "judge": "--judge-url"}
+    for key, value in refused.items():
+        if value:
+            raise UserError(f"{flags[key]} does not apply to --compare (name the contenders in --compare instead)"
+                            if key == "no_base" else f"{flags[key]} is not available with --compare yet; run it "
+                            "without --compare")
+    report = compare_knowledge(target, parse_contenders(compare), kb, options, k, console=err)
+    print_comparison(report, err if as_json else out)
+    if as_json:
+        print(json.dumps(report.metrics(), ensure_ascii=False))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hone.errors import UserError
@@ -131,3 +132,52 @@ def data_clean(
     changes = ", ".join(f"{n:,} {action.replace('_', ' ')}" for action, n in result.changes.items()) or "no changes"
     out.print(f"kept {result.kept:,} records; {changes}\nwrote {result.output}\nlog of every change: {result.log}",
               highlight=False)
+
+
+@data_app.command("synth")
+def data_synth(
+    kb: str = typer.Option(..., "--kb", help="Knowledge base to write questions about (NAME or NAME:VERSION)"),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Training data to write (chat JSONL, each example with its chunk id in `source`)"),
+    teacher: str = typer.Option("local", "--teacher", help="'local' (a model on this machine) or the URL of an OpenAI-compatible endpoint"),
+    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="Local: a run or model (default: the catalogue default); URL: the model name sent"),
+    per_chunk: int = typer.Option(3, "--per-chunk", min=1, help="Question-answer pairs asked for per chunk"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N chunks, spread over the knowledge base"),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="Evaluation questions (JSONL) no training pair may repeat"),
+    min_grounding: float = typer.Option(0.6, "--min-grounding", min=0.0, max=1.0, help="Share of an answer's words that must occur in its chunk"),
+    with_passages: int = typer.Option(0, "--with-passages", min=0, help="Write each question with K retrieved passages in its prompt (its own chunk among them), to train for answering with a knowledge base"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Ask about 3 chunks (or --limit), show the pairs and verdicts, write nothing"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on the last line"),
+):
+    """Question-answer pairs grounded in a knowledge base's chunks, from a teacher; filtered and reported."""
+    from hone.evaluation.predict import teacher_for
+    from hone.hardware import pick_hardware
+    from hone.kb import KnowledgeBase
+    from hone.kb.synth import REASONS, synthesise
+
+    if out_path is None and not dry_run:
+        raise UserError("give --out train.jsonl (or --dry-run to see a few pairs first)")
+    knowledge = KnowledgeBase(kb)
+    # room for each pair, not for rambling past them: a batch generates until its longest reply ends
+    ask, name = teacher_for(teacher, teacher_model, pick_hardware().device if teacher == "local" else "cpu",
+                            max_new_tokens=100 * per_chunk)
+    result = synthesise(knowledge, ask, name, None if dry_run else out_path, per_chunk, limit or (3 if dry_run else None),
+                        exclude, min_grounding, with_passages=with_passages, console=err)
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    if dry_run:
+        for c in result.candidates:
+            verdict = "[green]keep[/green]" if c.reason is None else f"[red]drop[/red] ({REASONS[c.reason]})"
+            out.print(f"{verdict} [dim]{escape(c.source)}[/dim]\n  Q: {escape(c.question)}\n  A: {escape(c.answer)}",
+                      highlight=False)
+        for chunk in result.unparsable:
+            out.print(f"[red]drop[/red] [dim]{escape(chunk)}[/dim]: {REASONS['unparsable']}", highlight=False)
+    table = Table(header_style="bold")
+    for column in ("pairs", "kept", *result.dropped()):
+        table.add_column(column if column in ("pairs", "kept") else f"dropped: {REASONS[column]}")
+    table.add_row(str(len(result.candidates)), str(len(result.kept)), *(str(n) for n in result.dropped().values()))
+    out.print(f"{result.chunks} chunks of {result.kb}, teacher {result.teacher}, {result.seconds:.0f} s", highlight=False)
+    out.print(table)
+    if result.output:
+        out.print(f"wrote {result.output} ({len(result.kept)} examples); report: {result.output}.synth.json",
+                  highlight=False)

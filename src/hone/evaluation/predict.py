@@ -72,6 +72,16 @@ class Predictor:
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
         return "".join(self.stream(messages, max_new_tokens, temperature))
 
+    def ask(self, messages: list[dict], kb, k: int = 4, max_new_tokens: int = 256) -> tuple[str, list]:
+        """(answer, passages) for a conversation answered with the `k` passages `kb` (a hone.kb.KnowledgeBase)
+        finds for its last user turn; the passages' ids are the answer's citations."""
+        from hone.kb.prompt import retrieve_for
+
+        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        prompt, passages = retrieve_for(kb, messages, k)
+        return self.answer(prompt, max_new_tokens), passages
+
     def stream(self, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0) -> Iterator[str]:
         """The reply piece by piece as it is generated (a classifier's label in one piece)."""
         if self.kind == "classifier":
@@ -104,18 +114,26 @@ def read_prompts(prompt: str | None, file: Path | None, system: str | None = Non
 
 
 def chat_loop(predictor: Predictor, read: Callable[[], str | None], write: Callable[[str], None],
-              system: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0) -> list[dict]:
+              system: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0,
+              kb=None, k: int = 4) -> list[dict]:
     """Converse until `read` returns None or an empty line: each reply is streamed through `write`.
+    With `kb` (a hone.kb.KnowledgeBase) each question is asked with the passages it retrieves (the history
+    keeps the plain question) and the reply ends with a `sources:` line of their ids.
     Returns the conversation. `hone chat` reads the terminal; a test or a notebook passes its own."""
+    from hone.kb.prompt import retrieve_for
+
     messages = [{"role": "system", "content": system}] if system else []
     while (text := (read() or "").strip()):
         messages.append({"role": "user", "content": text})
+        asked, passages = retrieve_for(kb, messages, k) if kb is not None else (messages, [])
         write("model> ")
         parts = []
-        for piece in predictor.stream(messages, max_new_tokens, temperature):
+        for piece in predictor.stream(asked, max_new_tokens, temperature):
             parts.append(piece)
             write(piece)
         write("\n")
+        if passages:
+            write("sources: " + " ".join(f"[{p.id}]" for p in passages) + "\n")
         messages.append({"role": "assistant", "content": "".join(parts)})
     return messages
 
@@ -130,3 +148,21 @@ def _run_max_length(run: Path, model) -> int:
     configured = load_config(config_file).data.max_length if config_file.is_file() else 1024
     limit = getattr(model.config, "max_position_embeddings", None) or configured
     return min(configured, limit)
+
+
+def teacher_for(teacher: str = "local", model: str | None = None, device: str = "cpu", max_new_tokens: int = 384):
+    """(answer function, name) for `hone data synth`: "local" answers with `model` (a run or a model; default
+    the catalogue's default) on this machine; a URL is any OpenAI-compatible endpoint, asked for `model`."""
+    from hone.kb.synth import openai_teacher
+    from hone.models.catalogue import DEFAULT_MODEL
+
+    if teacher != "local":
+        if not teacher.startswith(("http://", "https://")):
+            raise UserError(f"--teacher {teacher!r}: give 'local' or the URL of an OpenAI-compatible endpoint "
+                            "(e.g. http://localhost:8000/v1)")
+        return openai_teacher(teacher, model or "default"), f"{teacher} ({model or 'default'})"
+    predictor = Predictor(model or DEFAULT_MODEL, device)
+    if predictor.kind == "classifier":
+        raise UserError("--teacher-model: a classifier cannot write questions and answers; use a generative model")
+    return (lambda conversations: predictor.answers(conversations, max_new_tokens, batch_size=8),
+            f"local {model or DEFAULT_MODEL}")

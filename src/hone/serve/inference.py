@@ -81,9 +81,18 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart] | None = None
 
 
+class KnowledgeRequest(BaseModel):
+    """hone extension: answer from a knowledge base (docs/knowledge.md)."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="knowledge base, NAME or NAME:VERSION (hone kb list)")
+    k: int = Field(4, ge=1, le=32, description="passages put before the last user message")
+
+
 class ChatRequest(Sampled):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    hone_kb: KnowledgeRequest | None = Field(None, description="hone extension: retrieve passages from a knowledge "
+                                             "base into the prompt; the answer carries `hone_citations`")
 
 
 class CompletionRequest(Sampled):
@@ -130,16 +139,20 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
         source = await resolve(org, body.model)
         messages = [chat_message(m) for m in body.messages]
+        citations = None
+        if body.hone_kb is not None:   # hone extension: the same template and retrieval as `hone chat --kb`
+            messages, citations = await asyncio.to_thread(with_knowledge, body.hone_kb, messages)
         prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
                                       "messages", body.n or 1, max_request_tokens)
         run = start(engine, source, body, prompt, limit)
         if body.stream:
-            return sse(chat_events(run, body))
+            return sse(chat_events(run, body, citations))
         answers = await run.result()
         choices = [{"index": i, "message": {"role": "assistant", "content": a.text, "refusal": None},
                     "logprobs": None, "finish_reason": a.finish_reason} for i, a in enumerate(answers)]
         return {"id": run.id("chatcmpl"), "object": "chat.completion", "created": run.created, "model": body.model,
-                "choices": choices, "usage": run.usage(answers), "system_fingerprint": None}
+                "choices": choices, "usage": run.usage(answers), "system_fingerprint": None,
+                **({"hone_citations": citations} if citations is not None else {})}
 
     @router.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, org: str = Depends(current_org)):
@@ -157,6 +170,18 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
                 "choices": choices, "usage": run.usage(answers), "system_fingerprint": None}
 
     return router
+
+
+def with_knowledge(request: KnowledgeRequest, messages: list[dict]) -> tuple[list[dict], list]:
+    """(messages with the retrieved passages, their citations) for a request's `hone_kb`."""
+    from hone.kb.prompt import retrieve_for
+    from hone.kb.store import open_kb
+
+    try:
+        asked, passages = retrieve_for(open_kb(request.name), messages, request.k)
+    except UserError as exc:
+        raise APIError(404, str(exc), param="hone_kb", code="kb_not_found") from None
+    return asked, [{"id": p.id, "source": p.source, "title": p.title, "score": p.score} for p in passages]
 
 
 def model_object(source) -> dict:
@@ -329,10 +354,12 @@ async def stream_frames(run: Run, body: Sampled, head: Callable[[], dict], choic
         run.job.cancelled = True   # the client hung up mid-stream: stop generating for it
 
 
-def chat_events(run: Run, body: ChatRequest):
+def chat_events(run: Run, body: ChatRequest, citations: list | None = None):
+    cite = [{"hone_citations": citations}] if citations is not None else []   # hone_kb: on the first chunk only
+
     def head() -> dict:
         return {"id": run.id("chatcmpl"), "object": "chat.completion.chunk", "created": run.created,
-                "model": body.model, "system_fingerprint": None}
+                "model": body.model, "system_fingerprint": None, **(cite.pop() if cite else {})}
 
     def choice(index: int, text: str | None, finish: str | None) -> dict:
         if text is None:   # the opening chunk of each choice carries the role
