@@ -125,6 +125,10 @@ def print_report(report: dict, console) -> None:
         if entry["labels"]:
             shown = ", ".join(f"{k} {v}" for k, v in list(entry["labels"]["labels"].items())[:8])
             console.print(f"  labels: {shown}", markup=False, highlight=False)
+        if (example := entry.get("example")) and example.get("text"):
+            shown = example["text"] if len(example["text"]) <= 2000 else example["text"][:2000] + " ..."
+            console.print(f"  rendered example (line {example['line']}; trained tokens in [[ ]]):", highlight=False)
+            console.print(Text(shown, style="dim"))
         rows = findings(entry)
         if not rows:
             console.print("  [green]no problems found[/green]")

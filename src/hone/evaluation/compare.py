@@ -49,7 +49,7 @@ def generate_answers(model, tokenizer, examples: list[ChatExample], max_new_toke
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(label, total=len(examples))
         return generate_batch(model, tokenizer, [e.prompt_messages for e in examples], max_new_tokens,
-                              batch_size, on_batch=lambda n: bar.advance(task, n))
+                              batch_size, on_batch=lambda n: bar.advance(task, n), tools=[e.tools for e in examples])
 
 
 def evaluate_answers(model, tokenizer, examples: list[ChatExample], metric: str, max_new_tokens: int,

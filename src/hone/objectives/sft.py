@@ -112,8 +112,9 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
     # 2. Render: token ids with labels only on the assistant's words and end-of-turn tokens.
     base = resolve_model(config.model.name)
     tokenizer = load_tokenizer(base)
-    train_set = [tokenize_chat(tokenizer, e.messages, data.max_length) for e in train]
-    val_set = [tokenize_chat(tokenizer, e.messages, data.max_length) for e in validation]
+    reasoning = "mask" if data.mask_reasoning else "train"
+    train_set = [tokenize_chat(tokenizer, e.messages, data.max_length, e.tools, reasoning) for e in train]
+    val_set = [tokenize_chat(tokenizer, e.messages, data.max_length, e.tools, reasoning) for e in validation]
     truncated = sum(e.truncated for e in train_set + val_set)
     if team.main:
         update_record(start.run_dir, system_prompt=common_system_prompt(train),
