@@ -83,7 +83,7 @@ def paired_bootstrap(metric: Metric, base: np.ndarray, tuned: np.ndarray, sample
     else:
         diffs = np.array([metric.aggregate(tuned[p]) - metric.aggregate(base[p]) for p in picks])
     tail = (1 - confidence) / 2
-    low, high = np.quantile(diffs, [tail, 1 - tail])
+    low, high = np.nanquantile(diffs, [tail, 1 - tail])  # a resample where a metric applies to no item is nan
     return float(low), float(high)
 
 

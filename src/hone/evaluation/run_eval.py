@@ -22,6 +22,7 @@ from hone.evaluation.judge import JudgeResult, judge_pairs, openai_chat
 from hone.evaluation.metrics import label_metrics, normalise_label, pick_metrics
 from hone.evaluation.perplexity import perplexity_metric, perplexity_statistics
 from hone.evaluation.suites import SuiteResult, load_suite, score_suite
+from hone.evaluation.tools import is_tool_data, tool_items, tool_metrics
 
 SUITE_MAX_NEW_TOKENS = 128
 
@@ -155,12 +156,17 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         raise UserError("nothing to evaluate: pass --data test.jsonl and/or --suite cases.jsonl")
     items = read_test_items(Path(data), target.system_prompt, options.limit) if data else []
     chats = [e for e in items if isinstance(e, ChatExample)]
+    tools = is_tool_data(chats)
+    if tools:   # scored turn by turn: each call and each answer is an item (evaluation/tools.py)
+        chats = tool_items(chats)
     if items and not chats and not options.perplexity:
         raise UserError(f"{data} holds raw text, which only perplexity can score; drop --no-perplexity")
     cases = load_suite(options.suite) if options.suite else []
     schema = _read_schema(options.schema) if options.schema else None
     references = [e.answer or "" for e in chats]
     metrics, primary = pick_metrics(references, options.metrics, schema) if chats else ([], "perplexity")
+    if tools and not options.metrics:
+        metrics, primary = tool_metrics(chats) + metrics, "arguments_exact"
     if target.classifier and chats and not options.metrics and not any(m.name == "accuracy" for m in metrics):
         metrics = label_metrics(references) + metrics  # a classifier is scored as one, however many labels
     base_name = (options.base or target.base) if options.compare_base else None
@@ -194,7 +200,8 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         del model
 
     tuned, base = outputs["tuned"], outputs.get("base")
-    result = EvalResult(target.name, base_name, target.run_dir, items, tuned_answers=tuned["answers"],
+    result = EvalResult(target.name, base_name, target.run_dir, chats if tools else items,
+                        tuned_answers=tuned["answers"],
                         base_answers=base["answers"] if base else None, recipe=target.recipe)
     if items:
         extra = {}

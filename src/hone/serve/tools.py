@@ -267,8 +267,9 @@ class SchemaConstraint:
         import xgrammar as xgr
 
         compiler = _compiler(tokenizer, vocab_size)
-        self.matchers = {row: xgr.GrammarMatcher(compiler.compile_json_schema(json.dumps(schema)))
-                         for row, schema in schemas.items()}
+        # compact, with json.dumps' separators: the JSON reads exactly as hone's tool template writes calls
+        self.matchers = {row: xgr.GrammarMatcher(compiler.compile_json_schema(
+            json.dumps(schema), any_whitespace=False, separators=(", ", ": "))) for row, schema in schemas.items()}
         self.vocab_size = vocab_size
         self.started = False
 
