@@ -293,3 +293,15 @@ def test_response_format_json_schema_constrains_the_answer_and_bad_tool_requests
         client.chat.completions.create(model="tuned-tools", messages=[{"role": "user", "content": "x"}],
                                        tools=[LOOKUP], tool_choice={"type": "function", "function": {"name": "nope"}})
     assert caught.value.param == "tool_choice" and "`nope`" in str(caught.value)
+
+
+def test_mask_reasoning_is_refused_where_it_cannot_apply(tmp_path):
+    from hone.config import build_config
+    from hone.errors import ConfigError
+    from hone.objectives.checks import check_settings
+    from hone.objectives.registry import OBJECTIVES
+
+    config = build_config({"objective": "dpo", "data": {"train": str(tmp_path / "p.jsonl"), "mask_reasoning": True}})
+    with pytest.raises(ConfigError, match="data.mask_reasoning applies only to objective sft, not dpo"):
+        check_settings(config, OBJECTIVES["dpo"])
+    check_settings(build_config({"data": {"mask_reasoning": True}}), OBJECTIVES["sft"])
