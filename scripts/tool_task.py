@@ -1,6 +1,7 @@
 """Generate hone's worked function-calling task: a shop's support assistant with three tools.
 
     python scripts/tool_task.py OUT_DIR [--train 600] [--test 120] [--seed 7]
+    python scripts/tool_task.py --compare BASE.json TUNED.json   # two `hone eval --no-base --json` outputs
 
 Writes OUT_DIR/train.jsonl and OUT_DIR/test.jsonl in OpenAI's fine-tuning format (`tools`, assistant
 `tool_calls` with JSON-string arguments, `tool` replies with `tool_call_id`). Conversations need zero
@@ -162,13 +163,43 @@ def generate(train: int, test: int, seed: int) -> tuple[list[dict], list[dict]]:
     return train_rows, test_rows
 
 
+def compare(base_json: Path, tuned_json: Path, test: Path, limit: int | None) -> None:
+    """Base against tuned from two `hone eval --no-base --json` runs on the same items (run apart when the
+    machine is too loaded for one process to do both): the tool metrics with paired bootstrap intervals,
+    by hone's own code, as one `hone eval RUN --data TEST` would print them."""
+    from hone.data.load import load_chat_records
+    from hone.evaluation.compare import compare_answers
+    from hone.evaluation.tools import tool_items, tool_metrics
+
+    base, tuned = (json.loads(Path(p).read_text()) for p in (base_json, tuned_json))
+    items = tool_items(load_chat_records(test)[:limit] if limit else load_chat_records(test))
+    references = [i.answer or "" for i in items]
+    assert references == base["references"] == tuned["references"], "the two runs scored different items"
+    comparison = compare_answers(tool_metrics(items), "arguments_exact", references, tuned["tuned_answers"],
+                                 base["tuned_answers"])
+    print(f"{len(items)} assistant turns; {base['model']} (base) against {tuned['model']} (tuned)")
+    print("| metric | base | tuned | difference (95% CI) | items |")
+    print("|---|---|---|---|---|")
+    for m in comparison.metrics:
+        low, high = m.interval or (float("nan"), float("nan"))
+        print(f"| {m.name} | {m.base:.3f} | {m.tuned:.3f} | {m.difference:+.3f} ({low:+.3f}, {high:+.3f}) | "
+              f"{m.improved} up, {m.regressed} down |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BASE_JSON", "TUNED_JSON"))
+    parser.add_argument("--test-file", type=Path, help="with --compare: the test file both runs scored")
+    parser.add_argument("--limit", type=int, help="with --compare: the --limit both runs used")
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--test", type=int, default=120)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.compare:
+        return compare(*args.compare, args.test_file, args.limit)
+    if args.out is None:
+        parser.error("give OUT_DIR (or --compare)")
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rows in zip(("train", "test"), generate(args.train, args.test, args.seed)):
         (args.out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -222,7 +222,7 @@ def check_messages(record: dict, file: str, line: int) -> list[dict]:
     return check_message_list(Checker(file, line), record.get("messages"))
 
 
-def _sharegpt(check: Checker, record: dict) -> list[dict]:
+def _sharegpt(check: Checker, record: dict, tools: list[dict] | None) -> list[dict]:
     turns = check.structured(record, "conversations", list)
     messages: list[dict] = []
     waiting: list[str] = []
@@ -251,7 +251,7 @@ def _sharegpt(check: Checker, record: dict) -> list[dict]:
             continue
         messages.append({"role": role, "content": value})
     clean = check_message_list(check, messages, "conversations")
-    check_tool_use(check, clean, declared_tools(check, record), "conversations")
+    check_tool_use(check, clean, tools, "conversations")
     return clean
 
 
@@ -341,7 +341,8 @@ def to_record(record: dict, shape: str, file: str, line: int | None) -> Record:
         check_tool_use(check, messages, tools)
         return ChatExample(messages, file, line or 0, tools=tools)
     if shape == "sharegpt":
-        return ChatExample(_sharegpt(check, record), file, line or 0, tools=declared_tools(check, record))
+        tools = declared_tools(check, record)
+        return ChatExample(_sharegpt(check, record, tools), file, line or 0, tools=tools)
     if shape == "alpaca":
         prompt = check.string(record, "instruction")
         extra = record.get("input") or ""

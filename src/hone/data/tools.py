@@ -147,6 +147,7 @@ def check_tool_use(check, messages: list[dict], tools: list[dict] | None, where:
     for i, message in enumerate(messages):
         at = f"{where}[{i}]"
         if message["role"] == "assistant" and message.get("tool_calls"):
+            message["tool_calls"] = [dict(call) for call in message["tool_calls"]]   # the input stays as it was
             for j, call in enumerate(message["tool_calls"]):
                 field = f"{at}.tool_calls[{j}]"
                 ident = call.get("id")
