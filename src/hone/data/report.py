@@ -186,6 +186,9 @@ def render_html(report: dict) -> str:
             parts.append("</table>")
         else:
             parts.append("<p class='ok'>No problems found.</p>")
+        if (example := entry.get("example")) and example.get("text"):
+            parts.append(f"<p>Line {example['line']} as training renders it, trained tokens in [[ ]]:</p>"
+                         f"<pre>{e(example['text'])}</pre>")
         tokens = entry["tokens"]
         if tokens:
             parts.append(f"<p>Tokens per example: min {tokens['min']}, median {tokens['median']}, "
