@@ -305,3 +305,17 @@ def test_mask_reasoning_is_refused_where_it_cannot_apply(tmp_path):
     with pytest.raises(ConfigError, match="data.mask_reasoning applies only to objective sft, not dpo"):
         check_settings(config, OBJECTIVES["dpo"])
     check_settings(build_config({"data": {"mask_reasoning": True}}), OBJECTIVES["sft"])
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1000])
+def test_reasoning_comes_back_apart_from_the_answer_streamed_or_not(piece):
+    from hone.serve.tools import StreamReader, chat_message_out
+
+    text = "<think>\nA refund needs the id.\n\nIt is given.\n</think>\n\nDone."
+    reader = StreamReader(None)
+    deltas = [d for i in range(0, len(text), piece) for d in reader.feed(text[i:i + piece])]
+    tail, finish = reader.finish("stop")
+    streamed = ["".join(d.get(key, "") for d in deltas + tail) for key in ("reasoning_content", "content")]
+    assert streamed == ["A refund needs the id.\n\nIt is given.", "Done."] and finish == "stop"
+    message, _ = chat_message_out(None, text, "stop")
+    assert (message["reasoning_content"], message["content"]) == tuple(streamed)

@@ -177,6 +177,7 @@ class StreamReader:
         self.sent = 0              # characters of `text` already sent (as content or reasoning)
         self.in_think: bool | None = None       # None: not decided yet; True inside <think>; False after or without
         self.thought = False       # a reasoning delta was sent
+        self.after_think = False   # just past </think>: white space skipped
         self.held = plan is not None and plan.schema is not None and plan.choice != "json"
 
     def feed(self, piece: str) -> list[dict]:
@@ -194,15 +195,22 @@ class StreamReader:
         if self.in_think:
             end = self.text.find(_THINK_END, self.sent)
             upto = end if end >= 0 else len(self.text) - _partial(self.text, (_THINK_END,))
-            if upto > self.sent:
-                piece = self.text[self.sent:upto]
-                deltas.append({"reasoning_content": piece if self.thought else piece.lstrip("\n")})
-                self.sent, self.thought = upto, True
+            while upto > self.sent and self.text[upto - 1] == "\n":   # the newline before </think> is the tag's
+                upto -= 1
+            piece = self.text[self.sent:upto] if self.thought else self.text[self.sent:upto].lstrip("\n")
+            if piece:
+                deltas.append({"reasoning_content": piece})
+                self.thought = True
+            self.sent = max(self.sent, upto)
             if end < 0:
                 return deltas
-            self.in_think, self.sent = False, end + len(_THINK_END)
+            self.in_think, self.sent, self.after_think = False, end + len(_THINK_END), True
+        if self.after_think:   # the blank line after </think> belongs to neither part
             while self.sent < len(self.text) and self.text[self.sent] in "\n ":
                 self.sent += 1
+            if self.sent == len(self.text):
+                return deltas
+            self.after_think = False
         if self.plan is not None and self.plan.reads_calls:
             rest = self.text[self.sent:]
             if rest.lstrip().startswith("{") and not self.text[:self.sent].strip():
