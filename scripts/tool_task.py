@@ -169,14 +169,15 @@ def compare(base_json: Path, tuned_json: Path, test: Path, limit: int | None) ->
     by hone's own code, as one `hone eval RUN --data TEST` would print them."""
     from hone.data.load import load_chat_records
     from hone.evaluation.compare import compare_answers
-    from hone.evaluation.tools import tool_items, tool_metrics
+    from hone.evaluation.tools import item_scores, tool_items, tool_metrics
 
     base, tuned = (json.loads(Path(p).read_text()) for p in (base_json, tuned_json))
     items = tool_items(load_chat_records(test)[:limit] if limit else load_chat_records(test))
     references = [i.answer or "" for i in items]
-    assert references == base["references"] == tuned["references"], "the two runs scored different items"
-    comparison = compare_answers(tool_metrics(items), "arguments_exact", references, tuned["tuned_answers"],
-                                 base["tuned_answers"])
+    n = len(references)   # a run over more conversations is cut to the first `limit` (the same turns)
+    assert references == base["references"][:n] == tuned["references"][:n], "the two runs scored different items"
+    comparison = compare_answers(tool_metrics(items), "arguments_exact", references, tuned["tuned_answers"][:n],
+                                 base["tuned_answers"][:n])
     print(f"{len(items)} assistant turns; {base['model']} (base) against {tuned['model']} (tuned)")
     print("| metric | base | tuned | difference (95% CI) | items |")
     print("|---|---|---|---|---|")
@@ -184,6 +185,16 @@ def compare(base_json: Path, tuned_json: Path, test: Path, limit: int | None) ->
         low, high = m.interval or (float("nan"), float("nan"))
         print(f"| {m.name} | {m.base:.3f} | {m.tuned:.3f} | {m.difference:+.3f} ({low:+.3f}, {high:+.3f}) | "
               f"{m.improved} up, {m.regressed} down |")
+    # test conversation i uses held-out phrasings when i is odd (generate()); its line is i + 1
+    for name, held in (("seen phrasings", 0), ("held-out phrasings", 1)):
+        rows = [(item_scores(b, r, i.tools), item_scores(t, r, i.tools)) for i, r, b, t in
+                zip(items, references, base["tuned_answers"], tuned["tuned_answers"]) if (i.line - 1) % 2 == held]
+        shares = []
+        for metric in ("tool_decision", "function_choice", "arguments_exact"):
+            applies = sum(b[metric][0] for b, _ in rows)
+            shares.append(f"{metric} {sum(b[metric][1] * b[metric][0] for b, _ in rows) / applies:.3f} -> "
+                          f"{sum(t[metric][1] * t[metric][0] for _, t in rows) / applies:.3f}")
+        print(f"{name} ({len(rows)} turns): " + "; ".join(shares))
 
 
 def main() -> None:
