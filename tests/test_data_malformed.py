@@ -56,6 +56,36 @@ CASES = [
     ('{"messages": [1, 2]}', "data_type", "messages[0] must be an object"),
     ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": "x"}',
      "wrong_type", "`tools` must be a list"),
+    # function calling checked against the declared tools (issue 19)
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": '
+     '"function", "function": {"name": "refund", "arguments": "{}"}}]}], "tools": [{"type": "function", "function": '
+     '{"name": "lookup", "parameters": {"type": "object"}}}]}', "undeclared_tool",
+     "messages[1].tool_calls[0] calls `refund`, which `tools` does not declare (declared: lookup)"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": '
+     '"function", "function": {"name": "lookup", "arguments": "{\\"id\\": 7}"}}]}], "tools": [{"type": "function", '
+     '"function": {"name": "lookup", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}, '
+     '"required": ["id"]}}}]}', "arguments_mismatch",
+     "messages[1].tool_calls[0].function.arguments do not match the schema of `lookup`: ['id']: 7 is not of type 'string'"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": '
+     '"function", "function": {"name": "lookup", "arguments": "{}"}}]}], "tools": [{"type": "function", "function": '
+     '{"name": "lookup", "parameters": {"type": "object", "required": ["id"]}}}]}', "arguments_mismatch",
+     "'id' is a required property"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": '
+     '"function", "function": {"name": "f", "arguments": "[1]"}}]}]}', "invalid_tool_call",
+     "messages[1].tool_calls[0].function.arguments must hold a JSON object, got list"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": '
+     '"function", "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c2", "content": '
+     '"r"}, {"role": "assistant", "content": "a"}]}', "unknown_tool_call_id",
+     "messages[2].tool_call_id 'c2' answers no earlier call (open calls: c1)"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [{"type": '
+     '"function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]}', "invalid_tool",
+     "tools[0].function.parameters is not a valid JSON schema ("),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [{"type": '
+     '"function", "function": {"description": "no name"}}]}', "invalid_tool", "tools[0].function.name must be"),
+    ('{"messages": [{"role": "user", "content": "q", "reasoning_content": "hm"}, {"role": "assistant", "content": '
+     '"a"}]}', "wrong_type", "messages[0].reasoning_content is only read on assistant messages"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": 5}]}',
+     "wrong_type", "messages[1].reasoning_content must be a string, got int"),
     ('{"prompt": "x", "completion": "y"}', "mixed_shapes", "'prompt_completion' but earlier records are 'chat'"),
     ('{"foo": 1, "bar": 2}', "unrecognized_shape", "unrecognised record with keys ['bar', 'foo']"),
 ]
@@ -81,6 +111,11 @@ FILES = [
     ('{"conversations": [{"from": "alien", "value": "x"}]}', "unrecognized_role", "conversations[0].from is 'alien'"),
     ('{"conversations": [{"from": "human"}, {"from": "gpt", "value": "a"}]}', "message_missing_key",
      "conversations[0].value"),
+    ('{"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{oops"}, '
+     '{"from": "gpt", "value": "a"}]}', "invalid_tool_call", "conversations[1].value is not valid JSON"),
+    ('{"tools": "[{\\"name\\": \\"f\\"}]", "conversations": [{"from": "human", "value": "q"}, {"from": '
+     '"function_call", "value": "{\\"name\\": \\"g\\", \\"arguments\\": {}}"}, {"from": "gpt", "value": "a"}]}',
+     "undeclared_tool", "conversations[1].tool_calls[0] calls `g`"),
 ]
 
 

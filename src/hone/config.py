@@ -44,6 +44,7 @@ class DataSection(Section):
     system_prompt: Optional[str] = Field(None, description="System message added to every example that has none")
     format: Optional[str] = Field(None, description="Data shape (chat, alpaca, sharegpt, prompt_completion, ...); default: detected from the keys")
     strict: bool = Field(False, description="Stop at the first bad record instead of skipping and counting bad records")
+    mask_reasoning: bool = Field(False, description="Render assistant reasoning traces (reasoning_content, thinking parts) but train no loss on them; default: trained with the answer (sft only)")
 
 
 class MethodSection(Section):

@@ -80,6 +80,8 @@ def text_fields(record: Record) -> Iterable[tuple[str, str]]:
         for i, message in enumerate(record.messages):
             if message.get("content"):
                 yield f"messages[{i}].content", message["content"]
+            for j, call in enumerate(message.get("tool_calls") or []):   # arguments carry addresses, e-mails
+                yield f"messages[{i}].tool_calls[{j}].function.arguments", call["function"]["arguments"]
     elif isinstance(record, PreferenceExample):
         for i, message in enumerate(record.prompt):
             if message.get("content"):

@@ -58,6 +58,7 @@ class FileScan:
     pii: dict = field(default_factory=lambda: {kind: [0, []] for kind in PII_KINDS})
     over_cap: list = field(default_factory=list)                 # lines counted only up to the cap
     fingerprint: str = ""
+    example: ChatExample | None = None   # shown rendered, with its trained tokens marked (a tool example first)
 
 
 class TokenCounter:
@@ -71,33 +72,33 @@ class TokenCounter:
 
     def __init__(self, tokenizer, max_seq_len: int, cap: int):
         self.tokenizer, self.max_seq_len, self.cap = tokenizer, max_seq_len, cap
-        self.pending: list[tuple[str, list | None, int]] = []
+        self.pending: list[tuple[str, list | None, int, list | None]] = []
         self.scan = FileScan("", ValidationReport())  # replaced by start() for each file
         self.strict = False
 
     def start(self, scan: FileScan, strict: bool) -> None:
         self.scan, self.strict = scan, strict
 
-    def add(self, item, line: int) -> None:
+    def add(self, item, line: int, tools: list[dict] | None = None) -> None:
         messages = item if isinstance(item, list) else None
-        text = self._render(messages) if messages is not None else item
-        self.pending.append((text, messages, line))
+        text = self._render(messages, tools=tools) if messages is not None else item
+        self.pending.append((text, messages, line, tools))
         if len(self.pending) >= TOKEN_BATCH:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
-        short = [text for text, _messages, _line in self.pending if len(text) <= LONG_TEXT]
+        short = [text for text, _messages, _line, _tools in self.pending if len(text) <= LONG_TEXT]
         ids = self.tokenizer(short, add_special_tokens=False)["input_ids"] if short else []
         counts = iter(len(x) for x in ids)
-        for text, messages, line in self.pending:
+        for text, messages, line, tools in self.pending:
             n = next(counts) if len(text) <= LONG_TEXT else self.count(text, self.cap)
             if n >= self.cap and len(text) > LONG_TEXT:
                 self.scan.over_cap.append(line)
             self.scan.tokens.append(min(n, self.cap))
             if messages is not None and n > self.max_seq_len:
-                self._check_answer_fits(messages, line)
+                self._check_answer_fits(messages, line, tools)
         self.pending = []
 
     def count(self, text: str, limit: int) -> int:
@@ -109,17 +110,17 @@ class TokenCounter:
             total += len(self.tokenizer(text[start:start + LONG_TEXT], add_special_tokens=False)["input_ids"])
         return min(total, limit)
 
-    def _render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def _render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
         from hone.data.render import render
 
-        return render(self.tokenizer, messages, add_generation_prompt)
+        return render(self.tokenizer, messages, add_generation_prompt, tools)
 
-    def _check_answer_fits(self, messages: list[dict], line: int) -> None:
+    def _check_answer_fits(self, messages: list[dict], line: int, tools: list | None = None) -> None:
         """A record whose first trained answer starts after `max_seq_len` tokens trains nothing."""
         first = next((i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1)), None)
         if first is None:
             return
-        prompt = self.count(self._render(messages[:first], add_generation_prompt=True), self.max_seq_len)
+        prompt = self.count(self._render(messages[:first], True, tools), self.max_seq_len)
         if prompt < self.max_seq_len:
             return
         message = (f"the prompt before the first answer is {self.max_seq_len:,} tokens or more, so truncated to "
@@ -160,13 +161,34 @@ def scan_file(path: Path, shape: str | None, strict: bool, near: NearDuplicates,
                     entry[1].append(line)
         near.add(full_text(record))
         if counter:
-            counter.add(training_text(record), line)
+            counter.add(training_text(record), line, getattr(record, "tools", None))
+        if isinstance(record, ChatExample) and (scan.example is None or (_shows_tools(record)
+                                                                         and not _shows_tools(scan.example))):
+            scan.example = record
     if counter:
         counter.flush()
     if not scan.report.records:
         raise DataError("no records: the file is empty or holds only blank lines", file=str(path))
     scan.fingerprint = fingerprint.hexdigest()
     return scan
+
+
+def _shows_tools(record: ChatExample) -> bool:
+    return bool(record.tools) or any(m.get("tool_calls") or m.get("reasoning_content") for m in record.messages)
+
+
+def rendered_example(tokenizer, example: ChatExample | None, max_seq_len: int) -> dict | None:
+    """One record as training renders it, trained tokens in [[double brackets]] (a tool or reasoning
+    example when the file has one): what the model reads and what it learns to write."""
+    from hone.data.render import show_mask, tokenize_chat
+
+    if example is None or tokenizer is None or not hasattr(tokenizer, "decode"):
+        return None
+    try:
+        tokenized = tokenize_chat(tokenizer, example.messages, max_seq_len, example.tools)
+    except DataError as exc:
+        return {"line": example.line, "text": None, "problem": str(exc)}
+    return {"line": example.line, "text": show_mask(tokenizer, tokenized)}
 
 
 def _duplicate_groups(keys: np.ndarray) -> list[np.ndarray]:
@@ -293,7 +315,8 @@ def check_data(paths: list[Path], model: str | None = None, max_seq_len: int = 1
             "conflicts": _conflicts(scan), "labels": _label_balance(scan.labels),
             "short_outputs": {"count": scan.short_count, "lines": scan.short, "max_chars": SHORT_OUTPUT},
             "pii": {kind: {"count": n, "lines": lines_} for kind, (n, lines_) in scan.pii.items() if n},
-            "tokens": _token_stats(tokens, max_seq_len, context, cap, scan.over_cap) if tokenizer else {}})
+            "tokens": _token_stats(tokens, max_seq_len, context, cap, scan.over_cap) if tokenizer else {},
+            "example": rendered_example(tokenizer, scan.example, max_seq_len) if i == 0 else None})
     report: dict = {"model": model, "files": files, "leakage": _leakage(scans, groups, offsets)}
     if tokenizer is not None and files[0]["tokens"]:
         report["training"] = _estimate(files[0]["tokens"]["total"], epochs, model)

@@ -19,9 +19,14 @@ class ChatExample:
 
     @property
     def answer(self) -> str | None:
-        """The last assistant message: what a test item expects the model to say."""
+        """The last assistant message: what a test item expects the model to say (a tool-call turn as
+        hone's tool template writes it, data/tools.py; reasoning left out)."""
+        from hone.data.tools import assistant_text
+
         for message in reversed(self.messages):
             if message["role"] == "assistant":
+                if message.get("tool_calls"):
+                    return assistant_text(message, with_reasoning=False)
                 return message.get("content") or ""
         return None
 

@@ -1,4 +1,4 @@
-"""Chat -> tokens with a loss mask on the assistant's words (and the end-of-turn token).
+"""Chat -> tokens with a loss mask on the assistant's words and tool calls (and the end-of-turn token).
 
 Template-agnostic: the mask comes from rendering growing prefixes of the conversation with the
 model's own chat template and mapping character spans to tokens through offsets. SmolLM2's template
@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from hone.data.records import ChatExample
+from hone.data.tools import THINK_CLOSE, THINK_OPEN, assistant_text, tool_result_text, tools_system_text
 from hone.errors import DataError
 
 IGNORE = -100
@@ -29,54 +30,117 @@ class TokenizedExample:
         return sum(label != IGNORE for label in self.labels)
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The conversation as the model's chat template writes it."""
-    knows_tools = "tool_calls" in (tokenizer.chat_template or "")
-    clean = [_for_template(m, knows_tools) for m in messages]
-    return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt)
+def knows(tokenizer) -> tuple[bool, bool]:
+    """(tools, reasoning): whether the model's own chat template renders `tools`/`tool_calls` and
+    `reasoning_content`. Where it does not, hone's tool template (data/tools.py) writes them as text."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not isinstance(template, str):   # a dict of named templates: the default one
+        template = template.get("default", "") if isinstance(template, dict) else ""
+    return ("tool_calls" in template and "tools" in template.replace("tool_calls", "")), "reasoning_content" in template
 
 
-def _for_template(message: dict, knows_tools: bool) -> dict:
-    """A message a template can render: text content, never null.
+def template_messages(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[dict], dict]:
+    """The messages the model's chat template renders, and the keyword arguments it gets (`tools=`).
 
-    transformers drops a null `content` before rendering, so templates that read `message['content']`
-    (SmolLM2's does) fail with jinja2's UndefinedError on an OpenAI tool-call turn. On a template that
-    does not know `tool_calls`, the calls are written into the text as JSON, so they are trained and
-    seen rather than silently dropped.
-    """
-    clean = {k: v for k, v in message.items() if k != "weight"}
-    content = clean.get("content") or ""
-    calls = clean.get("tool_calls")
-    if calls and not knows_tools:
-        written = json.dumps([c.get("function", c) if isinstance(c, dict) else c for c in calls], ensure_ascii=False)
-        content = f"{content}\n{written}" if content else written
-    clean["content"] = content
-    return clean
+    A template that knows tools gets them as they are (arguments as objects, as transformers documents);
+    otherwise hone's tool template writes the tools into the system turn, calls as fenced JSON and tool
+    replies as user turns. `weight` is kept for trained_spans (and dropped before rendering)."""
+    native_tools, native_reasoning = knows(tokenizer)
+    out: list[dict] = []
+    if tools and not native_tools:
+        text = tools_system_text(tools)
+        if messages and messages[0]["role"] == "system":
+            out.append({**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{text}".lstrip()})
+            messages = messages[1:]
+        else:
+            out.append({"role": "system", "content": text})
+    for message in messages:
+        clean = {k: v for k, v in message.items() if v is not None}
+        calls_as_text = message["role"] == "assistant" and bool(message.get("tool_calls")) and not native_tools
+        trace_as_text = bool(message.get("reasoning_content")) and not native_reasoning
+        if calls_as_text or trace_as_text:
+            written = {**message, "tool_calls": message.get("tool_calls") if calls_as_text else None}
+            clean["content"] = assistant_text(written, with_reasoning=trace_as_text)
+            for key, drop in (("tool_calls", calls_as_text), ("reasoning_content", trace_as_text)):
+                if drop:
+                    clean.pop(key, None)
+        elif message["role"] == "tool" and not native_tools:
+            if out and out[-1].get("from_tool"):   # replies in a row: one user turn, as Qwen's template does
+                out[-1]["content"] += "\n" + tool_result_text(message)
+                continue
+            clean = {"role": "user", "content": tool_result_text(message), "from_tool": True}
+        if clean.get("tool_calls"):
+            clean["tool_calls"] = [_call_with_object(c) for c in clean["tool_calls"]]
+        clean.setdefault("content", "")
+        out.append(clean)
+    return out, ({"tools": tools} if tools and native_tools else {})
 
 
-def trained_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the character spans of each trained assistant turn."""
-    full = render(tokenizer, messages)
+def _call_with_object(call: dict) -> dict:
+    function = dict(call.get("function", {}))
+    if isinstance(function.get("arguments"), str):
+        try:
+            function["arguments"] = json.loads(function["arguments"])
+        except json.JSONDecodeError:
+            pass
+    return {**call, "function": function}
+
+
+def _apply(tokenizer, messages: list[dict], extra: dict, add_generation_prompt: bool) -> str:
+    clean = [{k: v for k, v in m.items() if k not in ("weight", "from_tool")} for m in messages]
+    return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+           tools: list[dict] | None = None) -> str:
+    """The conversation (and the tools it may call) as the model's chat template writes it."""
+    converted, extra = template_messages(tokenizer, messages, tools)
+    return _apply(tokenizer, converted, extra, add_generation_prompt)
+
+
+def trained_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None,
+                  reasoning: str = "train") -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the character spans of each trained assistant turn (calls included);
+    with `reasoning="mask"` each turn's reasoning is rendered but not trained."""
+    converted, extra = template_messages(tokenizer, messages, tools)
+    full = _apply(tokenizer, converted, extra, False)
     eos = tokenizer.eos_token or ""
     spans = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(converted):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
-        prefix = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        upto = render(tokenizer, messages[: i + 1])
+        prefix = _apply(tokenizer, converted[:i], extra, True) if i else ""
+        upto = _apply(tokenizer, converted[: i + 1], extra, False)
         if not (upto.startswith(prefix) and full.startswith(upto)):
             raise DataError(f"the chat template renders messages[{i}] differently inside and at the "
                             "end of a conversation, so the trained tokens cannot be located")
         end = len(upto)
         if eos and (stop := upto.rfind(eos)) >= len(prefix):
             end = stop + len(eos)  # train the end-of-turn token, not the newline after it
-        spans.append((len(prefix), end))
+        spans.extend(_without_reasoning(full, (len(prefix), end), message, i) if reasoning == "mask"
+                     else [(len(prefix), end)])
     return full, spans
 
 
-def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> TokenizedExample:
+def _without_reasoning(full: str, span: tuple[int, int], message: dict, i: int) -> list[tuple[int, int]]:
+    """A turn's span minus its reasoning block (hone's <think> block, or the trace a template wrote)."""
+    trace = message.get("reasoning_content")
+    content = message.get("content") or ""
+    block = trace if trace else (content[: content.index(THINK_CLOSE) + len(THINK_CLOSE)]
+                                 if content.startswith(THINK_OPEN) and THINK_CLOSE in content else None)
+    if not block:
+        return [span]
+    at = full.find(block, *span)
+    if at < 0:
+        raise DataError(f"data.reasoning is 'mask' but the chat template does not write the reasoning of "
+                        f"messages[{i}], so it cannot be masked; use reasoning: train or drop the traces")
+    return [(a, b) for a, b in ((span[0], at), (at + len(block), span[1])) if b > a]
+
+
+def tokenize_chat(tokenizer, messages: list[dict], max_length: int, tools: list[dict] | None = None,
+                  reasoning: str = "train") -> TokenizedExample:
     """Token ids and labels for one conversation, truncated to `max_length` tokens."""
-    text, spans = trained_spans(tokenizer, messages)
+    text, spans = trained_spans(tokenizer, messages, tools, reasoning)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     labels = [IGNORE] * len(ids)
@@ -87,9 +151,9 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> Tokenized
     return TokenizedExample(ids[:max_length], labels[:max_length], truncated)
 
 
-def prompt_for_generation(tokenizer, messages: list[dict]) -> str:
-    """The text a model continues to answer: the conversation plus the assistant header."""
-    return render(tokenizer, messages, add_generation_prompt=True)
+def prompt_for_generation(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The text a model continues to answer: the conversation (and its tools) plus the assistant header."""
+    return render(tokenizer, messages, add_generation_prompt=True, tools=tools)
 
 
 def show_mask(tokenizer, example: TokenizedExample) -> str:

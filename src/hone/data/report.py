@@ -125,6 +125,10 @@ def print_report(report: dict, console) -> None:
         if entry["labels"]:
             shown = ", ".join(f"{k} {v}" for k, v in list(entry["labels"]["labels"].items())[:8])
             console.print(f"  labels: {shown}", markup=False, highlight=False)
+        if (example := entry.get("example")) and example.get("text"):
+            shown = example["text"] if len(example["text"]) <= 2000 else example["text"][:2000] + " ..."
+            console.print(f"  rendered example (line {example['line']}; trained tokens in [[ ]]):", highlight=False)
+            console.print(Text(shown, style="dim"))
         rows = findings(entry)
         if not rows:
             console.print("  [green]no problems found[/green]")
@@ -182,6 +186,9 @@ def render_html(report: dict) -> str:
             parts.append("</table>")
         else:
             parts.append("<p class='ok'>No problems found.</p>")
+        if (example := entry.get("example")) and example.get("text"):
+            parts.append(f"<p>Line {example['line']} as training renders it, trained tokens in [[ ]]:</p>"
+                         f"<pre>{e(example['text'])}</pre>")
         tokens = entry["tokens"]
         if tokens:
             parts.append(f"<p>Tokens per example: min {tokens['min']}, median {tokens['median']}, "

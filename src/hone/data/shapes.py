@@ -10,13 +10,19 @@ from __future__ import annotations
 from hone.data.json_values import BadJSON, check_value, loads
 from hone.data.problems import RecordError
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, Record, TagExample, TextExample
+from hone.data.tools import check_tool_use, declared_tools, from_legacy, sharegpt_calls
 
 ROLES = ("system", "user", "assistant", "tool")
-MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
+MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal",
+                "reasoning_content", "reasoning", "thinking"}
+# Where assistant turns carry their reasoning: DeepSeek/vLLM's `reasoning_content`, OpenRouter's `reasoning`,
+# gpt-oss's `thinking`; all read as `reasoning_content`.
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 # ShareGPT speakers as found in the wild (FastChat, LLaMA-Factory, Axolotl) -> OpenAI roles.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "model": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
-                  "system": "system", "tool": "tool", "observation": "tool", "function_response": "tool"}
+                  "system": "system", "tool": "tool", "observation": "tool", "function_response": "tool",
+                  "function_call": "assistant"}
 # Single-turn shapes that become a user message and an assistant answer.
 PAIR_SHAPES = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer"),
                "input_output": ("input", "output")}
@@ -101,19 +107,40 @@ def _type(value) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _content_text(check: Checker, content, where: str):
-    """Message content as a string: a string, or a list of text parts joined (OpenAI parts format)."""
+def _content_text(check: Checker, content, where: str, thinking: list[str] | None = None):
+    """Message content as a string: a string, or a list of text parts joined (OpenAI parts format).
+    `thinking` (assistant turns only) collects the text of `{"type": "thinking", "thinking": ...}` parts."""
     if isinstance(content, str) or content is None:
         return content
     if isinstance(content, list):
         texts = []
         for j, part in enumerate(content):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if thinking is not None and kind == "thinking" and isinstance(part.get("thinking"), str):
+                thinking.append(part["thinking"])
+                continue
+            if not (kind == "text" and isinstance(part.get("text"), str)):
                 raise check.fail("wrong_type", f"{where}.content[{j}] must be a text part "
-                                 '{"type": "text", "text": "..."}', f"{where}.content[{j}]")
+                                 '{"type": "text", "text": "..."}' + (' or a thinking part {"type": "thinking", '
+                                                                      '"thinking": "..."}' if thinking is not None
+                                                                      else ""), f"{where}.content[{j}]")
             texts.append(part["text"])
         return "".join(texts)
     raise check.fail("wrong_type", f"{where}.content must be a string, got {_type(content)}", f"{where}.content")
+
+
+def _reasoning(check: Checker, message: dict, role: str, at: str, parts: list[str]) -> str | None:
+    """The turn's reasoning trace: a reasoning field or thinking parts (assistant turns only)."""
+    found = [k for k in REASONING_KEYS if message.get(k) is not None]
+    if found and role != "assistant":
+        raise check.fail("wrong_type", f"{at}.{found[0]} is only read on assistant messages", f"{at}.{found[0]}")
+    texts = list(parts)
+    for key in found:
+        if not isinstance(message[key], str):
+            raise check.fail("wrong_type", f"{at}.{key} must be a string, got {_type(message[key])}", f"{at}.{key}")
+        texts.append(message[key])
+    text = "\n".join(t for t in texts if t.strip())
+    return text or None
 
 
 def _tool_calls(check: Checker, calls, where: str) -> None:
@@ -121,6 +148,9 @@ def _tool_calls(check: Checker, calls, where: str) -> None:
         raise check.fail("invalid_tool_call", f"{where}.tool_calls must be a non-empty list", f"{where}.tool_calls")
     for j, call in enumerate(calls):
         at = f"{where}.tool_calls[{j}]"
+        if isinstance(call, dict) and call.get("type", "function") != "function":
+            raise check.fail("invalid_tool_call", f"{at}.type is {call.get('type')!r}; expected \"function\"",
+                             f"{at}.type")
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise check.fail("invalid_tool_call", f"{at}.function.name must be a string", f"{at}.function.name")
@@ -153,13 +183,16 @@ def check_message_list(check: Checker, messages, where: str = "messages", need_a
         extra = sorted(set(message) - MESSAGE_KEYS)
         if extra:
             raise check.fail("message_unrecognized_key", f"{at} has unrecognised key {extra[0]!r}; allowed: "
-                             "role, content, name, weight, tool_calls, tool_call_id", f"{at}.{extra[0]}")
+                             "role, content, name, weight, tool_calls, tool_call_id, reasoning_content",
+                             f"{at}.{extra[0]}")
         calls = message.get("tool_calls") or message.get("function_call")
         if "tool_calls" in message and role == "assistant":
             _tool_calls(check, message["tool_calls"], at)
         if "content" not in message and not (role == "assistant" and calls):
             raise check.fail("message_missing_key", f"{at} has no `content`", f"{at}.content")
-        content = _content_text(check, message.get("content"), at)
+        thinking: list[str] = []
+        content = _content_text(check, message.get("content"), at, thinking if role == "assistant" else None)
+        reasoning = _reasoning(check, message, role, at, thinking)
         if content is None and role == "system":
             raise check.fail("missing_content", f"{at}.content is null; give the system message text or leave "
                              "the message out", f"{at}.content")
@@ -176,7 +209,8 @@ def check_message_list(check: Checker, messages, where: str = "messages", need_a
             if role != "assistant" or type(weight) is not int or weight not in (0, 1):
                 raise check.fail("invalid_weight", f"{at}.weight is {weight!r}; weight must be 0 or 1 and only on "
                                  "assistant messages", f"{at}.weight")
-        clean.append({**message, "content": content})
+        kept = {k: v for k, v in message.items() if k not in REASONING_KEYS}
+        clean.append({**kept, "content": content, **({"reasoning_content": reasoning} if reasoning else {})})
     if need_assistant and not any(m["role"] == "assistant" and m.get("weight", 1) == 1 for m in clean):
         raise check.fail("example_missing_assistant_message",
                          "no assistant message (with weight 1): nothing to learn from this example", where)
@@ -188,9 +222,10 @@ def check_messages(record: dict, file: str, line: int) -> list[dict]:
     return check_message_list(Checker(file, line), record.get("messages"))
 
 
-def _sharegpt(check: Checker, record: dict) -> list[dict]:
+def _sharegpt(check: Checker, record: dict, tools: list[dict] | None) -> list[dict]:
     turns = check.structured(record, "conversations", list)
-    messages = []
+    messages: list[dict] = []
+    waiting: list[str] = []
     for i, turn in enumerate(turns):
         at = f"conversations[{i}]"
         if not isinstance(turn, dict):
@@ -206,8 +241,18 @@ def _sharegpt(check: Checker, record: dict) -> list[dict]:
         if not isinstance(value, str):
             raise check.fail("message_missing_key" if value is None else "wrong_type",
                              f"{at}.value must be a string, got {_type(value)}", f"{at}.value")
-        messages.append({"role": role, "content": value, **({"tool_call_id": ""} if role == "tool" else {})})
-    return check_message_list(check, messages, "conversations")
+        if str(speaker).lower() == "function_call":   # LLaMA-Factory / Glaive: the call as a JSON object
+            calls = sharegpt_calls(check, value, at, i)
+            messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+            waiting = [c["id"] for c in calls]
+            continue
+        if role == "tool":   # replies answer the calls before them, in order
+            messages.append({"role": "tool", "content": value, "tool_call_id": waiting.pop(0) if waiting else ""})
+            continue
+        messages.append({"role": role, "content": value})
+    clean = check_message_list(check, messages, "conversations")
+    check_tool_use(check, clean, tools, "conversations")
+    return clean
 
 
 def _answer(check: Checker, value, key: str) -> str:
@@ -289,14 +334,15 @@ def to_record(record: dict, shape: str, file: str, line: int | None) -> Record:
     if shape == "chat":
         if "weight" in record:
             raise check.fail("invalid_weight", "example-level `weight`: put weight 0/1 on assistant messages", "weight")
-        messages = check_message_list(check, check.structured(record, "messages", list)
-                                      if isinstance(record.get("messages"), str) else record.get("messages"))
-        tools = record.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise check.fail("wrong_type", f"`tools` must be a list, got {_type(tools)}", "tools")
+        raw = check.structured(record, "messages", list) if isinstance(record.get("messages"), str) \
+            else record.get("messages")
+        messages = check_message_list(check, from_legacy(raw) if isinstance(raw, list) else raw)
+        tools = declared_tools(check, record)
+        check_tool_use(check, messages, tools)
         return ChatExample(messages, file, line or 0, tools=tools)
     if shape == "sharegpt":
-        return ChatExample(_sharegpt(check, record), file, line or 0)
+        tools = declared_tools(check, record)
+        return ChatExample(_sharegpt(check, record, tools), file, line or 0, tools=tools)
     if shape == "alpaca":
         prompt = check.string(record, "instruction")
         extra = record.get("input") or ""

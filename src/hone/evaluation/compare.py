@@ -42,14 +42,15 @@ def default_max_new_tokens(tokenizer, examples: list[ChatExample]) -> int:
 
 
 def generate_answers(model, tokenizer, examples: list[ChatExample], max_new_tokens: int, batch_size: int,
-                     label: str, console: Console | None = None) -> list[str]:
+                     label: str, console: Console | None = None, prefill: str = "") -> list[str]:
     """Greedy answers to each example's prompt (the conversation before its last assistant turn)."""
     console = console or Console(stderr=True)
     with Progress(TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(label, total=len(examples))
         return generate_batch(model, tokenizer, [e.prompt_messages for e in examples], max_new_tokens,
-                              batch_size, on_batch=lambda n: bar.advance(task, n))
+                              batch_size, on_batch=lambda n: bar.advance(task, n), tools=[e.tools for e in examples],
+                              prefill=prefill)
 
 
 def evaluate_answers(model, tokenizer, examples: list[ChatExample], metric: str, max_new_tokens: int,
@@ -83,7 +84,7 @@ def paired_bootstrap(metric: Metric, base: np.ndarray, tuned: np.ndarray, sample
     else:
         diffs = np.array([metric.aggregate(tuned[p]) - metric.aggregate(base[p]) for p in picks])
     tail = (1 - confidence) / 2
-    low, high = np.quantile(diffs, [tail, 1 - tail])
+    low, high = np.nanquantile(diffs, [tail, 1 - tail])  # a resample where a metric applies to no item is nan
     return float(low), float(high)
 
 

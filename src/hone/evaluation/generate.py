@@ -10,9 +10,12 @@ from hone.data.render import prompt_for_generation
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                   batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> list[str]:
-    """Greedy answers for many conversations, batched by length; returns texts in input order."""
-    prompts = [prompt_for_generation(tokenizer, c) for c in conversations]
+                   batch_size: int = 16, on_batch: Callable[[int], None] | None = None,
+                   tools: list[list[dict] | None] | None = None, prefill: str = "") -> list[str]:
+    """Greedy answers for many conversations (each with the tools it may call), batched by length; returns
+    texts in input order. `prefill` is written after the assistant header (an empty reasoning block)."""
+    tools = tools or [None] * len(conversations)
+    prompts = [prompt_for_generation(tokenizer, c, t) + prefill for c, t in zip(conversations, tools)]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(prompts)

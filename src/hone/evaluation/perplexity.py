@@ -31,7 +31,7 @@ def perplexity_metric() -> Metric:
 
 def tokenize_for_perplexity(tokenizer, example: ChatExample | TextExample, max_length: int) -> TokenizedExample:
     if isinstance(example, ChatExample):
-        return tokenize_chat(tokenizer, example.messages, max_length)
+        return tokenize_chat(tokenizer, example.messages, max_length, example.tools)
     ids = tokenizer(example.text, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ids = (bos + ids)[:max_length]

@@ -7,7 +7,7 @@ tuned: the same -> every metric with a paired bootstrap interval -> suite checks
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -16,14 +16,17 @@ from rich.console import Console
 from hone import atomic
 from hone.data.load import load_records
 from hone.data.records import ChatExample, LabelExample, TextExample
+from hone.data.tools import THINK_CLOSE, THINK_OPEN, split_reasoning
 from hone.errors import DataError, UserError
 from hone.evaluation.compare import Comparison, compare_answers, default_max_new_tokens, generate_answers
 from hone.evaluation.judge import JudgeResult, judge_pairs, openai_chat
 from hone.evaluation.metrics import label_metrics, normalise_label, pick_metrics
 from hone.evaluation.perplexity import perplexity_metric, perplexity_statistics
 from hone.evaluation.suites import SuiteResult, load_suite, score_suite
+from hone.evaluation.tools import is_tool_data, tool_items, tool_metrics
 
 SUITE_MAX_NEW_TOKENS = 128
+NO_TRACE = THINK_OPEN + THINK_CLOSE    # an empty reasoning block: the model answers without thinking first
 
 
 @dataclass
@@ -155,12 +158,18 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         raise UserError("nothing to evaluate: pass --data test.jsonl and/or --suite cases.jsonl")
     items = read_test_items(Path(data), target.system_prompt, options.limit) if data else []
     chats = [e for e in items if isinstance(e, ChatExample)]
+    tools = is_tool_data(chats)
+    reasoning = any(m.get("reasoning_content") for e in chats for m in e.messages)
+    if tools:   # scored turn by turn: each call and each answer is an item (evaluation/tools.py)
+        chats = tool_items(chats)
     if items and not chats and not options.perplexity:
         raise UserError(f"{data} holds raw text, which only perplexity can score; drop --no-perplexity")
     cases = load_suite(options.suite) if options.suite else []
     schema = _read_schema(options.schema) if options.schema else None
     references = [e.answer or "" for e in chats]
     metrics, primary = pick_metrics(references, options.metrics, schema) if chats else ([], "perplexity")
+    if tools and not options.metrics:
+        metrics, primary = tool_metrics(chats) + metrics, "arguments_exact"
     if target.classifier and chats and not options.metrics and not any(m.name == "accuracy" for m in metrics):
         metrics = label_metrics(references) + metrics  # a classifier is scored as one, however many labels
     base_name = (options.base or target.base) if options.compare_base else None
@@ -168,7 +177,8 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         raise UserError("the judge compares base and tuned answers: give --base MODEL (or evaluate a run)")
     hw = pick_hardware()
     console.print(f"[bold]hone eval[/bold] {target.name}" + (f" against {base_name}" if base_name else "")
-                  + f": {len(items)} test items" + (f", {len(cases)} suite cases" if cases else "")
+                  + f": {len(items)} test items" + (f" ({len(chats)} assistant turns scored)" if tools else "")
+                  + (f", {len(cases)} suite cases" if cases else "")
                   + f"\n  hardware: {hw.device}, {hw.threads} thread(s)")
 
     outputs = {}
@@ -182,6 +192,9 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         model, tokenizer = load_model(name, run_dir, hw.device)
         torch.manual_seed(options.seed)
         max_new = options.max_new_tokens or (default_max_new_tokens(tokenizer, chats) if chats else 0)  # 0: unused
+        if reasoning and chats and not options.max_new_tokens:   # room for the trace before the answer
+            max_new += max(len(tokenizer(m.get("reasoning_content") or "", add_special_tokens=False)["input_ids"])
+                           for e in chats for m in e.messages) + 8
         outputs[role] = {
             "answers": generate_answers(model, tokenizer, chats, max_new, options.batch_size, f"{role} eval",
                                         console) if chats else [],
@@ -191,15 +204,23 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
                                       options.max_new_tokens or SUITE_MAX_NEW_TOKENS, options.batch_size,
                                       f"{role} suite", console) if cases else [],
         }
+        if reasoning and chats:   # the answer with its trace (trace cut off) and with an empty trace
+            outputs[role]["answers"] = [split_reasoning(a)[1].strip() for a in outputs[role]["answers"]]
+            outputs[role]["no_trace"] = generate_answers(model, tokenizer, chats, max_new, options.batch_size,
+                                                         f"{role} eval, no trace", console, NO_TRACE)
         del model
 
     tuned, base = outputs["tuned"], outputs.get("base")
-    result = EvalResult(target.name, base_name, target.run_dir, items, tuned_answers=tuned["answers"],
+    result = EvalResult(target.name, base_name, target.run_dir, chats if tools else items,
+                        tuned_answers=tuned["answers"],
                         base_answers=base["answers"] if base else None, recipe=target.recipe)
     if items:
         extra = {}
         if tuned["perplexity"] is not None:
             extra["perplexity"] = (perplexity_metric(), tuned["perplexity"], base["perplexity"] if base else None)
+        if reasoning and chats:
+            extra["no_trace"] = without_trace(next(m for m in metrics if m.name == primary), references,
+                                              tuned["no_trace"], base["no_trace"] if base else None)
         result.comparison = compare_answers(metrics, primary, references, tuned["answers"],
                                             base["answers"] if base else None, extra, options.seed)
     if target.classifier and chats:
@@ -219,6 +240,15 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
         atomic.write_json(target.run_dir / "eval.json", result.to_json())
         write_report(target.run_dir)
     return result
+
+
+def without_trace(metric, references: list[str], tuned: list[str], base: list[str] | None) -> tuple:
+    """The primary metric on answers generated after an empty reasoning block: what the trace adds."""
+    assert metric.statistics is not None
+    renamed = replace(metric, name=f"{metric.name}_without_trace",
+                      description=f"{metric.name} of answers given an empty reasoning block (no trace)")
+    return (renamed, metric.statistics(tuned, references),
+            metric.statistics(base, references) if base is not None else None)
 
 
 def classifier_outputs(run_dir: Path, chats: list, cases: list, batch_size: int, device: str,

@@ -222,7 +222,7 @@ def example_tokens(stats: DataStats, tokenizer, objective: str) -> list[int]:
     for record in stats.samples:
         if isinstance(record, ChatExample):
             text = (classifier_text(tokenizer, record.prompt_messages) if objective == "classify"
-                    else render(tokenizer, record.messages) if templated
+                    else render(tokenizer, record.messages, tools=record.tools) if templated
                     else " ".join(m.get("content") or "" for m in record.messages))
         elif isinstance(record, LabelExample):
             text = record.text

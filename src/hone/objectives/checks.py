@@ -78,6 +78,9 @@ def check_settings(config: RunConfig, entry: Objective) -> None:
     for setting, why in entry.refuses.items():
         if config.is_set(setting) and _active(config, setting):
             raise config.error(f"{setting} does not apply to objective {entry.name}: {why}", setting)
+    if config.data.mask_reasoning and entry.name != "sft":
+        raise config.error(f"data.mask_reasoning applies only to objective sft, not {entry.name}: its loss is not "
+                           "built from hone's chat rendering (drop it)", "data.mask_reasoning")
     if entry.name != "distill":
         for name in DistillSection.model_fields:
             if config.is_set(f"distill.{name}") and getattr(config.distill, name) not in (None, 0):

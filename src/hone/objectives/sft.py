@@ -118,7 +118,9 @@ def render_chats(config: RunConfig, splits: ChatSplits) -> RenderedChats:
     """Mix in general chats against forgetting (train.replay; validation stays the task's) and render."""
     train = mix_replay(splits.train, config.train.replay, config.train.seed)
     tokenizer = load_tokenizer(resolve_model(config.model.name))
-    tokenize = lambda examples: [tokenize_chat(tokenizer, e.messages, config.data.max_length) for e in examples]  # noqa: E731
+    reasoning = "mask" if config.data.mask_reasoning else "train"
+    tokenize = lambda examples: [tokenize_chat(tokenizer, e.messages, config.data.max_length, e.tools, reasoning)  # noqa: E731
+                                 for e in examples]
     return RenderedChats(tokenizer, train, len(splits.train), tokenize(train), tokenize(splits.validation))
 
 

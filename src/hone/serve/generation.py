@@ -44,8 +44,9 @@ class Job:
     """
 
     def __init__(self, source, prompts: list[list[int]], n: int, max_tokens: list[int], stop: list[str],
-                 sampling: Sampling, emit: Callable[[tuple], None]):
+                 sampling: Sampling, emit: Callable[[tuple], None], schema: dict | None = None):
         self.source, self.prompts, self.n = source, prompts, n
+        self.schema = schema       # a JSON schema every answer must follow (serve/tools.py), or None
         self.max_tokens, self.stop, self.sampling, self.emit = max_tokens, stop, sampling, emit
         self.answers = [Answer() for _ in range(len(prompts) * n)]
         self.cancelled = False     # set when the client went away: its rows stop at the next token
@@ -176,9 +177,23 @@ def generate_rows(model, tokenizer, jobs: list[Job], device: str, adapter_names:
     with warnings.catch_warnings():   # peft warns on every prompt-tuned call that it drops position ids
         warnings.filterwarnings("ignore", message="Position ids are not supported")
         extra = {"adapter_names": adapter_names} if adapter_names else {}
+        extra.update(constraint_hook(model, tokenizer, rows))
         model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                        stopping_criteria=StoppingCriteriaList([progress]), **extra)
     progress.finish_all()
+
+
+def constraint_hook(model, tokenizer, rows: list[_Row]) -> dict:
+    """generate()'s `logits_processor` for rows whose job asks for constrained JSON (tool_choice required or
+    named, response_format json_schema); nothing when no row does."""
+    schemas: dict[int, dict] = {i: row.job.schema for i, row in enumerate(rows) if row.job.schema}
+    if not schemas:
+        return {}
+    from transformers import LogitsProcessorList
+
+    from hone.serve.tools import SchemaConstraint
+
+    return {"logits_processor": LogitsProcessorList([SchemaConstraint(tokenizer, model.config.vocab_size, schemas)])}
 
 
 def adapter_scope(model, adapter: str | None):

@@ -25,6 +25,7 @@ from hone.serve.engine import BASE, Engine
 from hone.serve.errors import APIError, error_responses
 from hone.serve.generation import Job, Sampling
 from hone.serve.settings import ServeSettings
+from hone.serve.tools import StreamReader, ToolPlan, chat_message_out, plan_tools, request_message
 
 MAX_N = 16          # choices per request: each is a row of the batch
 MAX_STOPS = 4       # OpenAI's limit on stop sequences
@@ -93,6 +94,9 @@ class ChatRequest(Sampled):
     max_completion_tokens: int | None = Field(None, ge=1)
     hone_kb: KnowledgeRequest | None = Field(None, description="hone extension: retrieve passages from a knowledge "
                                              "base into the prompt; the answer carries `hone_citations`")
+    tools: list[dict[str, Any]] | None = Field(None, description="functions the model may call (serve/tools.py)")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="auto, none, required or a named function")
+    response_format: dict[str, Any] | None = Field(None, description="text, json_object or json_schema (constrained)")
 
 
 class CompletionRequest(Sampled):
@@ -138,18 +142,21 @@ def make_inference_router(catalog, current_org: Callable, engine: Engine | None 
     @router.post("/v1/chat/completions", responses=STREAMED)
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
         source = await resolve(org, body.model)
+        plan = plan_tools(body.tools, body.tool_choice, body.response_format)
         messages = [chat_message(m) for m in body.messages]
         citations = None
         if body.hone_kb is not None:   # hone extension: the same template and retrieval as `hone chat --kb`
             messages, citations = await asyncio.to_thread(with_knowledge, body.hone_kb, messages)
         prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
-                                      "messages", body.n or 1, max_request_tokens)
-        run = start(engine, source, body, prompt, limit)
+                                      "messages", body.n or 1, max_request_tokens, plan)
+        run = start(engine, source, body, prompt, limit, plan.schema if plan else None)
         if body.stream:
-            return sse(chat_events(run, body, citations))
+            return sse(chat_events(run, body, plan, citations))
         answers = await run.result()
-        choices = [{"index": i, "message": {"role": "assistant", "content": a.text, "refusal": None},
-                    "logprobs": None, "finish_reason": a.finish_reason} for i, a in enumerate(answers)]
+        choices = []
+        for i, a in enumerate(answers):
+            message, finish = chat_message_out(plan, a.text, a.finish_reason)
+            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish})
         return {"id": run.id("chatcmpl"), "object": "chat.completion", "created": run.created, "model": body.model,
                 "choices": choices, "usage": run.usage(answers), "system_fingerprint": None,
                 **({"hone_citations": citations} if citations is not None else {})}
@@ -189,23 +196,24 @@ def model_object(source) -> dict:
 
 
 def chat_message(message: ChatMessage) -> dict:
-    """{role, content} for the chat template; text parts joined, `developer` read as `system`."""
+    """{role, content} for the chat template (and an assistant's calls, a tool reply's call id); text parts
+    joined, `developer` read as `system`."""
     content = message.content
     if isinstance(content, list):
         content = "".join(part.text for part in content)
     role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": content or ""}
+    return request_message({"role": role, "content": content or ""}, message.model_extra or {})
 
 
 async def prepare(engine: Engine, source, prompts: list, requested: int | None, param: str, n: int = 1,
-                  budget: int = 0):
+                  budget: int = 0, plan: ToolPlan | None = None):
     """(token ids per prompt, max_tokens per prompt), off the event loop (a first use loads a tokenizer).
     A request asking for more than `budget` tokens in all (see check_budget) is refused."""
     # each prompt is at least one token: a request past the budget by count alone is refused untokenized
     check_budget(budget, n, len(prompts) * (1 + (requested or 1)), len(prompts), requested, param, at_least=True)
 
     def work():
-        ids = [encode(engine, source, p) for p in prompts]
+        ids = [encode(engine, source, p, plan) for p in prompts]
         limits = token_limit(engine, source, ids, requested, param)
         check_budget(budget, n, sum(len(p) + limit for p, limit in zip(ids, limits)), len(prompts), requested, param)
         return ids, limits
@@ -215,12 +223,13 @@ async def prepare(engine: Engine, source, prompts: list, requested: int | None, 
         raise generation_error(exc, source.id) from None
 
 
-def encode(engine: Engine, source, prompt: str | list[dict]) -> list[int]:
-    """Token ids of a chat (rendered with the model's template, as training did) or of raw text."""
+def encode(engine: Engine, source, prompt: str | list[dict], plan: ToolPlan | None = None) -> list[int]:
+    """Token ids of a chat (rendered with the model's template, as training did, with the request's tools)
+    or of raw text."""
     tokenizer = engine.tokenizer(source)
     if isinstance(prompt, list):
         try:
-            text = prompt_for_generation(tokenizer, prompt)
+            text = plan.prompt(tokenizer, prompt) if plan else prompt_for_generation(tokenizer, prompt)
         except Exception as exc:  # noqa: BLE001 - jinja raises for conversations the template forbids
             raise APIError(400, f"the model's chat template rejects these messages: {exc}", param="messages") from exc
         return engine.encode(source, text)
@@ -295,12 +304,14 @@ class Run:
             self.job.cancelled = True   # a no-op once done; stops the rows if the client went away
 
 
-def start(engine: Engine, source, body: Sampled, prompts: list[list[int]], limits: list[int]) -> Run:
+def start(engine: Engine, source, body: Sampled, prompts: list[list[int]], limits: list[int],
+          schema: dict | None = None) -> Run:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     sampling = Sampling(1.0 if body.temperature is None else body.temperature,
                         1.0 if body.top_p is None else body.top_p, body.seed)
+    extra = {"schema": schema} if schema else {}
     return Run(dict(source=source, prompts=prompts, n=body.n or 1, max_tokens=limits, stop=stop,
-                    sampling=sampling), engine)
+                    sampling=sampling, **extra), engine)
 
 
 def generation_error(exc: Exception, model_id: str) -> APIError:
@@ -330,8 +341,7 @@ async def stream_frames(run: Run, body: Sampled, head: Callable[[], dict], choic
 
     try:
         for i in range(run.job.rows):
-            first = choice(i, None, None)
-            if first is not None:
+            for first in _choices(choice(i, None, None)):
                 yield chunk([first])
         while True:
             try:
@@ -341,10 +351,12 @@ async def stream_frames(run: Run, body: Sampled, head: Callable[[], dict], choic
                                        "param": exc.param, "code": exc.code}})
                 break
             if event[0] == "delta":
-                yield chunk([choice(event[1], event[2], None)])
+                for one in _choices(choice(event[1], event[2], None)):
+                    yield chunk([one])
             elif event[0] == "finish":
                 answer = run.job.answers[event[1]]
-                yield chunk([choice(event[1], "", answer.finish_reason)])
+                for one in _choices(choice(event[1], "", answer.finish_reason)):
+                    yield chunk([one])
             elif event[0] == "done":
                 if usage:
                     yield frame({**head(), "choices": [], "usage": run.usage(event[1])})
@@ -354,19 +366,31 @@ async def stream_frames(run: Run, body: Sampled, head: Callable[[], dict], choic
         run.job.cancelled = True   # the client hung up mid-stream: stop generating for it
 
 
-def chat_events(run: Run, body: ChatRequest, citations: list | None = None):
+def _choices(built: dict | list[dict] | None) -> list[dict]:
+    """A `choice` callback's answer as a list: one choice, several (one chunk each), or none."""
+    return [] if built is None else built if isinstance(built, list) else [built]
+
+
+def chat_events(run: Run, body: ChatRequest, plan: ToolPlan | None = None, citations: list | None = None):
     cite = [{"hone_citations": citations}] if citations is not None else []   # hone_kb: on the first chunk only
 
     def head() -> dict:
         return {"id": run.id("chatcmpl"), "object": "chat.completion.chunk", "created": run.created,
                 "model": body.model, "system_fingerprint": None, **(cite.pop() if cite else {})}
 
-    def choice(index: int, text: str | None, finish: str | None) -> dict:
+    readers: dict[int, StreamReader] = {}
+
+    def choice(index: int, text: str | None, finish: str | None) -> dict | list[dict]:
         if text is None:   # the opening chunk of each choice carries the role
-            delta = {"role": "assistant", "content": ""}
-        else:
-            delta = {"content": text} if finish is None else {}
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            readers[index] = StreamReader(plan)
+            return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None}
+        reader = readers[index]
+        if finish is None:   # text as it comes; a call is held back until it is whole
+            return [{"index": index, "delta": d, "logprobs": None, "finish_reason": None} for d in reader.feed(text)]
+        deltas, finish = reader.finish(finish)
+        return [{"index": index, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas] + [
+            {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}]
 
     return stream_frames(run, body, head, choice)
 
