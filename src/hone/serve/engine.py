@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 
@@ -45,6 +45,18 @@ if TYPE_CHECKING:
 
 BASE = None  # `tuned` of a ModelSource that is a base model
 log = logging.getLogger("hone.serve")
+
+
+class InferenceEngine(Protocol):
+    """What the inference router calls on an engine (serve/engines/table.py lists them)."""
+    default_max_tokens: int
+
+    def tokenizer(self, source): ...
+    def encode(self, source, text: str) -> list[int]: ...
+    def context_length(self, source) -> int | None: ...
+    def submit(self, job: Job) -> None: ...
+    def unload(self, source) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -414,12 +426,12 @@ class Engine(ModelTokenizers):
             batch = self._running.get(group)
             if group[0] == "alone":
                 entry = self._entry(jobs[0].source)
-                batch = batch or RunningBatch(lambda e=entry: e.model, entry.tokenizer, self._hardware(), entry.lock)
+                batch = batch or RunningBatch(lambda: entry.model, entry.tokenizer, self._hardware(), entry.lock)
                 names: list[str | None] = [None] * len(jobs)
             else:
                 base = self._base(group[1])
                 names = [self._entry(j.source).adapter if j.source.tuned is not BASE else None for j in jobs]
-                batch = batch or RunningBatch(lambda b=base: b.model, base.tokenizer, self._hardware(), base.lock)
+                batch = batch or RunningBatch(lambda: base.model, base.tokenizer, self._hardware(), base.lock)
             self.calls += 1
             with batch.lock:
                 batch.admit(jobs, names)

@@ -38,7 +38,7 @@ class RunningBatch:
         self.rows: list[Row] = []
         self.adapters: list[str | None] = []          # per row: the peft adapter, None for the base
         self.generators: list[torch.Generator | None] = []
-        self.cache = None
+        self.cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)
         self.last = torch.zeros(0, dtype=torch.long)        # each row's newest token, fed at the next step
         self.positions = torch.zeros(0, dtype=torch.long)   # each row's next position id
