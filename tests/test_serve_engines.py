@@ -87,10 +87,15 @@ def llamacpp(tiny_model, tmp_path_factory):
         pytest.skip(f"engine llamacpp is not installed ({ENGINES['llamacpp'].install})")
     from hone.serve.engines.llamacpp import LlamaCppEngine
 
+    home = os.environ.get("HONE_HOME")
     os.environ["HONE_HOME"] = str(tmp_path_factory.mktemp("home"))   # the base's GGUF is cached here
     engine = LlamaCppEngine(threads=1, quant="f32")
     yield engine, Source("base", str(tiny_model), None, "system", 0)
     engine.close()
+    if home is None:
+        del os.environ["HONE_HOME"]
+    else:
+        os.environ["HONE_HOME"] = home
 
 
 def test_llamacpp_answers_greedy_like_transformers_with_stop_strings_and_seeds(llamacpp, tiny_model):
