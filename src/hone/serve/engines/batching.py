@@ -50,7 +50,7 @@ class RunningBatch:
         return list({id(row.job): row.job for row in self.rows}.values())
 
     # -- joining ---------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def admit(self, jobs: list[Job], adapters: list[str | None]) -> None:
         """Prefill every row of `jobs` (one adapter per job) in one forward pass and add them to the batch."""
         from transformers import DynamicCache
@@ -101,7 +101,7 @@ class RunningBatch:
         self.generators += generators
 
     # -- one step ---------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self) -> None:
         """One new token for every row; finished rows leave."""
         mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
