@@ -54,7 +54,8 @@ def test_a_request_arriving_mid_answer_joins_the_batch_only_when_continuous(tiny
         long_done, long_events = submit(engine, base, HELLO, 60, finished, "long", on_delta=arrive)
         assert long_done.wait(120) and second["job"][0].wait(120)
         short_events = second["job"][1]
-        assert short_events[-1][0] == "done" and short_events[-1][1][0].text == reference_answer(tiny_model, None, SHORT, 6)
+        expected = reference_answer(tiny_model, None, SHORT, 6)
+        assert short_events[-1][0] == "done" and short_events[-1][1][0].text == expected
         assert long_events[-1][0] == "done" and long_events[-1][1][0].tokens == 60   # random weights never stop
         assert finished == (["short", "long"] if continuous else ["long", "short"])
     finally:
@@ -104,7 +105,8 @@ def test_llamacpp_answers_greedy_like_transformers_with_stop_strings_and_seeds(l
     done, events = submit(engine, base, HELLO, 8, finished, "plain")
     assert done.wait(120) and events[-1][0] == "done", events[-1]
     answer = events[-1][1][0]
-    assert (answer.text, answer.tokens, answer.finish_reason) == (reference_answer(tiny_model, None, HELLO, 8), 8, "length")
+    expected = reference_answer(tiny_model, None, HELLO, 8)
+    assert (answer.text, answer.tokens, answer.finish_reason) == (expected, 8, "length")
     assert "".join(e[2] for e in events if e[0] == "delta") == answer.text   # streamed as it came
     stop = answer.text[2:4]
     done, events = submit(engine, base, HELLO, 8, finished, "stop", stop=[stop])
