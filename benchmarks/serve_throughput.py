@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quant", default="q8_0")
+    parser.add_argument("--quant", default="f16", help="the GGUF hone serves (--gguf-quant) and bare llama.cpp runs")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -186,7 +186,8 @@ def main() -> None:
     default = auto_engine()
     home = Path(tempfile.mkdtemp(prefix="hone-serve-bench-"))
     engines = [name for name, spec in ENGINES.items() if spec.installed()]
-    servers = {f"hone:{name}": HoneServer(name, home / name, args.threads) for name in engines}
+    servers = {f"hone:{name}": HoneServer(name, home / name, args.threads, "--gguf-quant", args.quant)
+               for name in engines}
     servers["hone:transformers-window"] = HoneServer("transformers", home / "window", args.threads, "--window-batching")
     bare = {}
     if "llamacpp" in engines:

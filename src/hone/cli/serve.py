@@ -43,7 +43,7 @@ def serve(
     engine: Optional[str] = typer.Option(None, "--engine", help="Inference engine: auto (llamacpp on CPU when installed, else transformers), transformers, llamacpp (default auto)"),
     model_engine: Optional[List[str]] = typer.Option(None, "--model-engine", help="The engine for one base model and its tuned models: NAME=ENGINE; repeatable"),
     window_batching: bool = typer.Option(False, "--window-batching", help="transformers engine: batch only requests arriving together, one generate() at a time (before continuous batching)"),
-    gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use (default q8_0)"),
+    gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use: f16 (default), q8_0 (faster, answers drift), f32"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server

@@ -31,7 +31,9 @@ class ServeSettings:
     engine: str = "auto"                     # serve/engines/table.py: auto, transformers, llamacpp
     model_engines: dict[str, str] = field(default_factory=dict)   # base model name -> engine, over `engine`
     continuous_batching: bool = True         # False: today's window batching (one generate() at a time)
-    gguf_quant: str = "q8_0"                 # the GGUF llama.cpp serves (hone export's quants)
+    # The GGUF llama.cpp serves: f16 answered as transformers' fp32 did on the embedded model, q8_0 did not
+    # ("The capital of France is Paris." against "L'Étoile, la Cité, ..."; docs/serve_inference.md).
+    gguf_quant: str = "f16"
     max_loaded_models: int = 4
     max_batch: int = 8
     batch_window_ms: float = 5.0

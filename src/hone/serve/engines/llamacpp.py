@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
 import os
 import queue
+import socket
+import subprocess
+import sys
 import threading
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from hone.errors import UserError
 from hone.serve.engine import BASE, ModelTokenizers, tuned_artifact
-from hone.serve.engines import llamacpp_child
 from hone.serve.generation import Job, Row, RowProgress, eos_ids
 
 log = logging.getLogger("hone.serve")
-QUANTS = ("q8_0", "f16", "f32")   # what llama.cpp's converter writes without the compiled quantizer
+QUANTS = ("f16", "q8_0", "f32")   # what llama.cpp's converter writes without the compiled quantizer
 
 
 class EngineDied(UserError):
@@ -104,7 +106,7 @@ def run_gguf(run: Path, quant: str) -> Path:
 class LlamaCppEngine(ModelTokenizers):
     """Answers Jobs through llama.cpp in a child process, one request at a time."""
 
-    def __init__(self, threads: int | None = None, quant: str = "q8_0", default_max_tokens: int = 512):
+    def __init__(self, threads: int | None = None, quant: str = "f16", default_max_tokens: int = 512):
         super().__init__()
         if quant not in QUANTS:
             raise UserError(f"--gguf-quant {quant}: the llamacpp engine serves {', '.join(QUANTS)}")
@@ -114,7 +116,7 @@ class LlamaCppEngine(ModelTokenizers):
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: subprocess.Popen | None = None
         self._conn: Any = None
         self.calls = 0
 
@@ -154,29 +156,33 @@ class LlamaCppEngine(ModelTokenizers):
                 self._ggufs[key] = run_gguf(run, self.quant)
         return self._ggufs[key]
 
+    def _alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def _child(self):
-        """The pipe to a running child, started if there is none (or the last one died)."""
-        if self.process is None or not self.process.is_alive():
+        """The connection to a running child, started if there is none (or the last one died)."""
+        if not self._alive():
             from hone.hardware import pick_threads
 
             self._stop_child()
-            context = multiprocessing.get_context("spawn")
-            ours, theirs = context.Pipe()
-            self.process = context.Process(target=llamacpp_child.serve, args=(theirs, pick_threads(self._threads)),
-                                           name="hone-llamacpp", daemon=True)
-            self.process.start()
+            ours, theirs = socket.socketpair()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hone.serve.engines.llamacpp_child", str(theirs.fileno()),
+                 str(pick_threads(self._threads))], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
             theirs.close()   # the child's end lives in the child only: its death reads as EOF here
-            self._conn = ours
+            self._conn = Connection(ours.detach())
         return self._conn
 
     def _stop_child(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            self._conn.close()   # the child reads EOF and returns
             self._conn = None
         if self.process is not None:
-            self.process.join(timeout=5)
-            if self.process.is_alive():
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
             self.process = None
 
     # -- the engine thread -----------------------------------------------------------------------
@@ -187,7 +193,7 @@ class LlamaCppEngine(ModelTokenizers):
             try:
                 self._answer(job)
             except (EOFError, OSError) as exc:
-                code = self.process.exitcode if self.process is not None else None
+                code = self.process.poll() if self.process is not None else None
                 self._stop_child()
                 log.error("the llama.cpp child process died (exit code %s): %s", code, exc)
                 job.fail(EngineDied(f"the llama.cpp engine process died (exit code {code}) while answering; "
@@ -210,7 +216,7 @@ class LlamaCppEngine(ModelTokenizers):
         cancelled = False
         while True:
             while not conn.poll(1.0):
-                if self.process is None or not self.process.is_alive():
+                if not self._alive():
                     raise EOFError("the child is gone")
             message = conn.recv()
             if message[0] == "token":

@@ -1,7 +1,9 @@
 """The llama.cpp engine's child process: llama-cpp-python on GGUF files, driven over a pipe.
 
 Kept apart from hone's torch code: this module imports llama_cpp and the standard library only, so the
-child starts in ~0.1 s and holds only llama.cpp's memory. Protocol (tuples over a multiprocessing
+child holds only llama.cpp's memory. It is started as `python -m` with one end of a socket pair (not by
+multiprocessing's spawn, which re-imports the parent's main script: a script without a __main__ guard
+would start a second server). Protocol (tuples over a multiprocessing
 Connection):
   parent -> child  ("generate", request)  request: model, n_ctx, rows [(prompt ids, max_tokens)],
                                           temperature, top_p, seed, eos (token ids)
@@ -13,6 +15,7 @@ between two calls on the same model, so n choices of one prompt prefill it once.
 from __future__ import annotations
 
 import random
+import sys
 from collections import OrderedDict
 
 
@@ -67,3 +70,14 @@ def answer(conn, llm, request: dict) -> None:
                     cancelled_all = message[1] == -1
                     break
         conn.send(("row_end", row))
+
+
+def main() -> None:
+    """`python -m hone.serve.engines.llamacpp_child FD THREADS`: serve over the socket inherited as FD."""
+    from multiprocessing.connection import Connection
+
+    serve(Connection(int(sys.argv[1])), int(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()

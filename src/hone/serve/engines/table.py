@@ -97,6 +97,11 @@ class EngineRouter(ModelTokenizers):
                 raise ConfigError(f"--model-engine {name}={engine}: no base model is named {name!r} "
                                   f"(offered: {', '.join(settings.base_models)})", field="model_engine")
             self.per_base[settings.base_models[name]] = check_engine(engine, f"--model-engine {name}={engine}")
+        from hone.serve.engines.llamacpp import QUANTS
+
+        if settings.gguf_quant not in QUANTS:
+            raise ConfigError(f"--gguf-quant {settings.gguf_quant}: the llamacpp engine serves {', '.join(QUANTS)}",
+                              field="gguf_quant")
         self.engines: dict[str, Any] = {}
         self.default_max_tokens = 512
 
