@@ -367,8 +367,11 @@ class Engine(ModelTokenizers):
         while True:
             items = self._gather(block=not waiting and not any(self._running.values()))
             if items is None:
+                closing = UserError("the server is shutting down")
                 for batch in self._running.values():
-                    batch.fail(UserError("the server is shutting down"))
+                    batch.fail(closing)
+                for job in waiting:
+                    job.fail(closing)
                 return
             waiting = self._admit(waiting + items)
             for batch in list(self._running.values()):

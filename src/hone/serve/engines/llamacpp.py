@@ -210,7 +210,7 @@ class LlamaCppEngine(ModelTokenizers):
         conn = self._child()
         self.calls += 1
         s = job.sampling
-        conn.send(("generate", {"model": str(gguf), "n_ctx": self.context_length(job.source) or 2048,
+        conn.send(("generate", {"id": self.calls, "model": str(gguf), "n_ctx": self.context_length(job.source) or 2048,
                                 "rows": [(row.prompt, row.limit) for row in rows], "temperature": s.temperature,
                                 "top_p": s.top_p, "seed": s.seed, "eos": sorted(progress.eos)}))
         cancelled = False
@@ -224,7 +224,7 @@ class LlamaCppEngine(ModelTokenizers):
                 if not row.done:
                     progress.step(row, message[2])
                     if row.done and row.tokens < row.limit and message[2] not in progress.eos:
-                        conn.send(("cancel", message[1]))   # a stop string, or a client gone
+                        conn.send(("cancel", self.calls, message[1]))   # a stop string, or a client gone
             elif message[0] == "row_end":
                 row = rows[message[1]]
                 if not row.done:
@@ -234,5 +234,5 @@ class LlamaCppEngine(ModelTokenizers):
             elif message[0] == "error":
                 raise UserError(f"llama.cpp failed: {message[1]}")
             if job.cancelled and not cancelled:
-                conn.send(("cancel", -1))
+                conn.send(("cancel", self.calls, -1))
                 cancelled = True

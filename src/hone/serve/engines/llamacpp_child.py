@@ -5,9 +5,10 @@ child holds only llama.cpp's memory. It is started as `python -m` with one end o
 multiprocessing's spawn, which re-imports the parent's main script: a script without a __main__ guard
 would start a second server). Protocol (tuples over a multiprocessing
 Connection):
-  parent -> child  ("generate", request)  request: model, n_ctx, rows [(prompt ids, max_tokens)],
+  parent -> child  ("generate", request)  request: id, model, n_ctx, rows [(prompt ids, max_tokens)],
                                           temperature, top_p, seed, eos (token ids)
-                   ("cancel", row)        stop row `row` (-1: every row of the request)
+                   ("cancel", id, row)    stop row `row` of request `id` (-1: every row); a cancel that
+                                          arrives after its request ended is ignored
   child -> parent  ("token", row, id) ... ("row_end", row) per row, then ("done",) or ("error", message)
 Rows run one after another; llama-cpp-python reuses the KV cache of the longest common prompt prefix
 between two calls on the same model, so n choices of one prompt prefill it once.
@@ -66,8 +67,8 @@ def answer(conn, llm, request: dict) -> None:
                 break
             if conn.poll():
                 message = conn.recv()
-                if message[0] == "cancel" and message[1] in (row, -1):
-                    cancelled_all = message[1] == -1
+                if message[0] == "cancel" and message[1] == request["id"] and message[2] in (row, -1):
+                    cancelled_all = message[2] == -1
                     break
         conn.send(("row_end", row))
 
