@@ -159,7 +159,8 @@ def in_process_app(tiny_model: Path, tmp: Path, **settings) -> InProcess:
     from hone.serve.auth import create_key
     from hone.serve.settings import ServeSettings
 
+    # transformers, not `auto` (llama.cpp where installed, whose first request converts the model to GGUF)
     config = ServeSettings(db=f"sqlite:///{tmp / 'serve.db'}", base_models={"tiny": str(tiny_model)},
-                           rate_limit=0, **settings)
+                           rate_limit=0, **{"engine": "transformers", **settings})
     http = TestClient(create_app(config), raise_server_exceptions=False)
     return InProcess(http, {"Authorization": f"Bearer {create_key('acme', config.db)}"}, config)

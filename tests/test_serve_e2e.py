@@ -14,7 +14,7 @@ from test_registry import postgres_url  # noqa: F401 - the throwaway PostgreSQL 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("serve"), "--base-model", f"tiny={tiny_model}", "--max-steps", "3",
-                       "--lease-seconds", "3", "--max-upload-mb", "0.05", workers=1)
+                       "--lease-seconds", "3", "--max-upload-mb", "0.05", "--engine", "transformers", workers=1)
     yield srv
     srv.stop()
 
@@ -255,9 +255,28 @@ def test_postgresql_database_runs_a_job(tiny_model, tmp_path, postgres_url):
             db.Base.metadata.drop_all(s.get_bind())
 
 
-def test_chat_with_the_tuned_model_streamed_and_not(server, acme):
+@pytest.fixture(params=["transformers", "llamacpp"])
+def engine_server(request, server, tiny_model, tmp_path_factory):
+    """The module's server for transformers; a server of its own for another engine (skipped, with the
+    engine's name, where that engine is not installed)."""
+    if request.param == "transformers":
+        yield server
+        return
+    from hone.serve.engines.table import ENGINES
+
+    if not ENGINES[request.param].installed():
+        pytest.skip(f"engine {request.param} is not installed ({ENGINES[request.param].install})")
+    srv = start_server(tmp_path_factory.mktemp(request.param), "--base-model", f"tiny={tiny_model}", "--max-steps",
+                       "3", "--engine", request.param, workers=1)
+    yield srv
+    srv.stop()
+
+
+def test_chat_with_the_tuned_model_streamed_and_not(engine_server):
     """Runs once the inference router (serve/inference.py, part B) is in the tree."""
     pytest.importorskip("hone.serve.inference")
+    server = engine_server
+    acme = server.client("acme")
     f = acme.files.create(file=jsonl(chat_rows(10)), purpose="fine-tune")
     job = wait_finished(acme, acme.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="chat").id)
     assert job.status == "succeeded", job.error
@@ -270,6 +289,8 @@ def test_chat_with_the_tuned_model_streamed_and_not(server, acme):
     chunks = list(acme.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
     assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+    completion = acme.completions.create(model="tiny", prompt="Once upon", max_tokens=4, temperature=0)
+    assert completion.usage.completion_tokens == 4 and completion.choices[0].finish_reason == "length"
     other = server.client("globex")
     with pytest.raises(openai.NotFoundError):
         other.chat.completions.create(**ask)

@@ -112,11 +112,11 @@ def test_the_engine_takes_the_serve_options(tmp_path):
 
     settings = ServeSettings(db=f"sqlite:///{tmp_path / 'serve.db'}", max_loaded_models=2, max_batch=3,
                              batch_window_ms=20.0, inference_threads=1)
-    engine = create_app(settings).state.engine
+    engine = create_app(settings).state.engine.engine("transformers")   # the router builds each engine on first use
     assert (engine.max_tuned, engine.max_batch, engine.batch_window, engine._threads) == (2, 3, 0.02, 1)
     help_text = CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "200"}).output
     for option in ("--max-loaded-models", "--max-batch", "--batch-window-ms", "--inference-threads",
-                   "--max-request-tokens"):
+                   "--max-request-tokens", "--engine", "--model-engine", "--window-batching", "--gguf-quant"):
         assert option in help_text
 
 

@@ -14,11 +14,13 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys for hone serve (each
 DB_HELP = "Service database URL (default: SQLite under the hone home; postgresql://... to share it)"
 
 
-def _settings(db: str | None, base_models: list[str] | None = None, **given):
-    from hone.serve.settings import ServeSettings, parse_models
+def _settings(db: str | None, base_models: list[str] | None = None, model_engines: list[str] | None = None,
+              **given):
+    from hone.serve.settings import ServeSettings, parse_models, parse_pairs
 
     models = parse_models(base_models) if base_models else None
-    return ServeSettings.from_env(db=db, base_models=models, **given)
+    engines = parse_pairs(model_engines, "--model-engine") if model_engines else None
+    return ServeSettings.from_env(db=db, base_models=models, model_engines=engines, **given)
 
 
 def serve(
@@ -38,14 +40,21 @@ def serve(
     batch_window_ms: Optional[float] = typer.Option(None, "--batch-window-ms", min=0, help="How long a request waits for others to join its batch (default 5 ms)"),
     inference_threads: Optional[int] = typer.Option(None, "--inference-threads", min=1, help="CPU threads for inference (default: picked from cores and load)"),
     max_request_tokens: Optional[int] = typer.Option(None, "--max-request-tokens", min=0, help="Most tokens one inference request may ask for: n x the sum of (prompt + max_tokens) over its prompts (default 32768; 0: no cap)"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Inference engine: auto (llamacpp on CPU when installed, else transformers), transformers, llamacpp (default auto)"),
+    model_engine: Optional[List[str]] = typer.Option(None, "--model-engine", help="The engine for one base model and its tuned models: NAME=ENGINE; repeatable"),
+    window_batching: bool = typer.Option(False, "--window-batching", help="transformers engine: batch only requests arriving together, one generate() at a time (before continuous batching)"),
+    gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use: f16 (default), q8_0 (faster, answers drift), f32"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
+    from hone.serve.engines.table import EngineRouter
 
-    settings = _settings(db, base_model, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
+    settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant,
+                         continuous_batching=False if window_batching else None, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
                          max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
                          inference_threads=inference_threads, max_request_tokens=max_request_tokens)
+    EngineRouter(settings)   # a missing engine or an unknown model name: refused in one line before starting
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
                                    "keys are sent in clear text unless a TLS proxy is in front", highlight=False)

@@ -52,10 +52,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     except ImportError:
         pass
     else:
-        from hone.serve.engine import Engine
+        from hone.serve.engines.table import EngineRouter
 
-        engine = Engine(max_tuned=settings.max_loaded_models, batch_window=settings.batch_window_ms / 1000,
-                        max_batch=settings.max_batch, threads=settings.inference_threads)
+        engine = EngineRouter(settings)
         router = make_inference_router(app.state.catalog, current_org, engine, settings.max_request_tokens)
         app.state.engine = getattr(router, "engine", None)
         app.include_router(router)

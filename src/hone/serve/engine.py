@@ -7,13 +7,20 @@ their own models through `hone.methods.artifact.load_tuned`. Adapters and those 
 of `max_tuned` entries; an evicted adapter is deleted from the peft model.
 
 Generation runs on one scheduler thread, never on the event loop. One thread because the CPUs this
-targets have 2 cores: two generate() calls side by side oversubscribe them (field notes §3). Requests
-that arrive within `batch_window` seconds of each other for the same base (any of its adapters, peft
-routing each row through its own) or the same standalone model, with compatible sampling settings,
-run as one batched generate() call (3.9x the tokens/s of one at a time, docs/serve_inference.md).
-A lock per model keeps peft's active adapter from switching mid-generation (eviction and DELETE take
-it too). Weights stay fp32: a LoRA delta added to a bf16 base output is rounded away (field notes §4);
-on CPUs with bf16 the fp32 matmuls still run through oneDNN's fast path (hone.hardware).
+targets have 2 cores: two generate() calls side by side oversubscribe them (field notes §3). Two ways
+to batch, `Engine(continuous=...)`:
+- continuous (the default): requests join the running batch between decode steps and finished rows
+  leave (engines/batching.py); a base and its adapters share one batch, peft routing each row through
+  its own adapter. Only prompt-learning models (prompt/prefix tuning: virtual tokens inside forward)
+  still take the window path below.
+- window: requests that arrive within `batch_window` seconds of each other for the same model, with
+  compatible sampling settings, run as one batched generate() call (3.9x the tokens/s of one at a time,
+  docs/serve_inference.md); a request arriving meanwhile waits for the whole call. Kept as the baseline
+  benchmarks/serve_throughput.py compares against.
+In both, an idle engine waits `batch_window` for a first request's companions. A lock per model keeps
+peft's active adapter from switching mid-step (eviction and DELETE take it too). Weights stay fp32: a
+LoRA delta added to a bf16 base output is rounded away (field notes §4); on CPUs with bf16 the fp32
+matmuls still run through oneDNN's fast path (hone.hardware).
 """
 from __future__ import annotations
 
@@ -25,11 +32,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 
 from hone.errors import UserError
+from hone.serve.engines.batching import RunningBatch
 from hone.serve.generation import Job, adapter_scope, generate_rows
 
 if TYPE_CHECKING:
@@ -39,6 +47,18 @@ BASE = None  # `tuned` of a ModelSource that is a base model
 log = logging.getLogger("hone.serve")
 
 
+class InferenceEngine(Protocol):
+    """What the inference router calls on an engine (serve/engines/table.py lists them)."""
+    default_max_tokens: int
+
+    def tokenizer(self, source): ...
+    def encode(self, source, text: str) -> list[int]: ...
+    def context_length(self, source) -> int | None: ...
+    def submit(self, job: Job) -> None: ...
+    def unload(self, source) -> None: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class _Base:
     """A base model in memory; `model` becomes a PeftModel once an adapter is loaded onto it."""
@@ -46,6 +66,13 @@ class _Base:
     tokenizer: object
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: set = field(default_factory=set)
+
+
+@dataclass
+class _Unload:
+    """A DELETE for the scheduler thread to carry out between two steps."""
+    key: str
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -105,29 +132,19 @@ def is_shared_adapter(folder: Path) -> bool:
     return peft_type == "LORA"   # a bare peft folder reads as lora; prompt tuning & co. are not
 
 
-class Engine:
-    """Loads models on demand and answers Jobs on one scheduler thread."""
+class ModelTokenizers:
+    """Tokenizers, context lengths and bases of served models: what the router asks every engine.
 
-    def __init__(self, max_tuned: int = 4, batch_window: float = 0.005, max_batch: int = 8,
-                 default_max_tokens: int = 512, threads: int | None = None):
-        self.default_max_tokens = default_max_tokens   # an answer's length when the request sets none
-        self.max_tuned, self.batch_window, self.max_batch = max(1, max_tuned), batch_window, max(1, max_batch)
-        self._threads = threads
-        self._device: str | None = None
-        self._bases: dict[str, _Base] = {}
-        self._tuned: OrderedDict[str, _Tuned] = OrderedDict()   # least recently used first
+    Every engine answers in the model's own HF tokenizer's ids, so prompts, stop strings and usage
+    counts are the same whichever engine generates."""
+
+    def __init__(self) -> None:
         self._tokenizers: dict[str, object] = {}
         self._contexts: dict[str, int | None] = {}
         self._kinds: dict = {}   # tuned folder -> its kind; ("base", tuned, base) -> the base it runs on
         self._encode_lock = threading.Lock()
         self._cache_lock = threading.RLock()   # tokenizers, contexts, kinds: quick, router threads take it
-        self._lru_lock = threading.RLock()     # bases and the LRU: held while loading, not while generating
-        self.calls = 0                          # generate() calls made, for tests and benchmarks
-        self._names = itertools.count()
-        self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
 
-    # -- what the router calls -------------------------------------------------------------------
     def tokenizer(self, source):
         """The tokenizer `source` was trained with (its tuned folder's own, else its base's)."""
         from hone.models.load import load_tokenizer
@@ -163,6 +180,42 @@ class Engine:
                 self._contexts[spec] = getattr(config, "max_position_embeddings", None)
             return self._contexts[spec]
 
+    def _key(self, source) -> str:
+        return str(tuned_artifact(source.tuned).resolve())
+
+    def _base_spec(self, source) -> str:
+        """The base model `source` runs on (see trained_base), worked out once per tuned folder."""
+        if source.tuned is BASE:
+            return source.base
+        with self._cache_lock:
+            key = ("base", source.tuned, source.base)
+            if key not in self._kinds:
+                self._kinds[key] = trained_base(source)
+            return self._kinds[key]
+
+
+class Engine(ModelTokenizers):
+    """The transformers engine: loads models on demand and answers Jobs on one scheduler thread."""
+
+    def __init__(self, max_tuned: int = 4, batch_window: float = 0.005, max_batch: int = 8,
+                 default_max_tokens: int = 512, threads: int | None = None, continuous: bool = True):
+        super().__init__()
+        self.default_max_tokens = default_max_tokens   # an answer's length when the request sets none
+        self.max_tuned, self.batch_window, self.max_batch = max(1, max_tuned), batch_window, max(1, max_batch)
+        self.continuous = continuous
+        self._threads = threads
+        self._device: str | None = None
+        self._bases: dict[str, _Base] = {}
+        self._tuned: OrderedDict[str, _Tuned] = OrderedDict()   # least recently used first
+        self._running: dict[tuple, RunningBatch] = {}   # continuous mode: one batch per model (group)
+        self._in_use: set[str] = set()          # tuned keys with rows in a running batch: never evicted
+        self._lru_lock = threading.RLock()     # bases and the LRU: held while loading, not while generating
+        self.calls = 0                          # batches started (generate() calls, prefills), for tests
+        self._names = itertools.count()
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # -- what the router calls -------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         """Queue `job`; its events arrive through job.emit from the scheduler thread."""
         with self._lru_lock:
@@ -172,8 +225,14 @@ class Engine:
         self._queue.put(job)
 
     def unload(self, source) -> None:
-        """Drop `source`'s tuned weights from memory (after DELETE /v1/models)."""
+        """Drop `source`'s tuned weights from memory (after DELETE /v1/models). In continuous mode the
+        scheduler thread does it between two steps, failing the rows still generating with them."""
         if source.tuned is BASE:
+            return
+        if self.continuous and self._thread is not None and self._thread.is_alive():
+            request = _Unload(self._key(source))
+            self._queue.put(request)
+            request.done.wait(60)
             return
         with self._lru_lock:
             entry = self._tuned.pop(self._key(source), None)
@@ -207,19 +266,6 @@ class Engine:
                 self._bases[spec] = _Base(model, load_tokenizer(spec))
             return self._bases[spec]
 
-    def _key(self, source) -> str:
-        return str(tuned_artifact(source.tuned).resolve())
-
-    def _base_spec(self, source) -> str:
-        """The base model `source` runs on (see trained_base), worked out once per tuned folder."""
-        if source.tuned is BASE:
-            return source.base
-        with self._cache_lock:
-            key = ("base", source.tuned, source.base)
-            if key not in self._kinds:
-                self._kinds[key] = trained_base(source)
-            return self._kinds[key]
-
     def _kind(self, source) -> str:
         """'base', 'adapter' (a LoRA/DoRA on the shared base) or 'alone' (a model of its own)."""
         if source.tuned is BASE:
@@ -238,8 +284,9 @@ class Engine:
         with self._lru_lock:
             entry = self._tuned.get(key)
             if entry is None:
-                while len(self._tuned) >= self.max_tuned:
-                    self._drop(self._tuned.popitem(last=False)[1])
+                idle = [k for k in self._tuned if k not in self._in_use]   # least recently used first
+                for old in idle[:max(0, len(self._tuned) - self.max_tuned + 1)]:
+                    self._drop(self._tuned.pop(old))
                 entry = self._tuned[key] = self._load_tuned(self._base_spec(source), Path(key))
             self._tuned.move_to_end(key)
             return entry
@@ -284,23 +331,129 @@ class Engine:
 
     # -- the scheduler thread --------------------------------------------------------------------
     def _serve_forever(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            pending = [first]
-            deadline = time.monotonic() + self.batch_window
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    job = self._queue.get(timeout=left)
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._queue.put(None)
-                    break
-                pending.append(job)
+        if self.continuous:
+            return self._serve_continuous()
+        while (items := self._gather(block=True)) is not None:
+            pending = [item for item in items if isinstance(item, Job)]
             for batch in self._batches(pending):
                 self._run(batch)
+
+    def _gather(self, block: bool) -> list | None:
+        """What waits in the queue (Jobs; unloads are done here). When `block`, wait for a first item, then
+        `batch_window` for companions. None: the engine is closing."""
+        items: list = []
+        deadline = None
+        while True:
+            try:
+                if block and not items:
+                    item = self._queue.get()
+                    deadline = time.monotonic() + self.batch_window
+                elif deadline is not None and (left := deadline - time.monotonic()) > 0:
+                    item = self._queue.get(timeout=left)
+                else:
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is None:
+                return None
+            if isinstance(item, _Unload):
+                self._unload_now(item)
+                block = block and not items
+                continue
+            items.append(item)
+
+    def _serve_continuous(self) -> None:
+        waiting: list[Job] = []
+        while True:
+            items = self._gather(block=not waiting and not any(self._running.values()))
+            if items is None:
+                closing = UserError("the server is shutting down")
+                for batch in self._running.values():
+                    batch.fail(closing)
+                for job in waiting:
+                    job.fail(closing)
+                return
+            waiting = self._admit(waiting + items)
+            for batch in list(self._running.values()):
+                if len(batch):
+                    try:
+                        with batch.lock:
+                            batch.step()
+                    except Exception as exc:  # noqa: BLE001 - reported to its requests, the thread goes on
+                        log.error("a decode step failed", exc_info=exc)
+                        batch.fail(exc)
+
+    def _admit(self, waiting: list[Job]) -> list[Job]:
+        """Start what fits into the running batches (max_batch rows, max_tuned adapters each); the rest waits."""
+        joining: dict[tuple, list[Job]] = {}
+        left = []
+        self._in_use = {self._key(j.source) for b in self._running.values() for j in b.jobs()
+                        if j.source.tuned is not BASE}
+        for job in waiting:
+            if job.cancelled:
+                continue
+            try:
+                group = self._group(job)
+            except Exception as exc:  # noqa: BLE001 - this request fails; the others go on
+                job.fail(exc)
+                continue
+            if group[0] == "window" or job.schema:   # prompt learning, or a schema's logits processor
+                self._run([job])                          # (generation.constraint_hook): a generate() of its own
+                continue
+            batch, new = self._running.get(group), joining.setdefault(group, [])
+            jobs = (batch.jobs() if batch else []) + new
+            rows = sum(j.rows for j in jobs)
+            adapters = {self._key(j.source) for j in jobs + [job] if j.source.tuned is not BASE}
+            if jobs and (rows + job.rows > self.max_batch or len(adapters) > self.max_tuned):
+                left.append(job)
+                continue
+            new.append(job)
+            if job.source.tuned is not BASE:
+                self._in_use.add(self._key(job.source))
+        for group, jobs in joining.items():
+            if jobs:
+                self._start(group, jobs)
+        return left
+
+    def _group(self, job: Job) -> tuple:
+        """Which running batch `job` joins: its base's ("shared"), its own model's ("alone"), or "window"."""
+        kind = self._kind(job.source)
+        if kind != "alone":
+            return ("shared", self._base_spec(job.source))
+        model = self._entry(job.source).model
+        config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+        return ("window" if getattr(config, "is_prompt_learning", False) else "alone", self._key(job.source))
+
+    def _start(self, group: tuple, jobs: list[Job]) -> None:
+        try:
+            batch = self._running.get(group)
+            if group[0] == "alone":
+                entry = self._entry(jobs[0].source)
+                batch = batch or RunningBatch(lambda: entry.model, entry.tokenizer, self._hardware(), entry.lock)
+                names: list[str | None] = [None] * len(jobs)
+            else:
+                base = self._base(group[1])
+                names = [self._entry(j.source).adapter if j.source.tuned is not BASE else None for j in jobs]
+                batch = batch or RunningBatch(lambda: base.model, base.tokenizer, self._hardware(), base.lock)
+            self.calls += 1
+            with batch.lock:
+                batch.admit(jobs, names)
+            self._running[group] = batch
+        except Exception as exc:  # noqa: BLE001 - reported to each joining request, the thread goes on
+            for job in jobs:
+                job.fail(exc)
+
+    def _unload_now(self, request: _Unload) -> None:
+        """On the scheduler thread: fail the rows generating with the model, then drop its weights."""
+        gone = UserError("the model was deleted while it was answering")
+        for batch in self._running.values():
+            mine = {id(j) for j in batch.jobs() if j.source.tuned is not BASE and self._key(j.source) == request.key}
+            batch.drop(mine, gone)
+        with self._lru_lock:
+            entry = self._tuned.pop(request.key, None)
+        if entry is not None:
+            self._drop(entry)
+        request.done.set()
 
     def _batches(self, jobs: list[Job]) -> list[list[Job]]:
         """Jobs that can share one generate() call, at most max_batch rows each.

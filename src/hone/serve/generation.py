@@ -72,7 +72,7 @@ class Job:
             self.emit(("error", exc))
 
 
-class _Row:
+class Row:
     """One choice being generated: its tokens, the text decoded so far and what was streamed."""
 
     def __init__(self, job: Job, index: int, prompt: list[int], limit: int):
@@ -89,7 +89,7 @@ class RowProgress:
     generate() calls it after every new token with the whole batch; it returns which rows are done
     (transformers then pads those rows) and emits the text that can no longer change."""
 
-    def __init__(self, tokenizer, rows: list[_Row], eos: set[int]):
+    def __init__(self, tokenizer, rows: list[Row], eos: set[int]):
         self.tokenizer, self.rows, self.eos = tokenizer, rows, eos
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
@@ -100,7 +100,7 @@ class RowProgress:
         done = torch.tensor([row.done for row in self.rows], device=input_ids.device)
         return done  # type: ignore[return-value]  # a bool tensor; torch types tensor() as a plain Tensor
 
-    def step(self, row: _Row, token: int) -> None:
+    def step(self, row: Row, token: int) -> None:
         row.tokens += 1
         if row.job.cancelled:
             return self.end(row, self.text(row), "stop")
@@ -118,10 +118,10 @@ class RowProgress:
             row.job.emit(("delta", row.index, text[row.sent:safe]))
             row.sent = safe
 
-    def text(self, row: _Row) -> str:
+    def text(self, row: Row) -> str:
         return self.tokenizer.decode(row.ids, skip_special_tokens=True)
 
-    def end(self, row: _Row, text: str, reason: str) -> None:
+    def end(self, row: Row, text: str, reason: str) -> None:
         row.done = True
         if len(text) > row.sent:
             row.job.emit(("delta", row.index, text[row.sent:]))
@@ -156,7 +156,7 @@ def generate_rows(model, tokenizer, jobs: list[Job], device: str, adapter_names:
     `adapter_names` (one per row) routes the rows of a peft model through different adapters."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
-    rows = [_Row(job, p * job.n + j, prompt, job.max_tokens[p])
+    rows = [Row(job, p * job.n + j, prompt, job.max_tokens[p])
             for job in jobs for p, prompt in enumerate(job.prompts) for j in range(job.n)]
     width = max(len(row.prompt) for row in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -165,7 +165,7 @@ def generate_rows(model, tokenizer, jobs: list[Job], device: str, adapter_names:
     for i, row in enumerate(rows):
         ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
         mask[i, width - len(row.prompt):] = 1
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     sampling = jobs[0].sampling
     config = GenerationConfig(max_new_tokens=max(row.limit for row in rows), pad_token_id=pad,
                               eos_token_id=sorted(eos), do_sample=not sampling.greedy)
@@ -208,7 +208,7 @@ def adapter_scope(model, adapter: str | None):
     return nullcontext()
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(configured, (list, tuple)):

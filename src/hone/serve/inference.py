@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hone.data.render import prompt_for_generation
 from hone.errors import UserError
 from hone.serve.body import unicode_text
-from hone.serve.engine import BASE, Engine
+from hone.serve.engine import BASE, Engine, InferenceEngine
 from hone.serve.errors import APIError, error_responses
 from hone.serve.generation import Job, Sampling
 from hone.serve.settings import ServeSettings
@@ -103,7 +103,7 @@ class CompletionRequest(Sampled):
     prompt: str | Annotated[list[str], Field(min_length=1)]
 
 
-def make_inference_router(catalog, current_org: Callable, engine: Engine | None = None,
+def make_inference_router(catalog, current_org: Callable, engine: InferenceEngine | None = None,
                           max_request_tokens: int = ServeSettings.max_request_tokens) -> APIRouter:
     """The inference endpoints over `catalog`'s models; `engine` defaults to a fresh Engine().
     `max_request_tokens` caps what one request may ask for (ServeSettings; 0: no cap)."""
@@ -205,7 +205,7 @@ def chat_message(message: ChatMessage) -> dict:
     return request_message({"role": role, "content": content or ""}, message.model_extra or {})
 
 
-async def prepare(engine: Engine, source, prompts: list, requested: int | None, param: str, n: int = 1,
+async def prepare(engine: InferenceEngine, source, prompts: list, requested: int | None, param: str, n: int = 1,
                   budget: int = 0, plan: ToolPlan | None = None):
     """(token ids per prompt, max_tokens per prompt), off the event loop (a first use loads a tokenizer).
     A request asking for more than `budget` tokens in all (see check_budget) is refused."""
@@ -223,7 +223,7 @@ async def prepare(engine: Engine, source, prompts: list, requested: int | None, 
         raise generation_error(exc, source.id) from None
 
 
-def encode(engine: Engine, source, prompt: str | list[dict], plan: ToolPlan | None = None) -> list[int]:
+def encode(engine: InferenceEngine, source, prompt: str | list[dict], plan: ToolPlan | None = None) -> list[int]:
     """Token ids of a chat (rendered with the model's template, as training did, with the request's tools)
     or of raw text."""
     tokenizer = engine.tokenizer(source)
@@ -248,7 +248,8 @@ def check_budget(budget: int, n: int, tokens: int, prompts: int, requested: int 
                        "request.", param=param, code="request_too_large")
 
 
-def token_limit(engine: Engine, source, prompts: list[list[int]], requested: int | None, param: str) -> list[int]:
+def token_limit(engine: InferenceEngine, source, prompts: list[list[int]], requested: int | None,
+                param: str) -> list[int]:
     """max_tokens per prompt: the request's (refused past the context), else what fits, up to the default."""
     context = engine.context_length(source)
     limits = []
@@ -266,7 +267,7 @@ def token_limit(engine: Engine, source, prompts: list[list[int]], requested: int
 class Run:
     """A queued Job and the asyncio queue its events arrive on from the engine's thread."""
 
-    def __init__(self, job_args: dict, engine: Engine):
+    def __init__(self, job_args: dict, engine: InferenceEngine):
         loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
         self.created = int(time.time())
@@ -304,7 +305,7 @@ class Run:
             self.job.cancelled = True   # a no-op once done; stops the rows if the client went away
 
 
-def start(engine: Engine, source, body: Sampled, prompts: list[list[int]], limits: list[int],
+def start(engine: InferenceEngine, source, body: Sampled, prompts: list[list[int]], limits: list[int],
           schema: dict | None = None) -> Run:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     sampling = Sampling(1.0 if body.temperature is None else body.temperature,

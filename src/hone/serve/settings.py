@@ -28,6 +28,12 @@ class ServeSettings:
     min_examples: int = 10                   # OpenAI's minimum training examples
     # Inference engine (serve/engine.py): tuned models kept loaded (LRU), requests batched per forward
     # pass, how long a request waits for others to join its batch, threads (None: picked from the load).
+    engine: str = "auto"                     # serve/engines/table.py: auto, transformers, llamacpp
+    model_engines: dict[str, str] = field(default_factory=dict)   # base model name -> engine, over `engine`
+    continuous_batching: bool = True         # False: today's window batching (one generate() at a time)
+    # The GGUF llama.cpp serves: f16 answered as transformers' fp32 did on the embedded model, q8_0 did not
+    # ("The capital of France is Paris." against "L'Étoile, la Cité, ..."; docs/serve_inference.md).
+    gguf_quant: str = "f16"
     max_loaded_models: int = 4
     max_batch: int = 8
     batch_window_ms: float = 5.0
@@ -45,7 +51,7 @@ class ServeSettings:
         readers = {"max_upload_mb": float, "rate_limit": float, "method": str, "max_steps": int,
                    "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int,
                    "max_loaded_models": int, "max_batch": int, "batch_window_ms": float, "inference_threads": int,
-                   "max_request_tokens": int}
+                   "max_request_tokens": int, "engine": str, "gguf_quant": str}
         for name, read in readers.items():
             raw = env.get(f"HONE_SERVE_{name.upper()}")
             if raw:
@@ -55,6 +61,10 @@ class ServeSettings:
                     raise ConfigError(f"HONE_SERVE_{name.upper()}={raw!r} is not a {read.__name__}") from None
         if env.get("HONE_DB"):
             values["db"] = env["HONE_DB"]
+        if env.get("HONE_SERVE_CONTINUOUS_BATCHING"):
+            values["continuous_batching"] = env["HONE_SERVE_CONTINUOUS_BATCHING"] not in ("0", "false", "no")
+        if env.get("HONE_SERVE_MODEL_ENGINES"):
+            values["model_engines"] = parse_pairs(env["HONE_SERVE_MODEL_ENGINES"].split(","), "--model-engine")
         if env.get("HONE_SERVE_MODELS"):
             values["base_models"] = parse_models(env["HONE_SERVE_MODELS"].split(","))
         values.update({k: v for k, v in given.items() if v is not None})
@@ -67,11 +77,25 @@ class ServeSettings:
             env["HONE_DB"] = self.db
         for name in ("max_upload_mb", "rate_limit", "method", "max_steps", "time_budget", "save_every",
                      "lease_seconds", "min_examples", "max_loaded_models", "max_batch", "batch_window_ms",
-                     "inference_threads", "max_request_tokens"):
+                     "inference_threads", "max_request_tokens", "engine", "gguf_quant"):
             value = getattr(self, name)
             if value is not None:
                 env[f"HONE_SERVE_{name.upper()}"] = str(value)
+        env["HONE_SERVE_CONTINUOUS_BATCHING"] = "1" if self.continuous_batching else "0"
+        if self.model_engines:
+            env["HONE_SERVE_MODEL_ENGINES"] = ",".join(f"{k}={v}" for k, v in self.model_engines.items())
         return env
+
+
+def parse_pairs(items: list[str], option: str) -> dict[str, str]:
+    """['tiny=llamacpp'] -> {'tiny': 'llamacpp'}; both sides required."""
+    pairs = {}
+    for item in items:
+        name, _, value = item.strip().partition("=")
+        if not name.strip() or not value.strip():
+            raise ConfigError(f"{option} {item!r}: expected NAME=VALUE", field=option.lstrip("-").replace("-", "_"))
+        pairs[name.strip()] = value.strip()
+    return pairs
 
 
 def parse_models(items: list[str]) -> dict[str, str]:
