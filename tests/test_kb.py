@@ -374,7 +374,8 @@ def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_mo
     monkeypatch.setattr("hone.kb.embed.Encoder", lambda spec: encoder)
     app = FastAPI()
     install_error_handlers(app)
-    router = make_inference_router(Catalog(), lambda: "acme")
+    create_kb("private", [docs], embedder=encoder)
+    router = make_inference_router(Catalog(), lambda: "acme", knowledge_bases=("support", "nope"))
     app.include_router(router)
     question = [{"role": "user", "content": "Which port does the zorblax daemon listen on?"}]
     with TestClient(app) as http:
@@ -390,10 +391,13 @@ def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_mo
                                                           "hone_kb": {"name": "nope"}})
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "hone_kb"
         assert "no knowledge base 'nope'" in missing.json()["error"]["message"]
+        unoffered = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question,
+                                                            "hone_kb": {"name": "private"}})   # exists, not offered
+        assert unoffered.status_code == 404 and "not offered by this server" in unoffered.json()["error"]["message"]
         folder = str(next((docs.parent / "hone-home" / "kb" / "support").iterdir()))   # a path, not a name
         by_path = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question,
                                                           "hone_kb": {"name": folder}})
-        assert by_path.status_code == 404 and "give NAME or NAME:VERSION" in by_path.json()["error"]["message"]
+        assert by_path.status_code == 404 and "not offered by this server" in by_path.json()["error"]["message"]
         streamed = http.post("/v1/chat/completions", json={"model": "tiny", "messages": question, "stream": True,
                                                            "max_tokens": 2, "hone_kb": {"name": "support", "k": 2}})
         frames = [json.loads(line[6:]) for line in streamed.text.splitlines()

@@ -55,7 +55,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         from hone.serve.engines.table import EngineRouter
 
         engine = EngineRouter(settings)
-        router = make_inference_router(app.state.catalog, current_org, engine, settings.max_request_tokens)
+        router = make_inference_router(app.state.catalog, current_org, engine, settings.max_request_tokens,
+                                       settings.knowledge_bases)
         app.state.engine = getattr(router, "engine", None)
         app.include_router(router)
 

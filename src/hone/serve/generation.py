@@ -183,7 +183,7 @@ def generate_rows(model, tokenizer, jobs: list[Job], device: str, adapter_names:
     progress.finish_all()
 
 
-def constraint_hook(model, tokenizer, rows: list[_Row]) -> dict:
+def constraint_hook(model, tokenizer, rows: list[Row]) -> dict:
     """generate()'s `logits_processor` for rows whose job asks for constrained JSON (tool_choice required or
     named, response_format json_schema); nothing when no row does."""
     schemas: dict[int, dict] = {i: row.job.schema for i, row in enumerate(rows) if row.job.schema}

@@ -104,9 +104,11 @@ class CompletionRequest(Sampled):
 
 
 def make_inference_router(catalog, current_org: Callable, engine: InferenceEngine | None = None,
-                          max_request_tokens: int = ServeSettings.max_request_tokens) -> APIRouter:
+                          max_request_tokens: int = ServeSettings.max_request_tokens,
+                          knowledge_bases: tuple[str, ...] = ()) -> APIRouter:
     """The inference endpoints over `catalog`'s models; `engine` defaults to a fresh Engine().
-    `max_request_tokens` caps what one request may ask for (ServeSettings; 0: no cap)."""
+    `max_request_tokens` caps what one request may ask for (ServeSettings; 0: no cap); `knowledge_bases`
+    are the ones a request's `hone_kb` may name (`hone serve --kb NAME`)."""
     engine = engine or Engine()
     router = APIRouter(dependencies=[Depends(unicode_text)], responses=error_responses(400, 401, 404, 429, 500),
                        tags=["inference"])
@@ -146,7 +148,7 @@ def make_inference_router(catalog, current_org: Callable, engine: InferenceEngin
         messages = [chat_message(m) for m in body.messages]
         citations = None
         if body.hone_kb is not None:   # hone extension: the same template and retrieval as `hone chat --kb`
-            messages, citations = await asyncio.to_thread(with_knowledge, body.hone_kb, messages)
+            messages, citations = await asyncio.to_thread(with_knowledge, body.hone_kb, messages, knowledge_bases)
         prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
                                       "messages", body.n or 1, max_request_tokens, plan)
         run = start(engine, source, body, prompt, limit, plan.schema if plan else None)
@@ -179,11 +181,16 @@ def make_inference_router(catalog, current_org: Callable, engine: InferenceEngin
     return router
 
 
-def with_knowledge(request: KnowledgeRequest, messages: list[dict]) -> tuple[list[dict], list]:
-    """(messages with the retrieved passages, their citations) for a request's `hone_kb`."""
+def with_knowledge(request: KnowledgeRequest, messages: list[dict],
+                   offered: tuple[str, ...]) -> tuple[list[dict], list]:
+    """(messages with the retrieved passages, their citations) for a request's `hone_kb`, which must name a
+    knowledge base the server offers."""
     from hone.kb.prompt import retrieve_for
     from hone.kb.store import open_kb
 
+    if request.name.strip().split(":")[0] not in offered:
+        raise APIError(404, f"The knowledge base `{request.name}` is not offered by this server (hone serve --kb "
+                       "NAME offers one).", param="hone_kb", code="kb_not_found")
     try:
         asked, passages = retrieve_for(open_kb(request.name), messages, request.k)
     except UserError as exc:

@@ -42,6 +42,9 @@ class ServeSettings:
     # (prompt tokens + max_tokens), what its rows hold in memory. 10,000 prompts in one request once
     # ran 104 s and took ~11 GB; 32768 is 64 prompts at the 512-token default answer. 0 turns it off.
     max_request_tokens: int = 32768
+    # Knowledge bases a chat request may name in `hone_kb` (docs/knowledge.md): only those the operator
+    # offers, as with base models, since every org's key reaches the server's hone home.
+    knowledge_bases: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **given) -> "ServeSettings":
@@ -67,6 +70,8 @@ class ServeSettings:
             values["model_engines"] = parse_pairs(env["HONE_SERVE_MODEL_ENGINES"].split(","), "--model-engine")
         if env.get("HONE_SERVE_MODELS"):
             values["base_models"] = parse_models(env["HONE_SERVE_MODELS"].split(","))
+        if env.get("HONE_SERVE_KB"):
+            values["knowledge_bases"] = tuple(n.strip() for n in env["HONE_SERVE_KB"].split(",") if n.strip())
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
 
@@ -82,6 +87,8 @@ class ServeSettings:
             if value is not None:
                 env[f"HONE_SERVE_{name.upper()}"] = str(value)
         env["HONE_SERVE_CONTINUOUS_BATCHING"] = "1" if self.continuous_batching else "0"
+        if self.knowledge_bases:
+            env["HONE_SERVE_KB"] = ",".join(self.knowledge_bases)
         if self.model_engines:
             env["HONE_SERVE_MODEL_ENGINES"] = ",".join(f"{k}={v}" for k, v in self.model_engines.items())
         return env
