@@ -18,7 +18,10 @@ from serve_helpers import in_process_app  # noqa: E402
 EXAMPLES = 8   # requests per operation and mode (valid, invalid): 288 in all
 # 400s a schema-valid request may still get: limits of the server and contents of files, which no JSON
 # schema states. Any other 400 to a valid request means schema and server disagree.
-SERVER_SIDE = {"request_too_large", "context_length_exceeded", "invalid_file_format", "conflicting_hyperparameters"}
+# Refusals of schema-valid requests for what a schema cannot say: sizes, file contents, combinations of fields,
+# a tool's parameters that are not a JSON schema (serve/tools.py INVALID_TOOLS).
+SERVER_SIDE = {"request_too_large", "context_length_exceeded", "invalid_file_format", "conflicting_hyperparameters",
+               "invalid_tools"}
 
 
 @pytest.fixture(scope="module")

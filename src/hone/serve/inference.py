@@ -25,7 +25,17 @@ from hone.serve.engine import BASE, Engine, InferenceEngine
 from hone.serve.errors import APIError, error_responses
 from hone.serve.generation import Job, Sampling
 from hone.serve.settings import ServeSettings
-from hone.serve.tools import StreamReader, ToolPlan, chat_message_out, plan_tools, request_message
+from hone.serve.tools import (
+    ResponseFormat,
+    StreamReader,
+    ToolChoice,
+    ToolDef,
+    ToolPlan,
+    chat_message_out,
+    plan_tools,
+    request_fields,
+    request_message,
+)
 
 MAX_N = 16          # choices per request: each is a row of the batch
 MAX_STOPS = 4       # OpenAI's limit on stop sequences
@@ -94,9 +104,9 @@ class ChatRequest(Sampled):
     max_completion_tokens: int | None = Field(None, ge=1)
     hone_kb: KnowledgeRequest | None = Field(None, description="hone extension: retrieve passages from a knowledge "
                                              "base into the prompt; the answer carries `hone_citations`")
-    tools: list[dict[str, Any]] | None = Field(None, description="functions the model may call (serve/tools.py)")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="auto, none, required or a named function")
-    response_format: dict[str, Any] | None = Field(None, description="text, json_object or json_schema (constrained)")
+    tools: list[ToolDef] | None = Field(None, max_length=128, description="functions the model may call")
+    tool_choice: ToolChoice | None = Field(None, description="auto, none, required or a named function")
+    response_format: ResponseFormat | None = Field(None, description="text, json_object or json_schema (constrained)")
 
 
 class CompletionRequest(Sampled):
@@ -144,7 +154,7 @@ def make_inference_router(catalog, current_org: Callable, engine: InferenceEngin
     @router.post("/v1/chat/completions", responses=STREAMED)
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
         source = await resolve(org, body.model)
-        plan = plan_tools(body.tools, body.tool_choice, body.response_format)
+        plan = plan_tools(*request_fields(body.tools, body.tool_choice, body.response_format))
         messages = [chat_message(m) for m in body.messages]
         citations = None
         if body.hone_kb is not None:   # hone extension: the same template and retrieval as `hone chat --kb`

@@ -16,7 +16,9 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from hone.data.render import knows, prompt_for_generation
 from hone.data.tools import CALL_MARKER, CALL_OPEN, declared_tools, parse_answer, schema_problem, split_reasoning
@@ -27,11 +29,65 @@ _MARKERS = (CALL_MARKER, "<tool_call>")
 _THINK, _THINK_END = "<think>", "</think>"
 
 
+# The code of every refusal of a schema-valid `tools` / `tool_choice` / `response_format`: what the OpenAPI schema
+# cannot say (a parameters object that is not a JSON schema, two tools with one name, a choice naming an
+# undeclared tool, tools beside a json_schema response format).
+INVALID_TOOLS = "invalid_tools"
+
+
+class FunctionDef(BaseModel):
+    """A tool's function, as OpenAI's chat API declares it (its name rule included)."""
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of the arguments object")
+    strict: bool | None = None
+
+
+class ToolDef(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class ChosenFunction(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("response", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+def request_fields(tools: list[ToolDef] | None, tool_choice: ToolChoice | None,
+                   response_format: ResponseFormat | None) -> tuple[Any, Any, Any]:
+    """The typed request fields as the plain JSON plan_tools reads."""
+    dump = lambda m: m.model_dump(exclude_none=True, by_alias=True)  # noqa: E731
+    return ([dump(t) for t in tools] if tools else None,
+            dump(tool_choice) if isinstance(tool_choice, BaseModel) else tool_choice,
+            dump(response_format) if response_format is not None else None)
+
+
 class _RequestCheck:
     """data/tools.py's checks report through `fail`: here a 400 naming the request field."""
 
     def fail(self, kind: str, message: str, field: str | None = None) -> APIError:
-        return APIError(400, message, param=field, code="invalid_request_error" if kind else None)
+        return APIError(400, message, param=field, code=INVALID_TOOLS)
 
     def structured(self, record: dict, key: str, kind: type, where: str | None = None):
         value = record.get(key)
@@ -70,11 +126,11 @@ def plan_tools(tools: Any, tool_choice: Any, response_format: Any) -> ToolPlan |
         if schema is not None:
             if tool_choice not in (None, "none") or declared:
                 raise APIError(400, "response_format json_schema cannot be combined with tools",
-                               param="response_format")
+                               param="response_format", code=INVALID_TOOLS)
             return ToolPlan(choice="json", schema=schema)
     if declared is None:
         if tool_choice not in (None, "none", "auto"):
-            raise APIError(400, "tool_choice needs `tools` to choose from", param="tool_choice")
+            raise APIError(400, "tool_choice needs `tools` to choose from", param="tool_choice", code=INVALID_TOOLS)
         return None
     choice = "auto" if tool_choice is None else tool_choice
     if choice == "none":
@@ -90,7 +146,7 @@ def plan_tools(tools: Any, tool_choice: Any, response_format: Any) -> ToolPlan |
                        "\"function\": {\"name\": ...}}", param="tool_choice")
     if name not in names:
         raise APIError(400, f"tool_choice names `{name}`, which `tools` does not declare ({', '.join(names)})",
-                       param="tool_choice")
+                       param="tool_choice", code=INVALID_TOOLS)
     chosen = [t for t in declared if t["function"]["name"] == name]
     return ToolPlan(declared, "function", call_schema(chosen), CALL_OPEN, names)
 
@@ -108,7 +164,7 @@ def _response_schema(response_format: Any) -> dict | None:
     problem = schema_problem(schema)
     if problem:
         raise APIError(400, f"response_format.json_schema.schema is not a JSON schema ({problem})",
-                       param="response_format")
+                       param="response_format", code=INVALID_TOOLS)
     return schema
 
 
