@@ -11,38 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_inference import Source, conversations  # noqa: E402 - the same prompts as the engine benchmark
+from serve_inference import Source, conversations, run_jobs  # noqa: E402 - the engine benchmark's prompts and driver
 
 
 def answers(engine, source, chats, tokens: int) -> list[str]:
-    from hone.data.render import prompt_for_generation
-    from hone.serve.generation import Job, Sampling
-
-    results: dict[int, object] = {}
-    done = [threading.Event() for _ in chats]
-
-    def emit_for(i):
-        def emit(event):
-            if event[0] in ("done", "error"):
-                results[i] = event[1]
-                done[i].set()
-        return emit
-
-    for i, chat in enumerate(chats):
-        prompt = engine.encode(source, prompt_for_generation(engine.tokenizer(source), chat))
-        engine.submit(Job(source, [prompt], 1, [tokens], [], Sampling(0.0), emit_for(i)))
-    for event in done:
-        event.wait()
-    engine.close()
-    for value in results.values():
-        if isinstance(value, Exception):
-            raise value
-    return [results[i][0].text for i in range(len(chats))]   # type: ignore[index]
+    """The engine's greedy answers to `chats`, all submitted at once; the engine is closed after."""
+    try:
+        return run_jobs(engine, source, chats, tokens, together=True)[0]
+    finally:
+        engine.close()
 
 
 def main() -> None:

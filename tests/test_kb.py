@@ -348,24 +348,15 @@ def test_advice_prefers_the_simpler_contender_when_the_best_is_not_significantly
 
 
 def test_served_answer_with_hone_kb_carries_its_citations(docs, encoder, tiny_model, monkeypatch):
-    from dataclasses import dataclass
-
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from hone.serve.catalog import ModelSource
     from hone.serve.errors import install_error_handlers
     from hone.serve.inference import make_inference_router
 
-    @dataclass(frozen=True)
-    class Source:   # the fields of hone.serve.catalog.ModelSource
-        id: str
-        base: str
-        tuned: str | None
-        owned_by: str
-        created: int
-
     class Catalog:
-        model = Source("tiny", str(tiny_model), None, "system", 1700000000)
+        model = ModelSource("tiny", str(tiny_model), None, "system", 1700000000)
 
         def resolve(self, org, model_id):
             return self.model if model_id == "tiny" else None
