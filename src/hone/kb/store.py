@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hone.errors import UserError
 from hone.home import hone_home
+from hone.kb.chunking import Chunk
 
 RRF_K = 60                # Cormack, Clarke & Buettcher 2009: robust across collections
 CANDIDATES = 50           # each side's depth before fusion
@@ -45,16 +46,9 @@ class KnowledgeBaseError(UserError):
 
 
 @dataclass(frozen=True)
-class Passage:
-    id: str
-    source: str
-    title: str
-    text: str
+class Passage(Chunk):
+    """A chunk as a search found it, with its score."""
     score: float
-
-    @property
-    def passage(self) -> str:
-        return f"{self.title}\n{self.text}" if self.title else self.text
 
     def to_json(self) -> dict:
         return asdict(self)
