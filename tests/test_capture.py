@@ -5,6 +5,7 @@ client through starlette's TestClient (an httpx client), so ids are the ones a r
 """
 from __future__ import annotations
 
+import json
 import time
 
 import openai
@@ -86,7 +87,7 @@ def test_capture_takes_tuned_models_only_unless_models_or_orgs_are_named(tiny_mo
         assert stored(app) == []   # acme's traffic, and only org "other" is captured
 
 
-def test_feedback_rates_own_answers_only_redacts_corrections_and_the_latest_wins(captured):
+def test_feedback_rates_own_answers_only_redacts_corrections_and_the_latest_wins(captured, cli, tmp_path):
     from hone.serve.auth import create_key
 
     mine = client(captured)
@@ -106,6 +107,12 @@ def test_feedback_rates_own_answers_only_redacts_corrections_and_the_latest_wins
     [row] = traffic.read_exchanges(url=captured.settings.db, rated=True)
     assert (row.rating, row.correction) == ("bad", "write to [EMAIL]")
     assert traffic.read_exchanges(url=captured.settings.db, org="globex") == []
+    listed = cli("feedback", "list", "--json", "--rating", "bad", "--db", captured.settings.db)
+    assert [r["id"] for r in json.loads(listed.stdout)] == [answer.id]
+    done = cli("feedback", "export", "--output", str(tmp_path / "fb.jsonl"), "--org", "globex", "--db",
+               captured.settings.db)
+    assert done.returncode == 0 and (tmp_path / "fb.jsonl").read_text() == ""
+    assert "--since 'soon'" in cli("feedback", "list", "--since", "soon", "--db", captured.settings.db).stderr
 
 
 def record(n: int, age_days: float = 0.0) -> Record:

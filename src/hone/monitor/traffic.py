@@ -162,3 +162,28 @@ def models_with_traffic(url: str | None = None) -> list[str]:
     """The model names traffic was captured for, for error messages."""
     with session(url) as s:
         return sorted(set(s.scalars(select(Capture.model))))
+
+
+def parse_since(text: str | None) -> float | None:
+    """`--since`: a duration back from now (30m, 24h, 7d) or a date (2026-12-01, ISO 8601 with a time)."""
+    if text is None:
+        return None
+    import re
+    from datetime import datetime, timezone
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*", text)
+    if match:
+        return time.time() - float(match[1]) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match[2]]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError(f"--since {text!r}: give a duration (30m, 24h, 7d, 2w) or a date (2026-12-01)",
+                        field="since") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def feedback_rows(exchanges: list[Exchange]) -> list[dict]:
+    """Rated exchanges as `hone feedback export` writes them, one JSON object per answer."""
+    return [{"id": e.id, "org": e.org, "model": e.model, "served": e.served, "created_at": round(e.created_at, 3),
+             "messages": e.messages, "answer": e.answer, "rating": e.rating, "correction": e.correction}
+            for e in exchanges if e.rating is not None]
