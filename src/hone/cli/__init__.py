@@ -15,6 +15,7 @@ from hone.cli.data import data_app
 from hone.cli.export import export_command
 from hone.cli.feedback import feedback_app
 from hone.cli.kb import kb_app
+from hone.cli.monitor import monitor_command
 from hone.cli.plan import plan_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
@@ -37,6 +38,7 @@ out = Console()
 err = Console(stderr=True)
 app.command("plan")(plan_command)
 app.command("export")(export_command)
+app.command("monitor")(monitor_command)
 
 
 @app.callback()
