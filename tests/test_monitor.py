@@ -120,3 +120,53 @@ def test_monitor_names_the_models_it_has_traffic_for(tmp_path):
     db = f"sqlite:///{tmp_path / 'serve.db'}"
     with pytest.raises(UserError, match="start the server with hone serve --capture"):
         monitor_model("ft:nothing", url=db)
+
+
+def test_from_traffic_builds_chat_data_from_corrections_without_leaking_into_the_test_split(cli, tmp_path):
+    from hone.monitor import traffic
+
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    run = tmp_path / "run"
+    run.mkdir()
+    chat = lambda q, a: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}  # noqa: E731
+    (run / "train.jsonl").write_text("".join(json.dumps(chat(f"Order {i} mugs for Ada", f'{{"quantity": {i}}}')) + "\n"
+                                             for i in range(1, 30)))
+    (run / "test.jsonl").write_text(json.dumps(chat("Order 99 lamps for Lin", '{"quantity": 99}')) + "\n")
+    config = RunConfig.model_validate({"data": {"train": str(run / "train.jsonl"), "test": str(run / "test.jsonl")}})
+    (run / "config.yaml").write_text(to_yaml(config))
+    asked = {"new": ("ORDER FORM qty=7 sku=mug", "bad", '{"quantity": 7} mail ada@example.com'),
+             "leak": ("Order 99 lamps for Lin", "bad", '{"quantity": 99}'),
+             "copy": ("Order 3 mugs for Ada", "bad", '{"quantity": 3}'),
+             "silent": ("ORDER FORM qty=8 sku=mug", "bad", None),
+             "liked": ("ORDER FORM qty=9 sku=mug", "good", None)}
+    writer = CaptureWriter(ServeSettings(db=db, capture=True))
+    for name, (question, _, _) in asked.items():
+        writer.submit(Record(id=f"chatcmpl-{name}", org="acme", model="ft:orders", served="ft:orders", run_dir=str(run),
+                             kind="chat", messages=[{"role": "user", "content": question}],
+                             answers=[{"text": '{"quantity": 1}', "finish_reason": "stop", "tokens": 5}],
+                             latency_ms=5.0, prompt_tokens=5, completion_tokens=5, max_tokens=16))
+    writer.close()
+    with traffic.session(db) as s:
+        for name, (_, rating, correction) in asked.items():
+            s.add(traffic.Feedback(id=f"chatcmpl-{name}", org="acme", rating=rating, correction=correction,
+                                   redacted=[], created_at=time.time()))
+        s.commit()
+
+    out = tmp_path / "next.jsonl"
+    done = cli("data", "from-traffic", "ft:orders", "--output", str(out), "--json", "--db", db)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [chat("ORDER FORM qty=7 sku=mug", '{"quantity": 7} mail [EMAIL]')]
+    assert result["dropped"] == {"leaks_into_test": ["chatcmpl-leak"], "copy_of_training": ["chatcmpl-copy"],
+                                 "no_correction": ["chatcmpl-silent"], "good_not_included": ["chatcmpl-liked"]}
+    assert result["redacted"] == 1 and result["report"]["valid"] == 1
+    lineage = json.loads((tmp_path / "next.jsonl.lineage.json").read_text())
+    assert lineage["model"] == "ft:orders" and [r["id"] for r in lineage["requests"]] == ["chatcmpl-new"]
+    assert lineage["run_dir"] == str(run)
+
+    done = cli("data", "from-traffic", "ft:orders", "--output", str(out), "--include-good", "--db", db)
+    assert done.returncode == 0 and "2 example(s) (1 corrected, 1 rated good)" in done.stdout
+    assert "ORDER FORM qty=9" in out.read_text()
+    nothing = cli("data", "from-traffic", "ft:other", "--output", str(tmp_path / "x.jsonl"), "--db", db)
+    assert nothing.returncode == 2 and "no rated answers of model 'ft:other'" in nothing.stderr
