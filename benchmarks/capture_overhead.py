@@ -1,8 +1,8 @@
 """What `hone serve --capture` costs an answer: latency with capture on against off, same server, alternating.
 
-    .venv/bin/python benchmarks/capture_overhead.py [--requests 40] [--tokens 16] [--model smollm2-135m-instruct]
+    .venv/bin/python benchmarks/capture_overhead.py [--requests 40] [--tokens 16] [--engine auto] [--model NAME]
 
-One `hone serve --engine transformers --capture --capture-model on` on loopback offers the same base model
+One `hone serve --engine ENGINE --capture --capture-model on` on loopback offers the same base model
 under two names, `on` (captured) and `off` (not), so both share one process, one engine and one loaded
 model; the official openai client sends the demo `orders` test chats (greedy, max_tokens fixed), one at a
 time, alternating on/off so that load on the machine hits both alike. The prompts carry an e-mail address
@@ -33,11 +33,11 @@ from serve_throughput import percentile  # noqa: E402
 PERSONAL = " Contact: jane.doe@example.com, +44 20 7946 0958."
 
 
-def start_server(home: Path, model: str, port: int) -> subprocess.Popen:
+def start_server(home: Path, model: str, port: int, engine: str) -> subprocess.Popen:
     env = {**os.environ, "HONE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     db = f"sqlite:///{home / 'serve.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "hone.cli", "serve", "--port", str(port), "--db", db, "--workers",
-                             "0", "--engine", "transformers", "--rate-limit", "0", "--base-model", f"on={model}",
+                             "0", "--engine", engine, "--rate-limit", "0", "--base-model", f"on={model}",
                              "--base-model", f"off={model}", "--capture", "--capture-model", "on"],
                             env=env, stdout=(home / "serve.log").open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="per target")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--engine", default="auto", help="hone serve --engine (auto: llama.cpp when installed)")
     args = parser.parse_args()
 
     from openai import OpenAI
@@ -90,7 +91,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home, port = Path(tmp), free_port()
-        proc = start_server(home, args.model, port)
+        proc = start_server(home, args.model, port, args.engine)
         try:
             key = subprocess.run([sys.executable, "-m", "hone.cli", "keys", "create", "--org", "bench", "--db",
                                   f"sqlite:///{home / 'serve.db'}"], capture_output=True, text=True, check=True,
@@ -132,7 +133,8 @@ def main() -> None:
           f"{path_cost['writer_captures_per_s']} captures/s redacted and committed ({path_cost['written']} written)")
     print(json.dumps({**path_cost, "capture_overhead_p50": round(statistics.median(on) / statistics.median(off), 4),
                       "capture_overhead_mean": round(statistics.fmean(on) / statistics.fmean(off), 4),
-                      "requests": args.requests, "tokens": args.tokens, "model": args.model, "rows": rows,
+                      "requests": args.requests, "tokens": args.tokens, "model": args.model, "engine": args.engine,
+                      "rows": rows,
                       "captured": len(captured), "uncaptured_stored": len(stored) - len(captured),
                       "redacted": redacted}))
 

@@ -166,3 +166,9 @@ def test_capture_settings_without_capture_are_refused():
     with mock.patch.dict(os.environ, env):
         again = ServeSettings.from_env()
     assert (again.capture, again.capture_orgs, again.capture_days) == (True, ("acme",), 7.0)
+
+
+def test_hone_serve_refuses_capture_options_without_capture_before_starting(cli):
+    for args in (["--capture-days", "3"], ["--capture-raw"], ["--capture-org", "acme"]):
+        done = cli("serve", "--workers", "0", *args)
+        assert done.returncode == 2 and "add --capture" in done.stderr, (args, done.stderr)

@@ -96,8 +96,9 @@ def test_monitor_json_reports_drift_on_a_new_template_and_none_on_familiar_input
     assert result["outliers"][0]["input"].startswith("ORDER FORM")
     assert "Input drift" in page.read_text() and "ORDER FORM" in page.read_text()
 
-    everything = cli("monitor", "ft:orders", "--json", "--db", drift_db)
-    assert json.loads(everything.stdout.splitlines()[-1])["requests"] == 60
+    import hone
+
+    assert hone.monitor_model("ft:orders", db=drift_db).requests == 60   # the front door: all the captured traffic
     future = cli("monitor", "ft:orders", "--since", "2999-01-01", "--db", drift_db)
     assert future.returncode == 2 and "no captured traffic for model 'ft:orders' in this window" in future.stderr
 
@@ -165,6 +166,10 @@ def test_from_traffic_builds_chat_data_from_corrections_without_leaking_into_the
     assert lineage["model"] == "ft:orders" and [r["id"] for r in lineage["requests"]] == ["chatcmpl-new"]
     assert lineage["run_dir"] == str(run)
 
+    import hone
+
+    again = hone.data_from_traffic("ft:orders", tmp_path / "again.jsonl", db=db)
+    assert again.examples == 1 and (tmp_path / "again.jsonl").read_text() == out.read_text()
     done = cli("data", "from-traffic", "ft:orders", "--output", str(out), "--include-good", "--db", db)
     assert done.returncode == 0 and "2 example(s) (1 corrected, 1 rated good)" in done.stdout
     assert "ORDER FORM qty=9" in out.read_text()
