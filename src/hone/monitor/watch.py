@@ -27,6 +27,18 @@ from hone.monitor.alarms import Thresholds, alarms
 from hone.monitor.drift import furthest_inputs, is_label_task, label_shift, mmd_test
 from hone.monitor.health import by_day, health
 
+# Embedding is the slow part (MiniLM on CPU: 1,000 demo inputs in 27 s on this loaded 2-core machine), so at most
+# this many of each side are embedded, a seeded sample; the MMD test itself uses at most 1,000 of each.
+MAX_INPUTS = 2000
+MAX_TRAINING = 5000
+
+
+def _sample(texts: list[str], limit: int) -> list[str]:
+    if len(texts) <= limit:
+        return texts
+    picked = np.random.default_rng(0).choice(len(texts), limit, replace=False)
+    return [texts[i] for i in sorted(picked)]
+
 
 @dataclass
 class TrainingData:
@@ -154,20 +166,21 @@ def _training_data(exchanges: list[traffic.Exchange], given: Path | None, result
 
 def _drift(result: MonitorResult, exchanges: list[traffic.Exchange], data: TrainingData, limits: Thresholds,
            encoder_spec: str, console: Console) -> None:
-    inputs = [e.prompt for e in exchanges if e.prompt.strip()]
+    inputs = _sample([e.prompt for e in exchanges if e.prompt.strip()], MAX_INPUTS)
     if len(set(inputs)) < limits.min_inputs:
         result.drift = {"skipped": f"{len(set(inputs))} distinct inputs, fewer than min_inputs={limits.min_inputs}"}
     else:
         with console.status(f"embedding {len(inputs)} inputs and {len(data.inputs)} training examples"):
             encoder = loaded_encoder(encoder_spec)
-            reference = embed_cached(data.inputs, encoder, data.path)
+            taught = _sample(data.inputs, MAX_TRAINING)
+            reference = embed_cached(taught, encoder, data.path)
             served = encoder.embed(inputs)
             test = mmd_test(reference, served)
         result.drift = {"p_value": round(test.p_value, 5), "mmd2": round(test.mmd2, 6),
                         "bandwidth": round(test.bandwidth, 4), "inputs": test.n_inputs,
                         "training_examples": test.n_reference, "encoder": encoder_spec,
                         "drifted": test.p_value < limits.drift_p}
-        result.outliers = [asdict(o) for o in furthest_inputs(inputs, served, data.inputs, reference)]
+        result.outliers = [asdict(o) for o in furthest_inputs(inputs, served, taught, reference)]
     if is_label_task(data.answers):
         predicted = [e.answer.strip() for e in exchanges]
         shift = label_shift([a.strip() for a in data.answers], predicted)
