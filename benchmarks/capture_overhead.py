@@ -1,17 +1,19 @@
-"""What `hone serve --capture` costs an answer: latency with capture on against off, same server, alternating.
+"""What `hone serve --capture` costs an answer: latency with capture on against off, same server, interleaved.
 
-    .venv/bin/python benchmarks/capture_overhead.py [--requests 40] [--tokens 16] [--engine auto] [--model NAME]
+    .venv/bin/python benchmarks/capture_overhead.py [--requests 60] [--tokens 16] [--engine auto] [--model NAME]
 
-One `hone serve --engine ENGINE --capture --capture-model on` on loopback offers the same base model
-under two names, `on` (captured) and `off` (not), so both share one process, one engine and one loaded
-model; the official openai client sends the demo `orders` test chats (greedy, max_tokens fixed), one at a
-time, alternating on/off so that load on the machine hits both alike. The prompts carry an e-mail address
-and a phone number, so every capture is redacted. Latency is the client's, from send to the whole answer.
-Afterwards the service database must hold exactly `requests` captures, all of `on`, none dropped.
-Then, in this process, what the request path spends per capture (build the record, queue it) and how many
-captures per second the writer thread redacts and commits.
+One `hone serve --engine ENGINE --capture --capture-model on` on loopback offers the same base model under
+three names, `on` (captured), `off` and `control` (not), so all share one process, one engine and one
+loaded model. The official openai client sends each demo `orders` test chat (greedy, max_tokens fixed) to
+the three, one at a time, rotating which goes first, so that load on the machine and llama.cpp's reuse of
+a just-seen prompt hit all alike; `control` against `off` (both uncaptured) is the run's noise floor. The
+prompts carry an e-mail address and a phone number, so every capture is redacted. Latency is the client's,
+from send to the whole answer. Afterwards the service database must hold `requests` captures (plus the
+warm-up's), all of `on`, none dropped. Then, in this process: what the request path spends per capture
+(build the record, queue it), and how many captures per second the writer thread redacts and commits.
 The last line is one JSON object: `capture_overhead_p50` is on's p50 latency over off's (target < 1.05),
-`capture_overhead_paired` the geometric mean over request pairs of on's latency over off's.
+`capture_overhead_paired` the geometric mean over chats of on's latency over off's; `control_p50` and
+`control_paired` the same for control over off.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_inference import conversations  # noqa: E402 - the same prompts as the engine benchmarks
 from serve_throughput import percentile  # noqa: E402
 
+TARGETS = ("on", "off", "control")   # control: a second uncaptured name, the run's noise floor (off vs off)
 PERSONAL = " Contact: jane.doe@example.com, +44 20 7946 0958."
 
 
@@ -40,7 +43,8 @@ def start_server(home: Path, model: str, port: int, engine: str) -> subprocess.P
     db = f"sqlite:///{home / 'serve.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "hone.cli", "serve", "--port", str(port), "--db", db, "--workers",
                              "0", "--engine", engine, "--rate-limit", "0", "--base-model", f"on={model}",
-                             "--base-model", f"off={model}", "--capture", "--capture-model", "on"],
+                             "--base-model", f"off={model}", "--base-model", f"control={model}", "--capture",
+                             "--capture-model", "on"],
                             env=env, stdout=(home / "serve.log").open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while True:
@@ -100,12 +104,12 @@ def main() -> None:
                                  env={**os.environ, "HONE_HOME": str(home)}).stdout.strip()
             client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=300)
             chats = conversations(args.requests)
-            for target in ("on", "off"):   # warm-up: the first request loads the model and the tokenizer
+            for target in TARGETS:   # warm-up: the first request loads the model and the tokenizer
                 client.chat.completions.create(model=target, messages=chats[0], max_tokens=2, temperature=0)
-            latency: dict[str, list[float]] = {"on": [], "off": []}
+            latency: dict[str, list[float]] = {t: [] for t in TARGETS}
             for i, chat in enumerate(chats):
                 chat = [*chat[:-1], {**chat[-1], "content": chat[-1]["content"] + PERSONAL}]
-                for target in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                for target in TARGETS[i % 3:] + TARGETS[:i % 3]:   # each target first, second, third alike
                     started = time.perf_counter()
                     client.chat.completions.create(model=target, messages=chat, max_tokens=args.tokens, temperature=0)
                     latency[target].append((time.perf_counter() - started) * 1000)
@@ -133,13 +137,16 @@ def main() -> None:
           f"dropped warnings in the log: {log.count('capture queue full')}")
     print(f"request path per capture: {path_cost['submit_us']} us; writer thread: "
           f"{path_cost['writer_captures_per_s']} captures/s redacted and committed ({path_cost['written']} written)")
-    # request i went to on and off back to back: the pair shares the machine's load of that moment. The
-    # second of a pair can be faster (llama.cpp reuses the cached prompt prefix), and the order alternates,
-    # so the geometric mean of the per-pair ratios cancels that order effect (a median of them does not:
-    # 0.76 once, with p50s equal)
+    # chat i went to the three targets back to back: they share the machine's load of that moment. A later
+    # one can be faster (llama.cpp reuses the cached prompt prefix), and the order rotates, so the geometric
+    # mean of the per-chat ratios cancels that order effect (a median of them does not: 0.76 once, with
+    # p50s equal)
     paired = round(math.exp(statistics.fmean(math.log(a / b) for a, b in zip(on, off))), 4)
-    print(f"paired ratio (geometric mean of on/off per request pair): {paired}")
-    print(json.dumps({**path_cost, "capture_overhead_paired": paired,
+    noise = round(math.exp(statistics.fmean(math.log(a / b) for a, b in zip(latency["control"], off))), 4)
+    print(f"paired ratio (geometric mean per request of on/off): {paired}; the same for control/off, both "
+          f"uncaptured (the noise floor): {noise}")
+    print(json.dumps({**path_cost, "capture_overhead_paired": paired, "control_paired": noise,
+                      "control_p50": round(statistics.median(latency["control"]) / statistics.median(off), 4),
                       "capture_overhead_p50": round(statistics.median(on) / statistics.median(off), 4),
                       "capture_overhead_mean": round(statistics.fmean(on) / statistics.fmean(off), 4),
                       "requests": args.requests, "tokens": args.tokens, "model": args.model, "engine": args.engine,
