@@ -175,3 +175,23 @@ def test_from_traffic_builds_chat_data_from_corrections_without_leaking_into_the
     assert "ORDER FORM qty=9" in out.read_text()
     nothing = cli("data", "from-traffic", "ft:other", "--output", str(tmp_path / "x.jsonl"), "--db", db)
     assert nothing.returncode == 2 and "no rated answers of model 'ft:other'" in nothing.stderr
+
+
+def test_monitor_reports_a_shift_in_predicted_labels_for_a_label_task(tmp_path):
+    from hone.monitor.watch import monitor_model
+
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    train = tmp_path / "labels.jsonl"
+    train.write_text("".join(json.dumps({"text": f"ticket {i}", "label": "refund" if i % 2 else "shipping"}) + "\n"
+                             for i in range(60)))
+    writer = CaptureWriter(ServeSettings(db=db, capture=True))
+    for i in range(12):
+        writer.submit(Record(id=f"chatcmpl-{i}", org="acme", model="router", served="router", run_dir=None,
+                             kind="chat", messages=[{"role": "user", "content": f"where is my parcel {i % 3}"}],
+                             answers=[{"text": "shipping", "finish_reason": "stop", "tokens": 1}], latency_ms=5.0,
+                             prompt_tokens=5, completion_tokens=1, max_tokens=4))
+    writer.close()
+    result = monitor_model("router", url=db, training_data=train)
+    assert result.drift == {"skipped": "3 distinct inputs, fewer than min_inputs=20"}
+    assert result.labels["served"] == {"shipping": 1.0} and result.labels["training"]["refund"] == 0.5
+    assert result.labels["p_value"] < 0.01 and [a["name"] for a in result.alarms] == ["label_shift"]
