@@ -11,6 +11,7 @@ import time
 import openai
 import pytest
 
+from hone.data.pii import redact
 from hone.errors import ConfigError
 from hone.monitor import traffic
 from hone.serve.capture import CaptureWriter, Record
@@ -55,12 +56,14 @@ def test_capture_stores_each_request_with_the_id_the_client_sees_and_redacts_per
     assert one.answer == chat.choices[0].message.content
 
 
-def test_capture_raw_keeps_the_text_as_sent(tiny_model, tmp_path):
-    app = in_process_app(tiny_model, tmp_path, capture=True, capture_raw=True, capture_models=("tiny",))
+def test_raw_text_is_kept_only_for_the_org_that_asked(tiny_model, tmp_path):
+    from hone.serve.auth import create_key
+
+    app = in_process_app(tiny_model, tmp_path, capture=True, capture_raw_orgs=("acme",), capture_models=("tiny",))
     with app.http:
-        client(app).chat.completions.create(model="tiny", messages=[{"role": "user", "content": PERSONAL}],
-                                            max_tokens=2)
-        assert [r.prompt for r in stored(app)] == [PERSONAL]
+        for c in (client(app), client(app, create_key("globex", app.settings.db))):
+            c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": PERSONAL}], max_tokens=2)
+        assert {r.org: r.prompt for r in stored(app)} == {"acme": PERSONAL, "globex": redact(PERSONAL)[0]}
 
 
 def test_capture_off_stores_nothing_and_feedback_finds_nothing(tiny_model, tmp_path):
@@ -169,6 +172,6 @@ def test_capture_settings_without_capture_are_refused():
 
 
 def test_hone_serve_refuses_capture_options_without_capture_before_starting(cli):
-    for args in (["--capture-days", "3"], ["--capture-raw"], ["--capture-org", "acme"]):
+    for args in (["--capture-days", "3"], ["--capture-raw"], ["--capture-raw-org", "acme"], ["--capture-org", "acme"]):
         done = cli("serve", "--workers", "0", *args)
         assert done.returncode == 2 and "add --capture" in done.stderr, (args, done.stderr)

@@ -119,9 +119,9 @@ class CaptureWriter:
                 return
 
     def _write(self, records: list[Record]) -> None:
-        raw = self.settings.capture_raw
         with traffic.session(self.settings.db) as s:
             for r in records:
+                raw = self.settings.raw_for(r.org)
                 kinds: list[str] = []
                 messages = [dict(m, content=self._text(m.get("content"), raw, kinds)) for m in r.messages]
                 answers = [dict(a, text=self._text(a.get("text"), raw, kinds)) for a in r.answers]

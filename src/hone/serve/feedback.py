@@ -48,10 +48,10 @@ async def post_feedback(body: FeedbackRequest, request: Request, org: str = Depe
     """Rate a captured answer of this key's org, with an optional correction; the latest rating wins."""
     settings = request.app.state.settings
     capture = request.app.state.capture
-    row = await asyncio.to_thread(store_feedback, settings.db, org, body, settings.capture_raw)
+    row = await asyncio.to_thread(store_feedback, settings.db, org, body, settings.raw_for(org))
     if row is None and capture is not None:
         await asyncio.to_thread(capture.flush)   # the answer may still be on its way to the database
-        row = await asyncio.to_thread(store_feedback, settings.db, org, body, settings.capture_raw)
+        row = await asyncio.to_thread(store_feedback, settings.db, org, body, settings.raw_for(org))
     if row is None:
         raise not_found("completion", body.id, code="completion_not_found")
     return row

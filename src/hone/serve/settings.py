@@ -50,6 +50,7 @@ class ServeSettings:
     # capture_models names others, of every org unless capture_orgs names some.
     capture: bool = False
     capture_raw: bool = False                # store text unredacted (default: e-mails, phones, cards... replaced)
+    capture_raw_orgs: tuple[str, ...] = ()   # store these orgs' text unredacted (the orgs that asked for it)
     capture_days: float = 30.0               # retention: captures older than this are deleted
     capture_models: tuple[str, ...] = ()     # only these models (as clients name them, or served ids)
     capture_orgs: tuple[str, ...] = ()       # only these orgs
@@ -57,9 +58,14 @@ class ServeSettings:
     # held back). Each waiting capture holds its request's text in memory.
     capture_queue: int = 10000
 
+    def raw_for(self, org: str) -> bool:
+        """Whether `org`'s captured text and corrections are stored unredacted."""
+        return self.capture_raw or org in self.capture_raw_orgs
+
     def __post_init__(self) -> None:
-        given = [name for name, on in (("--capture-raw", self.capture_raw), ("--capture-model", self.capture_models),
-                                       ("--capture-org", self.capture_orgs)) if on]
+        options = (("--capture-raw", self.capture_raw), ("--capture-raw-org", self.capture_raw_orgs),
+                   ("--capture-model", self.capture_models), ("--capture-org", self.capture_orgs))
+        given = [name for name, on in options if on]
         if given and not self.capture:
             raise ConfigError(f"{given[0]} applies to captured traffic: add --capture (HONE_SERVE_CAPTURE=1)",
                               field="capture")
@@ -90,7 +96,7 @@ class ServeSettings:
         for flag in ("capture", "capture_raw"):
             if env.get(f"HONE_SERVE_{flag.upper()}"):
                 values[flag] = env[f"HONE_SERVE_{flag.upper()}"] not in ("0", "false", "no")
-        for many in ("capture_models", "capture_orgs"):
+        for many in ("capture_models", "capture_orgs", "capture_raw_orgs"):
             if env.get(f"HONE_SERVE_{many.upper()}"):
                 values[many] = tuple(n.strip() for n in env[f"HONE_SERVE_{many.upper()}"].split(",") if n.strip())
         if env.get("HONE_SERVE_MODEL_ENGINES"):
@@ -117,7 +123,7 @@ class ServeSettings:
         env["HONE_SERVE_CONTINUOUS_BATCHING"] = "1" if self.continuous_batching else "0"
         env["HONE_SERVE_CAPTURE"] = "1" if self.capture else "0"
         env["HONE_SERVE_CAPTURE_RAW"] = "1" if self.capture_raw else "0"
-        for many in ("capture_models", "capture_orgs"):
+        for many in ("capture_models", "capture_orgs", "capture_raw_orgs"):
             if getattr(self, many):
                 env[f"HONE_SERVE_{many.upper()}"] = ",".join(getattr(self, many))
         if self.knowledge_bases:
