@@ -58,7 +58,9 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, *
 def train(config_or_path: RunConfig | str | Path | None = None, *, resume: str | Path | None = None,
           console=None, **overrides: Any) -> RunResult:
     """Fine-tune as `hone train` does and return the RunResult (run_dir, metric, base_score, tuned_score,
-    forgetting, ...). `resume` continues an interrupted run (its folder, id, NAME:VERSION or 'latest')."""
+    forgetting, ...). `resume` continues an interrupted run (its folder, id, NAME:VERSION or 'latest');
+    `continue_from="name@production"` trains the next version of a tuned run from its weights, replaying
+    its training data (hone train --continue)."""
     from rich.console import Console
 
     from hone import config, objectives

@@ -71,6 +71,7 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name"),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Any config field: section.field=value"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (folder, id or 'latest')"),
+    continue_from: Optional[str] = typer.Option(None, "--continue", help="Train the next version of a tuned run (folder, NAME:VERSION, NAME@TAG) from its weights, replaying its training data"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N data-parallel processes"),
     launcher: str = typer.Option("torchrun", "--launcher", help="How --nproc starts them: torchrun or accelerate"),
@@ -85,7 +86,7 @@ def train(
                         model=model, method=method, objective=objective, lr=lr, epochs=epochs, max_steps=max_steps,
                         batch_size=batch_size, time_budget=time_budget, save_steps=save_steps, seed=seed,
                         system_prompt=system_prompt, format=data_format, strict=strict, output=output, name=name,
-                        teacher=teacher)
+                        teacher=teacher, continue_from=continue_from)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary per launch: rank 0 evaluated, saved and recorded the run
     _print_result(result, as_json)

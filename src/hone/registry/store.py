@@ -292,6 +292,12 @@ def _parent(db: Session, folder: str | None) -> Run | None:
     return db.scalar(select(Run).where(Run.path == str(Path(folder).resolve())))
 
 
+def find_by_path(folder: Path) -> Run | None:
+    """The registered run of a run folder, or None."""
+    with session() as db:
+        return db.scalar(select(Run).where(Run.path == str(Path(folder).resolve())))
+
+
 def lineage(run_id: str) -> list[Run]:
     """The run and its ancestors, newest first: each trained on the tuned model of the next."""
     chain: list[Run] = []
