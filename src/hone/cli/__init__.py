@@ -15,6 +15,7 @@ from hone.cli.data import data_app
 from hone.cli.export import export_command
 from hone.cli.kb import kb_app
 from hone.cli.plan import plan_command
+from hone.cli.promote import promote_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
 from hone.errors import Interrupted, UserError
@@ -35,6 +36,7 @@ out = Console()
 err = Console(stderr=True)
 app.command("plan")(plan_command)
 app.command("export")(export_command)
+app.command("promote")(promote_command)
 
 
 @app.callback()

@@ -44,24 +44,32 @@ def serve(
     model_engine: Optional[List[str]] = typer.Option(None, "--model-engine", help="The engine for one base model and its tuned models: NAME=ENGINE; repeatable"),
     window_batching: bool = typer.Option(False, "--window-batching", help="transformers engine: batch only requests arriving together, one generate() at a time (before continuous batching)"),
     gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use: f16 (default), q8_0 (faster, answers drift), f32"),
+    registry_model: Optional[List[str]] = typer.Option(None, "--registry-model", help="Offer a registered model to one org: NAME=ORG; that org may then ask for NAME@TAG (e.g. NAME@production, resolved per request: hone promote switches it without a restart) or NAME:VERSION; repeatable"),
     kb: Optional[List[str]] = typer.Option(None, "--kb", help="Offer a knowledge base (hone kb list) to chat requests' hone_kb field; repeatable. Default: none"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
     from hone.serve.engines.table import EngineRouter
+    from hone.serve.settings import parse_pairs
 
     settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant,
                          continuous_batching=False if window_batching else None, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
                          max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
                          inference_threads=inference_threads, max_request_tokens=max_request_tokens,
-                         knowledge_bases=tuple(kb) if kb else None)
+                         knowledge_bases=tuple(kb) if kb else None,
+                         registry_models=parse_pairs(registry_model, "--registry-model") if registry_model else None)
     EngineRouter(settings)   # a missing engine or an unknown model name: refused in one line before starting
     if settings.knowledge_bases:
         from hone.kb.store import find_kb
 
         for name in settings.knowledge_bases:
             find_kb(name)   # an unknown knowledge base: refused in one line before starting
+    if settings.registry_models:
+        from hone.registry.store import get_run
+
+        for name in settings.registry_models:
+            get_run(name)   # an unknown registered name: refused in one line before starting
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
                                    "keys are sent in clear text unless a TLS proxy is in front", highlight=False)

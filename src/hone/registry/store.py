@@ -329,6 +329,12 @@ def tags_of(db: Session, run_id: str) -> list[str]:
     return sorted(db.scalars(select(Tag.tag).where(Tag.run_id == run_id)))
 
 
+def tags_of_name(name: str) -> list[str]:
+    """The tags set on versions of `name`."""
+    with session() as db:
+        return sorted(db.scalars(select(Tag.tag).where(Tag.name == name)))
+
+
 def list_runs(name: str | None = None, status: str | None = None, limit: int | None = None) -> list[dict]:
     """Registered runs, newest first, as plain dicts (with their tags)."""
     with session() as db:

@@ -45,6 +45,10 @@ class ServeSettings:
     # Knowledge bases a chat request may name in `hone_kb` (docs/knowledge.md): only those the operator
     # offers, as with base models, since every org's key reaches the server's hone home.
     knowledge_bases: tuple[str, ...] = ()
+    # Registered models (the run registry's names) offered to one org each, name -> org: that org's requests
+    # may name NAME@TAG or NAME:VERSION, resolved per request, so moving a tag (hone promote) changes what is
+    # served without a restart. Only those the operator offers: every org's key reaches the server's home.
+    registry_models: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **given) -> "ServeSettings":
@@ -70,6 +74,8 @@ class ServeSettings:
             values["model_engines"] = parse_pairs(env["HONE_SERVE_MODEL_ENGINES"].split(","), "--model-engine")
         if env.get("HONE_SERVE_MODELS"):
             values["base_models"] = parse_models(env["HONE_SERVE_MODELS"].split(","))
+        if env.get("HONE_SERVE_REGISTRY_MODELS"):
+            values["registry_models"] = parse_pairs(env["HONE_SERVE_REGISTRY_MODELS"].split(","), "--registry-model")
         if env.get("HONE_SERVE_KB"):
             values["knowledge_bases"] = tuple(n.strip() for n in env["HONE_SERVE_KB"].split(",") if n.strip())
         values.update({k: v for k, v in given.items() if v is not None})
@@ -89,6 +95,8 @@ class ServeSettings:
         env["HONE_SERVE_CONTINUOUS_BATCHING"] = "1" if self.continuous_batching else "0"
         if self.knowledge_bases:
             env["HONE_SERVE_KB"] = ",".join(self.knowledge_bases)
+        if self.registry_models:
+            env["HONE_SERVE_REGISTRY_MODELS"] = ",".join(f"{k}={v}" for k, v in self.registry_models.items())
         if self.model_engines:
             env["HONE_SERVE_MODEL_ENGINES"] = ",".join(f"{k}={v}" for k, v in self.model_engines.items())
         return env
