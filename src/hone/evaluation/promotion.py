@@ -92,7 +92,12 @@ def promote(candidate: str, over: str = "production", new_slice: Path | None = N
     console.print(f"[bold]hone promote[/bold] {row.ref} over {champion.ref} ({row.name}@{over}): "
                   f"{len(original)} original test items ({config.data.test}), {len(fresh)} new-slice items "
                   f"({new_slice})", highlight=False)
-    answers = {name: _answer(Path(r.path), original, fresh, batch_size, seed, f"{name} {r.ref}", console)
+    probes = _probes_from_continued_run(row, champion)
+    if probes:
+        console.print(f"  forgetting probe: the scores {row.ref}'s own run took of {champion.ref} (its parent, "
+                      "loaded as its starting point) and of itself", highlight=False)
+    answers = {name: _answer(Path(r.path), original, fresh, batch_size, seed, f"{name} {r.ref}", console,
+                             probes.get(name, False))
                for name, r in (("production", champion), ("candidate", row))}
 
     figures: dict = {}
@@ -122,8 +127,24 @@ def _chats(path: Path, system: str | None, limit: int | None) -> list[ChatExampl
     return chats
 
 
+def _probes_from_continued_run(candidate, champion) -> dict[str, ProbeScores]:
+    """A candidate made by `hone train --continue` from the champion scored both on the default probe already:
+    its run's "base" was the champion's weights. Those scores, so the probe is not run twice; else {}."""
+    from hone.registry.runs import read_record
+
+    if candidate.parent_id != champion.id or not (candidate.config.get("model") or {}).get("continue_from") \
+            or (candidate.config.get("eval") or {}).get("probe"):
+        return {}
+    record = read_record(Path(candidate.path))
+    if not record.get("probe_base") or not record.get("probe_tuned"):
+        return {}
+    return {"production": ProbeScores.from_json(record["probe_base"]),
+            "candidate": ProbeScores.from_json(record["probe_tuned"])}
+
+
 def _answer(run: Path, original: list[ChatExample], fresh: list[ChatExample], batch_size: int, seed: int,
-            label: str, console: Console) -> Answers:
+            label: str, console: Console, probe: ProbeScores | None | bool = False) -> Answers:
+    """`probe` False: score the probe here (when the model is big enough); else the scores to use."""
     from hone.hardware import pick_hardware
     from hone.methods.artifact import load_run_model
 
@@ -131,8 +152,10 @@ def _answer(run: Path, original: list[ChatExample], fresh: list[ChatExample], ba
     torch.manual_seed(seed)
     answer = lambda items, what: generate_answers(model, tokenizer, items, default_max_new_tokens(tokenizer, items),  # noqa: E731
                                                   batch_size, f"{label}: {what}", console)
-    probe = score_probe(model, tokenizer, load_probe(), label=f"{label}: forgetting probe", console=console) \
-        if probe_wanted(None, model) else None
+    if probe is False:
+        probe = score_probe(model, tokenizer, load_probe(), label=f"{label}: forgetting probe", console=console) \
+            if probe_wanted(None, model) else None
+    assert probe is not True
     return Answers(answer(original, "original test"), answer(fresh, "new slice"), probe)
 
 

@@ -25,6 +25,11 @@ from hone.registry.runs import find_run, read_record
 CONTINUE_REPLAY = 0.25
 
 
+# How the parent was trained carries over unless the command says otherwise: the next version learns at the
+# rate and batch the last one did (the demo's lr 1e-3 is 5x LoRA's default; the default would barely move it).
+INHERITED_TRAINING = ("lr", "batch_size", "micro_batch_size", "precision")
+
+
 def on_continued_run(config: RunConfig, console: Console) -> RunConfig:
     """`model.continue_from` resolved into the settings of a run that starts from the parent's weights.
     A config that already names its parent (a resumed run) passes unchanged."""
@@ -56,7 +61,9 @@ def on_continued_run(config: RunConfig, console: Console) -> RunConfig:
         else parent_config.data.system_prompt,
         "max_length": config.data.max_length if config.is_set("data.max_length") else parent_config.data.max_length})
     replay = config.train.replay if config.is_set("train.replay") else CONTINUE_REPLAY
-    train = config.train.model_copy(update={"replay": replay, "replay_data": config.train.replay_data if (
+    inherited = {key: getattr(parent_config.train, key) for key in INHERITED_TRAINING
+                 if not config.is_set(f"train.{key}")}
+    train = config.train.model_copy(update={**inherited, "replay": replay, "replay_data": config.train.replay_data if (
         config.is_set("train.replay_data") or not replay) else parent_config.data.train})
     if train.replay and train.replay_data is not None and not Path(train.replay_data).is_file():
         raise UserError(f"--continue {ref}: the parent's training data {train.replay_data} is gone, and it is what "
