@@ -42,8 +42,8 @@ def main() -> None:
     print(json.dumps(rows[-1]), flush=True)
     for share in [float(s) for s in args.shares.split(",")]:
         result = hone.train(data=str(data["train"]), continue_from=args.parent,
-                            output=str(args.out / f"replay-{share}"), max_steps=args.steps, train__replay=share, eval__forgetting=False, eval__base=False,
-                            test=str(old_test), name="measure-replay")
+                            output=str(args.out / f"replay-{share}"), max_steps=args.steps, train__replay=share,
+                            eval__forgetting=False, eval__base=False, test=str(old_test), name="measure-replay")
         rows.append({"share": share, "run": str(result.run_dir), "new_slice": score(str(result.run_dir), data["test"]),
                      "old_test": result.tuned_score, "steps": result.steps, "train_seconds": result.train_seconds})
         print(json.dumps(rows[-1]), flush=True)
