@@ -29,6 +29,7 @@ from shifted_orders import shifted_orders  # noqa: E402
 from hone.evaluation.metrics import json_match  # noqa: E402
 from hone.objectives.demo import demo_data  # noqa: E402
 from hone.registry import get_run, set_tag  # noqa: E402
+from hone.registry.store import find_by_path  # noqa: E402
 
 HONE = [sys.executable, "-m", "hone.cli"]
 
@@ -71,14 +72,18 @@ def serve(name: str, out: Path) -> tuple[subprocess.Popen, str, str]:
 
 
 def ask_all(client, model: str, examples: list[dict]) -> list[tuple[dict, str, float]]:
-    """Each example's prompt sent as a chat request; (example, served answer, json_match against the truth)."""
-    out = []
-    for example in examples:
-        prompt = example["messages"][:-1]
-        answer = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=64)
+    """Each example's prompt sent as a chat request, 8 at a time (the engine batches them);
+    (example, served answer, json_match against the truth)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(example: dict) -> tuple[dict, str, float]:
+        answer = client.chat.completions.create(model=model, messages=example["messages"][:-1], temperature=0,
+                                                max_tokens=48)   # the longest JSON answer is ~35 tokens
         text = answer.choices[0].message.content or ""
-        out.append((example, text, json_match(text, example["messages"][-1]["content"])))
-    return out
+        return example, text, json_match(text, example["messages"][-1]["content"])
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(ask, examples))
 
 
 def share(results: list) -> str:
@@ -89,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--requests", type=int, default=20, help="requests per phase")
+    parser.add_argument("--requests", type=int, default=16, help="requests per phase")
     parser.add_argument("--steps", type=int, default=16, help="optimizer steps of the continued run")
     parser.add_argument("--limit", type=int, default=60, help="items of each set hone promote scores")
     args = parser.parse_args()
@@ -102,7 +107,9 @@ def main() -> None:
     english = rows(demo_data() / "test.jsonl")[: args.requests]
 
     # 1. The demo's tuned model is the one in production.
-    row = get_run(str(args.run.resolve()))
+    row = find_by_path(args.run)
+    if row is None:
+        sys.exit(f"{args.run} is not a registered run (hone runs list imports run folders)")
     set_tag(row.ref, "production")
     name = row.name
     print(f"1. {name}@production -> {row.ref} ({row.path})")
@@ -132,7 +139,8 @@ def main() -> None:
             sys.exit(f"hone train failed:\n{trained.stderr[-3000:]}")
         result = json.loads(trained.stdout.strip().splitlines()[-1])
         forgetting = result["forgetting"] or {}
-        candidate = get_run(str(args.out / "next"))
+        candidate = find_by_path(args.out / "next")
+        assert candidate is not None
         print(f"4. {candidate.ref}: {result['steps']} steps in {result['train_seconds']:.0f} s; original test "
               f"{result['base_score']:.1%} (parent) -> {result['tuned_score']:.1%}; forgetting probe drop "
               f"{forgetting.get('drop', float('nan')):+.1f} points (gate {forgetting.get('gate', '?')}, "
