@@ -104,12 +104,17 @@ def test_a_pause_that_lands_after_the_last_step_is_reported(tmp_path, monkeypatc
     assert messages == ["Training stopped (pause) after its last step; its checkpoint is kept"]
 
 
+# Short, so a killed worker's job frees soon; not so short that a heartbeat delayed on a loaded machine loses a
+# live lease: at 2 s (renewed every 0.67 s) a resumed job changed hands twice at load average 10.
+LEASE_SECONDS = 6
+
+
 @pytest.fixture(scope="module")
 def shared_server(tiny_model, tmp_path_factory):
     """No workers of its own: each test starts (and kills) `hone worker` processes."""
     srv = start_server(tmp_path_factory.mktemp("serve-workers"), "--base-model", f"tiny={tiny_model}", workers=0)
     args = ["--base-model", f"tiny={tiny_model}", "--max-steps", str(STEPS), "--time-budget", str(TRAIN_SECONDS),
-            "--save-every", "4", "--lease-seconds", "2"]
+            "--save-every", "4", "--lease-seconds", str(LEASE_SECONDS)]
     srv.worker_args = args
     yield srv
     srv.stop()

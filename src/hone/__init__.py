@@ -32,7 +32,8 @@ from hone.version import __version__
 logging.getLogger("kernels").setLevel(logging.ERROR)
 
 __all__ = ["KnowledgeBase", "Predictor", "RunConfig", "RunResult", "check_data", "compare_knowledge", "create_kb",
-           "evaluate", "export", "load_config", "plan", "promote", "synthesise", "train", "__version__"]
+           "data_from_traffic", "evaluate", "export", "load_config", "monitor_model", "plan", "promote", "synthesise",
+           "train", "__version__"]
 
 if TYPE_CHECKING:
     from hone.config import RunConfig
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from hone.exporting import ExportResult
     from hone.kb import BuildResult, KnowledgeBase
     from hone.kb.synth import SynthResult
+    from hone.monitor.from_traffic import TrafficDataset
+    from hone.monitor.watch import MonitorResult
     from hone.objectives.lifecycle import RunResult
     from hone.objectives.plan import Plan
 
@@ -181,6 +184,30 @@ def compare_knowledge(run: str | Path, kb: str, data: str | Path, *,
 
     return compare(str(run), list(contenders), kb, EvalOptions(data=Path(data), **options), k,
                    console=console or Console(stderr=True))
+
+
+def monitor_model(model: str, *, since: str | None = None, org: str | None = None, db: str | None = None,
+                  training_data: str | Path | None = None, thresholds: str | Path | None = None,
+                  console=None) -> MonitorResult:
+    """A served model's captured traffic as `hone monitor` reports it: per-day health, input drift against
+    its training data, alarms. `.to_json()` is the object `hone monitor --json` prints. (Not `hone.monitor`:
+    that name is the package.)"""
+    from hone.monitor.alarms import load_thresholds
+    from hone.monitor.traffic import parse_since
+    from hone.monitor.watch import monitor_model as watch
+
+    return watch(model, parse_since(since), org, db, load_thresholds(Path(thresholds) if thresholds else None),
+                 Path(training_data) if training_data else None, console=console)
+
+
+def data_from_traffic(model: str, output: str | Path, *, include_good: bool = False, since: str | None = None,
+                      org: str | None = None, db: str | None = None, keep_pii: bool = False) -> TrafficDataset:
+    """The next dataset version from a served model's corrected (and, with include_good, good-rated) answers,
+    as `hone data from-traffic` writes it, with FILE.lineage.json beside it."""
+    from hone.monitor.from_traffic import dataset_from_traffic
+    from hone.monitor.traffic import parse_since
+
+    return dataset_from_traffic(model, Path(output), include_good, parse_since(since), org, db, keep_pii)
 
 
 def __getattr__(name: str):

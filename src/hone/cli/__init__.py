@@ -13,7 +13,9 @@ from rich.table import Table
 
 from hone.cli.data import data_app
 from hone.cli.export import export_command
+from hone.cli.feedback import feedback_app
 from hone.cli.kb import kb_app
+from hone.cli.monitor import monitor_command
 from hone.cli.plan import plan_command
 from hone.cli.promote import promote_command
 from hone.cli.runs import runs_app
@@ -30,12 +32,14 @@ app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.add_typer(kb_app, name="kb")
 app.add_typer(keys_app, name="keys")
+app.add_typer(feedback_app, name="feedback")
 app.command("serve")(serve_command)
 app.command("worker")(worker_command)
 out = Console()
 err = Console(stderr=True)
 app.command("plan")(plan_command)
 app.command("export")(export_command)
+app.command("monitor")(monitor_command)
 app.command("promote")(promote_command)
 
 

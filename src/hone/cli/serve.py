@@ -46,6 +46,12 @@ def serve(
     gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use: f16 (default), q8_0 (faster, answers drift), f32"),
     registry_model: Optional[List[str]] = typer.Option(None, "--registry-model", help="Offer a registered model to one org: NAME=ORG; that org may then ask for NAME@TAG (e.g. NAME@production, resolved per request: hone promote switches it without a restart) or NAME:VERSION; repeatable"),
     kb: Optional[List[str]] = typer.Option(None, "--kb", help="Offer a knowledge base (hone kb list) to chat requests' hone_kb field; repeatable. Default: none"),
+    capture: bool = typer.Option(False, "--capture", help="Store requests and answers of tuned models in the service database (personal data redacted) for hone monitor, feedback and hone data from-traffic"),
+    capture_raw: bool = typer.Option(False, "--capture-raw", help="With --capture: store every org's text unredacted"),
+    capture_raw_org: Optional[List[str]] = typer.Option(None, "--capture-raw-org", help="With --capture: store this org's text unredacted (an org that asked for it); repeatable"),
+    capture_days: Optional[float] = typer.Option(None, "--capture-days", help="With --capture: delete captures older than N days (default 30)"),
+    capture_model: Optional[List[str]] = typer.Option(None, "--capture-model", help="With --capture: capture only this model (any model, base ones too); repeatable"),
+    capture_org: Optional[List[str]] = typer.Option(None, "--capture-org", help="With --capture: capture only this org's traffic; repeatable"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
@@ -57,8 +63,16 @@ def serve(
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
                          max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
                          inference_threads=inference_threads, max_request_tokens=max_request_tokens,
-                         knowledge_bases=tuple(kb) if kb else None,
+                         knowledge_bases=tuple(kb) if kb else None, capture=capture or None,
+                         capture_raw=capture_raw or None, capture_days=capture_days,
+                         capture_raw_orgs=tuple(capture_raw_org) if capture_raw_org else None,
+                         capture_models=tuple(capture_model) if capture_model else None,
+                         capture_orgs=tuple(capture_org) if capture_org else None,
                          registry_models=parse_pairs(registry_model, "--registry-model") if registry_model else None)
+    if capture_days is not None and not settings.capture:
+        from hone.errors import ConfigError
+
+        raise ConfigError("--capture-days applies to captured traffic: add --capture", field="capture_days")
     EngineRouter(settings)   # a missing engine or an unknown model name: refused in one line before starting
     if settings.knowledge_bases:
         from hone.kb.store import find_kb
