@@ -44,6 +44,7 @@ def serve(
     model_engine: Optional[List[str]] = typer.Option(None, "--model-engine", help="The engine for one base model and its tuned models: NAME=ENGINE; repeatable"),
     window_batching: bool = typer.Option(False, "--window-batching", help="transformers engine: batch only requests arriving together, one generate() at a time (before continuous batching)"),
     gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use: f16 (default), q8_0 (faster, answers drift), f32"),
+    registry_model: Optional[List[str]] = typer.Option(None, "--registry-model", help="Offer a registered model to one org: NAME=ORG; that org may then ask for NAME@TAG (e.g. NAME@production, resolved per request: hone promote switches it without a restart) or NAME:VERSION; repeatable"),
     kb: Optional[List[str]] = typer.Option(None, "--kb", help="Offer a knowledge base (hone kb list) to chat requests' hone_kb field; repeatable. Default: none"),
     capture: bool = typer.Option(False, "--capture", help="Store requests and answers of tuned models in the service database (personal data redacted) for hone monitor, feedback and hone data from-traffic"),
     capture_raw: bool = typer.Option(False, "--capture-raw", help="With --capture: store every org's text unredacted"),
@@ -55,6 +56,7 @@ def serve(
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
     from hone.serve.engines.table import EngineRouter
+    from hone.serve.settings import parse_pairs
 
     settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant,
                          continuous_batching=False if window_batching else None, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
@@ -65,7 +67,8 @@ def serve(
                          capture_raw=capture_raw or None, capture_days=capture_days,
                          capture_raw_orgs=tuple(capture_raw_org) if capture_raw_org else None,
                          capture_models=tuple(capture_model) if capture_model else None,
-                         capture_orgs=tuple(capture_org) if capture_org else None)
+                         capture_orgs=tuple(capture_org) if capture_org else None,
+                         registry_models=parse_pairs(registry_model, "--registry-model") if registry_model else None)
     if capture_days is not None and not settings.capture:
         from hone.errors import ConfigError
 
@@ -76,6 +79,11 @@ def serve(
 
         for name in settings.knowledge_bases:
             find_kb(name)   # an unknown knowledge base: refused in one line before starting
+    if settings.registry_models:
+        from hone.registry.store import get_run
+
+        for name in settings.registry_models:
+            get_run(name)   # an unknown registered name: refused in one line before starting
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
                                    "keys are sent in clear text unless a TLS proxy is in front", highlight=False)

@@ -57,6 +57,10 @@ class ServeSettings:
     # Captures waiting for the writer thread; past this, new ones are dropped and counted (never an answer
     # held back). Each waiting capture holds its request's text in memory.
     capture_queue: int = 10000
+    # Registered models (the run registry's names) offered to one org each, name -> org: that org's requests
+    # may name NAME@TAG or NAME:VERSION, resolved per request, so moving a tag (hone promote) changes what is
+    # served without a restart. Only those the operator offers: every org's key reaches the server's home.
+    registry_models: dict[str, str] = field(default_factory=dict)
 
     def raw_for(self, org: str) -> bool:
         """Whether `org`'s captured text and corrections are stored unredacted."""
@@ -103,6 +107,8 @@ class ServeSettings:
             values["model_engines"] = parse_pairs(env["HONE_SERVE_MODEL_ENGINES"].split(","), "--model-engine")
         if env.get("HONE_SERVE_MODELS"):
             values["base_models"] = parse_models(env["HONE_SERVE_MODELS"].split(","))
+        if env.get("HONE_SERVE_REGISTRY_MODELS"):
+            values["registry_models"] = parse_pairs(env["HONE_SERVE_REGISTRY_MODELS"].split(","), "--registry-model")
         if env.get("HONE_SERVE_KB"):
             values["knowledge_bases"] = tuple(n.strip() for n in env["HONE_SERVE_KB"].split(",") if n.strip())
         values.update({k: v for k, v in given.items() if v is not None})
@@ -128,6 +134,8 @@ class ServeSettings:
                 env[f"HONE_SERVE_{many.upper()}"] = ",".join(getattr(self, many))
         if self.knowledge_bases:
             env["HONE_SERVE_KB"] = ",".join(self.knowledge_bases)
+        if self.registry_models:
+            env["HONE_SERVE_REGISTRY_MODELS"] = ",".join(f"{k}={v}" for k, v in self.registry_models.items())
         if self.model_engines:
             env["HONE_SERVE_MODEL_ENGINES"] = ",".join(f"{k}={v}" for k, v in self.model_engines.items())
         return env
