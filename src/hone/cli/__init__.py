@@ -17,6 +17,7 @@ from hone.cli.kb import kb_app
 from hone.cli.plan import plan_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
+from hone.cli.sweep import merge_command, sweep_command
 from hone.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -35,6 +36,8 @@ out = Console()
 err = Console(stderr=True)
 app.command("plan")(plan_command)
 app.command("export")(export_command)
+app.command("sweep")(sweep_command)
+app.command("merge")(merge_command)
 
 
 @app.callback()
