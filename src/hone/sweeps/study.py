@@ -45,6 +45,7 @@ GRACE_SECONDS = 120               # ... and another process fails it when none c
 # Fixed costs of a trial around its training (model load, rendering, the report), as a share of its training
 # time, before any trial has measured them.
 FIRST_GUESS_OVERHEAD = 0.3
+FAILURES_IN_A_ROW = 3             # trials failing on errors of their own: the sweep stops rather than burn its budget
 
 
 @dataclass
@@ -289,11 +290,18 @@ def why_stop(study, options: SweepOptions, console: Console) -> str:
     """'' while another trial should start; else why not (trials done, budget spent or too small for one)."""
     import optuna
 
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    finished = sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
-    running = sum(s == optuna.trial.TrialState.RUNNING for s in states)
+    trials = study.get_trials(deepcopy=False)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # a trial that failed on an error of its own is over (not retried); an interrupted one runs again
+    errors = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error")]
+    finished = sum(t.state in done for t in trials) + len(errors)
+    running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
     if options.trials is not None and finished + running >= options.trials:
         return f"{finished} trials finished" + (f", {running} running elsewhere" if running else "")
+    failed = {t.number for t in errors}
+    ended = [t.number for t in trials if t.state in done or t.number in failed]
+    if len(ended) >= FAILURES_IN_A_ROW and set(ended[-FAILURES_IN_A_ROW:]) <= failed:
+        return f"the last {FAILURES_IN_A_ROW} trials failed ({errors[-1].user_attrs['error']})"
     if options.budget is not None:
         spent = float(study.user_attrs.get("spent_seconds", 0.0))
         left = options.budget - spent
