@@ -107,15 +107,15 @@ def sweep_process(settings: dict, name: str, trials: int) -> subprocess.Popen:
 def test_two_sweep_processes_share_one_study_without_repeating_a_trial(tiny_model, chat_files):
     settings = sweep_config(tiny_model, chat_files)
     hone.sweep(name="shared", trials=1, space="lr", **settings)  # the study exists before both start
-    workers = [sweep_process(settings, "shared", 4) for _ in range(2)]
+    workers = [sweep_process(settings, "shared", 3) for _ in range(2)]
     for worker in workers:
         assert worker.stderr is not None
         log = worker.stderr.read()
         assert worker.wait() == 0, log
-    result = hone.sweep(name="shared", trials=4, space="lr", **settings)  # nothing left: reads the table
+    result = hone.sweep(name="shared", trials=3, space="lr", **settings)  # nothing left: reads the table
     numbers = [t["number"] for t in result.trials]
     assert len(numbers) == len(set(numbers)) and all(t["state"] == "complete" for t in result.trials)
-    assert 4 <= len(numbers) <= 5  # two processes may both start the last trial, never the same one
+    assert 3 <= len(numbers) <= 4  # two processes may both start the last trial, never the same one
     folders = [t["run_dir"] for t in result.trials]
     assert len(set(folders)) == len(folders)
     from hone.sweeps.study import load_study

@@ -1,8 +1,10 @@
 """The search space of a sweep: one table of dimensions, the default selection per method and objective.
 
 A dimension names the config field it sets and how Optuna samples it. The learning rate is searched
-log-uniformly from a tenth to ten times the method's default (hone's own demo moved from 0.60 to 0.88 exact
-match between 2e-4 and 1e-3, field notes §11: a decade each side covers that and more). `--space lr,epochs`
+log-uniformly from a tenth to ten times the recipe's rate (the method's default unless the advice or the user
+chose one; hone's own demo moved from 0.60 to 0.88 exact match between 2e-4 and 1e-3, field notes §11: a decade
+each side covers that and more). The first trial of a sweep is the recipe itself, so the sweep's best is never
+a worse validation loss than the recipe's. `--space lr,epochs`
 picks dimensions by name; one that does not apply to the method or objective is refused in one line.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hone.config import DEFAULT_LR, RunConfig
+from hone.config import RunConfig
 from hone.errors import ConfigError
 
 LORA_FAMILY = ("lora", "dora", "qlora")
@@ -33,10 +35,20 @@ class Dimension:
         return (not self.methods or method in self.methods) and (not self.objectives or objective in self.objectives)
 
     def bounds(self, config: RunConfig) -> tuple[float, float]:
-        if self.kind == "log":
-            default = DEFAULT_LR[config.method.name]
-            return default * self.low, default * self.high
+        if self.kind == "log":  # around the recipe's rate: the method's default unless the advice or the user chose
+            return config.lr * self.low, config.lr * self.high
         return self.low, self.high
+
+    def current(self, config: RunConfig) -> Any:
+        """The recipe's own value of this dimension, when the space holds it (the sweep's first trial)."""
+        section, _, name = self.field.partition(".")
+        value = getattr(getattr(config, section), name)
+        if self.name == "lr":
+            value = config.lr
+        if self.kind == "choice":
+            return value if value in self.choices else None
+        low, high = self.bounds(config)
+        return value if value is not None and low <= value <= high else None
 
     def sample(self, trial, config: RunConfig) -> Any:
         """This dimension's value for an Optuna trial."""

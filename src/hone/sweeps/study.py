@@ -167,6 +167,10 @@ def run_trials(config: RunConfig, options: SweepOptions, console: Console) -> Tr
     base = trial_config(config, options.name)
     study = load_study(options.name, create=True, seed=options.seed, pruning=options.pruning)
     check_same_sweep(study, base, config, space, options)
+    if not study.get_trials(deepcopy=False):  # the first trial is the recipe as it stands
+        recipe = {d.name: d.current(config) for d in space}
+        if all(v is not None for v in recipe.values()):
+            study.enqueue_trial(recipe, user_attrs={"recipe": True})
     recover_trials(study, console)
     test = Path(config.data.test) if config.data.test else None
     console.print(f"[bold]hone sweep[/bold] {options.name}: {', '.join(d.name for d in space)}; "
