@@ -257,21 +257,36 @@ def evaluate_merge(result: MergeResult, parents: list[Parent], base: str, consol
     rows = {p.ref: {"test": p.ref, "data": str(p.config.data.test), "n": len(items)} for p, items in tests}
     metrics: dict[str, str] = {}
     for label, artifact in models:  # one model in memory at a time
-        model = load_causal_lm(base) if artifact is None else load_tuned(base, artifact)
+        model = None
         for parent, items in tests:
             metric = metrics.setdefault(parent.ref, parent.record.get("results", {}).get("metric")
                                         or pick_metric([e.answer or "" for e in items]))
+            rows[parent.ref]["metric"] = metric
+            if (known := scored_in_run(parent, label, metric)) is not None:
+                rows[parent.ref][label] = known
+                continue
+            model = model or (load_causal_lm(base) if artifact is None else load_tuned(base, artifact))
             max_new = parent.config.eval.max_new_tokens or default_max_new_tokens(tokenizer, items)
             scored = evaluate_answers(model, tokenizer, items, metric, max_new, parent.config.eval.batch_size,
                                       f"{label} on {parent.ref}", console)
             rows[parent.ref][label] = scored.score
-            rows[parent.ref]["metric"] = metric
         del model
     result.table = list(rows.values())
     result.metric = ", ".join(sorted(set(metrics.values())))
     for row in result.table:
         kept = ", ".join(f"{k} {row[k]:.3f}" for k in ["base", *[p.ref for p in parents], "merged"])
         console.print(f"  {row['test']} test ({row['metric']}, n={row['n']}): {kept}", highlight=False)
+
+
+def scored_in_run(parent: Parent, label: str, metric: str) -> float | None:
+    """The base's or the parent's own score on the parent's test split as its run measured it (same items, same
+    metric, greedy answers), so the merge does not generate them again; None when the run did not."""
+    results = parent.record.get("results") or {}
+    if results.get("metric") != metric:
+        return None
+    if label == "base":
+        return results.get("base_score")
+    return results.get("tuned_score") if label == parent.ref else None
 
 
 def search_weights(parents: list[Parent], method: str, density: float, seconds: float,
