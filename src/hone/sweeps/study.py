@@ -124,6 +124,7 @@ def load_study(name: str, create: bool = False, seed: int = 42, pruning: bool = 
 def config_digest(config: RunConfig) -> str:
     data = config.model_dump(mode="json")
     data.pop("output", None)
+    data.pop("recipe", None)  # its reasons carry load-dependent time estimates; the settings it chose are compared
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
