@@ -107,6 +107,7 @@ def show_sweep(name: str, study=None) -> SweepResult:
                        best.user_attrs.get("run_dir") if best else None,
                        best_config if best_config.is_file() else None, study.user_attrs.get("test"), folder,
                        spent_seconds=float(study.user_attrs.get("spent_seconds", 0.0)),
+                       report=folder / "report.html" if (folder / "report.html").is_file() else None,
                        default_lr=study.user_attrs.get("default_lr"), extra={"measured": measured})
 
 
