@@ -171,7 +171,7 @@ def run_trials(config: RunConfig, options: SweepOptions, console: Console) -> Tr
     if not study.get_trials(deepcopy=False):  # the first trial is the recipe as it stands
         recipe = {d.name: d.current(config) for d in space}
         if all(v is not None for v in recipe.values()):
-            study.enqueue_trial(recipe, user_attrs={"recipe": True})
+            study.enqueue_trial(recipe, user_attrs={"recipe": True}, skip_if_exists=True)  # once, when two start
     recover_trials(study, console)
     test = Path(config.data.test) if config.data.test else None
     console.print(f"[bold]hone sweep[/bold] {options.name}: {', '.join(d.name for d in space)}; "
