@@ -112,7 +112,7 @@ def show_sweep(name: str, study=None) -> SweepResult:
 
 
 def importances(study) -> dict[str, float]:
-    """Each searched parameter's share of the variance in validation loss (Optuna's fANOVA); {} when too few
+    """Each searched parameter's importance for validation loss (Optuna's default evaluator); {} when too few
     trials finished to tell."""
     import optuna
 
@@ -153,7 +153,7 @@ def importance_plot(values: dict[str, float]) -> str | None:
     plt, fig, ax = plots._figure(height=0.5 + 0.4 * len(values))
     names = list(values)[::-1]
     ax.barh(names, [values[n] for n in names], color=plots.ORANGE)
-    ax.set_xlabel("share of validation-loss variance (fANOVA)")
+    ax.set_xlabel("importance for validation loss (Optuna's default evaluator)")
     return plots._svg(plt, fig)
 
 
