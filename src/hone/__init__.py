@@ -14,6 +14,8 @@ The front door: what the `hone` command does, callable from Python (docs/python.
     hone.KnowledgeBase("handbook").search("How do I ...?", k=4)     # -> passages with ids
     hone.synthesise("handbook", "train.jsonl")                      # -> QA pairs grounded in its chunks
     hone.compare_knowledge(run, "handbook", "questions.jsonl")      # -> base, base+kb, tuned, tuned+kb
+    hone.sweep(data="orders.jsonl", name="orders-lr", budget="15m")  # -> trials, best, test score once
+    hone.merge(["orders:1", "routing:1"], method="ties")            # -> a merged model scored on each task
 
 Imports are deferred to the call: `import hone` stays fast for the CLI and for scripts that only
 read a config (torch and transformers load when a function first needs them).
@@ -21,6 +23,7 @@ read a config (torch and transformers load when a function first needs them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +35,8 @@ from hone.version import __version__
 logging.getLogger("kernels").setLevel(logging.ERROR)
 
 __all__ = ["KnowledgeBase", "Predictor", "RunConfig", "RunResult", "check_data", "compare_knowledge", "create_kb",
-           "data_from_traffic", "evaluate", "export", "load_config", "monitor_model", "plan", "promote", "synthesise",
-           "train", "__version__"]
+           "data_from_traffic", "evaluate", "export", "load_config", "merge", "monitor_model", "plan", "promote",
+           "sweep", "synthesise", "train", "__version__"]
 
 if TYPE_CHECKING:
     from hone.config import RunConfig
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from hone.monitor.watch import MonitorResult
     from hone.objectives.lifecycle import RunResult
     from hone.objectives.plan import Plan
+    from hone.sweeps import SweepResult
+    from hone.sweeps.merge import MergeResult
 
 
 def load_config(path: str | Path | None = None, sets: list[str] | None = None, **overrides: Any) -> RunConfig:
@@ -83,6 +88,44 @@ def train(config_or_path: RunConfig | str | Path | None = None, *, resume: str |
     else:
         cfg = load_config(config_or_path, **overrides)
     return objectives.run(cfg, run_dir=run_dir, console=console or Console(stderr=True))
+
+
+def sweep(config_or_path: RunConfig | str | Path | None = None, *, name: str, budget: str | float | None = None,
+          trials: int | None = None, space: str | list[str] | None = None, seed: int = 42, prune: bool = True,
+          console=None, **overrides: Any) -> SweepResult:
+    """Search the recipe's settings as `hone sweep` does (Optuna TPE with median pruning on validation loss),
+    within `budget` (seconds, or '30m') and/or `trials`; `space` names dimensions (hone.sweeps.space.DIMENSIONS).
+    The same `name` again resumes the sweep. The test split is read once, after selection, for the best trial."""
+    from rich.console import Console
+
+    from hone import config
+    from hone.sweeps import SweepOptions, run_sweep
+    from hone.sweeps.space import parse_space
+    from hone.sweeps.study import parse_duration
+
+    if isinstance(config_or_path, config.RunConfig):
+        cfg = config_or_path
+    else:
+        cfg = load_config(config_or_path, **overrides)
+    seconds = float(budget) if isinstance(budget, (int, float)) else parse_duration(budget)
+    names = parse_space(space) if isinstance(space, str) or space is None else list(space)
+    return run_sweep(cfg, SweepOptions(name, seconds, trials, names, seed, prune), console or Console(stderr=True))
+
+
+def merge(runs: Sequence[str | Path], *, method: str = "linear", weights: list[float] | None = None,
+          name: str | None = None, density: float = 0.5, search: str | float | None = None,
+          console=None) -> MergeResult:
+    """Merge tuned models of one base as `hone merge` does: LoRA adapters through PEFT (linear, ties, dare_ties,
+    cat) or full models by task arithmetic, registered with every parent, and scored at once on each parent's
+    test split against each parent and the base. `search` (a budget) tries weights on validation data."""
+    from rich.console import Console
+
+    from hone.sweeps.merge import merge_runs
+    from hone.sweeps.study import parse_duration
+
+    seconds = float(search) if isinstance(search, (int, float)) else parse_duration(search)
+    return merge_runs([str(r) for r in runs], method, weights, name, density, seconds,
+                      console=console or Console(stderr=True))
 
 
 def evaluate(target: str | Path, data: str | Path | None = None, *, console=None, **options: Any) -> EvalResult:

@@ -20,6 +20,7 @@ from hone.cli.plan import plan_command
 from hone.cli.promote import promote_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
+from hone.cli.sweep import merge_command, sweep_command
 from hone.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,6 +42,8 @@ app.command("plan")(plan_command)
 app.command("export")(export_command)
 app.command("monitor")(monitor_command)
 app.command("promote")(promote_command)
+app.command("sweep")(sweep_command)
+app.command("merge")(merge_command)
 
 
 @app.callback()

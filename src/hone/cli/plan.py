@@ -26,11 +26,19 @@ def plan_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the idle cores now)"),
     data_format: Optional[str] = typer.Option(None, "--format", help="With --data: force the data shape (default: detected)"),
     as_json: bool = typer.Option(False, "--json", help="Print the plan (or the advice) as JSON"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="A sweep budget (30m, 1.5h): how many trials fit it"),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="With --budget: plan from this sweep's measured step times"),
 ):
     """Before training: memory and time per epoch for each method (and, with --data, the recipe the data calls for)."""
     model = model or model_arg
+    if budget is not None and data is None:
+        return _budget(budget, sweep, None, as_json)
+    if sweep is not None and budget is None:
+        raise typer.BadParameter("--sweep plans a --budget: give both", param_hint="--sweep")
     if data is not None:
         advice = _advise(data, model, objective, method[0] if method else None, data_format, as_json)
+        if budget is not None:
+            return _budget(budget, sweep, advice.seconds, as_json)
         from hone.objectives.registry import OBJECTIVES  # here, not at the top: it loads torch
 
         if as_json or OBJECTIVES[advice.objective].head is not None:  # the memory plan is for LM objectives
@@ -38,6 +46,19 @@ def plan_command(
         method, length, batch, examples = [advice.method], advice.max_length, advice.batch_size, advice.n_examples
         out.print()
     _plan(model or "smollm2-135m-instruct", method or None, length, batch, examples, gpu, threads, as_json)
+
+
+def _budget(budget: str, sweep: str | None, estimate: float | None, as_json: bool) -> None:
+    from hone.sweeps.study import budget_plan, parse_duration
+
+    plan = budget_plan(parse_duration(budget) or 0.0, sweep, estimate)
+    if as_json:
+        print(json.dumps(plan))
+        return
+    per_step = f", {plan['seconds_per_step']:.2f} s per step x {plan['steps_per_trial']:g} steps" if plan.get(
+        "seconds_per_step") else ""
+    out.print(f"[bold]{plan['trials']} trials[/bold] fit {budget}: ~{plan['trial_seconds']:.0f} s per trial"
+              f"{per_step} ({plan['source']})", highlight=False)
 
 
 def _advise(data: Path, model, objective, method, data_format, as_json: bool):

@@ -13,6 +13,8 @@ import os
 import re
 import stat
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -48,9 +50,30 @@ def file_kind(path: Path) -> str:
             ".parquet": "parquet", ".txt": "text", ".md": "text"}.get(suffix, "jsonl")
 
 
+# Files no code may read for now: a sweep seals its test split while trials run (sweep/study.py), so a
+# selection can never see it; reading one is an error, not a silent leak.
+_SEALED: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("hone_sealed_files", default=())
+
+
+class SealedFileRead(DataError):
+    """A sealed file (a sweep's test split, before selection ends) was opened."""
+
+
+@contextmanager
+def sealed(paths: list[Path], why: str):
+    """While inside, reading any of `paths` raises SealedFileRead saying `why`."""
+    token = _SEALED.set(_SEALED.get() + tuple((str(Path(p).resolve()), why) for p in paths))
+    try:
+        yield
+    finally:
+        _SEALED.reset(token)
+
+
 def read_rows(path: Path, notes: list[str] | None = None) -> Iterator[Row]:
     """Every row of a data file or folder; `notes` collects things worth telling (a BOM, a JSON dict)."""
     path = Path(path)
+    if (why := dict(_SEALED.get()).get(str(path.resolve()))) is not None:
+        raise SealedFileRead(f"this file is sealed: {why}", file=str(path))
     _check_readable(path)
     notes = notes if notes is not None else []
     kind = file_kind(path)

@@ -27,6 +27,7 @@ from hone.errors import DataError
 from hone.evaluation.metrics import parse_json_answer
 from hone.methods.registry import METHODS
 from hone.objectives.registry import OBJECTIVES, objectives_for
+from hone.registry.lessons import lesson_for
 
 # A closed answer set: at most this many distinct answers, each short, each seen often enough to learn.
 MAX_LABELS = 50
@@ -86,6 +87,7 @@ class Advice:
     seconds: float | None = None     # estimated training time on this machine
     source: str = "advised"          # "advised": hone chose the objective; "forced": the user did
     advised_objective: str | None = None   # when forced: what the data alone would have picked
+    lesson: dict | None = None       # what a sweep on this (or near) data found about the learning rate
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -291,6 +293,9 @@ def advise(path: Path, config: RunConfig | None = None, model: str | None = None
     else:
         method, reasons["method"] = pick_method(objective, n_train)
     lr, reasons["lr"] = (config.train.lr, "you chose it") if config.train.lr else pick_lr(objective, method, n_train)
+    lesson = swept_lr(Path(path), method)
+    if lesson:
+        reasons["lr"] += f"; {lesson['text']}"
     epochs, reasons["epochs"] = ((config.train.epochs, "you chose it") if "epochs" in config.train.model_fields_set
                                  else pick_epochs(method, n_train))
     if "batch_size" in config.train.model_fields_set:
@@ -319,7 +324,20 @@ def advise(path: Path, config: RunConfig | None = None, model: str | None = None
         labels = sorted(counts)
     return Advice(str(path), stats.shape, stats.n, objective, method, lr, epochs, batch, max_length, reasons,
                   labels, dict(counts.most_common()) if labels else None, tokens, seconds,
-                  "forced" if forced else "advised", advised if forced else None)
+                  "forced" if forced else "advised", advised if forced else None, lesson)
+
+
+def swept_lr(train: Path, method: str) -> dict | None:
+    """A sweep's lesson about this data's learning rate (registry/lessons.py), with the line that tells it."""
+    found = lesson_for(train, method)
+    if found is None:
+        return None
+    lesson, similarity = found
+    which = "this data" if similarity == 1.0 else f"near-identical data ({similarity:.0%} of lines shared)"
+    text = (f"sweep {lesson['sweep']!r} on {which} found lr {lesson['best_lr']:.2g} best, {lesson['ratio']:g}x "
+            f"the recipe's {lesson['default_lr']:g} (try --lr {lesson['best_lr']:.2g}, or its best.yaml)")
+    return {key: value for key, value in lesson.items() if key != "signature"} | {"similarity": similarity,
+                                                                                  "text": text}
 
 
 def apply_advice(config: RunConfig, advice: Advice) -> RunConfig:
@@ -396,6 +414,9 @@ def choose_recipe(config: RunConfig, console=None) -> RunConfig:
     if advised and advised != config.objective:
         say(f"  [yellow]recipe: {config.objective} as you chose; {note} "
             f"(hone plan --data {config.data.train})[/yellow]", highlight=False)
+    if config.data.train is not None and not config.train.lr and (lesson := swept_lr(Path(config.data.train),
+                                                                                     config.method.name)):
+        say(f"  [yellow]lr: {lesson['text']}[/yellow]", highlight=False)
     recipe = {"objective": config.objective, "method": config.method.name, "source": "forced",
               "advised_objective": advised, "reasons": {"objective": "you chose it" + (f"; {note}" if note else "")}}
     return config.model_copy(update={"recipe": recipe})

@@ -231,7 +231,7 @@ def sync_run(path: Path, record: dict) -> Run:
         metrics = dict(record.get("results") or {})
         if record.get("forgetting"):
             metrics["forgetting"] = record["forgetting"]
-        for key in ("train_seconds", "total_seconds", "recipe"):
+        for key in ("train_seconds", "total_seconds", "recipe", "sweep", "merge"):
             if key in record:
                 metrics[key] = record[key]
         row.metrics = metrics

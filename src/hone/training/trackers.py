@@ -6,12 +6,29 @@ stays the source of truth (the report reads it), trackers are views of it.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Callable
 
 from hone.errors import ConfigError
 
 KNOWN = ("tensorboard", "wandb", "mlflow")
 SCALARS = ("loss", "val_loss", "lr", "tokens_per_s", "epoch")
+
+# Whoever conducts runs from outside them (a sweep's pruner) sees every step record through this, whichever
+# loop trains (hone's or the Trainer's: both report through Trackers). An exception it raises stops training.
+_WATCHERS: ContextVar[tuple[Callable[[dict], None], ...]] = ContextVar("hone_step_watchers", default=())
+
+
+@contextmanager
+def watching_steps(watcher: Callable[[dict], None]):
+    """Inside, `watcher(record)` runs after each logged step of any training run in this context."""
+    token = _WATCHERS.set(_WATCHERS.get() + (watcher,))
+    try:
+        yield
+    finally:
+        _WATCHERS.reset(token)
 
 
 def tracker_names(report_to: str) -> list[str]:
@@ -61,6 +78,8 @@ class Trackers:
         values = {k: float(record[k]) for k in SCALARS if record.get(k) is not None}
         for log, _close in self.sinks:
             log(values, int(record["step"]))
+        for watcher in _WATCHERS.get():
+            watcher(record)
 
     def on_end(self) -> None:
         for _log, close in self.sinks:

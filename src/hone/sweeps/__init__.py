@@ -1,0 +1,13 @@
+"""Sweeps and merges: searching a recipe's settings within a budget, and combining tuned models.
+
+    study.py    `hone sweep`: Optuna (TPE, median pruning) over normal registered runs, resumable, honest
+    space.py    the one table of searchable dimensions and the default space per method and objective
+    results.py  the best trial scored once on the test split, best.yaml, the report page
+    merge.py    `hone merge`: LoRA adapters (PEFT weighted-adapter merging) or full models (task arithmetic)
+"""
+from __future__ import annotations
+
+from hone.sweeps.results import run_sweep, show_sweep
+from hone.sweeps.study import SweepOptions, SweepResult
+
+__all__ = ["SweepOptions", "SweepResult", "run_sweep", "show_sweep"]
