@@ -177,7 +177,7 @@ def main() -> None:
     from hone.data.render import prompt_for_generation
     from hone.models.catalogue import DEFAULT_MODEL
     from hone.models.load import load_causal_lm, load_tokenizer
-    from hone.serve.engines.llamacpp import base_gguf
+    from hone.llamacpp.gguf import base_gguf
     from hone.serve.engines.table import ENGINES, auto_engine
 
     chats = conversations(32)

@@ -234,6 +234,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts generated together"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test items"),
     seed: int = typer.Option(0, "--seed", help="Seed for generation and the bootstrap"),
+    engine: str = typer.Option("auto", "--engine", help="What generates the answers: auto (llama.cpp on CPU where installed), transformers, llamacpp"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
     compare: Optional[str] = typer.Option(None, "--compare", help="Fine-tune, retrieve or both: any of base,base+kb,tuned,tuned+kb (needs --kb)"),
     kb: Optional[str] = typer.Option(None, "--kb", help="With --compare: the knowledge base the +kb contenders answer from"),
@@ -245,7 +246,7 @@ def eval_command(
 
     options = EvalOptions(data=data, base=base, compare_base=not no_base, metrics=metric or None, schema=schema,
                           suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed, engine=engine)
     if compare is not None or kb is not None:
         _compare_knowledge(target, compare, kb, k, options, as_json, no_base=no_base, suite=suite, judge=judge_url)
         return

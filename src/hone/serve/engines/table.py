@@ -53,9 +53,10 @@ ENGINES: dict[str, EngineSpec] = {e.name: e for e in (
     EngineSpec("transformers", "HF transformers in this process: every tuning method, continuous batching, "
                "fp32 weights; the reference and the fallback", lambda: True, "", "", _transformers),
     EngineSpec("llamacpp", "llama.cpp (llama-cpp-python) in a child process on the GGUF `hone export` writes, "
-               "exported on first use and cached", _has("llama_cpp"), "make llamacpp",
-               "one request at a time (no batching); prompt/prefix tuning and bottleneck adapters "
-               "(no GGUF) go to transformers under --engine auto", _llamacpp),
+               "exported on first use and cached; up to 16 sequences per model decode together", _has("llama_cpp"),
+               "make llamacpp", "no per-request LoRA over a shared base (a tuned run is its own merged GGUF); "
+               "prompt/prefix tuning and bottleneck adapters (no GGUF) go to transformers under --engine auto",
+               _llamacpp),
 )}
 CHOICES = ("auto", *ENGINES)
 
@@ -97,7 +98,7 @@ class EngineRouter(ModelTokenizers):
                 raise ConfigError(f"--model-engine {name}={engine}: no base model is named {name!r} "
                                   f"(offered: {', '.join(settings.base_models)})", field="model_engine")
             self.per_base[settings.base_models[name]] = check_engine(engine, f"--model-engine {name}={engine}")
-        from hone.serve.engines.llamacpp import QUANTS
+        from hone.llamacpp.gguf import QUANTS
 
         if settings.gguf_quant not in QUANTS:
             raise ConfigError(f"--gguf-quant {settings.gguf_quant}: the llamacpp engine serves {', '.join(QUANTS)}",

@@ -1,0 +1,89 @@
+"""Which engine generates evaluation answers: transformers on the loaded model, or llama.cpp on a GGUF.
+
+`auto` (the default of `hone eval --engine` and of `eval.engine`) takes llama.cpp on a CPU machine where it
+is installed (`make llamacpp`) and the model has a GGUF (a base model, converted once into the hone home; a
+run whose method exports to one GGUF, exported on first use), else transformers. llama.cpp answers from
+the f16 GGUF: measured on the demo's test set, its greedy answers match transformers' fp32 ones within the
+tolerance docs/decisions.md states ("Evaluation through llama.cpp"), several times faster. Perplexity is
+computed by transformers either way (llama.cpp returns no per-token log-probabilities through our path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hone import llamacpp
+from hone.errors import ConfigError, UserError
+
+ENGINES = ("auto", "transformers", "llamacpp")
+QUANT = "f16"   # closest to fp32: llama.cpp computes in f32 from f16 weights (field notes §7: max |Δlogit| 0.05)
+
+
+@dataclass
+class Generation:
+    """How one model's answers are generated: `gguf` is None for transformers."""
+    engine: str
+    gguf: Path | None = None
+    threads: int = 1
+
+    def describe(self) -> str:
+        return f"llama.cpp ({self.gguf.name})" if self.gguf else "transformers"
+
+
+def check_engine(choice: str, where: str = "--engine") -> str:
+    """`choice` when it can run here; else a one-line refusal naming `where`."""
+    if choice not in ENGINES:
+        raise ConfigError(f"{where} {choice}: choose one of {', '.join(ENGINES)}", field="engine")
+    if choice == "llamacpp" and not llamacpp.installed():
+        raise ConfigError(f"{where} llamacpp: llama.cpp is not installed: make llamacpp", field="engine")
+    return choice
+
+
+def wants_llamacpp(choice: str, device: str) -> bool:
+    """Whether `choice` means llama.cpp here (auto: on a CPU machine where it is installed)."""
+    check_engine(choice)
+    return choice == "llamacpp" or (choice == "auto" and device == "cpu" and llamacpp.installed())
+
+
+def pick_generation(choice: str, name: str, run_dir: Path | None, device: str, threads: int, console) -> Generation:
+    """The engine for the model `name` (a run when `run_dir` is given); auto says in one line when a model
+    has no GGUF and transformers answers instead."""
+    if not wants_llamacpp(choice, device):
+        return Generation("transformers")
+    from hone.llamacpp.gguf import base_gguf, exports_to_gguf, run_gguf
+
+    try:
+        if run_dir is None:
+            return Generation("llamacpp", base_gguf(name, QUANT), threads)
+        if not exports_to_gguf(run_dir):
+            raise UserError(f"{run_dir.name}'s method has no GGUF (prompt/prefix tuning, bottleneck adapters)")
+        return Generation("llamacpp", run_gguf(run_dir, QUANT), threads)
+    except UserError as exc:
+        if choice == "llamacpp":
+            raise UserError(f"--engine llamacpp: {exc}") from None
+        console.print(f"  generation: transformers (llama.cpp cannot run it: {exc})", highlight=False)
+        return Generation("transformers")
+
+
+def model_generation(choice: str, model, tokenizer, folder: Path, device: str, threads: int, console) -> Generation:
+    """The engine for a model held in memory (a recipe's freshly tuned model): llama.cpp converts it to an f16
+    GGUF at `folder/model.f16.gguf` first (~10 s on 2 cores); a model with virtual tokens has no GGUF."""
+    if not wants_llamacpp(choice, device):
+        return Generation("transformers")
+    if hasattr(model, "peft_config"):   # prompt/prefix tuning: the base alone would answer, wrongly
+        if choice == "llamacpp":
+            raise UserError("eval.engine llamacpp: this method (virtual tokens) has no GGUF; use auto or transformers")
+        return Generation("transformers")
+    from hone.exporting.gguf import convert_model, tool_missing
+
+    if missing := tool_missing("converter"):
+        if choice == "llamacpp":
+            raise UserError(missing)
+        console.print(f"  generation: transformers ({missing})", highlight=False)
+        return Generation("transformers")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder / "hf")
+    tokenizer.save_pretrained(folder / "hf")
+    target = folder / f"model.{QUANT}.gguf"
+    convert_model(folder / "hf", target, QUANT, "tuned", console)
+    return Generation("llamacpp", target, threads)
