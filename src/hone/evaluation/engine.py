@@ -1,11 +1,13 @@
 """Which engine generates evaluation answers: transformers on the loaded model, or llama.cpp on a GGUF.
 
 `auto` (the default of `hone eval --engine` and of `eval.engine`) takes llama.cpp on a CPU machine where it
-is installed (`make llamacpp`) and the model has a GGUF (a base model, converted once into the hone home; a
-run whose method exports to one GGUF, exported on first use), else transformers. llama.cpp answers from
-the f16 GGUF: measured on the demo's test set, its greedy answers match transformers' fp32 ones within the
-tolerance docs/decisions.md states ("Evaluation through llama.cpp"), several times faster. Perplexity is
-computed by transformers either way (llama.cpp returns no per-token log-probabilities through our path).
+is installed (`make llamacpp`) for a model of at least 10M parameters that has a GGUF (a base model,
+converted once into the hone home; a run whose method exports to one GGUF, exported on first use), else
+transformers: below 10M parameters (test models) the conversion (~5-10 s) costs more than it saves.
+llama.cpp answers from the f16 GGUF: measured on the demo's test set, its greedy answers match transformers'
+fp32 ones within the tolerance docs/decisions.md states ("Evaluation through llama.cpp"), several times
+faster. Perplexity is computed by transformers either way (llama.cpp gives no per-token log-probabilities
+through this path).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from hone import llamacpp
 from hone.errors import ConfigError, UserError
 
 ENGINES = ("auto", "transformers", "llamacpp")
+MIN_PARAMETERS = 10_000_000
 QUANT = "f16"   # closest to fp32: llama.cpp computes in f32 from f16 weights (field notes §7: max |Δlogit| 0.05)
 
 
@@ -39,16 +42,20 @@ def check_engine(choice: str, where: str = "--engine") -> str:
     return choice
 
 
-def wants_llamacpp(choice: str, device: str) -> bool:
-    """Whether `choice` means llama.cpp here (auto: on a CPU machine where it is installed)."""
+def wants_llamacpp(choice: str, device: str, model) -> bool:
+    """Whether `choice` means llama.cpp here for `model` (auto: on a CPU machine where it is installed, for
+    a model of at least MIN_PARAMETERS)."""
     check_engine(choice)
-    return choice == "llamacpp" or (choice == "auto" and device == "cpu" and llamacpp.installed())
+    if choice != "auto":
+        return choice == "llamacpp"
+    return device == "cpu" and llamacpp.installed() and model.num_parameters() >= MIN_PARAMETERS
 
 
-def pick_generation(choice: str, name: str, run_dir: Path | None, device: str, threads: int, console) -> Generation:
-    """The engine for the model `name` (a run when `run_dir` is given); auto says in one line when a model
-    has no GGUF and transformers answers instead."""
-    if not wants_llamacpp(choice, device):
+def pick_generation(choice: str, name: str, run_dir: Path | None, model, device: str, threads: int,
+                    console) -> Generation:
+    """The engine for the model `name` (a run when `run_dir` is given; `model` is it, loaded); auto says in
+    one line when a model has no GGUF and transformers answers instead."""
+    if not wants_llamacpp(choice, device, model):
         return Generation("transformers")
     from hone.llamacpp.gguf import base_gguf, exports_to_gguf, run_gguf
 
@@ -68,7 +75,7 @@ def pick_generation(choice: str, name: str, run_dir: Path | None, device: str, t
 def model_generation(choice: str, model, tokenizer, folder: Path, device: str, threads: int, console) -> Generation:
     """The engine for a model held in memory (a recipe's freshly tuned model): llama.cpp converts it to an f16
     GGUF at `folder/model.f16.gguf` first (~10 s on 2 cores); a model with virtual tokens has no GGUF."""
-    if not wants_llamacpp(choice, device):
+    if not wants_llamacpp(choice, device, model):
         return Generation("transformers")
     if hasattr(model, "peft_config"):   # prompt/prefix tuning: the base alone would answer, wrongly
         if choice == "llamacpp":

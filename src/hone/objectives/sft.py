@@ -156,7 +156,7 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
     if test and team.main:
         metric, max_new = scoring_settings(config, tokenizer, test)
         if config.eval.base:
-            generation = base_generation(config, str(base.path), hw, console)
+            generation = base_generation(config, str(base.path), model, hw, console)
             base_eval = score_base(start, model, tokenizer, test, metric, max_new, generation)
     probe = probe_base(start, model, tokenizer)
     if len(train) > n_own:
@@ -243,12 +243,12 @@ def generation_speed(evaluation: Evaluation | None, tokenizer) -> float | None:
     return round(tokens / evaluation.seconds, 1)
 
 
-def base_generation(config: RunConfig, base: str, hw, console: Console) -> Generation:
+def base_generation(config: RunConfig, base: str, model, hw, console: Console) -> Generation:
     """What answers for the base model: llama.cpp on its GGUF where eval.engine allows, except under QLoRA,
     whose base is the NF4-quantized model the run trains on (transformers holds it; its GGUF would not)."""
     if config.method.name == "qlora":
         return Generation("transformers")
-    return pick_generation(config.eval.engine, base, None, hw.device, hw.threads, console)
+    return pick_generation(config.eval.engine, base, None, model, hw.device, hw.threads, console)
 
 
 def score_base(start: RunStart, model, tokenizer, test: list[ChatExample], metric: str, max_new: int,

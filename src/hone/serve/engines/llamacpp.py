@@ -19,7 +19,9 @@ to the child; the reader thread turns the child's messages into each job's event
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import socket
 import subprocess
@@ -135,6 +137,9 @@ class LlamaCppEngine(ModelTokenizers):
 
     def _stop_child(self) -> None:
         if self._conn is not None:
+            # shut down, not only closed: the reader thread blocked in recv() keeps a closed socket open
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
             self._conn.close()   # the child reads EOF and returns
             self._conn = None
         if self.process is not None:
