@@ -40,10 +40,13 @@ def serve(
     batch_window_ms: Optional[float] = typer.Option(None, "--batch-window-ms", min=0, help="How long a request waits for others to join its batch (default 5 ms)"),
     inference_threads: Optional[int] = typer.Option(None, "--inference-threads", min=1, help="CPU threads for inference (default: picked from cores and load)"),
     max_request_tokens: Optional[int] = typer.Option(None, "--max-request-tokens", min=0, help="Most tokens one inference request may ask for: n x the sum of (prompt + max_tokens) over its prompts (default 32768; 0: no cap)"),
-    engine: Optional[str] = typer.Option(None, "--engine", help="Inference engine: auto (llamacpp on CPU when installed, else transformers), transformers, llamacpp (default auto)"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Inference engine: auto (vllm on a GPU, llamacpp on CPU, where installed; else transformers), transformers, llamacpp, vllm (default auto)"),
     model_engine: Optional[List[str]] = typer.Option(None, "--model-engine", help="The engine for one base model and its tuned models: NAME=ENGINE; repeatable"),
     window_batching: bool = typer.Option(False, "--window-batching", help="transformers engine: batch only requests arriving together, one generate() at a time (before continuous batching)"),
     gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use: f16 (default), q8_0 (faster, answers drift), f32"),
+    tensor_parallel: Optional[int] = typer.Option(None, "--tensor-parallel", min=1, help="vllm engine: GPUs each model is split across (vLLM's --tensor-parallel-size; default 1)"),
+    pipeline_parallel: Optional[int] = typer.Option(None, "--pipeline-parallel", min=1, help="vllm engine: pipeline stages, across nodes through a Ray cluster (vLLM's --pipeline-parallel-size; default 1)"),
+    vllm_arg: Optional[List[str]] = typer.Option(None, "--vllm-arg", help="vllm engine: one more argument for `vllm serve`, passed as given (e.g. --vllm-arg=--gpu-memory-utilization=0.8); repeatable"),
     kb: Optional[List[str]] = typer.Option(None, "--kb", help="Offer a knowledge base (hone kb list) to chat requests' hone_kb field; repeatable. Default: none"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
@@ -55,7 +58,8 @@ def serve(
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
                          max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
                          inference_threads=inference_threads, max_request_tokens=max_request_tokens,
-                         knowledge_bases=tuple(kb) if kb else None)
+                         knowledge_bases=tuple(kb) if kb else None, tensor_parallel=tensor_parallel,
+                         pipeline_parallel=pipeline_parallel, vllm_args=tuple(vllm_arg) if vllm_arg else None)
     EngineRouter(settings)   # a missing engine or an unknown model name: refused in one line before starting
     if settings.knowledge_bases:
         from hone.kb.store import find_kb
