@@ -43,7 +43,10 @@ class Sequence:
 class BatchDecoder:
     """A GGUF model and one context in which up to `slots` sequences decode together."""
 
-    def __init__(self, model_path: str, threads: int, slots: int = 16, n_ctx: int = 8192, n_batch: int = 512):
+    def __init__(self, model_path: str, threads: int, slots: int = 16, n_ctx: int = 8192, n_batch: int = 512,
+                 unified: bool = True):
+        """`unified`: one KV cache of `n_ctx` cells that any row may fill (a server: rows of any length), else
+        `n_ctx / slots` cells per row (an evaluation: faster, since a row attends over its own cells only)."""
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp._logger import set_verbose
@@ -54,10 +57,11 @@ class BatchDecoder:
                                            verbose=False)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
-        params.n_seq_max, params.kv_unified = slots, True
+        params.n_seq_max, params.kv_unified = slots, unified
         params.n_threads = params.n_threads_batch = threads
         self.context = _internals.LlamaContext(model=self.model, params=params, verbose=False)
         self.n_ctx, self.n_batch, self.n_vocab = self.context.n_ctx(), n_batch, self.model.n_vocab()
+        self.row_cells = self.n_ctx if unified else self.n_ctx // slots
         self.batch = _internals.LlamaBatch(n_tokens=max(n_batch, slots), embd=0, n_seq_max=1, verbose=False)
         self.free_slots = list(range(slots))[::-1]
         self.waiting: deque[Sequence] = deque()
@@ -66,9 +70,9 @@ class BatchDecoder:
 
     def add(self, sequence: Sequence) -> None:
         """Queue a row; it is admitted at a later step. A row that can never fit is refused here."""
-        if sequence.cells > self.n_ctx:
+        if sequence.cells > self.row_cells:
             raise ValueError(f"prompt ({len(sequence.prompt)} tokens) + max_tokens ({sequence.limit}) exceed the "
-                             f"context ({self.n_ctx} tokens)")
+                             f"context ({self.row_cells} tokens)")
         if sequence.temperature > 0:
             sequence.rng = np.random.default_rng(sequence.seed)
         self.waiting.append(sequence)

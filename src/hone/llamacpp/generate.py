@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-SLOTS = 32   # sequences decoding together: an evaluation's batch (measured faster than 16 on the demo)
+SLOTS = 32   # sequences decoding together (32 demo prompts: 43.1 tok/s at 32 slots, 23.1 at 16; 1 thread, load ~10)
 
 
 def generate_ids(gguf: Path, prompts: list[list[int]], max_new_tokens: int, eos: set[int], threads: int,
@@ -17,8 +17,10 @@ def generate_ids(gguf: Path, prompts: list[list[int]], max_new_tokens: int, eos:
     """The greedy continuation of each prompt (token ids, end-of-turn token left out), in input order."""
     from hone.llamacpp.batch import BatchDecoder, Sequence
 
+    # Each sequence its own KV cells (not one unified cache, where every row attends over every row's cells,
+    # masked): 1.4x the tokens/s on 32 demo prompts (43.1 against 29.0-34.3 tok/s, 1 thread, load ~10).
     longest = max((len(p) for p in prompts), default=0) + max_new_tokens
-    decoder = BatchDecoder(str(gguf), threads, slots, n_ctx=max(8192, longest), n_batch=512)
+    decoder = BatchDecoder(str(gguf), threads, slots, n_ctx=slots * longest, n_batch=512, unified=False)
     answers: list[list[int]] = [[] for _ in prompts]
     try:
         for i, prompt in enumerate(prompts):
