@@ -248,7 +248,8 @@ def eval_command(
                           suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed, engine=engine)
     if compare is not None or kb is not None:
-        _compare_knowledge(target, compare, kb, k, options, as_json, no_base=no_base, suite=suite, judge=judge_url)
+        _compare_knowledge(target, compare, kb, k, options, as_json, no_base=no_base, suite=suite, judge=judge_url,
+                           engine=engine != "auto")
         return
     result = evaluate_model(target, options, console=err)
     if as_json:
@@ -263,7 +264,7 @@ def _compare_knowledge(target, compare, kb, k, options, as_json: bool, **refused
     if compare is None or kb is None:
         raise UserError("--compare and --kb go together: hone eval RUN --compare base,base+kb,tuned,tuned+kb "
                         "--kb NAME --data questions.jsonl")
-    flags = {"no_base": "--no-base", "suite": "--suite", "judge": "--judge-url"}
+    flags = {"no_base": "--no-base", "suite": "--suite", "judge": "--judge-url", "engine": "--engine"}
     for key, value in refused.items():
         if value:
             raise UserError(f"{flags[key]} does not apply to --compare (name the contenders in --compare instead)"
