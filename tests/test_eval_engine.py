@@ -103,3 +103,32 @@ def test_eval_engine_is_refused_for_an_objective_that_generates_no_answers(tiny_
                            "data": {"train": str(chat_files["train"])}, "eval": {"engine": "transformers"}}, "test")
     with pytest.raises(ConfigError, match="eval.engine applies only to objective sft"):
         check_settings(config, OBJECTIVES["dpo"])
+
+
+def test_sft_scores_base_and_tuned_through_llamacpp_as_through_transformers(lively_model, tmp_path):
+    """eval.engine llamacpp: the base through its GGUF, the freshly tuned model merged and converted to a
+    temporary GGUF; the run's answers equal those of the same run evaluated by transformers."""
+    needs_llamacpp()
+    from conftest import write_chat
+    from hone.config import build_config
+    from hone.objectives import run
+    from hone.registry.runs import read_record
+
+    data = {"train": str(write_chat(tmp_path / "train.jsonl", 16, 1)), "test": str(write_chat(tmp_path / "test.jsonl", 4, 3)),
+            "validation": str(write_chat(tmp_path / "val.jsonl", 4, 2)), "max_length": 64}
+    records = {}
+    for engine in ("transformers", "llamacpp"):
+        config = build_config({"objective": "sft", "model": {"name": str(lively_model)}, "output": str(tmp_path / engine),
+                               "data": data, "method": {"name": "lora", "lora_r": 4, "lora_alpha": 8},
+                               "train": {"lr": 3e-2, "max_steps": 2, "batch_size": 8, "micro_batch_size": 8,
+                                         "threads": 1, "precision": "fp32", "warmup_ratio": 0.0, "seed": 0},
+                               "eval": {"forgetting": False, "samples": 0, "engine": engine,
+                                        "max_new_tokens": 10}}, "test")
+        records[engine] = read_record(run(config).run_dir)
+    engines = records["llamacpp"]["results"]["eval_engines"]
+    assert engines["base"].startswith("llama.cpp") and engines["tuned"] == "llama.cpp (model.f16.gguf)", engines
+    assert records["transformers"]["results"]["eval_engines"] == {"base": "transformers", "tuned": "transformers"}
+    assert records["llamacpp"]["base_answers"] == records["transformers"]["base_answers"]
+    assert records["llamacpp"]["tuned_answers"] == records["transformers"]["tuned_answers"]
+    assert any(records["llamacpp"]["tuned_answers"]) and \
+        records["llamacpp"]["tuned_answers"] != records["llamacpp"]["base_answers"]   # the tuned model answered

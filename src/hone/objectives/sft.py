@@ -153,11 +153,13 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
 
     # 4. The base model on the test split and on the forgetting probe, before any change.
     metric = base_eval = None
+    engines: dict[str, str] = {}   # what generated each evaluation's answers, recorded with the results
     if test and team.main:
         metric, max_new = scoring_settings(config, tokenizer, test)
         if config.eval.base:
             generation = base_generation(config, str(base.path), model, hw, console)
             base_eval = score_base(start, model, tokenizer, test, metric, max_new, generation)
+            engines["base"] = generation.describe()
     probe = probe_base(start, model, tokenizer)
     if len(train) > n_own:
         console.print(f"  replay: {len(train) - n_own} of the {len(train)} training examples are hone's general chats")
@@ -205,6 +207,7 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
                                           console)
             tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
                                           f"tuned eval ({generation.describe()})", console, generation)
+            engines["tuned"] = generation.describe()
     forgetting = probe_tuned(start, probe, tuned, tokenizer) if probe else None
 
     # 9. Record the results, write the report.
@@ -216,7 +219,7 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
                "trainable_parameters": params.trainable, "total_parameters": params.total,
                "memory_estimate_bytes": memory.total, "artifact": out.name,
                "base_score": base_eval.score if base_eval else None,
-               "tuned_score": tuned_eval.score if tuned_eval else None}
+               "tuned_score": tuned_eval.score if tuned_eval else None, "eval_engines": engines}
     results["peak_memory_mb"], results["peak_memory_kind"] = peak_memory_mb(hw.device)
     if base_eval and tuned_eval:
         results["items"] = item_outcomes(base_eval, tuned_eval)
