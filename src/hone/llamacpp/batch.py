@@ -13,7 +13,7 @@ generator. Imports llama_cpp and numpy only (the serving child process loads not
 """
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ class Sequence:
     top_p: float = 1.0
     seed: int | None = None
     slot: int = -1
+    reused: int = 0      # prompt tokens whose KV cells came from an ended row with the same prefix
     made: int = 0
     last: int = -1
     rng: Any = field(default=None, repr=False)
@@ -64,9 +65,12 @@ class BatchDecoder:
         self.row_cells = self.n_ctx if unified else self.n_ctx // slots
         self.batch = _internals.LlamaBatch(n_tokens=max(n_batch, slots), embd=0, n_seq_max=1, verbose=False)
         self.free_slots = list(range(slots))[::-1]
+        # Slots whose cells still hold an ended row's prompt (oldest first): a new row that starts with the
+        # same tokens (a chat template's system prefix, the same question again) reuses them.
+        self.cached: OrderedDict[int, list[int]] = OrderedDict()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.used = 0   # KV cells reserved by the running rows
+        self.used = 0   # KV cells reserved by the running rows and held by the cached prompts
 
     def add(self, sequence: Sequence) -> None:
         """Queue a row; it is admitted at a later step. A row that can never fit is refused here."""
@@ -111,13 +115,49 @@ class BatchDecoder:
     # -- inside a step --------------------------------------------------------------------------
     def _admit(self) -> list[Sequence]:
         fresh = []
-        while self.waiting and self.free_slots and self.used + self.waiting[0].cells <= self.n_ctx:
-            s = self.waiting.popleft()
-            s.slot = self.free_slots.pop()
+        while self.waiting:
+            s = self.waiting[0]
+            slot, shared = self._reusable(s.prompt)
+            if slot is None:
+                while self.cached and (not self.free_slots or self.used + s.cells > self.n_ctx):
+                    self._evict(next(iter(self.cached)))
+                if not self.free_slots or self.used + s.cells > self.n_ctx:
+                    break
+                slot = self.free_slots.pop()
+            else:
+                self.used -= len(self.cached.pop(slot))
+                self.llama_cpp.llama_memory_seq_rm(self.context.memory, slot, shared, -1)
+                while self.cached and self.used + s.cells > self.n_ctx:
+                    self._evict(next(iter(self.cached)))
+                if self.used + s.cells > self.n_ctx:   # back as it was; wait for running rows to end
+                    self.cached[slot] = s.prompt[:shared]
+                    self.used += shared
+                    break
+            self.waiting.popleft()
+            s.slot, s.reused = slot, shared
             self.used += s.cells
             fresh.append(s)
             self.running.append(s)
         return fresh
+
+    def _reusable(self, prompt: list[int]) -> tuple[int | None, int]:
+        """The cached slot sharing the longest prefix with `prompt`, and how many tokens (at least one token
+        of the prompt is left to prefill: its logits give the first answer token)."""
+        best, length = None, 0
+        for slot, tokens in self.cached.items():
+            n = 0
+            for a, b in zip(tokens, prompt[:-1]):
+                if a != b:
+                    break
+                n += 1
+            if n > length:
+                best, length = slot, n
+        return best, length
+
+    def _evict(self, slot: int) -> None:
+        self.used -= len(self.cached.pop(slot))
+        self.llama_cpp.llama_memory_seq_rm(self.context.memory, slot, -1, -1)
+        self.free_slots.append(slot)
 
     def _prefill(self, fresh: list[Sequence]) -> list[int]:
         """Every fresh row's prompt through the model, `n_batch` tokens per call; each row's first token."""
@@ -125,7 +165,8 @@ class BatchDecoder:
         pending: list[Sequence] = []   # rows whose last prompt token is in the current batch
         self.batch.reset()
         for s in fresh:
-            for pos, token in enumerate(s.prompt):
+            for pos in range(s.reused, len(s.prompt)):
+                token = s.prompt[pos]
                 if self.batch.n_tokens() == self.n_batch:
                     self.context.decode(self.batch)
                     firsts += self._sample(pending)
@@ -165,10 +206,11 @@ class BatchDecoder:
             ended.append(s.key)
 
     def _release(self, s: Sequence) -> None:
+        """The row leaves; its slot keeps the prompt's cells for a later row with the same prefix."""
         self.running.remove(s)
-        self.llama_cpp.llama_memory_seq_rm(self.context.memory, s.slot, -1, -1)
-        self.free_slots.append(s.slot)
-        self.used -= s.cells
+        self.llama_cpp.llama_memory_seq_rm(self.context.memory, s.slot, len(s.prompt), -1)
+        self.cached[s.slot] = s.prompt
+        self.used += len(s.prompt) - s.cells
 
     def close(self) -> None:
         self.batch.close()
