@@ -104,13 +104,21 @@ def test_a_pause_that_lands_after_the_last_step_is_reported(tmp_path, monkeypatc
     assert messages == ["Training stopped (pause) after its last step; its checkpoint is kept"]
 
 
+# Leases: short, so a killed worker's job frees soon and a pause or cancel is seen within a heartbeat (a third of
+# the lease); a job that moves between workers gets a longer one: at 2 s a heartbeat delayed on a loaded machine
+# (load average 10) lost a live lease and the SIGKILL test's job was resumed twice. The pause test needs the short
+# one: at 6 s the pause arrived after early stopping had ended the run.
+LEASE_SECONDS, HANDOVER_LEASE_SECONDS = 2, 6
+
+
 @pytest.fixture(scope="module")
 def shared_server(tiny_model, tmp_path_factory):
     """No workers of its own: each test starts (and kills) `hone worker` processes."""
     srv = start_server(tmp_path_factory.mktemp("serve-workers"), "--base-model", f"tiny={tiny_model}", workers=0)
     args = ["--base-model", f"tiny={tiny_model}", "--max-steps", str(STEPS), "--time-budget", str(TRAIN_SECONDS),
-            "--save-every", "4", "--lease-seconds", "2"]
+            "--save-every", "4", "--lease-seconds", str(LEASE_SECONDS)]
     srv.worker_args = args
+    srv.handover_args = args[:-1] + [str(HANDOVER_LEASE_SECONDS)]
     yield srv
     srv.stop()
 
@@ -150,10 +158,10 @@ def test_sigkill_worker_mid_job_resumes_from_checkpoint_on_one_worker(server):
     seen = wait_for(lambda: _checkpointed_and_running(client, job.id), what="a first checkpoint")[0].step_number
     first.send_signal(signal.SIGKILL)
     first.wait()
-    # Two fresh workers race for the orphaned job once its lease has run out: exactly one resumes it.
+    # Two fresh workers race for the orphaned job once its lease has run out: exactly one resumes it (and keeps it).
     n_before = len(server.workers)
-    server.start_worker(*server.worker_args)
-    server.start_worker(*server.worker_args)
+    server.start_worker(*server.handover_args)
+    server.start_worker(*server.handover_args)
     job = wait_finished(client, job.id)
     assert job.status == "succeeded", job.error
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]

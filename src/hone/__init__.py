@@ -32,16 +32,20 @@ from hone.version import __version__
 logging.getLogger("kernels").setLevel(logging.ERROR)
 
 __all__ = ["KnowledgeBase", "Predictor", "RunConfig", "RunResult", "check_data", "compare_knowledge", "create_kb",
-           "evaluate", "export", "load_config", "plan", "synthesise", "train", "__version__"]
+           "data_from_traffic", "evaluate", "export", "load_config", "monitor_model", "plan", "promote", "synthesise",
+           "train", "__version__"]
 
 if TYPE_CHECKING:
     from hone.config import RunConfig
     from hone.evaluation.contenders import KnowledgeComparison
     from hone.evaluation.predict import Predictor
+    from hone.evaluation.promotion import PromotionResult
     from hone.evaluation.run_eval import EvalResult
     from hone.exporting import ExportResult
     from hone.kb import BuildResult, KnowledgeBase
     from hone.kb.synth import SynthResult
+    from hone.monitor.from_traffic import TrafficDataset
+    from hone.monitor.watch import MonitorResult
     from hone.objectives.lifecycle import RunResult
     from hone.objectives.plan import Plan
 
@@ -58,7 +62,9 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, *
 def train(config_or_path: RunConfig | str | Path | None = None, *, resume: str | Path | None = None,
           console=None, **overrides: Any) -> RunResult:
     """Fine-tune as `hone train` does and return the RunResult (run_dir, metric, base_score, tuned_score,
-    forgetting, ...). `resume` continues an interrupted run (its folder, id, NAME:VERSION or 'latest')."""
+    forgetting, ...). `resume` continues an interrupted run (its folder, id, NAME:VERSION or 'latest');
+    `continue_from="name@production"` trains the next version of a tuned run from its weights, replaying
+    its training data (hone train --continue)."""
     from rich.console import Console
 
     from hone import config, objectives
@@ -88,6 +94,21 @@ def evaluate(target: str | Path, data: str | Path | None = None, *, console=None
 
     opts = EvalOptions(data=Path(data) if data is not None else None, **options)
     return evaluate_model(str(target), opts, console=console or Console(stderr=True))
+
+
+def promote(candidate: str | Path, over: str = "production", new_slice: str | Path | None = None, *,
+            force: bool = False, limit: int | None = None, max_forgetting: float | None = None, batch_size: int = 32,
+            seed: int = 0, console=None) -> PromotionResult:
+    """Weigh a candidate run against NAME@`over` as `hone promote` does: the original test split and `new_slice`
+    with paired bootstrap intervals, and the forgetting probe; the tag moves only when the candidate is not worse
+    on the first, better on the second and within the forgetting limit (or `force`). The decision is recorded."""
+    from rich.console import Console
+
+    from hone.evaluation.promotion import promote as weigh
+
+    return weigh(str(candidate), over, Path(new_slice) if new_slice is not None else None, force=force, limit=limit,
+                 max_forgetting=max_forgetting, batch_size=batch_size, seed=seed,
+                 console=console or Console(stderr=True))
 
 
 def check_data(*paths: str | Path, model: str | None = None, max_seq_len: int = 1024, format: str | None = None,
@@ -163,6 +184,30 @@ def compare_knowledge(run: str | Path, kb: str, data: str | Path, *,
 
     return compare(str(run), list(contenders), kb, EvalOptions(data=Path(data), **options), k,
                    console=console or Console(stderr=True))
+
+
+def monitor_model(model: str, *, since: str | None = None, org: str | None = None, db: str | None = None,
+                  training_data: str | Path | None = None, thresholds: str | Path | None = None,
+                  console=None) -> MonitorResult:
+    """A served model's captured traffic as `hone monitor` reports it: per-day health, input drift against
+    its training data, alarms. `.to_json()` is the object `hone monitor --json` prints. (Not `hone.monitor`:
+    that name is the package.)"""
+    from hone.monitor.alarms import load_thresholds
+    from hone.monitor.traffic import parse_since
+    from hone.monitor.watch import monitor_model as watch
+
+    return watch(model, parse_since(since), org, db, load_thresholds(Path(thresholds) if thresholds else None),
+                 Path(training_data) if training_data else None, console=console)
+
+
+def data_from_traffic(model: str, output: str | Path, *, include_good: bool = False, since: str | None = None,
+                      org: str | None = None, db: str | None = None, keep_pii: bool = False) -> TrafficDataset:
+    """The next dataset version from a served model's corrected (and, with include_good, good-rated) answers,
+    as `hone data from-traffic` writes it, with FILE.lineage.json beside it."""
+    from hone.monitor.from_traffic import dataset_from_traffic
+    from hone.monitor.traffic import parse_since
+
+    return dataset_from_traffic(model, Path(output), include_good, parse_since(since), org, db, keep_pii)
 
 
 def __getattr__(name: str):

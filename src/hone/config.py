@@ -33,6 +33,7 @@ class Section(BaseModel):
 class ModelSection(Section):
     name: str = Field(DEFAULT_MODEL, description="Base model: catalogue name, local HF folder, .gguf file, hub id, or a tuned model: a run folder, NAME:VERSION or NAME@TAG")
     parent: Optional[str] = Field(None, description="Written by hone: the run folder whose tuned model `name` is (lineage)")
+    continue_from: Optional[str] = Field(None, description="A tuned run to train further (hone train --continue: folder, NAME:VERSION, NAME@TAG): its base, method and trained weights as the start, its training data replayed, its test split kept; the run's parent")
 
 
 class DataSection(Section):
@@ -91,7 +92,8 @@ class TrainSection(Section):
     overfit_alarm: int = Field(3, ge=1, description="Raise the overfitting alarm when training loss fell and validation loss rose this many validations in a row")
     restore_best: bool = Field(True, description="End with the validation-best weights when they beat the last step's")
     report_to: str = Field("tensorboard", description="Training curves besides metrics.jsonl: comma-separated tensorboard, wandb, mlflow, or none")
-    replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training mix drawn from hone's general chats (forgetting mitigation); 0 turns it off")
+    replay: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the training mix drawn from hone's general chats, or from `replay_data` (forgetting mitigation); 0 turns it off")
+    replay_data: Optional[Path] = Field(None, description="Chats to replay instead of hone's general chats (hone train --continue: the parent's training data)")
     kl_to_base: float = Field(0.0, ge=0.0, description="Weight of KL(base || tuned) on the trained tokens (forgetting mitigation); 0 turns it off")
     sharding: Literal["none", "fsdp2"] = Field("none", description="With several processes (--nproc): fsdp2 shards weights, gradients and optimizer state across them (hone's loop: sft, pretrain, mixture); none replicates them")
 
@@ -283,6 +285,7 @@ TRAIN_FLAGS = {
     "objective": "objective", "lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps",
     "batch_size": "train.batch_size", "time_budget": "train.time_budget", "save_steps": "train.save_every",
     "seed": "train.seed", "output": "output", "name": "name", "teacher": "distill.teacher",
+    "continue_from": "model.continue_from",
 }
 
 

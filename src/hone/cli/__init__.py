@@ -13,8 +13,11 @@ from rich.table import Table
 
 from hone.cli.data import data_app
 from hone.cli.export import export_command
+from hone.cli.feedback import feedback_app
 from hone.cli.kb import kb_app
+from hone.cli.monitor import monitor_command
 from hone.cli.plan import plan_command
+from hone.cli.promote import promote_command
 from hone.cli.runs import runs_app
 from hone.cli.serve import keys_app, serve as serve_command, worker as worker_command
 from hone.errors import Interrupted, UserError
@@ -29,12 +32,15 @@ app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.add_typer(kb_app, name="kb")
 app.add_typer(keys_app, name="keys")
+app.add_typer(feedback_app, name="feedback")
 app.command("serve")(serve_command)
 app.command("worker")(worker_command)
 out = Console()
 err = Console(stderr=True)
 app.command("plan")(plan_command)
 app.command("export")(export_command)
+app.command("monitor")(monitor_command)
+app.command("promote")(promote_command)
 
 
 @app.callback()
@@ -71,6 +77,7 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name"),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Any config field: section.field=value"),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (folder, id or 'latest')"),
+    continue_from: Optional[str] = typer.Option(None, "--continue", help="Train the next version of a tuned run (folder, NAME:VERSION, NAME@TAG) from its weights, replaying its training data"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N data-parallel processes"),
     launcher: str = typer.Option("torchrun", "--launcher", help="How --nproc starts them: torchrun or accelerate"),
@@ -85,7 +92,7 @@ def train(
                         model=model, method=method, objective=objective, lr=lr, epochs=epochs, max_steps=max_steps,
                         batch_size=batch_size, time_budget=time_budget, save_steps=save_steps, seed=seed,
                         system_prompt=system_prompt, format=data_format, strict=strict, output=output, name=name,
-                        teacher=teacher)
+                        teacher=teacher, continue_from=continue_from)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary per launch: rank 0 evaluated, saved and recorded the run
     _print_result(result, as_json)

@@ -181,3 +181,36 @@ def data_synth(
     if result.output:
         out.print(f"wrote {result.output} ({len(result.kept)} examples); report: {result.output}.synth.json",
                   highlight=False)
+
+
+@data_app.command("from-traffic")
+def data_from_traffic(
+    model: str = typer.Argument(..., help="The served model as clients name it (hone monitor MODEL lists the same)"),
+    output: Path = typer.Option(..., "--output", "-o", help="Chat JSONL to write (lineage beside it: FILE.lineage.json)"),
+    include_good: bool = typer.Option(False, "--include-good", help="Also train on answers rated good (default: corrections only)"),
+    since: Optional[str] = typer.Option(None, "--since", help="Only feedback on traffic since: 24h, 7d or a date"),
+    org: Optional[str] = typer.Option(None, "--org", help="Only this org's traffic"),
+    keep_pii: bool = typer.Option(False, "--keep-pii", help="Keep personal data found in the examples (default: redacted)"),
+    db: Optional[str] = typer.Option(None, "--db", help="Service database URL (default: SQLite under the hone home, as hone serve)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
+):
+    """A new dataset version from served traffic: corrected answers (and good ones with --include-good), minus
+    what leaks into the model's test split or repeats its training data, PII redacted, with its lineage."""
+    from hone.monitor.from_traffic import REASONS, dataset_from_traffic
+    from hone.monitor.traffic import parse_since
+
+    result = dataset_from_traffic(model, output, include_good, parse_since(since), org, db, keep_pii)
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    out.print(f"{result.output}: {result.examples} example(s) ({result.corrected} corrected, {result.good} rated good)"
+              f"{f', {result.redacted} with personal data redacted' if result.redacted else ''}", highlight=False, soft_wrap=True)
+    for reason, ids in result.dropped.items():
+        out.print(f"  left out {len(ids)}: {REASONS[reason]} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})",
+                  highlight=False, soft_wrap=True)
+    for pair in result.report["leakage"]:
+        if pair["exact"] or pair["same_input"] or pair["near"]:
+            out.print(f"  against {pair['files'][1] if pair['files'][0] == str(result.output) else pair['files'][0]}: "
+                      f"{pair['exact']} identical, {pair['same_input']} same input, {pair['near']} near-duplicate",
+                      highlight=False, soft_wrap=True)
+    out.print(f"lineage: {result.lineage}", highlight=False, soft_wrap=True)

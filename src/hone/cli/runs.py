@@ -58,10 +58,12 @@ def runs_list(name: Optional[str] = typer.Option(None, "--name", help="Only runs
 def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or NAME@TAG"),
               as_json: bool = typer.Option(False, "--json")):
     """Everything recorded about one run."""
+    from hone.registry.promotions import promotions_of
     from hone.registry.store import lineage, show_run
 
     row = show_run(ref)
     row["lineage"] = [f"{r.name}:{r.version} ({r.id})" for r in lineage(row["id"])]
+    row["promotions"] = promotions_of(row["id"])
     if as_json:
         print(json.dumps(row, default=str))
         return
@@ -93,6 +95,12 @@ def runs_show(ref: str = typer.Argument(..., help="Run id, NAME, NAME:VERSION or
                       f"{entry['path']}  {entry['bytes'] / 1e6:,.1f} MB  sha256 {entry['sha256'][:16]}…  "
                       f"max |Δlogit| {check.get('max_logit_delta', float('nan')):.3g}, greedy answers agree "
                       f"{check.get('greedy_agree', '?')}/{check.get('prompts', '?')}")
+    for decision in row["promotions"]:  # hone promote: weighed against (or as) the tagged version
+        moved = ("promoted, forced" if decision["forced"] else "promoted") if decision["promoted"] else "refused"
+        role = "candidate" if decision["candidate_id"] == row["id"] else f"{decision['tag']} (champion)"
+        why = "; ".join(decision["reasons"]) or "every condition held"
+        table.add_row(f"promotion {decision['decided_at'][:16].replace('T', ' ')}",
+                      f"{role} for {decision['name']}@{decision['tag']}: {moved}. {why}")
     table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in (row["libraries"] or {}).items()))
     out.print(table)
 

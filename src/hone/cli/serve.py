@@ -47,11 +47,19 @@ def serve(
     tensor_parallel: Optional[int] = typer.Option(None, "--tensor-parallel", min=1, help="vllm engine: GPUs each model is split across (vLLM's --tensor-parallel-size; default 1)"),
     pipeline_parallel: Optional[int] = typer.Option(None, "--pipeline-parallel", min=1, help="vllm engine: pipeline stages, across nodes through a Ray cluster (vLLM's --pipeline-parallel-size; default 1)"),
     vllm_arg: Optional[List[str]] = typer.Option(None, "--vllm-arg", help="vllm engine: one more argument for `vllm serve`, passed as given (e.g. --vllm-arg=--gpu-memory-utilization=0.8); repeatable"),
+    registry_model: Optional[List[str]] = typer.Option(None, "--registry-model", help="Offer a registered model to one org: NAME=ORG; that org may then ask for NAME@TAG (e.g. NAME@production, resolved per request: hone promote switches it without a restart) or NAME:VERSION; repeatable"),
     kb: Optional[List[str]] = typer.Option(None, "--kb", help="Offer a knowledge base (hone kb list) to chat requests' hone_kb field; repeatable. Default: none"),
+    capture: bool = typer.Option(False, "--capture", help="Store requests and answers of tuned models in the service database (personal data redacted) for hone monitor, feedback and hone data from-traffic"),
+    capture_raw: bool = typer.Option(False, "--capture-raw", help="With --capture: store every org's text unredacted"),
+    capture_raw_org: Optional[List[str]] = typer.Option(None, "--capture-raw-org", help="With --capture: store this org's text unredacted (an org that asked for it); repeatable"),
+    capture_days: Optional[float] = typer.Option(None, "--capture-days", help="With --capture: delete captures older than N days (default 30)"),
+    capture_model: Optional[List[str]] = typer.Option(None, "--capture-model", help="With --capture: capture only this model (any model, base ones too); repeatable"),
+    capture_org: Optional[List[str]] = typer.Option(None, "--capture-org", help="With --capture: capture only this org's traffic; repeatable"),
 ):
     """Run the OpenAI-compatible API (files, fine-tuning jobs, models, chat) with job workers."""
     from hone.serve.app import serve as run_server
     from hone.serve.engines.table import EngineRouter
+    from hone.serve.settings import parse_pairs
 
     settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant,
                          continuous_batching=False if window_batching else None, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
@@ -59,13 +67,28 @@ def serve(
                          max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
                          inference_threads=inference_threads, max_request_tokens=max_request_tokens,
                          knowledge_bases=tuple(kb) if kb else None, tensor_parallel=tensor_parallel,
-                         pipeline_parallel=pipeline_parallel, vllm_args=tuple(vllm_arg) if vllm_arg else None)
+                         pipeline_parallel=pipeline_parallel, vllm_args=tuple(vllm_arg) if vllm_arg else None,
+                         capture=capture or None,
+                         capture_raw=capture_raw or None, capture_days=capture_days,
+                         capture_raw_orgs=tuple(capture_raw_org) if capture_raw_org else None,
+                         capture_models=tuple(capture_model) if capture_model else None,
+                         capture_orgs=tuple(capture_org) if capture_org else None,
+                         registry_models=parse_pairs(registry_model, "--registry-model") if registry_model else None)
+    if capture_days is not None and not settings.capture:
+        from hone.errors import ConfigError
+
+        raise ConfigError("--capture-days applies to captured traffic: add --capture", field="capture_days")
     EngineRouter(settings)   # a missing engine or an unknown model name: refused in one line before starting
     if settings.knowledge_bases:
         from hone.kb.store import find_kb
 
         for name in settings.knowledge_bases:
             find_kb(name)   # an unknown knowledge base: refused in one line before starting
+    if settings.registry_models:
+        from hone.registry.store import get_run
+
+        for name in settings.registry_models:
+            get_run(name)   # an unknown registered name: refused in one line before starting
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines; "
                                    "keys are sent in clear text unless a TLS proxy is in front", highlight=False)

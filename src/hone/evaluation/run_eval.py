@@ -121,6 +121,14 @@ def resolve_target(ref: str) -> Target:
     return Target(ref, None, None)
 
 
+def baseline_run(name: str) -> Path | None:
+    """The run folder when the baseline names a run (a folder, NAME:VERSION, NAME@TAG: e.g. the version in
+    production), so its tuned model is loaded; None for a plain model."""
+    from hone.registry.runs import find_run, run_reference
+
+    return find_run(name) if run_reference(name) else None
+
+
 def load_model(ref: str, run_dir: Path | None, device: str):
     from hone.methods.artifact import load_run_model
     from hone.models.load import load_causal_lm, load_tokenizer
@@ -185,7 +193,8 @@ def evaluate_model(ref: str, options: EvalOptions, console: Console | None = Non
                   + f"\n  hardware: {hw.device}, {hw.threads} thread(s)")
 
     outputs = {}
-    for role, name, run_dir in (("base", base_name, None), ("tuned", target.name, target.run_dir)):
+    base_run = baseline_run(base_name) if base_name else None
+    for role, name, run_dir in (("base", base_name, base_run), ("tuned", target.name, target.run_dir)):
         if name is None:
             continue
         if role == "tuned" and target.classifier:  # the label it scores highest is its answer

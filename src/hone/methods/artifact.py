@@ -106,6 +106,17 @@ def load_tuned(base, folder: Path, device: str = "cpu", attention: str | None = 
     return model.eval()
 
 
+def load_trainable_adapter(model: nn.Module, folder: Path) -> nn.Module:
+    """`model` with the peft adapter in `folder` on it, its weights trainable: training goes on from them
+    (hone train --continue) instead of from a fresh adapter."""
+    from peft import PeftModel
+
+    from hone.methods.peft_methods import quiet_peft_warnings
+
+    with quiet_peft_warnings():
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+
+
 def _load_tensors(model: nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -24,6 +24,7 @@ from hone.config import RunConfig
 from hone.methods.artifact import tuned_model_folder
 from hone.objectives.advice import choose_recipe
 from hone.objectives.checks import check_config
+from hone.objectives.continued import on_continued_run
 from hone.objectives.lifecycle import RunResult
 from hone.objectives.registry import OBJECTIVES, Objective
 from hone.registry.runs import find_run, run_reference
@@ -36,8 +37,10 @@ def run(config: RunConfig, run_dir: Path | None = None, console: Console | None 
 
     A tuned model as the base (`model.name` a run folder, NAME:VERSION or NAME@TAG) trains on that run's
     tuned weights and records it as the parent. Invalid objective/method/data combinations fail before
-    any work; `run_dir` of an interrupted run resumes it."""
+    any work; `run_dir` of an interrupted run resumes it. `model.continue_from` (hone train --continue)
+    trains the next version of a run from its own weights (objectives/continued.py)."""
     console = console or Console(stderr=True)
+    config = on_continued_run(config, console)
     config = on_registered_model(config, console)
     config = choose_recipe(config, console)
     entry = check_config(config)

@@ -87,6 +87,18 @@ def check_settings(config: RunConfig, entry: Objective) -> None:
             check_engine(config.eval.engine, "eval.engine")
         except ConfigError as exc:
             raise config.error(str(exc), "eval.engine") from None
+    if config.train.replay_data is not None:
+        if "train.replay" in entry.refuses:
+            raise config.error(f"train.replay_data does not apply to objective {entry.name}: "
+                               f"{entry.refuses['train.replay']}", "train.replay_data")
+        if not config.train.replay:
+            raise config.error("train.replay_data is replayed at the train.replay share, which is 0: set "
+                               "train.replay (e.g. 0.25) or drop train.replay_data", "train.replay_data")
+        if not Path(config.train.replay_data).is_file():
+            raise ConfigError("replay data not found", file=str(config.train.replay_data), field="train.replay_data")
+    if config.model.continue_from and entry.name != "sft":
+        raise config.error(f"--continue trains chat models (objective sft), not {entry.name}: train on top of "
+                           "the run with --model REF instead", "model.continue_from")
     if config.data.mask_reasoning and entry.name != "sft":
         raise config.error(f"data.mask_reasoning applies only to objective sft, not {entry.name}: its loss is not "
                            "built from hone's chat rendering (drop it)", "data.mask_reasoning")

@@ -27,8 +27,10 @@ from hone.evaluation.engine import Generation, model_generation, pick_generation
 from hone.evaluation.metrics import pick_metric
 from hone.hardware import peak_memory_mb
 from hone.methods import apply_method, artifact_folder_name, count_parameters, estimate_memory, load_base, load_tuned
+from hone.methods.artifact import load_trainable_adapter
 from hone.models.catalogue import resolve_model
 from hone.models.load import load_tokenizer
+from hone.objectives.continued import continued_adapter
 from hone.objectives.lifecycle import (
     Row,
     RunResult,
@@ -117,8 +119,13 @@ class RenderedChats:
 
 
 def render_chats(config: RunConfig, splits: ChatSplits) -> RenderedChats:
-    """Mix in general chats against forgetting (train.replay; validation stays the task's) and render."""
-    train = mix_replay(splits.train, config.train.replay, config.train.seed)
+    """Mix in earlier chats against forgetting (train.replay of hone's general chats or train.replay_data;
+    validation stays the task's) and render."""
+    pool = None
+    if config.train.replay_data is not None and config.train.replay:
+        pool = with_system_prompt(load_chat(config.train.replay_data, None, config.data.strict),
+                                  config.data.system_prompt)
+    train = mix_replay(splits.train, config.train.replay, config.train.seed, pool)
     tokenizer = load_tokenizer(resolve_model(config.model.name))
     reasoning = "mask" if config.data.mask_reasoning else "train"
     tokenize = lambda examples: [tokenize_chat(tokenizer, e.messages, config.data.max_length, e.tools, reasoning)  # noqa: E731
@@ -148,6 +155,11 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
     if attention == "auto":
         attention = pick_attention(hw.device, max(len(e.input_ids) for e in train_set + val_set))
     model = load_base(base, config.method, hw.device, attention)  # qlora: NF4 as it loads
+    continued = continued_adapter(config)
+    if continued is not None:  # hone train --continue: the parent's adapter, trainable; "base" is the parent
+        model = load_trainable_adapter(model, continued)
+        console.print(f"  start: the parent's adapter {continued} (trainable); base scores are the parent's",
+                      highlight=False)
     console.print(f"  data: {len(train_set)} train, {len(val_set)} validation, {len(test)} test examples"
                   + (f"; [yellow]{truncated} truncated to {data.max_length} tokens[/yellow]" if truncated else ""))
 
@@ -162,11 +174,14 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
             engines["base"] = generation.describe()
     probe = probe_base(start, model, tokenizer)
     if len(train) > n_own:
-        console.print(f"  replay: {len(train) - n_own} of the {len(train)} training examples are hone's general chats")
+        source = config.train.replay_data or "hone's general chats"
+        console.print(f"  replay: {len(train) - n_own} of the {len(train)} training examples are from {source}",
+                      highlight=False)
 
     # 5. The adaptation method, and what it will cost.
     torch.manual_seed(config.train.seed)  # adapter initialisation
-    model = apply_method(model, config.method)
+    if continued is None:
+        model = apply_method(model, config.method)
     params = count_parameters(model)
     if hw.frozen_bf16 and config.train.frozen_bf16:
         # fp32 base weights are gone from here on: see step 8
@@ -219,6 +234,7 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
                "trainable_parameters": params.trainable, "total_parameters": params.total,
                "memory_estimate_bytes": memory.total, "artifact": out.name,
                "base_score": base_eval.score if base_eval else None,
+               "baseline": f"the parent run {config.model.continue_from}" if continued is not None else None,
                "tuned_score": tuned_eval.score if tuned_eval else None, "eval_engines": engines}
     results["peak_memory_mb"], results["peak_memory_kind"] = peak_memory_mb(hw.device)
     if base_eval and tuned_eval:

@@ -292,6 +292,12 @@ def _parent(db: Session, folder: str | None) -> Run | None:
     return db.scalar(select(Run).where(Run.path == str(Path(folder).resolve())))
 
 
+def find_by_path(folder: Path) -> Run | None:
+    """The registered run of a run folder, or None."""
+    with session() as db:
+        return db.scalar(select(Run).where(Run.path == str(Path(folder).resolve())))
+
+
 def lineage(run_id: str) -> list[Run]:
     """The run and its ancestors, newest first: each trained on the tuned model of the next."""
     chain: list[Run] = []
@@ -321,6 +327,12 @@ def get_run(text: str) -> Run:
 
 def tags_of(db: Session, run_id: str) -> list[str]:
     return sorted(db.scalars(select(Tag.tag).where(Tag.run_id == run_id)))
+
+
+def tags_of_name(name: str) -> list[str]:
+    """The tags set on versions of `name`."""
+    with session() as db:
+        return sorted(db.scalars(select(Tag.tag).where(Tag.name == name)))
 
 
 def list_runs(name: str | None = None, status: str | None = None, limit: int | None = None) -> list[dict]:

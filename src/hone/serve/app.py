@@ -17,8 +17,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from hone.serve import db, files, jobs
+from hone.serve import db, feedback, files, jobs
 from hone.serve.auth import RateLimiter, current_org
+from hone.serve.capture import CaptureWriter
 from hone.serve.catalog import DatabaseCatalog
 from hone.serve.errors import install_error_handlers, install_openapi
 from hone.serve.settings import ServeSettings
@@ -36,6 +37,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         engine = getattr(app.state, "engine", None)  # the inference engine (part B), when mounted
         if engine is not None and hasattr(engine, "close"):
             engine.close()
+        if app.state.capture is not None:
+            app.state.capture.close()   # the queued captures are written before the server exits
 
     app = FastAPI(title="hone serve", version="1", lifespan=lifespan,
                   description="OpenAI-compatible fine-tuning and inference, self-hosted. Authenticate with "
@@ -43,10 +46,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_limit)
     app.state.catalog = DatabaseCatalog(settings)
+    # captured traffic (`--capture`); the feedback endpoint answers either way (404: nothing captured)
+    app.state.capture = CaptureWriter(settings) if settings.capture else None
+    if app.state.capture is not None:
+        app.state.capture.start()   # retention applies from the start, traffic or not
     db.session(settings.db).close()  # create the tables (and fail early on a bad --db)
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(jobs.router)
+    app.include_router(feedback.router)
     try:  # part B: /v1/models, /v1/chat/completions, /v1/completions
         from hone.serve.inference import make_inference_router
     except ImportError:
@@ -56,7 +64,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
         engine = EngineRouter(settings)
         router = make_inference_router(app.state.catalog, current_org, engine, settings.max_request_tokens,
-                                       settings.knowledge_bases)
+                                       settings.knowledge_bases, app.state.capture)
         app.state.engine = getattr(router, "engine", None)
         app.include_router(router)
 

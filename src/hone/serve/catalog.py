@@ -1,4 +1,5 @@
-"""The models an org may use: the server's base models and the org's succeeded fine-tunes.
+"""The models an org may use: the server's base models, the org's succeeded fine-tunes, and registered models
+the operator offers it (`hone serve --registry-model NAME=ORG`: NAME@production, NAME:3).
 
 inference.py (part B) serves what this resolves. `tuned` is the job's run folder: its adapter/ (LoRA
 by default, loaded onto a shared base) or model/ (full fine-tuning) is the tuned artifact, and
@@ -68,13 +69,36 @@ class DatabaseCatalog:
                 query = query.where(db.Job.fine_tuned_model == model_id)
             return list(s.scalars(query.order_by(db.Job.seq)))
 
+    def _registered(self, org: str, model_id: str) -> ModelSource | None:
+        """NAME@TAG or NAME:VERSION of a registered model offered to `org` (--registry-model NAME=ORG), looked
+        up now: when hone promote moves the tag, the next request gets the new version."""
+        from hone.errors import UserError
+        from hone.registry.store import parse_ref, resolve_ref
+
+        try:
+            ref = parse_ref(model_id)
+        except UserError:
+            return None
+        if (ref.version is None and ref.tag is None) or self.settings.registry_models.get(ref.name) != org:
+            return None
+        row = resolve_ref(model_id)
+        if row is None or row.status != "succeeded" or not Path(row.path).is_dir():
+            return None
+        return ModelSource(model_id, row.base_model or "", row.path, org, int(row.created_at.timestamp()))
+
     def list(self, org: str) -> list[ModelSource]:
+        from hone.registry.store import tags_of_name
+
         tuned = [self._tuned(job) for job in self._jobs(org)]
-        return [self._base(name) for name in self.settings.base_models] + [t for t in tuned if t]
+        registered = [self._registered(org, f"{name}@{tag}") for name, owner in self.settings.registry_models.items()
+                      if owner == org for tag in tags_of_name(name)]
+        return [self._base(name) for name in self.settings.base_models] + [t for t in tuned + registered if t]
 
     def resolve(self, org: str, model_id: str) -> ModelSource | None:
         if model_id in self.settings.base_models:
             return self._base(model_id)
+        if (registered := self._registered(org, model_id)) is not None:
+            return registered
         jobs = self._jobs(org, model_id)
         return self._tuned(jobs[0]) if jobs else None
 

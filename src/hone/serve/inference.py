@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hone.data.render import prompt_for_generation
 from hone.errors import UserError
 from hone.serve.body import unicode_text
+from hone.serve.capture import CaptureWriter, Record
 from hone.serve.engine import BASE, Engine, InferenceEngine
 from hone.serve.errors import APIError, error_responses
 from hone.serve.generation import Job, Sampling
@@ -115,10 +116,11 @@ class CompletionRequest(Sampled):
 
 def make_inference_router(catalog, current_org: Callable, engine: InferenceEngine | None = None,
                           max_request_tokens: int = ServeSettings.max_request_tokens,
-                          knowledge_bases: tuple[str, ...] = ()) -> APIRouter:
+                          knowledge_bases: tuple[str, ...] = (), capture: CaptureWriter | None = None) -> APIRouter:
     """The inference endpoints over `catalog`'s models; `engine` defaults to a fresh Engine().
     `max_request_tokens` caps what one request may ask for (ServeSettings; 0: no cap); `knowledge_bases`
-    are the ones a request's `hone_kb` may name (`hone serve --kb NAME`)."""
+    are the ones a request's `hone_kb` may name (`hone serve --kb NAME`); `capture` stores the answered
+    requests of the models it captures (`hone serve --capture`)."""
     engine = engine or Engine()
     router = APIRouter(dependencies=[Depends(unicode_text)], responses=error_responses(400, 401, 404, 429, 500),
                        tags=["inference"])
@@ -153,6 +155,7 @@ def make_inference_router(catalog, current_org: Callable, engine: InferenceEngin
 
     @router.post("/v1/chat/completions", responses=STREAMED)
     async def chat_completions(body: ChatRequest, org: str = Depends(current_org)):
+        started = time.perf_counter()
         source = await resolve(org, body.model)
         plan = plan_tools(*request_fields(body.tools, body.tool_choice, body.response_format))
         messages = [chat_message(m) for m in body.messages]
@@ -162,6 +165,8 @@ def make_inference_router(catalog, current_org: Callable, engine: InferenceEngin
         prompt, limit = await prepare(engine, source, [messages], body.max_completion_tokens or body.max_tokens,
                                       "messages", body.n or 1, max_request_tokens, plan)
         run = start(engine, source, body, prompt, limit, plan.schema if plan else None)
+        if capture is not None and capture.wanted(org, body.model, source.id, source.tuned is not BASE):
+            run.on_done = captured(capture, run, "chatcmpl", org, body, source, messages, started, limit)
         if body.stream:
             return sse(chat_events(run, body, plan, citations))
         answers = await run.result()
@@ -175,11 +180,15 @@ def make_inference_router(catalog, current_org: Callable, engine: InferenceEngin
 
     @router.post("/v1/completions", responses=STREAMED)
     async def completions(body: CompletionRequest, org: str = Depends(current_org)):
+        started = time.perf_counter()
         source = await resolve(org, body.model)
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         prompts, limit = await prepare(engine, source, texts, body.max_tokens, "prompt", body.n or 1,
                                        max_request_tokens)
         run = start(engine, source, body, prompts, limit)
+        if capture is not None and capture.wanted(org, body.model, source.id, source.tuned is not BASE):
+            run.on_done = captured(capture, run, "cmpl", org, body, source,
+                                   [{"role": "prompt", "content": t} for t in texts], started, limit)
         if body.stream:
             return sse(completion_events(run, body))
         answers = await run.result()
@@ -189,6 +198,21 @@ def make_inference_router(catalog, current_org: Callable, engine: InferenceEngin
                 "choices": choices, "usage": run.usage(answers), "system_fingerprint": None}
 
     return router
+
+
+def captured(capture: CaptureWriter, run: "Run", prefix: str, org: str, body: Sampled, source,
+             messages: list[dict], started: float, limits: list[int]) -> Callable[[list], None]:
+    """Run.on_done for a captured request: hands the writer a plain record (it redacts and writes it)."""
+    def done(answers: list) -> None:
+        usage = run.usage(answers)
+        capture.submit(Record(
+            id=run.id(prefix), org=org, model=body.model, served=source.id,
+            run_dir=None if source.tuned is BASE else str(source.tuned), kind="chat" if prefix == "chatcmpl" else
+            "completion", messages=messages,
+            answers=[{"text": a.text, "finish_reason": a.finish_reason, "tokens": a.tokens} for a in answers],
+            latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"], max_tokens=max(limits) if limits else None))
+    return done
 
 
 def with_knowledge(request: KnowledgeRequest, messages: list[dict],
@@ -289,6 +313,7 @@ class Run:
         self.events: asyncio.Queue = asyncio.Queue()
         self.created = int(time.time())
         self._id = uuid.uuid4().hex[:24]
+        self.on_done: Callable[[list], None] | None = None   # called once with the answers (capture)
 
         def emit(event: tuple) -> None:
             try:
@@ -311,6 +336,9 @@ class Run:
         event = await self.events.get()
         if event[0] == "error":
             raise generation_error(event[1], self.job.source.id)
+        if event[0] == "done" and self.on_done is not None:
+            on_done, self.on_done = self.on_done, None
+            on_done(event[1])
         return event
 
     async def result(self):

@@ -51,6 +51,36 @@ class ServeSettings:
     # Knowledge bases a chat request may name in `hone_kb` (docs/knowledge.md): only those the operator
     # offers, as with base models, since every org's key reaches the server's hone home.
     knowledge_bases: tuple[str, ...] = ()
+    # Capture (docs/production.md): requests and answers stored in the service database for `hone monitor`,
+    # feedback and `hone data from-traffic`. Off by default; when on, of tuned models only unless
+    # capture_models names others, of every org unless capture_orgs names some.
+    capture: bool = False
+    capture_raw: bool = False                # store text unredacted (default: e-mails, phones, cards... replaced)
+    capture_raw_orgs: tuple[str, ...] = ()   # store these orgs' text unredacted (the orgs that asked for it)
+    capture_days: float = 30.0               # retention: captures older than this are deleted
+    capture_models: tuple[str, ...] = ()     # only these models (as clients name them, or served ids)
+    capture_orgs: tuple[str, ...] = ()       # only these orgs
+    # Captures waiting for the writer thread; past this, new ones are dropped and counted (never an answer
+    # held back). Each waiting capture holds its request's text in memory.
+    capture_queue: int = 10000
+    # Registered models (the run registry's names) offered to one org each, name -> org: that org's requests
+    # may name NAME@TAG or NAME:VERSION, resolved per request, so moving a tag (hone promote) changes what is
+    # served without a restart. Only those the operator offers: every org's key reaches the server's home.
+    registry_models: dict[str, str] = field(default_factory=dict)
+
+    def raw_for(self, org: str) -> bool:
+        """Whether `org`'s captured text and corrections are stored unredacted."""
+        return self.capture_raw or org in self.capture_raw_orgs
+
+    def __post_init__(self) -> None:
+        options = (("--capture-raw", self.capture_raw), ("--capture-raw-org", self.capture_raw_orgs),
+                   ("--capture-model", self.capture_models), ("--capture-org", self.capture_orgs))
+        given = [name for name, on in options if on]
+        if given and not self.capture:
+            raise ConfigError(f"{given[0]} applies to captured traffic: add --capture (HONE_SERVE_CAPTURE=1)",
+                              field="capture")
+        if self.capture_days <= 0 or self.capture_queue < 1:
+            raise ConfigError("--capture-days must be above 0 and the capture queue at least 1", field="capture_days")
 
     @classmethod
     def from_env(cls, **given) -> "ServeSettings":
@@ -61,7 +91,7 @@ class ServeSettings:
                    "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int,
                    "max_loaded_models": int, "max_batch": int, "batch_window_ms": float, "inference_threads": int,
                    "max_request_tokens": int, "engine": str, "gguf_quant": str, "tensor_parallel": int,
-                   "pipeline_parallel": int}
+                   "pipeline_parallel": int, "capture_days": float, "capture_queue": int}
         for name, read in readers.items():
             raw = env.get(f"HONE_SERVE_{name.upper()}")
             if raw:
@@ -73,12 +103,20 @@ class ServeSettings:
             values["db"] = env["HONE_DB"]
         if env.get("HONE_SERVE_CONTINUOUS_BATCHING"):
             values["continuous_batching"] = env["HONE_SERVE_CONTINUOUS_BATCHING"] not in ("0", "false", "no")
+        for flag in ("capture", "capture_raw"):
+            if env.get(f"HONE_SERVE_{flag.upper()}"):
+                values[flag] = env[f"HONE_SERVE_{flag.upper()}"] not in ("0", "false", "no")
+        for many in ("capture_models", "capture_orgs", "capture_raw_orgs"):
+            if env.get(f"HONE_SERVE_{many.upper()}"):
+                values[many] = tuple(n.strip() for n in env[f"HONE_SERVE_{many.upper()}"].split(",") if n.strip())
         if env.get("HONE_SERVE_MODEL_ENGINES"):
             values["model_engines"] = parse_pairs(env["HONE_SERVE_MODEL_ENGINES"].split(","), "--model-engine")
         if env.get("HONE_SERVE_MODELS"):
             values["base_models"] = parse_models(env["HONE_SERVE_MODELS"].split(","))
         if env.get("HONE_SERVE_VLLM_ARGS"):
             values["vllm_args"] = tuple(shlex.split(env["HONE_SERVE_VLLM_ARGS"]))
+        if env.get("HONE_SERVE_REGISTRY_MODELS"):
+            values["registry_models"] = parse_pairs(env["HONE_SERVE_REGISTRY_MODELS"].split(","), "--registry-model")
         if env.get("HONE_SERVE_KB"):
             values["knowledge_bases"] = tuple(n.strip() for n in env["HONE_SERVE_KB"].split(",") if n.strip())
         values.update({k: v for k, v in given.items() if v is not None})
@@ -92,15 +130,22 @@ class ServeSettings:
         for name in ("max_upload_mb", "rate_limit", "method", "max_steps", "time_budget", "save_every",
                      "lease_seconds", "min_examples", "max_loaded_models", "max_batch", "batch_window_ms",
                      "inference_threads", "max_request_tokens", "engine", "gguf_quant", "tensor_parallel",
-                     "pipeline_parallel"):
+                     "pipeline_parallel", "capture_days", "capture_queue"):
             value = getattr(self, name)
             if value is not None:
                 env[f"HONE_SERVE_{name.upper()}"] = str(value)
         env["HONE_SERVE_CONTINUOUS_BATCHING"] = "1" if self.continuous_batching else "0"
         if self.vllm_args:
             env["HONE_SERVE_VLLM_ARGS"] = shlex.join(self.vllm_args)
+        env["HONE_SERVE_CAPTURE"] = "1" if self.capture else "0"
+        env["HONE_SERVE_CAPTURE_RAW"] = "1" if self.capture_raw else "0"
+        for many in ("capture_models", "capture_orgs", "capture_raw_orgs"):
+            if getattr(self, many):
+                env[f"HONE_SERVE_{many.upper()}"] = ",".join(getattr(self, many))
         if self.knowledge_bases:
             env["HONE_SERVE_KB"] = ",".join(self.knowledge_bases)
+        if self.registry_models:
+            env["HONE_SERVE_REGISTRY_MODELS"] = ",".join(f"{k}={v}" for k, v in self.registry_models.items())
         if self.model_engines:
             env["HONE_SERVE_MODEL_ENGINES"] = ",".join(f"{k}={v}" for k, v in self.model_engines.items())
         return env

@@ -1,7 +1,9 @@
-"""Replay: mix a share of general chats into the training data so general skills keep being rehearsed.
+"""Replay: mix a share of earlier chats into the training data so what was learned keeps being rehearsed.
 
-The chats ship with hone (src/hone/datasets/general/, written for hone by scripts/make_general_chats.py)
-and share no item with the forgetting probe.
+By default the chats are hone's general ones (src/hone/datasets/general/, written for hone by
+scripts/make_general_chats.py; they share no item with the forgetting probe). `hone train --continue`
+replays the parent run's own training data instead (`train.replay_data`), so the next version keeps
+the task it was taught as well as general skills (the default share is measured: docs/decisions.md).
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ def replay_count(n_train: int, share: float) -> int:
     return round(n_train * share / (1.0 - share)) if share > 0 else 0
 
 
-def mix_replay(train: list[ChatExample], share: float, seed: int) -> list[ChatExample]:
-    """`train` plus general chats making up `share` of the result (seeded; cycles when more are needed)."""
+def mix_replay(train: list[ChatExample], share: float, seed: int,
+               pool: list[ChatExample] | None = None) -> list[ChatExample]:
+    """`train` plus chats from `pool` (default hone's general chats) making up `share` of the result
+    (seeded; cycles when more are needed)."""
     n = replay_count(len(train), share)
     if n == 0:
         return train
-    pool = load_chat_records(general_chats_path())
+    pool = pool if pool is not None else load_chat_records(general_chats_path())
     rng = random.Random(seed)
     picks: list[ChatExample] = []
     while len(picks) < n:

@@ -1,0 +1,122 @@
+"""The next version of a served model: train --continue, promote over production, serve name@production."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hone
+from hone.errors import UserError
+from hone.registry import get_run, set_tag
+from serve_helpers import in_process_app
+
+TRAIN = {"batch_size": 8, "micro_batch_size": 8, "threads": 1, "report_to": "none"}
+
+
+def train_run(tiny_model, files, tmp_path, folder, **overrides):
+    options = {"data": str(files["train"]), "validation": str(files["validation"]), "test": str(files["test"]),
+               "output": str(tmp_path / folder), "max_steps": 3, "lr": 3e-3, "objective": "sft",
+               "data__max_length": 64, **{f"train__{k}": v for k, v in TRAIN.items()}}
+    return hone.train(**{**options, **overrides})
+
+
+@pytest.fixture
+def parent(tiny_model, chat_files, tmp_path):
+    """orders:1, a finished LoRA run on the tiny model, tagged production."""
+    result = train_run(tiny_model, chat_files, tmp_path, "parent", model=str(tiny_model), name="orders")
+    set_tag("orders:1", "production")
+    return result
+
+
+def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(run_dir) / "adapter" / "adapter_model.safetensors"))
+
+
+def test_continue_starts_from_the_parents_adapter_replays_its_data_and_records_lineage(
+        parent, tiny_model, chat_files, tmp_path):
+    # lr so small that one step cannot move the weights: the child's adapter is then the parent's
+    same = {"max_steps": 1, "lr": 1e-12, "data": str(chat_files["train"])}
+    child = train_run(tiny_model, chat_files, tmp_path, "child", continue_from="orders@production", **same)
+    before, after = adapter_weights(parent.run_dir), adapter_weights(child.run_dir)
+    assert before.keys() == after.keys()
+    assert any(t.abs().max() > 0 for k, t in before.items() if "lora_B" in k)  # a fresh adapter's B is zero
+    assert all(torch.allclose(before[k], after[k], atol=1e-7) for k in before)
+    # step 1's loss is the parent's, well below a fresh adapter's on the same task (which starts as the bare base)
+    fresh = train_run(tiny_model, chat_files, tmp_path, "fresh", model=str(tiny_model), name="fresh", **same)
+    first = lambda run: json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]  # noqa: E731
+    assert first(child) < first(fresh) - 0.05
+
+    row = get_run("orders:2")
+    assert row.parent_id == get_run("orders:1").id and Path(row.path) == child.run_dir.resolve()
+    config = row.config
+    assert config["model"]["name"] == str(tiny_model) and config["model"]["continue_from"] == "orders@production"
+    assert config["train"]["replay"] == 0.25 and config["train"]["replay_data"] == str(chat_files["train"])
+    assert config["data"]["test"] == str(chat_files["test"])          # the parent's test split, kept
+    assert config["method"]["name"] == "lora"
+    assert child.baseline == "the parent run orders@production"
+    # the "base" scored before training is the parent: the same score as the parent's tuned one
+    assert child.base_score == json.loads((parent.run_dir / "run.json").read_text())["results"]["tuned_score"]
+
+    with pytest.raises(UserError, match="drop --model"):
+        train_run(tiny_model, chat_files, tmp_path, "x", continue_from="orders:1", model=str(tiny_model))
+    with pytest.raises(UserError, match="no run 'nothing:4'"):
+        train_run(tiny_model, chat_files, tmp_path, "y", continue_from="nothing:4")
+
+
+WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "piano", "ocean", "amber", "lemon"]
+
+
+def verb_file(path: Path, verb: str, answer: str, n: int, offset: int = 0) -> str:
+    """`verb WORD` -> a fixed answer: a task the tiny model learns in a few dozen full fine-tuning steps."""
+    rows = [{"messages": [{"role": "user", "content": f"{verb} {WORDS[(i + offset) % len(WORDS)]}"},
+                          {"role": "assistant", "content": answer}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_promote_refuses_a_worse_candidate_moves_the_tag_for_a_better_one_and_serving_follows(
+        tiny_model, tmp_path, cli):
+    old, old_test = verb_file(tmp_path / "old.jsonl", "Reverse", "yes", 40), verb_file(tmp_path / "old-t.jsonl",
+                                                                                       "Reverse", "yes", 10, 3)
+    new, new_slice = verb_file(tmp_path / "new.jsonl", "Count", "no", 40), verb_file(tmp_path / "new-t.jsonl",
+                                                                                     "Count", "no", 10, 5)
+    common = {"max_steps": 60, "lr": 1e-2, "method": "full", "objective": "sft", "data__max_length": 64,
+              "train__eval_every": 1000, **{f"train__{k}": v for k, v in TRAIN.items()}}
+    hone.train(data=old, test=old_test, model=str(tiny_model), name="orders", output=str(tmp_path / "v1"), **common)
+    set_tag("orders:1", "production")
+    # v2 learns only the new task from the bare base: it forgets the original one
+    hone.train(data=new, test=new_slice, model=str(tiny_model), name="orders", output=str(tmp_path / "v2"), **common)
+    # v3 continues v1 with its data replayed: the new task learned, the original kept
+    hone.train(data=new, continue_from="orders@production", output=str(tmp_path / "v3"),
+               validation=verb_file(tmp_path / "new-v.jsonl", "Count", "no", 10, 7),
+               **{**common, "method": None, "train__replay": 0.5, "max_steps": 100, "lr": 5e-3})
+
+    app = in_process_app(tiny_model, tmp_path, registry_models={"orders": "acme"})
+    ask = lambda: app.http.post("/v1/chat/completions", headers=app.auth, json={  # noqa: E731
+        "model": "orders@production", "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "Count tiger"}]}).json()["choices"][0]["message"]["content"]
+    assert ask() == "yes"   # v1 answers its old task's answer to everything
+
+    refused = cli("promote", "orders:2", "--over", "production", "--new-slice", new_slice, "--json")
+    assert refused.returncode == 1, refused.stderr
+    decision = json.loads(refused.stdout.strip().splitlines()[-1])
+    assert not decision["promoted"] and get_run("orders@production").version == 1
+    assert len(decision["reasons"]) == 1 and decision["reasons"][0].startswith(
+        "original test (10 items, accuracy): candidate 0.0% vs production 100.0%, difference -100.0 points")
+    assert [c["passed"] for c in decision["conditions"]] == [False, True, None]   # no probe on a tiny model
+
+    promoted = cli("promote", "orders:3", "--new-slice", new_slice, "--json")
+    assert promoted.returncode == 0, promoted.stderr
+    decision = json.loads(promoted.stdout.strip().splitlines()[-1])
+    assert decision["promoted"] and not decision["reasons"] and get_run("orders@production").version == 3
+    assert decision["figures"]["new_slice"]["tuned"] == 1.0 and decision["figures"]["new_slice"]["base"] == 0.0
+    assert ask() == "no"    # the same server, no restart: the next request is answered by v3
+
+    shown = cli("runs", "show", "orders:3", "--json")
+    (recorded,) = json.loads(shown.stdout)["promotions"]
+    assert recorded["promoted"] and recorded["champion_id"] == get_run("orders:1").id
+    table = cli("runs", "show", "orders:2")
+    assert "promotion" in table.stdout and "refused" in table.stdout and "original test" in table.stdout
