@@ -241,7 +241,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts generated together"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test items"),
     seed: int = typer.Option(0, "--seed", help="Seed for generation and the bootstrap"),
-    engine: str = typer.Option("auto", "--engine", help="What generates the answers: auto (llama.cpp on CPU where installed), transformers, llamacpp"),
+    engine: str = typer.Option("auto", "--engine", help="What generates the answers: auto (= transformers), transformers, llamacpp (the f16 GGUF; make llamacpp)"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
     compare: Optional[str] = typer.Option(None, "--compare", help="Fine-tune, retrieve or both: any of base,base+kb,tuned,tuned+kb (needs --kb)"),
     kb: Optional[str] = typer.Option(None, "--kb", help="With --compare: the knowledge base the +kb contenders answer from"),

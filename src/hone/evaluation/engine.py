@@ -1,13 +1,14 @@
 """Which engine generates evaluation answers: transformers on the loaded model, or llama.cpp on a GGUF.
 
-`auto` (the default of `hone eval --engine` and of `eval.engine`) takes llama.cpp on a CPU machine where it
-is installed (`make llamacpp`) for a model of at least 10M parameters that has a GGUF (a base model,
-converted once into the hone home; a run whose method exports to one GGUF, exported on first use), else
-transformers: below 10M parameters (test models) the conversion (~5-10 s) costs more than it saves.
-llama.cpp answers from the f16 GGUF: measured on the demo's test set, its greedy answers match transformers'
-fp32 ones within the tolerance docs/decisions.md states ("Evaluation through llama.cpp"), several times
-faster. Perplexity is computed by transformers either way (llama.cpp gives no per-token log-probabilities
-through this path).
+`auto` (the default of `hone eval --engine` and of `eval.engine`) is transformers: measured on the demo's
+test set (120 items, batch 32, 1 thread, the shared 2-core machine), llama.cpp's batched f16 evaluation took
+200.4 s against transformers' 223.8 s in one pair of runs and 206.1 s against 198.7 s in another (its own
+KV cells per row and shared-prefix reuse by then): no reliable gain, since a batch of 32 is already
+compute-bound in transformers' fp32, while 6-8 answers of 120 differed (docs/decisions.md). `llamacpp`
+(where `make llamacpp` installed it) generates from the model's f16 GGUF: a base model converted once into
+the hone home, a run whose method exports to one GGUF exported with `hone export` on first use, sft's
+freshly tuned model merged and converted to a temporary GGUF. Perplexity is computed by transformers either
+way (llama.cpp gives no per-token log-probabilities through this path).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from hone import llamacpp
 from hone.errors import ConfigError, UserError
 
 ENGINES = ("auto", "transformers", "llamacpp")
-MIN_PARAMETERS = 10_000_000
 QUANT = "f16"   # closest to fp32: llama.cpp computes in f32 from f16 weights (field notes §7: max |Δlogit| 0.05)
 
 
@@ -43,12 +43,9 @@ def check_engine(choice: str, where: str = "--engine") -> str:
 
 
 def wants_llamacpp(choice: str, device: str, model) -> bool:
-    """Whether `choice` means llama.cpp here for `model` (auto: on a CPU machine where it is installed, for
-    a model of at least MIN_PARAMETERS)."""
+    """Whether `choice` means llama.cpp for `model` here; auto does not (measured no faster, module doc)."""
     check_engine(choice)
-    if choice != "auto":
-        return choice == "llamacpp"
-    return device == "cpu" and llamacpp.installed() and model.num_parameters() >= MIN_PARAMETERS
+    return choice == "llamacpp"
 
 
 def pick_generation(choice: str, name: str, run_dir: Path | None, model, device: str, threads: int,
