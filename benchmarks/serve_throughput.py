@@ -9,6 +9,10 @@ prompts benchmarks/serve_inference.py uses), alternating the targets at every co
   hone:transformers-window  `hone serve --engine transformers --window-batching` (batching before this issue)
   bare:llamacpp             llama-cpp-python in this process on the same GGUF hone serves, one request at
                             a time behind a lock (a Llama runs one sequence)
+  bare:llamacpp-batched     hone's BatchDecoder (hone/llamacpp/batch.py: many sequences per llama_decode) in
+                            this process on that GGUF, no HTTP and no child: the bare engine under hone:llamacpp
+  hone:vllm / bare:vllm     where vLLM is installed (make vllm, or HONE_VLLM_PYTHON): hone serve --engine vllm,
+                            and vLLM's own server (the one hone starts) driven with the same token ids directly
   bare:hf-generate          HF generate() in this process, one request at a time (single stream only)
   bare:transformers         hone's transformers engine (continuous batching) in this process, no HTTP
 Each level runs `clients` closed-loop clients, 2 x clients requests in all (at least 4). Per target and
@@ -16,7 +20,8 @@ level: completion tokens/s over the wall time, time to first token and latency p
 server's process tree, or this process for a bare row). The last line is one JSON object with
 single_stream_vs_llamacpp (hone's default engine, 1 client, tok/s over bare llama.cpp's),
 clients16_vs_window_batching (default engine at 16 clients over hone:transformers-window) and
-overhead_p50_vs_bare_engine (default engine's p50 latency at 16 clients over its bare engine's).
+overhead_p50_vs_bare_engine (default engine's p50 latency at 16 clients over its bare engine's: the batched
+decoder for llama.cpp).
 Speeds move with the machine's load: read ratios within one run (field notes).
 """
 from __future__ import annotations
@@ -156,6 +161,66 @@ def bare_level(answer, chats, clients: int, requests: int, serial: bool = True) 
     return results
 
 
+class BatchedLlamaCpp:
+    """hone's BatchDecoder driven by one thread: `answer(ids, limit)` blocks until its row ends."""
+
+    def __init__(self, gguf: Path, threads: int, eos: int):
+        import queue
+
+        from hone.llamacpp.batch import BatchDecoder
+
+        self.decoder, self.eos, self.queue = BatchDecoder(str(gguf), threads, 16), eos, queue.Queue()
+        self.waiters: dict[int, tuple] = {}
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        from hone.llamacpp.batch import Sequence
+
+        while True:
+            while not self.decoder or not self.queue.empty():
+                key, ids, limit, waiter = self.queue.get()
+                self.waiters[key] = waiter
+                self.decoder.add(Sequence(key, ids, limit, frozenset({self.eos})))
+            tokens, ended = self.decoder.step()
+            for key, _ in tokens:
+                self.waiters[key][1].append(time.perf_counter())
+            for key in ended:
+                self.waiters.pop(key)[0].set()
+
+    def answer(self, ids: list[int], limit: int, started: float) -> tuple:
+        done, times = threading.Event(), []
+        self.queue.put((id(times), ids, limit, (done, times)))
+        done.wait()
+        return times[0] - started, len(times)
+
+
+async def vllm_level(url: str, prompts, clients: int, requests: int, tokens: int) -> list[dict]:
+    """The closed loop against vLLM's own server: streamed completions of the same token ids hone sends."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=1800)
+    todo = list(range(requests))
+    results: list[dict] = []
+
+    async def one_client() -> None:
+        while todo:
+            i = todo.pop(0)
+            started = time.perf_counter()
+            first, used = None, 0
+            stream = await client.completions.create(model="base", prompt=prompts[i % len(prompts)], max_tokens=tokens,
+                                                     temperature=0, stream=True, stream_options={"include_usage": True})
+            async for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].text:
+                    first = time.perf_counter() - started
+                if chunk.usage:
+                    used = chunk.usage.completion_tokens
+            results.append({"ttft": first or 0.0, "latency": time.perf_counter() - started, "tokens": used})
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    await client.close()
+    return results
+
+
 def summary(results: list[dict], seconds: float, rss: float) -> dict:
     return {"requests": len(results), "tokens": sum(r["tokens"] for r in results),
             "tok_s": sum(r["tokens"] for r in results) / seconds,
@@ -175,9 +240,9 @@ def main() -> None:
     levels = [int(c) for c in args.clients.split(",")]
 
     from hone.data.render import prompt_for_generation
+    from hone.llamacpp.gguf import base_gguf
     from hone.models.catalogue import DEFAULT_MODEL
     from hone.models.load import load_causal_lm, load_tokenizer
-    from hone.serve.engines.llamacpp import base_gguf
     from hone.serve.engines.table import ENGINES, auto_engine
 
     chats = conversations(32)
@@ -207,6 +272,15 @@ def main() -> None:
                     break
             return first, made
         bare["bare:llamacpp"] = llamacpp_answer
+        batched = BatchedLlamaCpp(gguf, args.threads, tokenizer.eos_token_id)
+        bare["bare:llamacpp-batched"] = lambda chat, started: batched.answer(prompts[chats.index(chat)], args.tokens,
+                                                                             started)
+    vllm_server = None
+    if "vllm" in engines:
+        from hone.serve.engines.vllm import VllmEngine
+
+        vllm_engine = VllmEngine()
+        vllm_server = vllm_engine.server(DEFAULT_MODEL)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -243,6 +317,8 @@ def main() -> None:
         for server in servers.values():   # warm up: models load, the GGUF is converted once
             asyncio.run(hone_level(server, DEFAULT_MODEL, chats, 1, 1, 4))
         bare_level(engine_answer, chats, 1, 1)
+        if vllm_server is not None:
+            asyncio.run(vllm_level(vllm_server.url, prompts, 1, 1, 4))
         rows: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.rounds):
             for clients in levels:
@@ -256,11 +332,19 @@ def main() -> None:
                     if name == "bare:hf-generate" and clients > 1:
                         continue
                     sampler, started = RssSampler(os.getpid()), time.perf_counter()
-                    results = bare_level(answer, chats, clients, requests, serial=name != "bare:transformers")
+                    results = bare_level(answer, chats, clients, requests,
+                                         serial=name not in ("bare:transformers", "bare:llamacpp-batched"))
                     rows.setdefault((name, clients), []).append(
+                        summary(results, time.perf_counter() - started, sampler.stop()))
+                if vllm_server is not None:
+                    sampler, started = RssSampler(vllm_server.process.pid), time.perf_counter()
+                    results = asyncio.run(vllm_level(vllm_server.url, prompts, clients, requests, args.tokens))
+                    rows.setdefault(("bare:vllm", clients), []).append(
                         summary(results, time.perf_counter() - started, sampler.stop()))
     finally:
         engine.close()
+        if vllm_server is not None:
+            vllm_engine.close()
         for server in servers.values():
             server.stop()
 
@@ -278,7 +362,7 @@ def main() -> None:
     def ratio(a, b, key):
         return round(table[a][key] / table[b][key], 3) if a in table and b in table and table[b][key] else None
     top = max(levels)
-    bare_default = f"bare:{default}"
+    bare_default = "bare:llamacpp-batched" if default == "llamacpp" else f"bare:{default}"
     print(json.dumps({
         "default_engine": default,
         "single_stream_vs_llamacpp": ratio((f"hone:{default}", 1), ("bare:llamacpp", 1), "tok_s"),

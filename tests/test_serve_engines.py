@@ -135,3 +135,21 @@ def test_killing_the_llamacpp_child_mid_request_fails_it_and_the_next_succeeds(l
     done, events = submit(engine, base, HELLO, 4, finished, "next")
     assert done.wait(60) and events[-1][0] == "done" and events[-1][1][0].tokens == 4
     assert engine.process.pid != killed[0]
+
+
+def test_a_request_arriving_mid_answer_joins_the_llamacpp_batch_and_ends_first(llamacpp, tiny_model):
+    """llama.cpp decodes many sequences together: a short request that arrives while a long answer is
+    generating ends first (one at a time, it waited for the long one), and answers as it would alone."""
+    engine, base = llamacpp
+    finished: list[str] = []
+    second: dict = {}
+
+    def arrive(event):
+        if not second:
+            second["job"] = submit(engine, base, SHORT, 4, finished, "short")
+    long_done, long_events = submit(engine, base, HELLO, 120, finished, "long", on_delta=arrive)
+    assert long_done.wait(120) and second["job"][0].wait(120)
+    short_events = second["job"][1]
+    assert short_events[-1][0] == "done" and short_events[-1][1][0].text == reference_answer(tiny_model, None, SHORT, 4)
+    assert long_events[-1][0] == "done" and long_events[-1][1][0].tokens == 120
+    assert finished == ["short", "long"]

@@ -103,6 +103,7 @@ class EvalSection(Section):
     max_new_tokens: Optional[int] = Field(None, ge=1, description="Generation limit; default from the longest reference answer")
     batch_size: int = Field(32, ge=1, description="Prompts generated together (larger batches amortise per-step overhead)")
     samples: int = Field(5, ge=0, description="Test prompts shown side by side (base, tuned, expected)")
+    engine: Literal["auto", "transformers", "llamacpp"] = Field("auto", description="sft: what generates the test answers: auto (= transformers; llama.cpp measured no faster for batched evaluation), transformers, or llamacpp (the f16 GGUF; make llamacpp)")
     base: bool = Field(True, description="Also score the base model on the test data")
     forgetting: Optional[bool] = Field(None, description="Run the general-capability probe on base and tuned model; default on, off for models under 10M parameters")
     probe: Optional[Path] = Field(None, description="Forgetting probe file (JSONL: id, category, prompt, choices, answer); default hone's general-skills probe")

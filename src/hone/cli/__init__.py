@@ -244,6 +244,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts generated together"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N test items"),
     seed: int = typer.Option(0, "--seed", help="Seed for generation and the bootstrap"),
+    engine: str = typer.Option("auto", "--engine", help="What generates the answers: auto (= transformers), transformers, llamacpp (the f16 GGUF; make llamacpp)"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object on the last line"),
     compare: Optional[str] = typer.Option(None, "--compare", help="Fine-tune, retrieve or both: any of base,base+kb,tuned,tuned+kb (needs --kb)"),
     kb: Optional[str] = typer.Option(None, "--kb", help="With --compare: the knowledge base the +kb contenders answer from"),
@@ -255,9 +256,10 @@ def eval_command(
 
     options = EvalOptions(data=data, base=base, compare_base=not no_base, metrics=metric or None, schema=schema,
                           suite=suite, judge_url=judge_url, judge_model=judge_model, perplexity=not no_perplexity,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed)
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, seed=seed, engine=engine)
     if compare is not None or kb is not None:
-        _compare_knowledge(target, compare, kb, k, options, as_json, no_base=no_base, suite=suite, judge=judge_url)
+        _compare_knowledge(target, compare, kb, k, options, as_json, no_base=no_base, suite=suite, judge=judge_url,
+                           engine=engine != "auto")
         return
     result = evaluate_model(target, options, console=err)
     if as_json:
@@ -272,7 +274,7 @@ def _compare_knowledge(target, compare, kb, k, options, as_json: bool, **refused
     if compare is None or kb is None:
         raise UserError("--compare and --kb go together: hone eval RUN --compare base,base+kb,tuned,tuned+kb "
                         "--kb NAME --data questions.jsonl")
-    flags = {"no_base": "--no-base", "suite": "--suite", "judge": "--judge-url"}
+    flags = {"no_base": "--no-base", "suite": "--suite", "judge": "--judge-url", "engine": "--engine"}
     for key, value in refused.items():
         if value:
             raise UserError(f"{flags[key]} does not apply to --compare (name the contenders in --compare instead)"

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hone.data.records import ChatExample
+from hone.evaluation.engine import Generation
 from hone.evaluation.generate import generate_batch
 from hone.evaluation.metrics import METRICS, Metric
 
@@ -42,7 +43,8 @@ def default_max_new_tokens(tokenizer, examples: list[ChatExample]) -> int:
 
 
 def generate_answers(model, tokenizer, examples: list[ChatExample], max_new_tokens: int, batch_size: int,
-                     label: str, console: Console | None = None, prefill: str = "") -> list[str]:
+                     label: str, console: Console | None = None, prefill: str = "",
+                     generation: Generation | None = None) -> list[str]:
     """Greedy answers to each example's prompt (the conversation before its last assistant turn)."""
     console = console or Console(stderr=True)
     with Progress(TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(),
@@ -50,14 +52,16 @@ def generate_answers(model, tokenizer, examples: list[ChatExample], max_new_toke
         task = bar.add_task(label, total=len(examples))
         return generate_batch(model, tokenizer, [e.prompt_messages for e in examples], max_new_tokens,
                               batch_size, on_batch=lambda n: bar.advance(task, n), tools=[e.tools for e in examples],
-                              prefill=prefill)
+                              prefill=prefill, generation=generation)
 
 
 def evaluate_answers(model, tokenizer, examples: list[ChatExample], metric: str, max_new_tokens: int,
-                     batch_size: int, label: str, console: Console | None = None) -> Evaluation:
+                     batch_size: int, label: str, console: Console | None = None,
+                     generation: Generation | None = None) -> Evaluation:
     """Generate an answer for each example's prompt and score it against its last assistant message."""
     started = time.monotonic()
-    answers = generate_answers(model, tokenizer, examples, max_new_tokens, batch_size, label, console)
+    answers = generate_answers(model, tokenizer, examples, max_new_tokens, batch_size, label, console,
+                               generation=generation)
     scorer = METRICS[metric]
     scores = [scorer(a, e.answer or "") for a, e in zip(answers, examples)]
     return Evaluation(metric, answers, scores, time.monotonic() - started)

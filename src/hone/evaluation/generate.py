@@ -1,21 +1,33 @@
 """Text generation from chat messages: batched for evaluation, streamed for chat."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from hone.data.render import prompt_for_generation
 
+if TYPE_CHECKING:
+    from hone.evaluation.engine import Generation
+
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
                    batch_size: int = 16, on_batch: Callable[[int], None] | None = None,
-                   tools: list[list[dict] | None] | None = None, prefill: str = "") -> list[str]:
+                   tools: list[list[dict] | None] | None = None, prefill: str = "",
+                   generation: Generation | None = None) -> list[str]:
     """Greedy answers for many conversations (each with the tools it may call), batched by length; returns
-    texts in input order. `prefill` is written after the assistant header (an empty reasoning block)."""
+    texts in input order. `prefill` is written after the assistant header (an empty reasoning block).
+    `generation` with a GGUF: llama.cpp answers (evaluation/engine.py), `model` is not used."""
     tools = tools or [None] * len(conversations)
     prompts = [prompt_for_generation(tokenizer, c, t) + prefill for c, t in zip(conversations, tools)]
+    if generation is not None and generation.gguf is not None:
+        from hone.llamacpp.generate import generate_ids
+
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        out = generate_ids(generation.gguf, ids, max_new_tokens, {tokenizer.eos_token_id}, generation.threads,
+                           on_batch)
+        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: list[str] = [""] * len(prompts)

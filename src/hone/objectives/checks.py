@@ -14,6 +14,7 @@ from hone.config import DistillSection, RunConfig
 from hone.data.load import iter_records
 from hone.data.records import ChatExample, LabelExample, PreferenceExample, TagExample, TextExample
 from hone.errors import ConfigError
+from hone.evaluation.engine import check_engine
 from hone.launch import check_launch
 from hone.methods.registry import METHODS, check_method, check_pair, meta_model
 from hone.models.catalogue import resolve_model
@@ -78,6 +79,14 @@ def check_settings(config: RunConfig, entry: Objective) -> None:
     for setting, why in entry.refuses.items():
         if config.is_set(setting) and _active(config, setting):
             raise config.error(f"{setting} does not apply to objective {entry.name}: {why}", setting)
+    if config.is_set("eval.engine") and config.eval.engine != "auto":
+        if entry.name != "sft":
+            raise config.error(f"eval.engine applies only to objective sft, whose evaluation generates answers, not "
+                               f"{entry.name} (drop it)", "eval.engine")
+        try:
+            check_engine(config.eval.engine, "eval.engine")
+        except ConfigError as exc:
+            raise config.error(str(exc), "eval.engine") from None
     if config.train.replay_data is not None:
         if "train.replay" in entry.refuses:
             raise config.error(f"train.replay_data does not apply to objective {entry.name}: "

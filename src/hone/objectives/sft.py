@@ -9,6 +9,7 @@ distillation (objectives/distill.py) runs it on the teacher's answers.
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +23,7 @@ from hone.data.records import ChatExample
 from hone.data.render import common_system_prompt, tokenize_chat, with_system_prompt
 from hone.data.split import hold_out
 from hone.evaluation.compare import Evaluation, default_max_new_tokens, evaluate_answers, item_outcomes
+from hone.evaluation.engine import Generation, model_generation, pick_generation
 from hone.evaluation.metrics import pick_metric
 from hone.hardware import peak_memory_mb
 from hone.methods import apply_method, artifact_folder_name, count_parameters, estimate_memory, load_base, load_tuned
@@ -163,10 +165,13 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
 
     # 4. The base model on the test split and on the forgetting probe, before any change.
     metric = base_eval = None
+    engines: dict[str, str] = {}   # what generated each evaluation's answers, recorded with the results
     if test and team.main:
         metric, max_new = scoring_settings(config, tokenizer, test)
         if config.eval.base:
-            base_eval = score_base(start, model, tokenizer, test, metric, max_new)
+            generation = base_generation(config, str(base.path), model, hw, console)
+            base_eval = score_base(start, model, tokenizer, test, metric, max_new, generation)
+            engines["base"] = generation.describe()
     probe = probe_base(start, model, tokenizer)
     if len(train) > n_own:
         source = config.train.replay_data or "hone's general chats"
@@ -212,8 +217,12 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
         tuned = load_tuned(base, out, hw.device, attention) if out.name == "adapter" else model
     if test:
         assert metric is not None  # picked in step 5 whenever there is a test split
-        tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
-                                      "tuned eval", console)
+        with tempfile.TemporaryDirectory(prefix="hone-eval-gguf-") as scratch:   # llama.cpp: the tuned model's GGUF
+            generation = model_generation(config.eval.engine, tuned, tokenizer, Path(scratch), hw.device, hw.threads,
+                                          console)
+            tuned_eval = evaluate_answers(tuned, tokenizer, test, metric, max_new, config.eval.batch_size,
+                                          f"tuned eval ({generation.describe()})", console, generation)
+            engines["tuned"] = generation.describe()
     forgetting = probe_tuned(start, probe, tuned, tokenizer) if probe else None
 
     # 9. Record the results, write the report.
@@ -226,7 +235,7 @@ def train_on_chats(start: RunStart, splits: ChatSplits, teacher: Teacher | None 
                "memory_estimate_bytes": memory.total, "artifact": out.name,
                "base_score": base_eval.score if base_eval else None,
                "baseline": f"the parent run {config.model.continue_from}" if continued is not None else None,
-               "tuned_score": tuned_eval.score if tuned_eval else None}
+               "tuned_score": tuned_eval.score if tuned_eval else None, "eval_engines": engines}
     results["peak_memory_mb"], results["peak_memory_kind"] = peak_memory_mb(hw.device)
     if base_eval and tuned_eval:
         results["items"] = item_outcomes(base_eval, tuned_eval)
@@ -253,13 +262,23 @@ def generation_speed(evaluation: Evaluation | None, tokenizer) -> float | None:
     return round(tokens / evaluation.seconds, 1)
 
 
-def score_base(start: RunStart, model, tokenizer, test: list[ChatExample], metric: str, max_new: int) -> Evaluation:
+def base_generation(config: RunConfig, base: str, model, hw, console: Console) -> Generation:
+    """What answers for the base model: llama.cpp on its GGUF where eval.engine allows, except under QLoRA,
+    whose base is the NF4-quantized model the run trains on (transformers holds it; its GGUF would not)."""
+    if config.method.name == "qlora":
+        return Generation("transformers")
+    return pick_generation(config.eval.engine, base, None, model, hw.device, hw.threads, console)
+
+
+def score_base(start: RunStart, model, tokenizer, test: list[ChatExample], metric: str, max_new: int,
+               generation: Generation | None = None) -> Evaluation:
     """The base model's answers to the test split, kept in run.json so a resumed run does not redo them."""
     record = read_record(start.run_dir) if start.resume else {}
     if record.get("base_scores"):
         return Evaluation(metric, record["base_answers"], record["base_scores"], record.get("base_seconds", 0.0))
     evaluation = evaluate_answers(model, tokenizer, test, metric, max_new, start.config.eval.batch_size,
-                                  "base eval", start.console)
+                                  f"base eval ({(generation or Generation('transformers')).describe()})", start.console,
+                                  generation)
     update_record(start.run_dir, base_answers=evaluation.answers, base_scores=evaluation.scores,
                   base_seconds=round(evaluation.seconds, 3))
     return evaluation

@@ -6,6 +6,7 @@ same way whichever process picks it up.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 
 from hone.errors import ConfigError
@@ -34,6 +35,11 @@ class ServeSettings:
     # The GGUF llama.cpp serves: f16 answered as transformers' fp32 did on the embedded model, q8_0 did not
     # ("The capital of France is Paris." against "L'Étoile, la Cité, ..."; docs/serve_inference.md).
     gguf_quant: str = "f16"
+    # vLLM engine (serve/engines/vllm.py): parallelism across GPUs (and nodes, through a Ray cluster) and any
+    # further `vllm serve` arguments, passed through as given.
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    vllm_args: tuple[str, ...] = ()
     max_loaded_models: int = 4
     max_batch: int = 8
     batch_window_ms: float = 5.0
@@ -84,8 +90,8 @@ class ServeSettings:
         readers = {"max_upload_mb": float, "rate_limit": float, "method": str, "max_steps": int,
                    "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int,
                    "max_loaded_models": int, "max_batch": int, "batch_window_ms": float, "inference_threads": int,
-                   "max_request_tokens": int, "engine": str, "gguf_quant": str, "capture_days": float,
-                   "capture_queue": int}
+                   "max_request_tokens": int, "engine": str, "gguf_quant": str, "tensor_parallel": int,
+                   "pipeline_parallel": int, "capture_days": float, "capture_queue": int}
         for name, read in readers.items():
             raw = env.get(f"HONE_SERVE_{name.upper()}")
             if raw:
@@ -107,6 +113,8 @@ class ServeSettings:
             values["model_engines"] = parse_pairs(env["HONE_SERVE_MODEL_ENGINES"].split(","), "--model-engine")
         if env.get("HONE_SERVE_MODELS"):
             values["base_models"] = parse_models(env["HONE_SERVE_MODELS"].split(","))
+        if env.get("HONE_SERVE_VLLM_ARGS"):
+            values["vllm_args"] = tuple(shlex.split(env["HONE_SERVE_VLLM_ARGS"]))
         if env.get("HONE_SERVE_REGISTRY_MODELS"):
             values["registry_models"] = parse_pairs(env["HONE_SERVE_REGISTRY_MODELS"].split(","), "--registry-model")
         if env.get("HONE_SERVE_KB"):
@@ -121,12 +129,14 @@ class ServeSettings:
             env["HONE_DB"] = self.db
         for name in ("max_upload_mb", "rate_limit", "method", "max_steps", "time_budget", "save_every",
                      "lease_seconds", "min_examples", "max_loaded_models", "max_batch", "batch_window_ms",
-                     "inference_threads", "max_request_tokens", "engine", "gguf_quant", "capture_days",
-                     "capture_queue"):
+                     "inference_threads", "max_request_tokens", "engine", "gguf_quant", "tensor_parallel",
+                     "pipeline_parallel", "capture_days", "capture_queue"):
             value = getattr(self, name)
             if value is not None:
                 env[f"HONE_SERVE_{name.upper()}"] = str(value)
         env["HONE_SERVE_CONTINUOUS_BATCHING"] = "1" if self.continuous_batching else "0"
+        if self.vllm_args:
+            env["HONE_SERVE_VLLM_ARGS"] = shlex.join(self.vllm_args)
         env["HONE_SERVE_CAPTURE"] = "1" if self.capture else "0"
         env["HONE_SERVE_CAPTURE_RAW"] = "1" if self.capture_raw else "0"
         for many in ("capture_models", "capture_orgs", "capture_raw_orgs"):

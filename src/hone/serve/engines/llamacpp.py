@@ -1,23 +1,25 @@
-"""The llama.cpp engine: llama-cpp-python in a child process, on the GGUF that `hone export` writes.
+"""The llama.cpp engine: llama.cpp in a child process, many requests decoding together, on hone's GGUFs.
 
-A base model is converted once by llama.cpp's converter into the hone home (`gguf/`); a tuned run is
-exported with `hone export RUN --format gguf` on its first request (verified against the run's own
-model, as every export is) and served from RUN/exports/gguf-QUANT afterwards, so the first request to a
-tuned model waits for its export (~30-60 s on 2 cores) and later ones do not. LoRA adapters are served
-merged into their own GGUF, one model per tuned run: llama.cpp can apply an adapter GGUF per context,
-but llama-cpp-python 0.3.36 sets it once when a model loads, so per-request adapters over one shared
-base are not done here (the transformers engine does them).
+The GGUF of a base model or a tuned run comes from hone.llamacpp.gguf (a base converted once into the hone
+home; a run exported with `hone export` on its first request, ~30-60 s on 2 cores). LoRA adapters are
+served merged into their own GGUF, one model per tuned run: llama.cpp can apply an adapter GGUF per
+context, but per-request adapters over one shared base are not done here (the transformers engine does
+them).
 
-Generation runs in a child process (llamacpp_child.py) so that a crash or a kill of llama.cpp costs the
-requests it was answering, each told so in one line, and nothing else: the next request starts a new
-child. The parent keeps the OpenAI side: it feeds the model's HF token ids, and turns the ids that come
-back into streamed text, stop strings and usage counts with generation.RowProgress, exactly as the
-transformers engine does. Requests are answered one at a time, in order (llama-cpp-python's Llama runs
-one sequence); each choice of a request is one sequence, seeded with seed + its index.
+Generation runs in a child process (hone/llamacpp/child.py) so that a crash or a kill of llama.cpp costs
+the requests it was answering, each told so in one line, and nothing else: the next request starts a new
+child. The child decodes up to 16 sequences of a model together (continuous batching: a request joins the
+running batch between two steps, hone/llamacpp/batch.py). The parent keeps the OpenAI side: it sends the
+model's HF token ids, and turns the ids that come back into streamed text, stop strings and usage counts
+with generation.RowProgress, exactly as the transformers engine does. Each choice of a request is one
+sequence, seeded with seed + its index.
+
+Threads: `submit` queues a job; the prepare thread finds its GGUF (exporting it if need be) and sends it
+to the child; the reader thread turns the child's messages into each job's events.
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import os
 import queue
@@ -25,86 +27,42 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from hone.errors import UserError
+from hone.llamacpp.gguf import QUANTS, base_gguf, exports_to_gguf, run_folder, run_gguf
 from hone.serve.engine import BASE, ModelTokenizers, tuned_artifact
 from hone.serve.generation import Job, Row, RowProgress, eos_ids
 
 log = logging.getLogger("hone.serve")
-QUANTS = ("f16", "q8_0", "f32")   # what llama.cpp's converter writes without the compiled quantizer
 
 
 class EngineDied(UserError):
     """The engine's child process ended while it was answering."""
 
 
-def run_folder(tuned: str | Path) -> Path | None:
-    """The hone run a tuned model comes from (its folder holds run.json), or None."""
-    path = Path(tuned)
-    for folder in (path, path.parent):
-        if (folder / "run.json").is_file():
-            return folder
-    return None
-
-
 def can_serve(source) -> bool:
     """Whether llama.cpp can run `source`: a base model, or a run whose method exports to one GGUF."""
     if source.tuned is BASE:
         return True
-    from hone.exporting.formats import MODEL
-    from hone.exporting.run import trained_method
-    from hone.registry.runs import read_record
-
     run = run_folder(source.tuned)
-    if run is None:
-        return False
-    try:
-        return trained_method(run, read_record(run)) in MODEL
-    except UserError:
-        return False
+    return run is not None and exports_to_gguf(run)
 
 
-def base_gguf(spec: str, quant: str) -> Path:
-    """The base model as GGUF in the hone home, converted once by llama.cpp's converter."""
-    from rich.console import Console
-
-    from hone.exporting.gguf import convert_model, tool_missing
-    from hone.home import hone_home
-    from hone.models.catalogue import resolve_model
-
-    folder = resolve_model(spec).path.resolve()
-    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
-    target = hone_home() / "gguf" / f"{folder.name}-{digest}.{quant}.gguf"
-    if not target.is_file():
-        if missing := tool_missing("converter"):
-            raise UserError(missing)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        convert_model(folder, tmp, quant, folder.name, Console(stderr=True))
-        os.replace(tmp, target)
-    return target
-
-
-def run_gguf(run: Path, quant: str) -> Path:
-    """The run's GGUF export (`hone export RUN --format gguf --quant QUANT`), made on first use."""
-    from rich.console import Console
-
-    from hone.exporting.run import export_run
-    from hone.registry.runs import read_record
-
-    for entry in read_record(run).get("exports", []):
-        path = Path(entry.get("path", "")) / entry.get("file", "")
-        if entry.get("format") == "gguf" and entry.get("quant") == quant and path.is_file():
-            return path
-    result = export_run(run, "gguf", quant, console=Console(stderr=True))
-    return result.folder / result.manifest["main_files"][0]
+@dataclass
+class InFlight:
+    """A request the child is answering: its job, one Row per choice, and their progress."""
+    job: Job
+    rows: list[Row]
+    progress: RowProgress
+    cancelled: bool = False
 
 
 class LlamaCppEngine(ModelTokenizers):
-    """Answers Jobs through llama.cpp in a child process, one request at a time."""
+    """Answers Jobs through llama.cpp in a child process, many requests decoding together."""
 
     def __init__(self, threads: int | None = None, quant: str = "f16", default_max_tokens: int = 512):
         super().__init__()
@@ -115,16 +73,17 @@ class LlamaCppEngine(ModelTokenizers):
         self._ggufs: dict[str, Path] = {}      # tuned key or base spec -> its GGUF
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # starting threads and the child; sending to it
         self.process: subprocess.Popen | None = None
         self._conn: Any = None
+        self._inflight: dict[int, InFlight] = {}
         self.calls = 0
 
     # -- what the router calls -------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._serve_forever, name="hone-llamacpp", daemon=True)
+                self._thread = threading.Thread(target=self._prepare_forever, name="hone-llamacpp", daemon=True)
                 self._thread.start()
         self._queue.put(job)
 
@@ -139,7 +98,8 @@ class LlamaCppEngine(ModelTokenizers):
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=30)
-        self._stop_child()
+        with self._lock:
+            self._stop_child()
 
     # -- the GGUF and the child ------------------------------------------------------------------
     def gguf(self, source) -> Path:
@@ -160,21 +120,26 @@ class LlamaCppEngine(ModelTokenizers):
         return self.process is not None and self.process.poll() is None
 
     def _child(self):
-        """The connection to a running child, started if there is none (or the last one died)."""
+        """The connection to a running child, started (with its reader thread) if there is none."""
         if not self._alive():
             from hone.hardware import pick_threads
 
             self._stop_child()
             ours, theirs = socket.socketpair()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hone.serve.engines.llamacpp_child", str(theirs.fileno()),
-                 str(pick_threads(self._threads))], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                [sys.executable, "-m", "hone.llamacpp.child", str(theirs.fileno()), str(pick_threads(self._threads))],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
             theirs.close()   # the child's end lives in the child only: its death reads as EOF here
             self._conn = Connection(ours.detach())
+            threading.Thread(target=self._read_forever, args=(self._conn, self.process), name="hone-llamacpp-read",
+                             daemon=True).start()
         return self._conn
 
     def _stop_child(self) -> None:
         if self._conn is not None:
+            # shut down, not only closed: the reader thread blocked in recv() keeps a closed socket open
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
             self._conn.close()   # the child reads EOF and returns
             self._conn = None
         if self.process is not None:
@@ -185,54 +150,88 @@ class LlamaCppEngine(ModelTokenizers):
                 self.process.wait()
             self.process = None
 
-    # -- the engine thread -----------------------------------------------------------------------
-    def _serve_forever(self) -> None:
+    def _send(self, message: tuple) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.send(message)
+
+    # -- the prepare thread: a job's GGUF, then to the child ---------------------------------------
+    def _prepare_forever(self) -> None:
         while (job := self._queue.get()) is not None:
             if job.cancelled:
                 continue
             try:
-                self._answer(job)
-            except (EOFError, OSError) as exc:
-                code = self.process.poll() if self.process is not None else None
-                self._stop_child()
-                log.error("the llama.cpp child process died (exit code %s): %s", code, exc)
-                job.fail(EngineDied(f"the llama.cpp engine process died (exit code {code}) while answering; "
-                                    "it restarts with the next request"))
+                self._start(job)
+            except OSError as exc:   # the child died as we sent: the reader fails what it was answering
+                job.fail(EngineDied(f"the llama.cpp engine process died while answering ({exc}); it restarts "
+                                    "with the next request"))
             except Exception as exc:  # noqa: BLE001 - reported to the request, the thread goes on
                 job.fail(exc)
 
-    def _answer(self, job: Job) -> None:
+    def _start(self, job: Job) -> None:
         gguf = self.gguf(job.source)
         tokenizer = self.tokenizer(job.source)
         rows = [Row(job, p * job.n + j, prompt, job.max_tokens[p])
                 for p, prompt in enumerate(job.prompts) for j in range(job.n)]
         progress = RowProgress(tokenizer, rows, eos_ids(None, tokenizer))
-        conn = self._child()
-        self.calls += 1
         s = job.sampling
-        conn.send(("generate", {"id": self.calls, "model": str(gguf), "n_ctx": self.context_length(job.source) or 2048,
-                                "rows": [(row.prompt, row.limit) for row in rows], "temperature": s.temperature,
-                                "top_p": s.top_p, "seed": s.seed, "eos": sorted(progress.eos)}))
-        cancelled = False
+        with self._lock:
+            conn = self._child()
+            self.calls += 1
+            rid = self.calls
+            self._inflight[rid] = InFlight(job, rows, progress)
+            conn.send(("generate", {"id": rid, "model": str(gguf), "n_ctx": self.context_length(job.source) or 2048,
+                                    "rows": [(row.prompt, row.limit) for row in rows], "temperature": s.temperature,
+                                    "top_p": s.top_p, "seed": s.seed, "eos": sorted(progress.eos)}))
+
+    # -- the reader thread: the child's messages to each job's events -------------------------------
+    def _read_forever(self, conn, process: subprocess.Popen) -> None:
         while True:
-            while not conn.poll(1.0):
-                if not self._alive():
-                    raise EOFError("the child is gone")
-            message = conn.recv()
-            if message[0] == "token":
-                row = rows[message[1]]
-                if not row.done:
-                    progress.step(row, message[2])
-                    if row.done and row.tokens < row.limit and message[2] not in progress.eos:
-                        conn.send(("cancel", self.calls, message[1]))   # a stop string, or a client gone
-            elif message[0] == "row_end":
-                row = rows[message[1]]
-                if not row.done:
-                    progress.end(row, progress.text(row), "length")
-            elif message[0] == "done":
+            try:
+                message = conn.recv()
+            except (EOFError, OSError) as exc:
+                self._child_died(conn, process, exc)
                 return
-            elif message[0] == "error":
-                raise UserError(f"llama.cpp failed: {message[1]}")
-            if job.cancelled and not cancelled:
-                conn.send(("cancel", self.calls, -1))
-                cancelled = True
+            try:
+                self._dispatch(message)
+            except Exception:  # noqa: BLE001 - one request's event handler failing must not stop the others
+                log.exception("llama.cpp engine: handling %s", message[0])
+
+    def _dispatch(self, message: tuple) -> None:
+        if message[0] == "step":
+            for rid, index, token in message[1]:
+                flight = self._inflight.get(rid)
+                if flight is None:
+                    continue
+                row = flight.rows[index]
+                if not row.done:
+                    flight.progress.step(row, token)
+                    if row.done and row.tokens < row.limit and token not in flight.progress.eos:
+                        self._send(("cancel", rid, index))   # a stop string, or a client gone
+                if flight.job.cancelled and not flight.cancelled:
+                    flight.cancelled = True
+                    self._send(("cancel", rid, -1))
+            for rid, index in message[2]:
+                flight = self._inflight.get(rid)
+                if flight is not None and not flight.rows[index].done:
+                    row = flight.rows[index]
+                    flight.progress.end(row, flight.progress.text(row), "length")
+        elif message[0] == "done":
+            self._inflight.pop(message[1], None)
+        elif message[0] == "error":
+            flight = self._inflight.pop(message[1], None)
+            if flight is not None:
+                flight.job.fail(UserError(f"llama.cpp failed: {message[2]}"))
+
+    def _child_died(self, conn, process: subprocess.Popen, exc: Exception) -> None:
+        with self._lock:
+            if self._conn is not conn:
+                return   # closed on purpose (close(), or replaced after an earlier death)
+            code = process.poll()
+            self._stop_child()
+            failed, self._inflight = self._inflight, {}
+        if failed:
+            log.error("the llama.cpp child process died (exit code %s): %s", code, exc)
+        for flight in failed.values():
+            flight.job.fail(EngineDied(f"the llama.cpp engine process died (exit code {code}) while answering; "
+                                       "it restarts with the next request"))

@@ -45,6 +45,18 @@ def _llamacpp(settings: ServeSettings):
     return LlamaCppEngine(threads=settings.inference_threads, quant=settings.gguf_quant)
 
 
+def _vllm(settings: ServeSettings):
+    from hone.serve.engines.vllm import VllmEngine
+
+    return VllmEngine(settings.tensor_parallel, settings.pipeline_parallel, tuple(settings.vllm_args))
+
+
+def _vllm_installed() -> bool:
+    from hone.serve.engines.vllm import installed
+
+    return installed()
+
+
 def _has(module: str) -> Callable[[], bool]:
     return lambda: importlib.util.find_spec(module) is not None
 
@@ -53,9 +65,15 @@ ENGINES: dict[str, EngineSpec] = {e.name: e for e in (
     EngineSpec("transformers", "HF transformers in this process: every tuning method, continuous batching, "
                "fp32 weights; the reference and the fallback", lambda: True, "", "", _transformers),
     EngineSpec("llamacpp", "llama.cpp (llama-cpp-python) in a child process on the GGUF `hone export` writes, "
-               "exported on first use and cached", _has("llama_cpp"), "make llamacpp",
-               "one request at a time (no batching); prompt/prefix tuning and bottleneck adapters "
-               "(no GGUF) go to transformers under --engine auto", _llamacpp),
+               "exported on first use and cached; up to 16 sequences per model decode together", _has("llama_cpp"),
+               "make llamacpp", "no per-request LoRA over a shared base (a tuned run is its own merged GGUF); "
+               "prompt/prefix tuning and bottleneck adapters (no GGUF) go to transformers under --engine auto",
+               _llamacpp),
+    EngineSpec("vllm", "vLLM's OpenAI server as a child process (its own venv), one per base model; LoRA runs "
+               "load into it as dynamic adapters; --tensor-parallel/--pipeline-parallel/--vllm-arg passed through",
+               _vllm_installed, "make vllm (or set HONE_VLLM_PYTHON)",
+               "LoRA adapters only (DoRA, IA3, prompt tuning, ... go to transformers); no schema-constrained "
+               "requests (those go to transformers)", _vllm),
 )}
 CHOICES = ("auto", *ENGINES)
 
@@ -75,12 +93,13 @@ def check_engine(name: str, where: str | None = None) -> str:
 
 
 def auto_engine() -> str:
-    """The engine `auto` prefers on this machine: llama.cpp on a CPU machine where installed."""
+    """The engine `auto` prefers on this machine: vLLM on a GPU machine, llama.cpp on a CPU machine, where
+    installed; else transformers."""
     import torch
 
-    if not torch.cuda.is_available() and ENGINES["llamacpp"].installed():
-        return "llamacpp"
-    return "transformers"
+    if torch.cuda.is_available():
+        return "vllm" if ENGINES["vllm"].installed() else "transformers"
+    return "llamacpp" if ENGINES["llamacpp"].installed() else "transformers"
 
 
 class EngineRouter(ModelTokenizers):
@@ -97,11 +116,16 @@ class EngineRouter(ModelTokenizers):
                 raise ConfigError(f"--model-engine {name}={engine}: no base model is named {name!r} "
                                   f"(offered: {', '.join(settings.base_models)})", field="model_engine")
             self.per_base[settings.base_models[name]] = check_engine(engine, f"--model-engine {name}={engine}")
-        from hone.serve.engines.llamacpp import QUANTS
+        from hone.llamacpp.gguf import QUANTS
 
         if settings.gguf_quant not in QUANTS:
             raise ConfigError(f"--gguf-quant {settings.gguf_quant}: the llamacpp engine serves {', '.join(QUANTS)}",
                               field="gguf_quant")
+        if (settings.tensor_parallel != 1 or settings.pipeline_parallel != 1 or settings.vllm_args) and \
+                "vllm" not in (self.default, *self.per_base.values()) and not (self.default == "auto"
+                                                                               and auto_engine() == "vllm"):
+            raise ConfigError("--tensor-parallel, --pipeline-parallel and --vllm-arg apply only to the vllm engine: "
+                              "add --engine vllm (or drop them)", field="engine")
         self.engines: dict[str, Any] = {}
         self.default_max_tokens = 512
 
@@ -114,6 +138,11 @@ class EngineRouter(ModelTokenizers):
             from hone.serve.engines.llamacpp import can_serve
 
             if not can_serve(source):
+                return "transformers"
+        if preferred == "vllm" and source.tuned is not BASE:
+            from hone.serve.engines.vllm import serves_adapter
+
+            if not serves_adapter(source):
                 return "transformers"
         return preferred
 

@@ -1,0 +1,72 @@
+"""The GGUF that llama.cpp runs for a model: a base converted once into the hone home, a run's export.
+
+A base model is converted once by llama.cpp's converter into the hone home (`gguf/`); a tuned run is
+exported with `hone export RUN --format gguf` on first use (verified against the run's own model, as every
+export is) and found in the run's record afterwards (~30-60 s the first time on 2 cores, nothing later).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from hone.errors import UserError
+
+QUANTS = ("f16", "q8_0", "f32")   # what llama.cpp's converter writes without the compiled quantizer
+
+
+def run_folder(tuned: str | Path) -> Path | None:
+    """The hone run a tuned model comes from (its folder holds run.json), or None."""
+    path = Path(tuned)
+    for folder in (path, path.parent):
+        if (folder / "run.json").is_file():
+            return folder
+    return None
+
+
+def exports_to_gguf(run: Path) -> bool:
+    """Whether a run's method exports to one GGUF (not prompt/prefix tuning or bottleneck adapters)."""
+    from hone.exporting.formats import MODEL
+    from hone.exporting.run import trained_method
+    from hone.registry.runs import read_record
+
+    try:
+        return trained_method(run, read_record(run)) in MODEL
+    except UserError:
+        return False
+
+
+def base_gguf(spec: str, quant: str) -> Path:
+    """The base model as GGUF in the hone home, converted once by llama.cpp's converter."""
+    from rich.console import Console
+
+    from hone.exporting.gguf import convert_model, tool_missing
+    from hone.home import hone_home
+    from hone.models.catalogue import resolve_model
+
+    folder = resolve_model(spec).path.resolve()
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    target = hone_home() / "gguf" / f"{folder.name}-{digest}.{quant}.gguf"
+    if not target.is_file():
+        if missing := tool_missing("converter"):
+            raise UserError(missing)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        convert_model(folder, tmp, quant, folder.name, Console(stderr=True))
+        os.replace(tmp, target)
+    return target
+
+
+def run_gguf(run: Path, quant: str) -> Path:
+    """The run's GGUF export (`hone export RUN --format gguf --quant QUANT`), made on first use."""
+    from rich.console import Console
+
+    from hone.exporting.run import export_run
+    from hone.registry.runs import read_record
+
+    for entry in read_record(run).get("exports", []):
+        path = Path(entry.get("path", "")) / entry.get("file", "")
+        if entry.get("format") == "gguf" and entry.get("quant") == quant and path.is_file():
+            return path
+    result = export_run(run, "gguf", quant, console=Console(stderr=True))
+    return result.folder / result.manifest["main_files"][0]
