@@ -17,9 +17,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from hone.serve import db, files, jobs
+from hone.serve import db, extensions, files, jobs
 from hone.serve.auth import RateLimiter, current_org
 from hone.serve.catalog import DatabaseCatalog
+from hone.serve.dashboard import mount_dashboard
 from hone.serve.errors import install_error_handlers, install_openapi
 from hone.serve.settings import ServeSettings
 
@@ -47,6 +48,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(jobs.router)
+    app.include_router(extensions.router)   # /v1/hone: what the dashboard needs beyond OpenAI's API
     try:  # part B: /v1/models, /v1/chat/completions, /v1/completions
         from hone.serve.inference import make_inference_router
     except ImportError:
@@ -80,6 +82,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     def health() -> dict:
         return {"status": "ok"}
 
+    mount_dashboard(app)
     install_openapi(app)
 
     return app
