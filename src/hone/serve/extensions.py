@@ -43,12 +43,12 @@ HYPERPARAMETER_FIELDS = {"n_epochs": "epochs", "batch_size": "batch_size", "lear
 
 
 def _base_spec(request: Request, model: str | None) -> str | None:
-    """The folder or catalogue name behind a base model this server offers, or a 400 naming `model`."""
+    """The folder or catalogue name behind a base model this server offers, or a 404 naming `model`."""
     if model is None:
         return None
     models = request.app.state.settings.base_models
     if model not in models:
-        raise APIError(400, f"model {model!r} is not a base model of this server; offered: {', '.join(models)}",
+        raise APIError(404, f"The model `{model}` is not a base model of this server; offered: {', '.join(models)}.",
                        param="model", code="model_not_found")
     return models[model]
 
@@ -123,6 +123,7 @@ def advice(request: Request, file_id: str, model: str = Query(..., min_length=1,
         raise APIError(400, str(exc), param="file_id") from None
     recipe_json = recipe.to_json()
     recipe_json["data"] = row.filename
+    recipe_json["reasons"]["method"] = f"this server trains every job with {method} (hone serve --method)"
     train_fields = TrainSection.model_fields
     fields = {name: train_fields[hone_name].description for name, hone_name in HYPERPARAMETER_FIELDS.items()}
     fields["method"] = RunConfig.model_fields["method"].description or "how much of the model changes"
@@ -195,7 +196,8 @@ def evaluation(request: Request, job_id: str, body: EvaluationRequest, org: str 
     except UserError as exc:
         raise APIError(400, str(exc), param="fine_tuning_job_id") from None
     out = result.to_json()
-    out["run_dir"] = None   # a server path, not the client's business
+    # the API's names for the two models; the server's folders are not the client's business
+    out.update(model=job.fine_tuned_model, base_model=job.model, run_dir=None)
     return out
 
 

@@ -220,7 +220,7 @@ async function advise(event) {
     m.seconds_per_epoch ? `${fmt(m.seconds_per_epoch, 0)} s` : "–", m.refused || (m.fits ? "yes" : "no")]);
   out.replaceChildren(el("h3", { text: `Advised recipe for ${r.data} (${r.n_examples} examples, ${r.shape})` }),
     table(["setting", "value", "why"], rows),
-    el("p", { text: `This server trains every job with ${a.server_method}; ${a.fields.method}` }),
+    el("p", { class: "note", text: `method: ${a.fields.method}. The server sets it for every job; the settings below are the job's.` }),
     el("h3", { text: `Memory and time on ${a.plan.device || "this machine"}` }),
     table(["method", "trainable parameters", "memory", "per epoch", "fits"], plan),
     el("p", { class: "note", text: a.plan.speed_note }));
@@ -280,6 +280,7 @@ function summary(job) {
   $("#job-pause").disabled = !["validating_files", "queued", "running"].includes(job.status);
   $("#job-cancel").disabled = !["validating_files", "queued", "running", "paused"].includes(job.status);
   $("#job-resume").disabled = job.status !== "paused";
+  if (job.error) say(`Job ${job.id} failed: ${job.error.message}`, true);
 }
 async function follow(jobId) {
   if (state.stream) state.stream.abort();
@@ -314,7 +315,12 @@ async function readStream(jobId, controller) {
   if (state.watching === jobId) await loadCheckpoints(jobId);
 }
 function onFrame(kind, data) {
-  if (kind === "job") { summary(data); return; }
+  if (kind === "job") {
+    summary(data);
+    const option = [...$("#watch-job").options].find((o) => o.value === data.id);
+    if (option) option.textContent = `${data.id} · ${data.model} · ${data.status}`;
+    return;
+  }
   const item = el("li", { class: data.level, text: `${when(data.created_at)}  ${data.message}` });
   $("#events").prepend(item);
   if (data.type === "metrics") {
@@ -337,7 +343,7 @@ function svgEl(tag, attrs = {}, text) {
   return node;
 }
 function drawLoss() {
-  const svg = $("#loss-chart"), pts = state.points, W = 640, H = 240, L = 48, B = 24;
+  const svg = $("#loss-chart"), pts = state.points, W = 1000, H = 260, L = 56, B = 24;
   svg.replaceChildren();
   const values = pts.flatMap((p) => [p.train_loss, p.valid_loss]).filter((x) => typeof x === "number");
   if (!values.length) { svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no steps yet")); return; }
