@@ -72,6 +72,15 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
+def tab_to(page, selector: str, limit: int = 40) -> None:
+    """Press Tab until `selector` has the focus, as a keyboard user would (fails if it is not in the tab order)."""
+    for _ in range(limit):
+        if page.evaluate(f"document.activeElement.matches({json.dumps(selector)})"):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{selector} is not reachable with Tab")
+
+
 def data_files(tmp: Path) -> tuple[Path, Path]:
     good = tmp / "reverse.jsonl"
     good.write_text("\n".join(json.dumps(r) for r in chat_rows(20)) + "\n")
@@ -109,7 +118,7 @@ def test_a_file_with_a_bad_line_shows_its_line_and_field_and_cannot_be_uploaded(
 
 def test_a_good_file_is_checked_rendered_and_uploaded_with_the_keyboard(page, tmp_path):
     good, _ = data_files(tmp_path)
-    page.focus("#data-file")
+    tab_to(page, "#data-file")
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Space")
     chooser.value.set_files(str(good))
@@ -119,27 +128,30 @@ def test_a_good_file_is_checked_rendered_and_uploaded_with_the_keyboard(page, tm
     assert "train 18, validation 2" in page.locator("#split").inner_text()
     assert page.locator("pre.rendered mark.trained").count() >= 1   # the trained tokens are marked
     assert page.locator("svg.hist rect").count() >= 1
-    page.focus("#upload")
+    tab_to(page, "#upload")
     page.keyboard.press("Enter")
     page.wait_for_selector("#files-table td:text('reverse.jsonl')")
     shot(page, "data-report")
 
 
 def test_plan_shows_the_advice_and_launches_a_job_that_streams_its_loss_curve(page):
-    page.focus("#tabs button[data-tab=plan]")
+    tab_to(page, "#tabs button[data-tab=plan]")
     page.keyboard.press("Enter")
     page.wait_for_selector("#plan-file option", state="attached")
-    page.select_option("#plan-model", "tiny")
-    page.focus("#plan-form button[type=submit]")
+    assert page.input_value("#plan-model") == "tiny"   # the first model offered: the base
+    tab_to(page, "#plan-form button[type=submit]")
     page.keyboard.press("Enter")
     page.wait_for_selector("#plan-advice table")
     advice = page.locator("#plan-advice").inner_text()
     assert "objective" in advice and "sft" in advice and "lora" in advice
     assert page.locator("label[for=hp-n_epochs] small").inner_text()  # the config model's description
     shot(page, "plan")
-    page.fill("#hp-n_epochs", "2")
-    page.fill("#launch-suffix", "dash")
-    page.focus("#launch")
+    tab_to(page, "#hp-n_epochs")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    tab_to(page, "#launch-suffix")
+    page.keyboard.type("dash")
+    tab_to(page, "#launch")
     page.keyboard.press("Enter")
     page.wait_for_selector("#watch:not([hidden])")
     page.locator("#loss-chart circle.train").nth(1).wait_for(state="attached")   # the curve grew to 2+ steps

@@ -223,6 +223,18 @@ def _held_out(run_dir: Path) -> Path:
     return path
 
 
+def _without_server_paths(request: Request, data):
+    """`data` with the server's folders named as the API names them: a base model's folder by its model name,
+    a job's run folder by the job id. Where the operator keeps things is not a client's business."""
+    text = json.dumps(data, default=str)
+    names = {str(Path(spec).resolve()): name for name, spec in request.app.state.settings.base_models.items()
+             if "/" in spec}
+    names[str(db.state_dir("jobs").resolve())] = "jobs"
+    for folder, name in sorted(names.items(), key=lambda pair: -len(pair[0])):
+        text = text.replace(json.dumps(folder)[1:-1], name)
+    return json.loads(text)
+
+
 def _org_runs(request: Request, org: str) -> dict[str, dict]:
     """Registry records (with tags) of the org's jobs, by run id, newest first."""
     from hone.registry.store import list_runs, using_database
@@ -251,7 +263,7 @@ def list_org_runs(request: Request, org: str = Depends(current_org)) -> dict:
     """The registry's runs of this org's jobs, newest first: status, base model, method, metrics, tags, and
     `parent_id` (the run whose tuned model this one trained on: its lineage)."""
     runs = list(_org_runs(request, org).values())
-    return {"object": "list", "data": runs, "has_more": False}
+    return {"object": "list", "data": _without_server_paths(request, runs), "has_more": False}
 
 
 class TagRequest(BaseModel):
@@ -271,7 +283,7 @@ def tag_run(request: Request, run_id: str, body: TagRequest, org: str = Depends(
             set_tag(run_id, body.tag, body.remove)
     except UserError as exc:
         raise APIError(400, str(exc), param="tag") from None
-    return _org_runs(request, org)[run_id]
+    return _without_server_paths(request, _org_runs(request, org)[run_id])
 
 
 @router.get("/runs/diff")
@@ -286,6 +298,6 @@ def diff_runs(request: Request, a: str = Query(..., max_length=200), b: str = Qu
             raise not_found("run", run_id, param)
     with using_database(request.app.state.settings.db):
         found = diff(a, b)
-    return {section: [{"key": key, "a": left, "b": right} for key, left, right in rows]
-            for section, rows in found.items()}
+    return _without_server_paths(request, {section: [{"key": key, "a": left, "b": right} for key, left, right in rows]
+                                           for section, rows in found.items()})
 

@@ -49,7 +49,8 @@ const fmt = (x, digits = 4) => (x === null || x === undefined ? "–" : typeof x
 const when = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "–");
 function table(head, rows) {
   return el("table", {}, el("thead", {}, el("tr", {}, head.map((h) => el("th", { text: h })))),
-    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => (c instanceof Node ? el("td", {}, c) : el("td", { text: fmt(c) })))))));
+    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => (c instanceof Node ? el("td", {}, c)
+      : el("td", { text: fmt(c), class: String(c).length > 24 && !/\s/.test(String(c)) ? "wrap" : null })))))));
 }
 function options(select, items, label = (x) => x, value = (x) => x, blank = null) {
   const keep = select.value;
@@ -453,9 +454,9 @@ async function loadRuns() {
   };
   $("#runs-table tbody").replaceChildren(...runs.map((r) => el("tr", {},
     el("td", {}, el("input", { type: "checkbox", class: "pick", value: r.id, "aria-label": `select ${r.ref} for diff` })),
-    el("td", {}, el("strong", { text: r.ref }), el("br"), el("small", { text: r.job.fine_tuned_model || r.job.id })),
-    el("td", { text: r.status }), el("td", { text: r.job.model }), el("td", { text: `${r.method || "–"} / ${r.objective || "–"}` }),
-    el("td", { class: "lineage", text: lineage(r) }), el("td", { class: "tags", text: r.tags.join(", ") || "–" }),
+    el("td", { class: "wrap" }, el("strong", { text: r.ref }), el("br"), el("small", { text: r.job.fine_tuned_model || r.job.id })),
+    el("td", { text: r.status }), el("td", { class: "wrap", text: r.job.model }), el("td", { text: `${r.method || "–"} / ${r.objective || "–"}` }),
+    el("td", { class: "lineage wrap", text: lineage(r) }), el("td", { class: "tags", text: r.tags.join(", ") || "–" }),
     el("td", {}, el("button", { type: "button", text: r.tags.includes("production") ? "In production" : "Promote to production",
       disabled: r.tags.includes("production"), onclick: guarded(async () => {
         await api(`/v1/hone/runs/${encodeURIComponent(r.id)}/tags`, { method: "POST", body: { tag: "production" } });
