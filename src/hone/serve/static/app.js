@@ -420,7 +420,7 @@ async function evaluate(event) {
   const p = pair(), out = $("#eval-result");
   if (!p) { say("No succeeded job yet.", true); return; }
   out.replaceChildren(el("p", { text: "Generating answers with base and tuned…" }));
-  const r = await api(`/v1/hone/fine_tuning/jobs/${p.job.id}/evaluation`, { method: "POST", body: { limit: 12, max_new_tokens: 16 } });
+  const r = await api(`/v1/hone/fine_tuning/jobs/${p.job.id}/evaluation`, { method: "POST", body: { limit: 12 } });
   const metrics = r.metrics.map((m) => [m.name, m.base, m.tuned, m.difference,
     m.interval ? `[${fmt(m.interval[0], 3)}, ${fmt(m.interval[1], 3)}]` : "–", `${m.improved} / ${m.regressed} / ${m.unchanged}`]);
   const scores = (r.per_item && r.per_item[r.primary]) || { tuned: [], base: null };
