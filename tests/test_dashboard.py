@@ -145,6 +145,8 @@ def test_plan_shows_the_advice_and_launches_a_job_that_streams_its_loss_curve(pa
     advice = page.locator("#plan-advice").inner_text()
     assert "objective" in advice and "sft" in advice and "lora" in advice
     assert page.locator("label[for=hp-n_epochs] small").inner_text()  # the config model's description
+    # the advised rate (1e-3 for LoRA on few examples) as the multiplier of the server's LoRA rate (2e-4)
+    assert "0.001" in advice and page.input_value("#hp-learning_rate_multiplier") == "5"
     shot(page, "plan")
     tab_to(page, "#hp-n_epochs")
     page.keyboard.press("Control+A")

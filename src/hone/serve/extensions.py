@@ -106,7 +106,7 @@ def advice(request: Request, file_id: str, model: str = Query(..., min_length=1,
            org: str = Depends(current_org)) -> dict:
     """The recipe hone advises for an uploaded file on `model` (each choice with its reason), the memory and
     time plan of this server's method, and the one-line description of each hyperparameter a job takes."""
-    from hone.config import RunConfig, TrainSection, load_config, overrides
+    from hone.config import DEFAULT_LR, RunConfig, TrainSection, load_config, overrides
     from hone.objectives.advice import advise
     from hone.objectives.plan import make_plan
 
@@ -127,7 +127,12 @@ def advice(request: Request, file_id: str, model: str = Query(..., min_length=1,
     train_fields = TrainSection.model_fields
     fields = {name: train_fields[hone_name].description for name, hone_name in HYPERPARAMETER_FIELDS.items()}
     fields["method"] = RunConfig.model_fields["method"].description or "how much of the model changes"
-    return {"advice": recipe_json, "plan": plan.as_dict(), "server_method": method, "fields": fields}
+    # a job takes a multiplier of the server's rate for its method (worker.py), not a rate
+    default_lr = DEFAULT_LR[method]
+    fields["learning_rate_multiplier"] = (f"x {default_lr:g}, this server's {method} rate. "
+                                          f"{fields['learning_rate_multiplier']}")
+    return {"advice": recipe_json, "plan": plan.as_dict(), "server_method": method, "default_lr": default_lr,
+            "fields": fields}
 
 
 def _sse(kind: str, payload: dict, event_id: str | None = None) -> str:
@@ -137,12 +142,12 @@ def _sse(kind: str, payload: dict, event_id: str | None = None) -> str:
 
 @router.get("/fine_tuning/jobs/{job_id}/stream",
             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "`event: job` (the job object) whenever its status changes, "
+                             "description": "`event: job` (the job object) whenever its status or ETA changes, "
                              "`event: event` (a job event, id ftevent-N) for each event, oldest first"}})
 def stream_events(request: Request, job_id: str, after: Optional[str] = Query(None, pattern=r"^ftevent-[0-9]{1,18}$"),
                   org: str = Depends(current_org)) -> StreamingResponse:
     """The job's events as server-sent events: those after `after` (all by default), then each new one as the
-    worker writes it, with the job object on every status change; the stream ends when the job does."""
+    worker writes it, with the job object on every change of status or ETA; the stream ends when the job does."""
     settings = request.app.state.settings
     with db.session(settings.db) as s:
         get_job(s, org, job_id)
@@ -150,13 +155,14 @@ def stream_events(request: Request, job_id: str, after: Optional[str] = Query(No
 
     def frames() -> Iterator[str]:
         seen, status, started = cursor, None, time.monotonic()
+        shown: tuple | None = None
         while True:
             with db.session(settings.db) as s:
                 job = get_job(s, org, job_id)
                 rows = s.scalars(select(db.Event).where(db.Event.job_id == job_id, db.Event.seq > seen)
                                  .order_by(db.Event.seq)).all()
-                if job.status != status:
-                    status = job.status
+                if (job.status, job.estimated_finish) != shown:   # a new status, or a new ETA while it runs
+                    shown, status = (job.status, job.estimated_finish), job.status
                     yield _sse("job", job_object(job))
             for row in rows:
                 seen = row.seq

@@ -232,6 +232,7 @@ async function advise(event) {
   }
   $("#hp-n_epochs").value = Math.max(1, Math.round(r.epochs));
   $("#hp-batch_size").value = r.batch_size;
+  $("#hp-learning_rate_multiplier").value = +(r.lr / a.default_lr).toPrecision(3);   // the advised rate, as the API takes it
 }
 const gb = (bytes) => (typeof bytes === "number" ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : "–");
 async function launch(event) {
@@ -275,7 +276,7 @@ function summary(job) {
   const last = state.points[state.points.length - 1] || {};
   const cards = [["status", job.status], ["model", job.fine_tuned_model || job.model], ["step", last.step ?? "–"],
     ["learning rate", last.learning_rate !== undefined ? last.learning_rate.toExponential(2) : "–"],
-    ["tokens/s", last.tokens_per_s ?? "–"], ["ETA", job.estimated_finish ? when(job.estimated_finish) : "–"],
+    ["tokens/s", last.tokens_per_s ?? "–"], ["ETA", job.estimated_finish ? `${Math.max(0, Math.round(job.estimated_finish - Date.now() / 1000))} s (${when(job.estimated_finish)})` : "–"],
     ["epochs", hp.n_epochs ?? "–"], ["batch", hp.batch_size ?? "–"]];
   $("#job-summary").replaceChildren(...cards.map(([k, v]) => el("div", { class: "card", "data-card": k }, el("span", { text: k }), el("strong", { text: fmt(v) }))));
   $("#job-pause").disabled = !["validating_files", "queued", "running"].includes(job.status);
