@@ -190,6 +190,9 @@ def test_base_and_tuned_answer_side_by_side_and_are_compared_with_intervals(page
     text = page.locator("#eval-result").inner_text()
     assert "95% interval" in text and "Per item" in text
     assert page.locator("#items tbody tr").count() == 2   # the 2 examples the job held out of 20
+    page.click("#forgetting-button")
+    page.wait_for_selector("#forgetting-result table")
+    assert "95% interval of the drop" in page.locator("#forgetting-result").inner_text()
     shot(page, "compare")
 
 

@@ -9,6 +9,7 @@ Each one is a library function behind a key, scoped to the key's org like every 
   each new one as it is written, ending when the job ends (`after` resumes a dropped stream).
 - POST /v1/hone/fine_tuning/jobs/{id}/evaluation: tuned against base on held-out data with paired
   bootstrap intervals and the per-item outcome (`hone eval`).
+- POST /v1/hone/fine_tuning/jobs/{id}/forgetting: the forgetting probe, base against tuned.
 - GET  /v1/hone/runs, POST /v1/hone/runs/{id}/tags, GET /v1/hone/runs/diff: the registry's records of the
   org's jobs (`hone runs`), tags (promote to production) and diffs.
 The registry is the server's, not an org's: only runs trained by this org's jobs are ever shown or changed.
@@ -187,14 +188,10 @@ def evaluation(request: Request, job_id: str, body: EvaluationRequest, org: str 
     each item's texts and outcome (improved, regressed, unchanged)."""
     from hone.evaluation.run_eval import EvalOptions, evaluate_model
 
-    settings = request.app.state.settings
-    with db.session(settings.db) as s:
+    run_dir = _succeeded_run(request, org, job_id)
+    with db.session(request.app.state.settings.db) as s:
         job = get_job(s, org, job_id)
-        if job.status != "succeeded" or not job.run_dir:
-            raise APIError(400, f"Job {job_id} has status {job.status}; only a succeeded job has a tuned model to "
-                           "compare.", param="fine_tuning_job_id", code="invalid_job_status")
         data = stored_path(get_file(s, org, job.validation_file, "validation_file")) if job.validation_file else None
-    run_dir = Path(job.run_dir)
     data = data or _held_out(run_dir)
     try:
         result = evaluate_model(str(run_dir), EvalOptions(data=data, limit=body.limit, perplexity=False,
@@ -205,6 +202,40 @@ def evaluation(request: Request, job_id: str, body: EvaluationRequest, org: str 
     # the API's names for the two models; the server's folders are not the client's business
     out.update(model=job.fine_tuned_model, base_model=job.model, run_dir=None)
     return out
+
+
+def _succeeded_run(request: Request, org: str, job_id: str) -> Path:
+    with db.session(request.app.state.settings.db) as s:
+        job = get_job(s, org, job_id)
+    if job.status != "succeeded" or not job.run_dir:
+        raise APIError(400, f"Job {job_id} has status {job.status}; only a succeeded job has a tuned model to "
+                       "compare.", param="fine_tuning_job_id", code="invalid_job_status")
+    return Path(job.run_dir)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/forgetting")
+def forgetting(request: Request, job_id: str, org: str = Depends(current_org)) -> dict:
+    """The forgetting probe (`evaluation/forgetting.py`): general-skills multiple choice scored on the model the
+    job started from and on its tuned model, the drop in points with its paired bootstrap interval, items lost
+    and gained, by category. Kept in the run folder: asked again, it answers at once."""
+    from hone import atomic
+    from hone.config import load_config
+    from hone.evaluation.forgetting import compare_probe, load_probe, score_probe
+    from hone.evaluation.run_eval import load_model
+
+    run_dir = _succeeded_run(request, org, job_id)
+    saved = run_dir / "forgetting.json"
+    if saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    config = load_config(run_dir / "config.yaml")
+    items = load_probe(config.eval.probe)
+    model, tokenizer = load_model(config.model.name, None, "cpu")
+    base = score_probe(model, tokenizer, items, label="forgetting probe (base)")
+    model, tokenizer = load_model(str(run_dir), run_dir, "cpu")
+    tuned = score_probe(model, tokenizer, items, label="forgetting probe (tuned)")
+    result = compare_probe(base, tuned, config.eval.max_forgetting).to_json()
+    atomic.write_text(saved, json.dumps(result))
+    return result
 
 
 def _held_out(run_dir: Path) -> Path:

@@ -370,6 +370,18 @@ function wireCompare() {
   $("#compare-form").addEventListener("submit", guarded(evaluate));
   $("#chat-form").addEventListener("submit", guarded(chatBoth));
   $("#compare-job").addEventListener("change", namePanes);
+  $("#forgetting-button").addEventListener("click", guarded(probe));
+}
+async function probe() {
+  const p = pair(), out = $("#forgetting-result");
+  if (!p) { say("No succeeded job yet.", true); return; }
+  out.replaceChildren(el("p", { text: "Scoring general-skills questions on base and tuned…" }));
+  const f = await api(`/v1/hone/fine_tuning/jobs/${p.job.id}/forgetting`, { method: "POST" });
+  out.replaceChildren(el("h3", { text: `Forgetting probe: ${f.n} general-skills questions` }),
+    table(["base %", "tuned %", "drop (points)", "95% interval of the drop", "gate", "verdict", "lost / gained"],
+      [[f.base, f.tuned, f.drop, `[${f.ci[0]}, ${f.ci[1]}]`, `≤ ${f.gate}`, f.passed ? "within" : "over", `${f.lost} / ${f.gained}`]]),
+    table(["category", "questions", "base %", "tuned %"], Object.entries(f.categories).map(([name, c]) => [name, c.n, c.base, c.tuned])));
+  say("Probed.");
 }
 async function loadCompare() {
   state.jobs = (await api("/v1/fine_tuning/jobs?limit=100")).data;
