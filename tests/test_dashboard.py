@@ -211,7 +211,7 @@ def test_the_registry_shows_lineage_promotes_to_production_and_diffs_two_runs(pa
     child.wait_for()
     assert "ftjob-" in child.locator("td.lineage").inner_text()   # trained on the first run
     first = page.locator("#runs-table tbody tr").filter(has_text="ft:tiny:acme:dash:", has_not_text="again")
-    first.locator("button").click()
+    first.get_by_role("button", name="Promote to production").click()
     page.wait_for_selector("#runs-table td.tags:text('production')")
     picks = page.locator(".pick")
     assert picks.count() == 2   # the two succeeded runs; the job cancelled before training has none
@@ -219,6 +219,10 @@ def test_the_registry_shows_lineage_promotes_to_production_and_diffs_two_runs(pa
     picks.nth(1).check()
     page.click("#diff-button")
     page.wait_for_selector("#diff-result table")
+    first.locator("select.export-format").select_option("peft/fp32")
+    first.locator("button.export").click()
+    page.wait_for_selector("#export-result h3:has-text('verified')")
+    assert "same greedy answer" in page.locator("#export-result").inner_text()
     shot(page, "registry")
 
 

@@ -12,6 +12,7 @@ Each one is a library function behind a key, scoped to the key's org like every 
 - POST /v1/hone/fine_tuning/jobs/{id}/forgetting: the forgetting probe, base against tuned.
 - GET  /v1/hone/runs, POST /v1/hone/runs/{id}/tags, GET /v1/hone/runs/diff: the registry's records of the
   org's jobs (`hone runs`), tags (promote to production) and diffs.
+- GET  /v1/hone/export_formats, POST /v1/hone/runs/{id}/exports: `hone export`, verified, with its table.
 The registry is the server's, not an org's: only runs trained by this org's jobs are ever shown or changed.
 """
 from __future__ import annotations
@@ -338,3 +339,45 @@ def diff_runs(request: Request, a: str = Query(..., max_length=200), b: str = Qu
     return _without_server_paths(request, {section: [{"key": key, "a": left, "b": right} for key, left, right in rows]
                                            for section, rows in found.items()})
 
+
+@router.get("/export_formats")
+def export_formats(request: Request, org: str = Depends(current_org)) -> dict:
+    """What `hone export` writes (exporting/formats.py FORMATS): each format, its quants (the first is the
+    default), what runs it, and why a quant cannot be written on this server (a tool not installed), if so."""
+    from hone.exporting import FORMATS
+    from hone.exporting.gguf import tool_missing
+
+    return {"object": "list", "data": [
+        {"name": f.name, "what": f.what, "runtime": f.runtime,
+         "quants": [{"name": q.name, "unavailable": tool_missing(q.tool) if q.tool != "torch" else None}
+                    for q in f.quants]} for f in FORMATS.values()]}
+
+
+class ExportRequest(BaseModel):
+    format: str = Field(..., max_length=40, description="hf, peft, gguf, ollama or gguf-lora (see export_formats)")
+    quant: Optional[str] = Field(None, max_length=40, description="one of the format's quants; default its first")
+    force: bool = Field(False, description="replace an earlier export of this format and quant")
+
+
+@router.post("/runs/{run_id}/exports")
+def export(request: Request, run_id: str, body: ExportRequest, org: str = Depends(current_org)) -> dict:
+    """Export one of the org's runs as `hone export` does: the artifact is written, loaded back and compared with
+    the run's own model before it is kept; the answer is its manifest with the verification table (per prompt:
+    max |delta logit| and whether the greedy answer matched). A rejected artifact is a 400 saying why."""
+    from hone.exporting import ExportRejected, export_run
+    from hone.registry.store import using_database
+
+    runs = _org_runs(request, org)
+    if run_id not in runs:
+        raise not_found("run", run_id, "run_id")
+    with db.session(request.app.state.settings.db) as s:
+        job = get_job(s, org, runs[run_id]["job"]["id"])
+    try:
+        with using_database(request.app.state.settings.db):
+            result = export_run(Path(job.run_dir or ""), body.format, body.quant, force=body.force)
+    except (UserError, ExportRejected) as exc:
+        raise APIError(400, _without_server_paths(request, str(exc)), param="format",
+                       code="export_rejected" if isinstance(exc, ExportRejected) else None) from None
+    manifest = dict(result.manifest)
+    manifest.pop("run_path", None)
+    return _without_server_paths(request, manifest)

@@ -458,6 +458,7 @@ function wireRegistry() {
 }
 async function loadRuns() {
   const runs = (await api("/v1/hone/runs")).data, byId = Object.fromEntries(runs.map((r) => [r.id, r]));
+  if (has("/v1/hone/runs/{run_id}/exports") && !state.formats) state.formats = (await api("/v1/hone/export_formats")).data;
   // A run's parent: the registry's parent_id, or the run whose tuned model its job trained on.
   const parent = (r) => byId[r.parent_id] || runs.find((x) => x.job.fine_tuned_model && x.job.fine_tuned_model === r.job.model);
   const lineage = (r) => {
@@ -475,8 +476,34 @@ async function loadRuns() {
         await api(`/v1/hone/runs/${encodeURIComponent(r.id)}/tags`, { method: "POST", body: { tag: "production" } });
         say(`${r.ref} is now ${r.name}@production.`);
         await loadRuns();
-      }) })))));
+      }) }), exportControl(r)))));
   if (!runs.length) $("#runs-table tbody").append(el("tr", {}, el("td", { colspan: 8, text: "No runs yet: launch a job." })));
+}
+// One choice per format and quant (those whose tool is missing here are listed, disabled, with the reason).
+function exportControl(run) {
+  if (!state.formats) return null;
+  const select = el("select", { class: "export-format", "aria-label": `export format for ${run.ref}` },
+    state.formats.flatMap((f) => f.quants.map((q) => el("option", { value: `${f.name}/${q.name}`, disabled: !!q.unavailable,
+      title: q.unavailable || f.what, text: `${f.name} ${q.name}` }))));
+  const button = el("button", { type: "button", class: "export", text: "Export", onclick: guarded(async () => {
+    const [format, quant] = select.value.split("/");
+    $("#export-result").replaceChildren(el("p", { text: `Exporting ${run.ref} as ${format} ${quant} and checking it against the run's model…` }));
+    const m = await api(`/v1/hone/runs/${encodeURIComponent(run.id)}/exports`, { method: "POST", body: { format, quant, force: true } });
+    showExport(run, m);
+  }) });
+  return el("div", { class: "export-control" }, select, button);
+}
+function showExport(run, m) {
+  const v = m.verification, items = v.items || [];
+  const cols = items.length ? Object.keys(items[0]).filter((k) => typeof items[0][k] !== "object") : [];
+  $("#export-result").replaceChildren(
+    el("h3", { text: `${run.ref} as ${m.format} ${m.quant} (${m.runtime}): ${v.passed ? "verified" : "rejected"}` }),
+    table(["check", "result", "allowed"], [["max |Δlogit| against the run's model", v.max_logit_delta, `≤ ${v.tolerance}`],
+      ["same greedy answer", `${v.greedy_agree} of ${v.prompts} prompts`, `≥ ${v.greedy_needed}`],
+      ...Object.entries(v.checks).map(([k, x]) => [k, typeof x === "string" ? x : JSON.stringify(x), "same"])]),
+    items.length ? table(cols, items.map((i) => cols.map((c) => i[c]))) : null,
+    table(["file", "bytes", "sha256"], m.files.map((f) => [f.path, f.bytes, f.sha256.slice(0, 16) + "…"])));
+  say(`Exported ${run.ref} as ${m.format} ${m.quant} in ${m.seconds.total} s.`);
 }
 async function diffRuns() {
   const picked = [...document.querySelectorAll(".pick:checked")].map((c) => c.value);
