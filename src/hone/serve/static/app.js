@@ -110,6 +110,8 @@ function wireData() {
   options($("#data-model"), bases(), (m) => m.id, (m) => m.id, "(no token counts)");
   if (bases().length) $("#data-model").value = bases()[0].id;
   const input = $("#data-file"), drop = $("#drop");
+  // A real button opens the file picker: Enter and Space work on it as on any button.
+  $("#choose-file").addEventListener("click", () => { input.value = ""; input.click(); });
   input.addEventListener("change", guarded(() => input.files[0] && checkFile(input.files[0])));
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
