@@ -290,7 +290,8 @@ def _org_runs(request: Request, org: str) -> dict[str, dict]:
         out[run["id"]] = {key: run[key] for key in ("id", "ref", "name", "version", "status", "base_model", "method",
                                                    "objective", "metrics", "parent_id", "created_at", "finished_at",
                                                    "tags", "data")}
-        out[run["id"]]["job"] = {"id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_model}
+        out[run["id"]]["job"] = {"id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_model,
+                                 "status": job.status}
         out[run["id"]]["data"] = {role: {"sha256": d.get("sha256"), "bytes": d.get("bytes")}
                                   for role, d in (run["data"] or {}).items() if isinstance(d, dict)}
     return out

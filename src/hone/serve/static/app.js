@@ -471,7 +471,8 @@ async function loadRuns() {
   $("#runs-table tbody").replaceChildren(...runs.map((r) => el("tr", {},
     el("td", {}, el("input", { type: "checkbox", class: "pick", value: r.id, "aria-label": `select ${r.ref} for diff` })),
     el("td", { class: "wrap" }, el("strong", { text: r.ref }), el("br"), el("small", { text: r.job.fine_tuned_model || r.job.id })),
-    el("td", { text: r.status }), el("td", { class: "wrap", text: r.job.model }), el("td", { text: `${r.method || "–"} / ${r.objective || "–"}` }),
+    // a job cancelled after its last step keeps a finished run but no tuned model: both statuses are shown
+    el("td", { text: r.job.status === r.status ? r.status : `${r.status} (job ${r.job.status})` }), el("td", { class: "wrap", text: r.job.model }), el("td", { text: `${r.method || "–"} / ${r.objective || "–"}` }),
     el("td", { class: "lineage wrap", text: lineage(r) }), el("td", { class: "tags", text: r.tags.join(", ") || "–" }),
     el("td", {}, el("button", { type: "button", text: r.tags.includes("production") ? "In production" : "Promote to production",
       disabled: r.tags.includes("production"), onclick: guarded(async () => {
