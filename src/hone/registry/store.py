@@ -11,6 +11,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,10 +115,23 @@ class ModelHash(Base):
 
 
 _engines: dict[str, Any] = {}
+# A server whose --db is not in its own environment reads the registry its workers write (their HONE_DB is
+# that --db); a context variable, so one request's choice never leaks into another thread's.
+_url_override: ContextVar[str | None] = ContextVar("registry_url", default=None)
 
 
 def database_url() -> str:
-    return os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'registry.db'}"
+    return _url_override.get() or os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'registry.db'}"
+
+
+@contextmanager
+def using_database(url: str | None) -> Iterator[None]:
+    """Registry calls inside the block use `url` (None: the usual HONE_DB / hone home rule)."""
+    token = _url_override.set(url)
+    try:
+        yield
+    finally:
+        _url_override.reset(token)
 
 
 def session() -> Session:

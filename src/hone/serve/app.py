@@ -17,10 +17,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from hone.serve import db, feedback, files, jobs
+from hone.serve import db, extensions, feedback, files, jobs
 from hone.serve.auth import RateLimiter, current_org
 from hone.serve.capture import CaptureWriter
 from hone.serve.catalog import DatabaseCatalog
+from hone.serve.dashboard import mount_dashboard
 from hone.serve.errors import install_error_handlers, install_openapi
 from hone.serve.settings import ServeSettings
 
@@ -55,6 +56,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(feedback.router)
+    app.include_router(extensions.router)   # /v1/hone: what the dashboard needs beyond OpenAI's API
     try:  # part B: /v1/models, /v1/chat/completions, /v1/completions
         from hone.serve.inference import make_inference_router
     except ImportError:
@@ -88,6 +90,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     def health() -> dict:
         return {"status": "ok"}
 
+    mount_dashboard(app)
     install_openapi(app)
 
     return app

@@ -45,6 +45,7 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
         self.reason: str | None = None      # "cancel", "pause" or "lost" once it interrupted training
         self.run_dir: Path | None = None
+        self.total_steps: int | None = None  # the run's planned optimizer steps, once known (for the ETA)
         with db.session(settings.db) as s:
             metrics = s.scalars(select(db.Event.data).where(db.Event.job_id == job.id, db.Event.type == "metrics"))
             self.reported = max([int((d or {}).get("step", 0)) for d in metrics], default=0)
@@ -98,12 +99,23 @@ class Heartbeat(threading.Thread):
             return
         with db.session(self.settings.db) as s:
             for m in fresh:
-                data = {"step": m["step"], "train_loss": m.get("loss"), "valid_loss": m.get("val_loss")}
+                # OpenAI's keys first; hone's learning rate, speed and time for the dashboard's curves and ETA
+                data = {"step": m["step"], "train_loss": m.get("loss"), "valid_loss": m.get("val_loss"),
+                        "learning_rate": m.get("lr"), "tokens_per_s": m.get("tokens_per_s"),
+                        "epoch": m.get("epoch"), "elapsed_s": m.get("elapsed_s"), "total_steps": self.total_steps}
                 text = f"Step {m['step']}: training loss={m['loss']:.4f}"
                 if m.get("val_loss") is not None:
                     text += f", validation loss={m['val_loss']:.4f}"
                 db.add_event(s, self.job.id, text, "info", "metrics", {k: v for k, v in data.items() if v is not None})
+                if m.get("overfitting"):
+                    db.add_event(s, self.job.id, f"Overfitting alarm at step {m['step']}: training loss fell while "
+                                 "validation loss rose", "warn", "message", {"step": m["step"], "alarm": "overfitting"})
                 self.reported = m["step"]
+            last = fresh[-1] if fresh else None
+            if last and self.total_steps and last.get("elapsed_s"):
+                left = max(0, self.total_steps - last["step"]) * last["elapsed_s"] / max(1, last["step"])
+                s.execute(update(db.Job).where(db.Job.id == self.job.id)
+                          .values(estimated_finish=int(time.time() + left)))
             for step in new_steps:
                 upto = [m for m in metrics if m.get("step", 0) <= step]
                 losses = [m["loss"] for m in upto if m.get("step") == step and "loss" in m]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import signal
 import socket
@@ -102,6 +103,7 @@ class Worker:
                 n_train = self.count_examples(job)
             config = self.config(job, token, n_train)
             beat.run_dir = Path(config.output)
+            beat.total_steps = planned_steps(config, n_train)
             resume = (beat.run_dir / "run.json").is_file()
             self.set_running(job, token, resume, beat)
             import hone  # the front door, as `hone train` and scripts call it
@@ -270,6 +272,10 @@ class Worker:
                             worker=None, lease_until=None)
         if done:
             with db.session(self.settings.db) as s:
+                if results.get("stopped_by") == "early_stopping":
+                    db.add_event(s, job.id, f"Stopped early: validation loss stopped improving; the weights of step "
+                                 f"{results.get('best_step')} are kept", "warn", "message",
+                                 {"stopped_by": "early_stopping", "best_step": results.get("best_step")})
                 db.add_event(s, job.id, f"New fine-tuned model created: {name}")
                 db.add_event(s, job.id, "The job has successfully completed")
                 s.commit()
@@ -321,3 +327,13 @@ class Worker:
             s.execute(update(db.Job).where(db.Job.id == job.id, db.Job.worker == token)
                       .values(worker=None, lease_until=None, request=None))
             s.commit()
+
+
+def planned_steps(config, n_train: int) -> int:
+    """The optimizer steps a job's run will take (for its ETA): max_steps, else epochs x batches of the
+    examples left after the validation hold-out."""
+    train = config.train
+    if train.max_steps:
+        return int(train.max_steps)
+    held = 0 if config.data.validation else round(n_train * config.data.validation_fraction)
+    return max(1, math.ceil(train.epochs * math.ceil(max(1, n_train - held) / train.batch_size)))
