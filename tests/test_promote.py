@@ -175,3 +175,31 @@ def test_from_traffic_holds_out_corrections_and_promote_scores_the_candidate_on_
     refused = cli("promote", "orders:2", "--over", "production")
     assert refused.returncode == 2 and "give --new-slice FILE" in refused.stderr
     assert "no held-out slice recorded" in " ".join(refused.stderr.split())
+
+
+def test_promote_force_moves_the_tag_past_a_failed_condition_and_eval_base_takes_a_run_reference(
+        parent, tiny_model, chat_files, tmp_path, cli):
+    # orders:2 is orders:1 unchanged (lr 1e-12): it cannot be shown better on any slice
+    train_run(tiny_model, chat_files, tmp_path, "same", continue_from="orders@production", max_steps=1, lr=1e-12)
+    test = str(chat_files["test"])
+    refused = cli("promote", "orders:2", "--new-slice", test, "--json")
+    assert refused.returncode == 1 and get_run("orders@production").version == 1
+    forced = cli("promote", "orders:2", "--new-slice", test, "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    decision = json.loads(forced.stdout.strip().splitlines()[-1])
+    assert decision["promoted"] and decision["forced"] and get_run("orders@production").version == 2
+    (skipped,) = decision["reasons"]
+    assert skipped.startswith("new slice (4 items") and skipped.endswith("not shown better")
+    said = " ".join(forced.stderr.split())
+    assert "orders@production -> orders:2 (was orders:1), FORCED past 1 failed condition(s) above" in said
+    assert skipped in said
+    shown = json.loads(cli("runs", "show", "orders:2", "--json").stdout)["promotions"]
+    assert [(p["promoted"], p["forced"]) for p in shown] == [(False, False), (True, True)]
+
+    # hone eval --base NAME:VERSION loads that run's tuned model as the baseline, not its bare base model
+    scored = lambda *args: json.loads(cli("eval", *args, "--limit", "2", "--json").stdout.strip().splitlines()[-1])  # noqa: E731
+    against_run, against_bare = scored("orders:2", "--base", "orders:1"), scored("orders:2")
+    assert against_run["base_model"] == "orders:1" and against_bare["base_model"] == str(tiny_model)
+    # orders:2 has orders:1's weights: the same perplexity when the baseline is that run, not the bare model's
+    assert against_run["base"]["perplexity"] == pytest.approx(against_run["tuned"]["perplexity"], rel=1e-5)
+    assert against_bare["base"]["perplexity"] != pytest.approx(against_bare["tuned"]["perplexity"], rel=1e-5)
