@@ -123,7 +123,7 @@ def dataset_from_traffic(model: str, output: Path, include_good: bool = False, s
     result.report = _checks(output, original.path, original.test)
     result.holdout, result.held_out = held_file, len(held)
     held_lineage = None if held_file is None else {
-        "file": str(held_file), "share": holdout, "seed": seed, "examples": len(held),
+        "file": str(held_file.resolve()), "share": holdout, "seed": seed, "examples": len(held),
         "sha256": hashlib.sha256(held_file.read_bytes()).hexdigest(),
         "requests": [{"id": i, "rating": by_id[i].rating, "line": n + 1} for n, (i, _, _) in enumerate(held)]}
     atomic.write_json(result.lineage, {
