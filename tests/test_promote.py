@@ -120,3 +120,86 @@ def test_promote_refuses_a_worse_candidate_moves_the_tag_for_a_better_one_and_se
     assert recorded["promoted"] and recorded["champion_id"] == get_run("orders:1").id
     table = cli("runs", "show", "orders:2")
     assert "promotion" in table.stdout and "refused" in table.stdout and "original test" in table.stdout
+
+
+def rated_traffic(db: str, run_dir: Path, corrections: dict[str, str]) -> None:
+    """Captured chat requests to `orders@production` (served from `run_dir`), each rated bad with a correction."""
+    import time
+
+    from hone.monitor import traffic
+    from hone.serve.capture import CaptureWriter, Record
+    from hone.serve.settings import ServeSettings
+
+    writer = CaptureWriter(ServeSettings(db=db, capture=True))
+    for n, question in enumerate(corrections):
+        writer.submit(Record(id=f"chatcmpl-{n}", org="acme", model="orders@production", served="orders:1",
+                             run_dir=str(run_dir), kind="chat", messages=[{"role": "user", "content": question}],
+                             answers=[{"text": "?", "finish_reason": "stop", "tokens": 1}], latency_ms=5.0,
+                             prompt_tokens=5, completion_tokens=1, max_tokens=8))
+    writer.close()
+    with traffic.session(db) as s:
+        for n, answer in enumerate(corrections.values()):
+            s.add(traffic.Feedback(id=f"chatcmpl-{n}", org="acme", rating="bad", correction=answer, redacted=[],
+                                   created_at=time.time()))
+        s.commit()
+
+
+def test_from_traffic_holds_out_corrections_and_promote_scores_the_candidate_on_them(
+        parent, tiny_model, chat_files, tmp_path, cli):
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    rated_traffic(db, parent.run_dir, {f"Count {word} {n}": "no" for n, word in enumerate(WORDS)})
+    data = tmp_path / "next.jsonl"
+    done = cli("data", "from-traffic", "orders@production", "--output", str(data), "--holdout", "0.3", "--db", db)
+    assert done.returncode == 0, done.stderr
+    held = tmp_path / "next.holdout.jsonl"
+    assert f"{held}: 3 corrected example(s) held out" in " ".join(done.stdout.split())
+    question = lambda line: json.loads(line)["messages"][0]["content"]  # noqa: E731
+    trained, held_out = [{question(x) for x in f.read_text().splitlines()} for f in (data, held)]
+    assert len(trained) == 7 and len(held_out) == 3 and not trained & held_out
+    lineage = json.loads(Path(f"{data}.lineage.json").read_text())["holdout"]
+    assert lineage["file"] == str(held) and lineage["examples"] == 3 and lineage["share"] == 0.3
+    again = hone.data_from_traffic("orders@production", tmp_path / "again.jsonl", db=db, holdout=0.3)
+    assert again.held_out == 3 and again.holdout == tmp_path / "again.holdout.jsonl"
+    assert (tmp_path / "again.holdout.jsonl").read_text() == held.read_text()     # seeded: the same draw
+
+    train_run(tiny_model, chat_files, tmp_path, "next", continue_from="orders@production", data=str(data),
+              max_steps=1)
+    promoted = cli("promote", "orders:2", "--over", "production", "--json")   # no --new-slice
+    assert promoted.returncode in (0, 1), promoted.stderr
+    assert f"new slice: {held}, held out by hone data from-traffic" in " ".join(promoted.stderr.split())
+    decision = json.loads(promoted.stdout.strip().splitlines()[-1])
+    assert decision["figures"]["new_slice"]["n"] == 3 and decision["figures"]["new_slice"]["file"] == str(held)
+
+    # a candidate whose training file has no held-out slice: promote asks for --new-slice, naming why
+    Path(f"{data}.lineage.json").write_text(json.dumps({"holdout": None}))
+    refused = cli("promote", "orders:2", "--over", "production")
+    assert refused.returncode == 2 and "give --new-slice FILE" in refused.stderr
+    assert "no held-out slice recorded" in " ".join(refused.stderr.split())
+
+
+def test_promote_force_moves_the_tag_past_a_failed_condition_and_eval_base_takes_a_run_reference(
+        parent, tiny_model, chat_files, tmp_path, cli):
+    # orders:2 is orders:1 unchanged (lr 1e-12): it cannot be shown better on any slice
+    train_run(tiny_model, chat_files, tmp_path, "same", continue_from="orders@production", max_steps=1, lr=1e-12)
+    test = str(chat_files["test"])
+    refused = cli("promote", "orders:2", "--new-slice", test, "--json")
+    assert refused.returncode == 1 and get_run("orders@production").version == 1
+    forced = cli("promote", "orders:2", "--new-slice", test, "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    decision = json.loads(forced.stdout.strip().splitlines()[-1])
+    assert decision["promoted"] and decision["forced"] and get_run("orders@production").version == 2
+    (skipped,) = decision["reasons"]
+    assert skipped.startswith("new slice (4 items") and skipped.endswith("not shown better")
+    said = " ".join(forced.stderr.split())
+    assert "orders@production -> orders:2 (was orders:1), FORCED past 1 failed condition(s) above" in said
+    assert skipped in said
+    shown = json.loads(cli("runs", "show", "orders:2", "--json").stdout)["promotions"]
+    assert [(p["promoted"], p["forced"]) for p in shown] == [(False, False), (True, True)]
+
+    # hone eval --base NAME:VERSION loads that run's tuned model as the baseline, not its bare base model
+    scored = lambda *args: json.loads(cli("eval", *args, "--limit", "2", "--json").stdout.strip().splitlines()[-1])  # noqa: E731
+    against_run, against_bare = scored("orders:2", "--base", "orders:1"), scored("orders:2")
+    assert against_run["base_model"] == "orders:1" and against_bare["base_model"] == str(tiny_model)
+    # orders:2 has orders:1's weights: the same perplexity when the baseline is that run, not the bare model's
+    assert against_run["base"]["perplexity"] == pytest.approx(against_run["tuned"]["perplexity"], rel=1e-5)
+    assert against_bare["base"]["perplexity"] != pytest.approx(against_bare["tuned"]["perplexity"], rel=1e-5)

@@ -244,13 +244,18 @@ def monitor_model(model: str, *, since: str | None = None, org: str | None = Non
 
 
 def data_from_traffic(model: str, output: str | Path, *, include_good: bool = False, since: str | None = None,
-                      org: str | None = None, db: str | None = None, keep_pii: bool = False) -> TrafficDataset:
+                      org: str | None = None, db: str | None = None, keep_pii: bool = False,
+                      holdout: float | None = None, holdout_output: str | Path | None = None,
+                      seed: int = 0) -> TrafficDataset:
     """The next dataset version from a served model's corrected (and, with include_good, good-rated) answers,
-    as `hone data from-traffic` writes it, with FILE.lineage.json beside it."""
-    from hone.monitor.from_traffic import dataset_from_traffic
+    as `hone data from-traffic` writes it, with FILE.lineage.json beside it and a seeded `holdout` share of the
+    corrections (default 0.3) held out in FILE.holdout.jsonl (or `holdout_output`) for `hone promote`."""
+    from hone.monitor.from_traffic import DEFAULT_HOLDOUT, dataset_from_traffic
     from hone.monitor.traffic import parse_since
 
-    return dataset_from_traffic(model, Path(output), include_good, parse_since(since), org, db, keep_pii)
+    return dataset_from_traffic(model, Path(output), include_good, parse_since(since), org, db, keep_pii,
+                                DEFAULT_HOLDOUT if holdout is None else holdout,
+                                Path(holdout_output) if holdout_output else None, seed)
 
 
 def __getattr__(name: str):

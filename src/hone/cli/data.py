@@ -191,6 +191,9 @@ def data_from_traffic(
     since: Optional[str] = typer.Option(None, "--since", help="Only feedback on traffic since: 24h, 7d or a date"),
     org: Optional[str] = typer.Option(None, "--org", help="Only this org's traffic"),
     keep_pii: bool = typer.Option(False, "--keep-pii", help="Keep personal data found in the examples (default: redacted)"),
+    holdout: float = typer.Option(0.3, "--holdout", help="Share of the corrections held out (never trained on) as the new slice hone promote scores; 0: none"),
+    holdout_output: Optional[Path] = typer.Option(None, "--holdout-output", help="Where the held-out slice goes (default: FILE.holdout.jsonl beside --output)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out draw"),
     db: Optional[str] = typer.Option(None, "--db", help="Service database URL (default: SQLite under the hone home, as hone serve)"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line"),
 ):
@@ -199,12 +202,19 @@ def data_from_traffic(
     from hone.monitor.from_traffic import REASONS, dataset_from_traffic
     from hone.monitor.traffic import parse_since
 
-    result = dataset_from_traffic(model, output, include_good, parse_since(since), org, db, keep_pii)
+    result = dataset_from_traffic(model, output, include_good, parse_since(since), org, db, keep_pii, holdout,
+                                  holdout_output, seed)
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return
     out.print(f"{result.output}: {result.examples} example(s) ({result.corrected} corrected, {result.good} rated good)"
               f"{f', {result.redacted} with personal data redacted' if result.redacted else ''}", highlight=False, soft_wrap=True)
+    if result.holdout:
+        out.print(f"{result.holdout}: {result.held_out} corrected example(s) held out, never in {result.output} "
+                  "(hone promote scores the next version on them)", highlight=False, soft_wrap=True)
+    elif holdout:
+        out.print(f"  no held-out slice: {holdout:g} of the corrections rounds to none; give hone promote a "
+                  "--new-slice of your own", highlight=False, soft_wrap=True)
     for reason, ids in result.dropped.items():
         out.print(f"  left out {len(ids)}: {REASONS[reason]} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})",
                   highlight=False, soft_wrap=True)

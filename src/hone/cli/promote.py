@@ -15,7 +15,7 @@ err = Console(stderr=True)
 def promote_command(
     candidate: str = typer.Argument(..., help="The candidate run: NAME:VERSION, run id or folder"),
     over: str = typer.Option("production", "--over", help="The tag to win: the candidate is weighed against NAME@TAG"),
-    new_slice: Optional[Path] = typer.Option(None, "--new-slice", help="Held-out new data (e.g. corrected traffic) on which the candidate must be better"),
+    new_slice: Optional[Path] = typer.Option(None, "--new-slice", help="Held-out new data on which the candidate must be better (default: the slice hone data from-traffic held out of the candidate's training data)"),
     max_forgetting: Optional[float] = typer.Option(None, "--max-forgetting", help="Probe drop allowed, in points (default: the champion's eval.max_forgetting)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items of each set"),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts generated together"),

@@ -78,9 +78,9 @@ def promote(candidate: str, over: str = "production", new_slice: Path | None = N
                         f"tag the first version with: hone runs tag {row.ref} {over}")
     if champion.id == row.id:
         raise UserError(f"{row.ref} is already {row.name}@{over}")
+    held_out_from = None
     if new_slice is None:
-        raise UserError("give --new-slice FILE: held-out new data (e.g. corrected traffic) on which the candidate "
-                        "must be better")
+        new_slice, held_out_from = _held_out_slice(row)
     config = load_config(Path(champion.path) / "config.yaml")
     if config.data.test is None:
         raise UserError(f"{champion.ref} was trained without a test split, so there is no original test to keep; "
@@ -92,6 +92,9 @@ def promote(candidate: str, over: str = "production", new_slice: Path | None = N
     console.print(f"[bold]hone promote[/bold] {row.ref} over {champion.ref} ({row.name}@{over}): "
                   f"{len(original)} original test items ({config.data.test}), {len(fresh)} new-slice items "
                   f"({new_slice})", highlight=False)
+    if held_out_from:
+        console.print(f"  new slice: {new_slice}, held out by hone data from-traffic from {row.ref}'s training "
+                      f"data ({held_out_from})", highlight=False, soft_wrap=True)
     probes = _probes_from_continued_run(row, champion)
     if probes:
         console.print(f"  forgetting probe: the scores {row.ref}'s own run took of {champion.ref} (its parent, "
@@ -107,6 +110,7 @@ def promote(candidate: str, over: str = "production", new_slice: Path | None = N
         comparison = _compare(items, getattr(answers["candidate"], key), getattr(answers["production"], key), seed)
         figures[key] = {"n": len(items), **asdict(comparison)}
         conditions.append(_condition(key, label, comparison, len(items), rule, over))
+    figures["new_slice"]["file"] = str(new_slice)
     conditions.append(_forgetting(answers["production"].probe, answers["candidate"].probe, gate, over, figures))
 
     passed = all(c.passed is not False for c in conditions)
@@ -116,6 +120,26 @@ def promote(candidate: str, over: str = "production", new_slice: Path | None = N
     result = PromotionResult(row.ref, champion.ref, over, promoted, force and not passed, conditions, figures)
     record_promotion(row.name, over, row.id, champion.id, promoted, result.forced, result.reasons, figures)
     return result
+
+
+def _held_out_slice(candidate) -> tuple[Path, str]:
+    """(the held-out slice, the training file it was held out of) that `hone data from-traffic` recorded in the
+    lineage beside the candidate's training data; a UserError asking for --new-slice when there is none."""
+    import json
+
+    train = (candidate.config.get("data") or {}).get("train")
+    lineage = Path(f"{train}.lineage.json") if train else None
+    held = None
+    if lineage is not None and lineage.is_file():
+        try:
+            held = (json.loads(lineage.read_text(encoding="utf-8")).get("holdout") or {}).get("file")
+        except (ValueError, AttributeError) as exc:
+            raise UserError(f"unreadable lineage ({exc}); give --new-slice FILE", file=str(lineage)) from exc
+    if not held:
+        why = (f"its training data {train} has no held-out slice recorded in {lineage}" if lineage and lineage.is_file()
+               else f"its training data {train} was not written by hone data from-traffic (no {lineage})")
+        raise UserError(f"give --new-slice FILE: held-out new data on which {candidate.ref} must be better; {why}")
+    return Path(held), str(train)
 
 
 def _chats(path: Path, system: str | None, limit: int | None) -> list[ChatExample]:
