@@ -121,7 +121,9 @@ def test_two_sweep_processes_share_one_study_without_repeating_a_trial(tiny_mode
 
     result = show_sweep("shared")
     numbers = [t["number"] for t in result.trials]
-    assert len(numbers) == len(set(numbers)) and all(t["state"] == "complete" for t in result.trials)
+    # a trial may be pruned (the median of the two finished ones is enough to stop a third), never left failed
+    assert len(numbers) == len(set(numbers)) and all(t["state"] in ("complete", "pruned") for t in result.trials)
+    assert any(t["state"] == "complete" for t in result.trials)
     assert 3 <= len(numbers) <= 4  # two processes may both start the last trial, never the same one
     folders = [t["run_dir"] for t in result.trials]
     assert len(set(folders)) == len(folders)
