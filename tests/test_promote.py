@@ -77,43 +77,68 @@ def verb_file(path: Path, verb: str, answer: str, n: int, offset: int = 0) -> st
     return str(path)
 
 
-def test_promote_refuses_a_worse_candidate_moves_the_tag_for_a_better_one_and_serving_follows(
-        tiny_model, tmp_path, cli):
+def test_the_loop_capture_feedback_drift_new_data_continue_promote_and_serving_follows(tiny_model, tmp_path, cli):
+    """Issue 21's loop end to end on the tiny model: serve orders@production with capture, traffic from the official
+    openai client drifts to a new task, users correct it through /v1/feedback, `hone monitor` sees the drift, the
+    corrections become the next dataset, a continued version learns it, a worse candidate is refused, the better
+    one is promoted and the same server answers with it."""
+    import openai
+
     old, old_test = verb_file(tmp_path / "old.jsonl", "Reverse", "yes", 40), verb_file(tmp_path / "old-t.jsonl",
                                                                                        "Reverse", "yes", 10, 3)
-    new, new_slice = verb_file(tmp_path / "new.jsonl", "Count", "no", 40), verb_file(tmp_path / "new-t.jsonl",
-                                                                                     "Count", "no", 10, 5)
     common = {"max_steps": 60, "lr": 1e-2, "method": "full", "objective": "sft", "data__max_length": 64,
               "train__eval_every": 1000, **{f"train__{k}": v for k, v in TRAIN.items()}}
     hone.train(data=old, test=old_test, model=str(tiny_model), name="orders", output=str(tmp_path / "v1"), **common)
     set_tag("orders:1", "production")
-    # v2 learns only the new task from the bare base: it forgets the original one
-    hone.train(data=new, test=new_slice, model=str(tiny_model), name="orders", output=str(tmp_path / "v2"), **common)
-    # v3 continues v1 with its data replayed: the new task learned, the original kept
-    hone.train(data=new, continue_from="orders@production", output=str(tmp_path / "v3"),
-               validation=verb_file(tmp_path / "new-v.jsonl", "Count", "no", 10, 7),
-               **{**common, "method": None, "train__replay": 0.5, "max_steps": 100, "lr": 5e-3})
 
-    app = in_process_app(tiny_model, tmp_path, registry_models={"orders": "acme"})
-    ask = lambda: app.http.post("/v1/chat/completions", headers=app.auth, json={  # noqa: E731
-        "model": "orders@production", "max_tokens": 4, "temperature": 0,
-        "messages": [{"role": "user", "content": "Count tiger"}]}).json()["choices"][0]["message"]["content"]
-    assert ask() == "yes"   # v1 answers its old task's answer to everything
+    app = in_process_app(tiny_model, tmp_path, registry_models={"orders": "acme"}, capture=True)
+    with app.http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key=app.auth["Authorization"][7:],
+                               http_client=app.http, max_retries=0)
+        ask = lambda text: client.chat.completions.create(  # noqa: E731
+            model="orders@production", max_tokens=4, temperature=0, messages=[{"role": "user", "content": text}])
+        assert ask("Reverse tiger").choices[0].message.content == "yes"
+        # traffic drifts to a new task the served model gets wrong; each answer is corrected by its user
+        for n in range(30):
+            answer = ask(f"Count {WORDS[n % len(WORDS)]} {n}")
+            assert answer.choices[0].message.content == "yes"
+            rated = app.http.post("/v1/feedback", headers=app.auth,
+                                  json={"id": answer.id, "rating": "bad", "correction": "no"})
+            assert rated.status_code == 200, rated.text
+        app.http.app.state.capture.flush()
 
-    refused = cli("promote", "orders:2", "--over", "production", "--new-slice", new_slice, "--json")
-    assert refused.returncode == 1, refused.stderr
-    decision = json.loads(refused.stdout.strip().splitlines()[-1])
-    assert not decision["promoted"] and get_run("orders@production").version == 1
-    assert len(decision["reasons"]) == 1 and decision["reasons"][0].startswith(
-        "original test (10 items, accuracy): candidate 0.0% vs production 100.0%, difference -100.0 points")
-    assert [c["passed"] for c in decision["conditions"]] == [False, True, None]   # no probe on a tiny model
+        watched = hone.monitor_model("orders@production", db=app.settings.db)
+        assert watched.requests == 31 and watched.drift["p_value"] < 0.01
+        assert any(a["name"] == "drift" for a in watched.alarms), watched.alarms
+        data = tmp_path / "next.jsonl"
+        built = hone.data_from_traffic("orders@production", data, db=app.settings.db, holdout=0.3)
+        assert built.held_out == 9 and len(data.read_text().splitlines()) == 21
 
-    promoted = cli("promote", "orders:3", "--new-slice", new_slice, "--json")
-    assert promoted.returncode == 0, promoted.stderr
-    decision = json.loads(promoted.stdout.strip().splitlines()[-1])
-    assert decision["promoted"] and not decision["reasons"] and get_run("orders@production").version == 3
-    assert decision["figures"]["new_slice"]["tuned"] == 1.0 and decision["figures"]["new_slice"]["base"] == 0.0
-    assert ask() == "no"    # the same server, no restart: the next request is answered by v3
+        # v2 learns only the new task from the bare base (it forgets the original one); v3 continues production
+        # with its data replayed
+        hone.train(data=str(data), test=str(built.holdout), model=str(tiny_model), name="orders",
+                   output=str(tmp_path / "v2"), **common)
+        hone.train(data=str(data), continue_from="orders@production", output=str(tmp_path / "v3"),
+                   **{**common, "method": None, "train__replay": 0.5, "max_steps": 100, "lr": 5e-3})
+
+        refused = cli("promote", "orders:2", "--over", "production", "--new-slice", str(built.holdout), "--json")
+        assert refused.returncode == 1, refused.stderr
+        decision = json.loads(refused.stdout.strip().splitlines()[-1])
+        assert not decision["promoted"] and get_run("orders@production").version == 1
+        assert len(decision["reasons"]) == 1 and decision["reasons"][0].startswith(
+            "original test (10 items, accuracy): candidate 0.0% vs production 100.0%, difference -100.0 points")
+        assert [c["passed"] for c in decision["conditions"]] == [False, True, None]   # no probe on a tiny model
+
+        promoted = cli("promote", "orders:3", "--json")   # the new slice: the corrections from-traffic held out
+        assert promoted.returncode == 0, promoted.stderr
+        decision = json.loads(promoted.stdout.strip().splitlines()[-1])
+        assert decision["promoted"] and not decision["reasons"] and get_run("orders@production").version == 3
+        assert decision["figures"]["new_slice"]["file"] == str(built.holdout)
+        assert decision["figures"]["new_slice"]["tuned"] == 1.0 and decision["figures"]["new_slice"]["base"] == 0.0
+        # the same server, no restart: the next request is answered by v3, on both tasks
+        unseen = json.loads(built.holdout.read_text().splitlines()[0])["messages"][0]["content"]
+        assert ask(unseen).choices[0].message.content == "no"
+        assert ask("Reverse tiger").choices[0].message.content == "yes"
 
     shown = cli("runs", "show", "orders:3", "--json")
     (recorded,) = json.loads(shown.stdout)["promotions"]
