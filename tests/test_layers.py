@@ -6,7 +6,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).parents[1] / "src" / "hone"
 # Lower numbers are lower floors; a module may import its own floor and those below.
-FLOORS = {"version": 0, "config": 0, "errors": 0, "home": 0, "atomic": 0, "hardware": 0,
+FLOORS = {"version": 0, "config": 0, "errors": 0, "home": 0, "atomic": 0, "hardware": 0, "servicedb": 0,
           "data": 1, "models": 2, "registry": 3, "methods": 4, "launch": 5, "training": 6, "kb": 7, "evaluation": 7,
           "exporting": 7, "llamacpp": 7, "monitor": 9, "objectives": 10, "sweeps": 12, "hone": 15, "cli": 20,
           "serve": 20}

@@ -11,18 +11,15 @@ in the monitor stage, so that the stages below the server can read traffic witho
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-from sqlalchemy import JSON, Float, Integer, String, Text, create_engine, delete, event, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import JSON, Float, Integer, String, Text, delete, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from hone.errors import UserError
-from hone.home import hone_home
+from hone.servicedb import open_session
 
 
 class Base(DeclarativeBase):
@@ -60,39 +57,9 @@ class Feedback(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
-def database_url(url: str | None = None) -> str:
-    """The service database (serve/db.py's rule): `url`, else HONE_DB, else SQLite in the hone home."""
-    url = url or os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'serve.db'}"
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return url
-
-
-_makers: dict[str, sessionmaker] = {}
-
-
 def session(url: str | None = None) -> Session:
     """A session on the service database's traffic tables (created on first use)."""
-    url = database_url(url)
-    if url not in _makers:
-        try:
-            engine = create_engine(url, **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
-            if url.startswith("sqlite"):
-                event.listen(engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(engine)
-        except (SQLAlchemyError, ImportError) as exc:
-            raise UserError(f"cannot open the service database at {url.split('@')[-1]}: "
-                            f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}", field="db") from None
-        _makers[url] = sessionmaker(engine, expire_on_commit=False)
-    return _makers[url]()
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    # the server writes captures while `hone monitor` reads: WAL, and writers wait rather than fail
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    return open_session(url, Base.metadata)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from hone.errors import UserError
 from hone.home import hone_home, runs_dir
 from hone.registry.fingerprint import data_fingerprints, file_sha256, folder_sha256, library_versions
+from hone.servicedb import safe_url
 
 REF = re.compile(r"^(?P<name>[^:@\s]+)(?::(?P<version>\d+)|@(?P<tag>[A-Za-z0-9_.-]+))?$")
 
@@ -141,20 +142,10 @@ def session() -> Session:
             engine = create_engine(url)
             Base.metadata.create_all(engine)
         except (SQLAlchemyError, ImportError) as exc:
-            raise UserError(f"cannot open the run registry at {_safe(url)}: {exc.__class__.__name__}: "
+            raise UserError(f"cannot open the run registry at {safe_url(url)}: {exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0]}") from None
         _engines[url] = engine
     return Session(_engines[url], expire_on_commit=False)
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
-        return url
 
 
 def _now() -> datetime:

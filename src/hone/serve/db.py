@@ -10,20 +10,17 @@ Each table has an integer `seq` (insertion order, the pagination cursor) and the
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import secrets
 import string
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Float, Integer, String, Text, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import JSON, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from hone.errors import UserError
 from hone.home import hone_home
+from hone.servicedb import open_session
 
 
 class Base(DeclarativeBase):
@@ -106,42 +103,9 @@ class Checkpoint(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
-_makers: dict[str, sessionmaker] = {}
-
-
-def database_url(url: str | None = None) -> str:
-    """`--db`, else HONE_DB, else SQLite in the hone home (the run registry's rule; its own file)."""
-    url = url or os.environ.get("HONE_DB") or f"sqlite:///{hone_home() / 'serve.db'}"
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
-        # SQLAlchemy's default driver is psycopg2; hone ships psycopg 3
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return url
-
-
 def session(url: str | None = None) -> Session:
-    """A session on the service database; tables are created on first use."""
-    url = database_url(url)
-    if url not in _makers:
-        try:
-            engine = create_engine(url, **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
-            if url.startswith("sqlite"):
-                event.listen(engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(engine)
-        except (SQLAlchemyError, ImportError) as exc:
-            from hone.registry.store import _safe
-
-            raise UserError(f"cannot open the service database at {_safe(url)}: {exc.__class__.__name__}: "
-                            f"{str(exc).splitlines()[0]}") from None
-        _makers[url] = sessionmaker(engine, expire_on_commit=False)
-    return _makers[url]()
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    # WAL: the server reads while workers write; busy_timeout makes writers wait instead of failing.
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    """A session on the service database (servicedb's rule); tables are created on first use."""
+    return open_session(url, Base.metadata)
 
 
 def state_dir(kind: str) -> Path:

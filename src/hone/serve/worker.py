@@ -28,6 +28,7 @@ from hone.serve.hyperparameters import resolve
 from hone.serve.jobs import ACTIVE, tuned_model_name
 from hone.serve.log import say
 from hone.serve.settings import ServeSettings
+from hone.servicedb import database_url
 
 
 class JobFailed(Exception):
@@ -58,7 +59,7 @@ class Worker:
         # or pause would be dropped silently (the job trained on to its end). Install the handler ourselves.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        say(worker=self.name, event="started", db=db.database_url(self.settings.db).split("://")[0])
+        say(worker=self.name, event="started", db=database_url(self.settings.db).split("://")[0])
         while True:
             try:
                 claimed = self.claim()
