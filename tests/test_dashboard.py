@@ -169,11 +169,19 @@ def test_plan_shows_the_advice_and_launches_a_job_that_streams_its_loss_curve(pa
     shot(page, "watch")
 
 
-def test_a_launched_job_is_cancelled_from_the_watch_page(page):
+def test_a_launched_job_is_paused_resumed_and_cancelled_from_the_watch_page(page):
     page.click("#tabs button[data-tab=plan]")
     page.wait_for_selector("#plan-file option", state="attached")
     page.select_option("#plan-model", "tiny")
     page.click("#launch")
+    page.wait_for_selector("#job-pause:not([disabled])")
+    page.click("#job-pause")
+    page.wait_for_selector(".card[data-card=status] strong:text('paused')")
+    assert page.locator("#job-pause").is_disabled() and not page.locator("#job-resume").is_disabled()
+    page.wait_for_selector("#events li:text('Fine-tuning job paused')")
+    page.click("#job-resume")
+    page.wait_for_selector(".card[data-card=status] strong:not(:text('paused'))")
+    assert page.locator("#job-resume").is_disabled()
     page.wait_for_selector("#job-cancel:not([disabled])")
     page.click("#job-cancel")
     page.wait_for_selector(".card[data-card=status] strong:text('cancelled')")
@@ -186,7 +194,9 @@ def test_base_and_tuned_answer_side_by_side_and_are_compared_with_intervals(page
     page.wait_for_selector("#compare-job option", state="attached")
     assert page.locator("#chat-tuned-name").inner_text().startswith("tuned: ft:tiny:acme:dash:")
     page.fill("#chat-input", "apple")
-    page.click("#chat-form button")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        page.click("#chat-form button")
+    assert json.loads(sent.value.post_data or "{}")["temperature"] == 0   # greedy: reproducible answers
     page.wait_for_selector("#chat-base[data-done='1']")
     page.wait_for_selector("#chat-tuned[data-done='1']")
     assert page.locator("#chat-base").inner_text().strip() and page.locator("#chat-tuned").inner_text().strip()
@@ -217,7 +227,21 @@ def test_the_registry_shows_lineage_promotes_to_production_and_diffs_two_runs(pa
     assert "ftjob-" in child.locator("td.lineage").inner_text()   # trained on the first run
     first = page.locator("#runs-table tbody tr").filter(has_text="ft:tiny:acme:dash:", has_not_text="again")
     first.get_by_role("button", name="Promote to production").click()
+    page.wait_for_selector("#promotion-verdict:has-text('first production run')")
     page.wait_for_selector("#runs-table td.tags:text('production')")
+    # the child goes through the gate: original held-out examples, new slice, probe, each with its figures
+    child.get_by_role("button", name="Promote to production").click()
+    page.wait_for_selector("#promotion-result table")
+    gate = page.locator("#promotion-result").inner_text()
+    assert "original test" in gate and "new slice" in gate and "95% CI" in gate and "forgetting probe" in gate
+    if "not promoted" in page.locator("#promotion-verdict").inner_text():
+        assert "Why not:" in gate
+        page.click("#force-promote")
+        page.wait_for_selector("#promotion-verdict:has-text('promoted by force')")
+        assert "forced: the tag moved although" in page.locator("#promotion-result").inner_text()
+    # the tag moved: the child is production, the first is not any more
+    page.wait_for_selector("#runs-table tbody tr:has-text('ft:tiny:acme:again:') td.tags:text('production')")
+    assert first.locator("td.tags").inner_text() == "–"
     # the two tuned models' runs (the cancelled job has a run too when its cancel landed after training began)
     child.locator(".pick").check()
     first.locator(".pick").check()

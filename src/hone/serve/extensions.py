@@ -11,7 +11,9 @@ Each one is a library function behind a key, scoped to the key's org like every 
   bootstrap intervals and the per-item outcome (`hone eval`).
 - POST /v1/hone/fine_tuning/jobs/{id}/forgetting: the forgetting probe, base against tuned.
 - GET  /v1/hone/runs, POST /v1/hone/runs/{id}/tags, GET /v1/hone/runs/diff: the registry's records of the
-  org's jobs (`hone runs`), tags (promote to production) and diffs.
+  org's jobs (`hone runs`), tags and diffs.
+- POST /v1/hone/runs/{id}/promotion: promote to production through `hone promote`'s gate (or forced, saying
+  which conditions failed).
 - GET  /v1/hone/export_formats, POST /v1/hone/runs/{id}/exports: `hone export`, verified, with its table.
 The registry is the server's, not an org's: only runs trained by this org's jobs are ever shown or changed.
 """
@@ -323,6 +325,62 @@ def tag_run(request: Request, run_id: str, body: TagRequest, org: str = Depends(
     except UserError as exc:
         raise APIError(400, str(exc), param="tag") from None
     return _without_server_paths(request, _org_runs(request, org)[run_id])
+
+
+class PromotionRequest(BaseModel):
+    tag: str = Field("production", pattern=TAG, description="the tag to move, e.g. production")
+    new_slice_file: Optional[str] = Field(None, max_length=200, description="id of an uploaded file of new data on "
+                                          "which the run must be better; default: the examples its job held out")
+    limit: int = Field(20, ge=1, le=500, description="items scored from each set (the first N)")
+    force: bool = Field(False, description="move the tag even when a condition fails (the failures are recorded)")
+
+
+@router.post("/runs/{run_id}/promotion")
+def promote_run(request: Request, run_id: str, body: PromotionRequest, org: str = Depends(current_org)) -> dict:
+    """Promote one of the org's runs through `hone promote`'s gate: weighed against the org's run tagged `tag` on
+    that run's original held-out examples (not worse) and on new data (better), both with paired bootstrap
+    intervals, and the forgetting probe (within the gate); the tag moves when all hold, or when `force` says so
+    (the failed conditions are named and recorded). The first run to get the tag has nothing to weigh against."""
+    from hone.evaluation.promotion import promote
+    from hone.registry.store import set_tag, using_database
+
+    settings = request.app.state.settings
+    runs = _org_runs(request, org)
+    if run_id not in runs:
+        raise not_found("run", run_id, "run_id")
+    if body.tag in runs[run_id]["tags"]:
+        raise APIError(400, f"{runs[run_id]['ref']} already has the tag {body.tag}", param="tag")
+    holders = [r for r in runs.values() if body.tag in r["tags"]]
+    if not holders:
+        with using_database(settings.db):
+            set_tag(run_id, body.tag)
+        return _without_server_paths(request, {
+            "candidate": runs[run_id]["ref"], "champion": None, "tag": body.tag, "promoted": True, "forced": False,
+            "first": True, "reasons": [], "conditions": [], "figures": {},
+            "note": f"the org's first run tagged {body.tag}: nothing to weigh it against",
+            "run": _org_runs(request, org)[run_id]})
+    champion = holders[0]
+    with db.session(settings.db) as s:
+        mine = get_job(s, org, runs[run_id]["job"]["id"])
+        theirs = get_job(s, org, champion["job"]["id"])
+        slice_id, slice_param = (body.new_slice_file, "new_slice_file") if body.new_slice_file \
+            else (mine.validation_file, "validation_file")
+        new_slice = stored_path(get_file(s, org, slice_id, slice_param)) if slice_id else None
+        original = stored_path(get_file(s, org, theirs.validation_file, "validation_file")) \
+            if theirs.validation_file else None
+    new_slice = new_slice or _held_out(Path(mine.run_dir or ""))
+    original = original or _held_out(Path(theirs.run_dir or ""))
+    try:
+        with using_database(settings.db):
+            result = promote(run_id, body.tag, new_slice, force=body.force, limit=body.limit,
+                             champion_ref=champion["id"], original_test=original).to_json()
+    except UserError as exc:
+        raise APIError(400, _without_server_paths(request, str(exc)), param="run_id") from None
+    result["figures"]["new_slice"]["file"] = body.new_slice_file or (
+        "the candidate's validation file" if mine.validation_file else "the examples the candidate's job held out")
+    result.update(first=False, run=_org_runs(request, org)[run_id],
+                  note=("forced: the tag moved although " + "; ".join(result["reasons"])) if result["forced"] else None)
+    return _without_server_paths(request, result)
 
 
 @router.get("/runs/diff")

@@ -408,10 +408,11 @@ async function chatBoth(event) {
   await Promise.all([streamChat(p.base, messages, $("#chat-base")), streamChat(p.tuned, messages, $("#chat-tuned"))]);
   say("Both answered.");
 }
+// temperature 0: greedy, so the side-by-side answers are reproducible and differ only by the model
 async function streamChat(model, messages, box) {
   box.textContent = "";
   box.classList.add("streaming");
-  const response = await api("/v1/chat/completions", { method: "POST", raw: true, body: { model, messages, stream: true, max_tokens: 64 } });
+  const response = await api("/v1/chat/completions", { method: "POST", raw: true, body: { model, messages, stream: true, max_tokens: 64, temperature: 0 } });
   if (!response.ok) { const e = await response.json().catch(() => ({})); throw new ApiError(e.error ? e.error.message : response.statusText); }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -475,12 +476,37 @@ async function loadRuns() {
     el("td", { text: r.job.status === r.status ? r.status : `${r.status} (job ${r.job.status})` }), el("td", { class: "wrap", text: r.job.model }), el("td", { text: `${r.method || "–"} / ${r.objective || "–"}` }),
     el("td", { class: "lineage wrap", text: lineage(r) }), el("td", { class: "tags", text: r.tags.join(", ") || "–" }),
     el("td", {}, el("button", { type: "button", text: r.tags.includes("production") ? "In production" : "Promote to production",
-      disabled: r.tags.includes("production"), onclick: guarded(async () => {
-        await api(`/v1/hone/runs/${encodeURIComponent(r.id)}/tags`, { method: "POST", body: { tag: "production" } });
-        say(`${r.ref} is now ${r.name}@production.`);
-        await loadRuns();
-      }) }), exportControl(r)))));
+      class: "promote", disabled: r.tags.includes("production"), onclick: guarded(() => promoteRun(r, false)) }), exportControl(r)))));
   if (!runs.length) $("#runs-table tbody").append(el("tr", {}, el("td", { colspan: 8, text: "No runs yet: launch a job." })));
+}
+// Promotion goes through hone promote's gate (POST /v1/hone/runs/{id}/promotion); a bare tag move only for the
+// org's first production run, and a force that names the failed conditions it overrides.
+async function promoteRun(run, force) {
+  const out = $("#promotion-result");
+  if (!has("/v1/hone/runs/{run_id}/promotion")) {
+    await api(`/v1/hone/runs/${encodeURIComponent(run.id)}/tags`, { method: "POST", body: { tag: "production" } });
+    say(`${run.ref} is now production.`);
+    await loadRuns();
+    return;
+  }
+  out.replaceChildren(el("p", { text: `Weighing ${run.ref} against production: both models answer the original held-out examples and the new slice…` }));
+  const p = await api(`/v1/hone/runs/${encodeURIComponent(run.id)}/promotion`, { method: "POST", body: { tag: "production", force } });
+  const rule = { original_test: "not worse (interval not wholly below 0)", new_slice: "better (interval wholly above 0)", forgetting: "drop within the gate" };
+  const verdict = p.first ? "promoted (first production run)" : p.forced ? "promoted by force" : p.promoted ? "promoted" : "not promoted";
+  const parts = [el("h3", { id: "promotion-verdict", text: `${p.candidate} over ${p.champion || "nothing"}: ${verdict}` })];
+  if (p.note) parts.push(el("p", { class: p.forced ? "bad" : "note", text: p.note }));
+  if (p.conditions.length) {
+    parts.push(table(["condition", "needs", "result", "figures"], p.conditions.map((c) =>
+      [c.name.replace("_", " "), rule[c.name] || "", c.passed === null ? "not measured" : c.passed ? "holds" : "fails", c.line])));
+  }
+  if (!p.promoted) {
+    parts.push(el("p", { class: "bad", text: `Why not: ${p.reasons.join("; ")}` }),
+      el("button", { type: "button", id: "force-promote", class: "danger", onclick: guarded(() => promoteRun(run, true)),
+        text: `Force: make ${run.ref} production although ${p.reasons.length} condition${p.reasons.length === 1 ? "" : "s"} failed (recorded as forced)` }));
+  }
+  out.replaceChildren(...parts);
+  say(p.promoted ? `${run.ref} is now production.` : `${run.ref} was not promoted.`);
+  await loadRuns();
 }
 // One choice per format and quant (those whose tool is missing here are listed, disabled, with the reason).
 function exportControl(run) {
