@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Debian's chromium driven by playwright against a real `hone serve` on
 loopback with the tiny model. One server and one browser for the module; the tests run in order, as a
-user would go: key, data, plan and launch, watch, cancel, compare, registry, another org's key.
+user would go: key, data, plan and launch, watch, pause/resume/cancel, compare (and rate), registry (promote
+through the gate), production (monitor and feedback), another org's key.
 Every test fails on a console error or an uncaught page error. Screenshots land in $HONE_SHOTS (if set).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("dash"), "--base-model", f"tiny={tiny_model}", "--max-steps", "4",
-                       "--lease-seconds", "3", "--engine", "transformers", "--rate-limit", "0", workers=1)
+                       "--lease-seconds", "3", "--engine", "transformers", "--rate-limit", "0", "--capture", workers=1)
     yield srv
     srv.stop()
 
@@ -200,6 +201,14 @@ def test_base_and_tuned_answer_side_by_side_and_are_compared_with_intervals(page
     page.wait_for_selector("#chat-base[data-done='1']")
     page.wait_for_selector("#chat-tuned[data-done='1']")
     assert page.locator("#chat-base").inner_text().strip() and page.locator("#chat-tuned").inner_text().strip()
+    # the server captures: the tuned answer can be rated, with a correction (POST /v1/feedback)
+    page.wait_for_selector("#feedback-form:not([hidden])")
+    page.click("#rate-bad")
+    page.fill("#feedback-correction", "elppa")
+    with page.expect_response(lambda r: r.url.endswith("/v1/feedback")) as rated:
+        page.click("#feedback-send")
+    assert rated.value.status == 200 and rated.value.json()["correction"] == "elppa"
+    page.wait_for_selector("#status:has-text('with a correction')")
     page.click("#compare-form button")
     page.wait_for_selector("#eval-result table")
     text = page.locator("#eval-result").inner_text()
@@ -254,6 +263,25 @@ def test_the_registry_shows_lineage_promotes_to_production_and_diffs_two_runs(pa
     shot(page, "registry")
 
 
+def test_production_shows_the_served_models_health_drift_and_feedback(page):
+    page.click("#tabs button[data-tab=production]")
+    page.wait_for_selector("#capture-note:has-text('This server captures answers')")
+    tuned = page.locator("#monitor-model option").filter(has_text="ft:tiny:acme:dash:").first.get_attribute("value")
+    page.select_option("#monitor-model", tuned)
+    page.click("#monitor-form button")
+    page.wait_for_selector("#feedback-list")
+    result = page.locator("#monitor-result")
+    assert "1 requests" in result.locator("h3").inner_text()
+    day = result.locator("table").first.locator("tbody tr")
+    assert day.count() == 1 and day.locator("td").nth(1).inner_text() == "1"
+    # one input is too few to test for drift, and the page says why rather than showing a p-value
+    assert "Not measured" in page.locator("#drift").inner_text() and "min_inputs" in page.locator("#drift").inner_text()
+    feedback = page.locator("#feedback-list tbody tr")
+    assert feedback.count() == 1 and "bad" in feedback.inner_text() and "elppa" in feedback.inner_text()
+    assert "apple" in feedback.inner_text()
+    shot(page, "production")
+
+
 def test_another_orgs_key_sees_none_of_the_first_orgs_objects(page, keys):
     page.click("#switch-key")
     page.wait_for_selector("#key-input")
@@ -267,6 +295,9 @@ def test_another_orgs_key_sees_none_of_the_first_orgs_objects(page, keys):
     page.click("#tabs button[data-tab=watch]")
     page.wait_for_load_state("networkidle")
     assert page.locator("#watch-job option").count() == 0
+    page.click("#tabs button[data-tab=production]")
+    page.wait_for_selector("#monitor-result p:text('No captured traffic of this org yet.')")
+    assert page.locator("#monitor-model option").count() == 0
     page.click("#tabs button[data-tab=registry]")
     page.wait_for_selector("#runs-table td:text('No runs yet')")
     assert "acme" not in page.content()
