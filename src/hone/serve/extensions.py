@@ -461,7 +461,8 @@ def traffic_models(request: Request, org: str = Depends(current_org)) -> dict:
 
 @router.get("/monitor")
 def monitor(request: Request, model: str = Query(..., min_length=1, max_length=200),
-            since: Optional[str] = Query(None, max_length=40, description="30m, 24h, 7d or a date"),
+            since: Optional[str] = Query(None, pattern=r"^[0-9]{1,6}(\.[0-9]{1,3})?[mhdw]$",
+                                         description="only traffic of the last 30m, 24h, 7d, 2w ..."),
             org: str = Depends(current_org)) -> dict:
     """`hone monitor MODEL` over this org's captured traffic: health per UTC day, the inputs' drift from the
     training data (MMD p-value, or why it was skipped), the furthest inputs, alarms; and the org's rated answers
