@@ -251,6 +251,10 @@ def test_the_registry_shows_lineage_promotes_to_production_and_diffs_two_runs(pa
     # the tag moved: the child is production, the first is not any more
     page.wait_for_selector("#runs-table tbody tr:has-text('ft:tiny:acme:again:') td.tags:text('production')")
     assert first.locator("td.tags").inner_text() == "–"
+    # promoting the production run again is refused in one line; another org may not promote it at all (below)
+    PROMOTED["run"] = child.locator(".pick").get_attribute("value")
+    again = promote_by_api(page, PROMOTED["run"])
+    assert again["status"] == 400 and "already has the tag production" in again["body"]["error"]["message"]
     # the two tuned models' runs (the cancelled job has a run too when its cancel landed after training began)
     child.locator(".pick").check()
     first.locator(".pick").check()
@@ -282,6 +286,17 @@ def test_production_shows_the_served_models_health_drift_and_feedback(page):
     shot(page, "production")
 
 
+PROMOTED: dict[str, str] = {}
+
+
+def promote_by_api(page, run_id: str) -> dict:
+    """POST /v1/hone/runs/{run_id}/promotion with the page's key (outside the page: a 4xx there is a console error)."""
+    key = page.evaluate("sessionStorage.getItem('hone-key')")
+    response = page.request.post(page.url.rstrip("/") + f"/v1/hone/runs/{run_id}/promotion", data={"tag": "production"},
+                                 headers={"Authorization": f"Bearer {key}"})
+    return {"status": response.status, "body": response.json()}
+
+
 def test_another_orgs_key_sees_none_of_the_first_orgs_objects(page, keys):
     page.click("#switch-key")
     page.wait_for_selector("#key-input")
@@ -295,6 +310,7 @@ def test_another_orgs_key_sees_none_of_the_first_orgs_objects(page, keys):
     page.click("#tabs button[data-tab=watch]")
     page.wait_for_load_state("networkidle")
     assert page.locator("#watch-job option").count() == 0
+    assert promote_by_api(page, PROMOTED["run"])["status"] == 404   # the first org's run is not this org's
     page.click("#tabs button[data-tab=production]")
     page.wait_for_selector("#monitor-result p:text('No captured traffic of this org yet.')")
     assert page.locator("#monitor-model option").count() == 0
