@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Debian's chromium driven by playwright against a real `hone serve` on
 loopback with the tiny model. One server and one browser for the module; the tests run in order, as a
-user would go: key, data, plan and launch, watch, cancel, compare, registry, another org's key.
+user would go: key, data, plan and launch, watch, pause/resume/cancel, compare (and rate), registry (promote
+through the gate), production (monitor and feedback), another org's key.
 Every test fails on a console error or an uncaught page error. Screenshots land in $HONE_SHOTS (if set).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("dash"), "--base-model", f"tiny={tiny_model}", "--max-steps", "4",
-                       "--lease-seconds", "3", "--engine", "transformers", "--rate-limit", "0", workers=1)
+                       "--lease-seconds", "3", "--engine", "transformers", "--rate-limit", "0", "--capture", workers=1)
     yield srv
     srv.stop()
 
@@ -169,11 +170,19 @@ def test_plan_shows_the_advice_and_launches_a_job_that_streams_its_loss_curve(pa
     shot(page, "watch")
 
 
-def test_a_launched_job_is_cancelled_from_the_watch_page(page):
+def test_a_launched_job_is_paused_resumed_and_cancelled_from_the_watch_page(page):
     page.click("#tabs button[data-tab=plan]")
     page.wait_for_selector("#plan-file option", state="attached")
     page.select_option("#plan-model", "tiny")
     page.click("#launch")
+    page.wait_for_selector("#job-pause:not([disabled])")
+    page.click("#job-pause")
+    page.wait_for_selector(".card[data-card=status] strong:text('paused')")
+    assert page.locator("#job-pause").is_disabled() and not page.locator("#job-resume").is_disabled()
+    page.wait_for_selector("#events li:text('Fine-tuning job paused')")
+    page.click("#job-resume")
+    page.wait_for_selector(".card[data-card=status] strong:not(:text('paused'))")
+    assert page.locator("#job-resume").is_disabled()
     page.wait_for_selector("#job-cancel:not([disabled])")
     page.click("#job-cancel")
     page.wait_for_selector(".card[data-card=status] strong:text('cancelled')")
@@ -186,10 +195,20 @@ def test_base_and_tuned_answer_side_by_side_and_are_compared_with_intervals(page
     page.wait_for_selector("#compare-job option", state="attached")
     assert page.locator("#chat-tuned-name").inner_text().startswith("tuned: ft:tiny:acme:dash:")
     page.fill("#chat-input", "apple")
-    page.click("#chat-form button")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        page.click("#chat-form button")
+    assert json.loads(sent.value.post_data or "{}")["temperature"] == 0   # greedy: reproducible answers
     page.wait_for_selector("#chat-base[data-done='1']")
     page.wait_for_selector("#chat-tuned[data-done='1']")
     assert page.locator("#chat-base").inner_text().strip() and page.locator("#chat-tuned").inner_text().strip()
+    # the server captures: the tuned answer can be rated, with a correction (POST /v1/feedback)
+    page.wait_for_selector("#feedback-form:not([hidden])")
+    page.click("#rate-bad")
+    page.fill("#feedback-correction", "elppa")
+    with page.expect_response(lambda r: r.url.endswith("/v1/feedback")) as rated:
+        page.click("#feedback-send")
+    assert rated.value.status == 200 and rated.value.json()["correction"] == "elppa"
+    page.wait_for_selector("#status:has-text('with a correction')")
     page.click("#compare-form button")
     page.wait_for_selector("#eval-result table")
     text = page.locator("#eval-result").inner_text()
@@ -217,7 +236,25 @@ def test_the_registry_shows_lineage_promotes_to_production_and_diffs_two_runs(pa
     assert "ftjob-" in child.locator("td.lineage").inner_text()   # trained on the first run
     first = page.locator("#runs-table tbody tr").filter(has_text="ft:tiny:acme:dash:", has_not_text="again")
     first.get_by_role("button", name="Promote to production").click()
+    page.wait_for_selector("#promotion-verdict:has-text('first production run')")
     page.wait_for_selector("#runs-table td.tags:text('production')")
+    # the child goes through the gate: original held-out examples, new slice, probe, each with its figures
+    child.get_by_role("button", name="Promote to production").click()
+    page.wait_for_selector("#promotion-result table")
+    gate = page.locator("#promotion-result").inner_text()
+    assert "original test" in gate and "new slice" in gate and "95% CI" in gate and "forgetting probe" in gate
+    if "not promoted" in page.locator("#promotion-verdict").inner_text():
+        assert "Why not:" in gate
+        page.click("#force-promote")
+        page.wait_for_selector("#promotion-verdict:has-text('promoted by force')")
+        assert "forced: the tag moved although" in page.locator("#promotion-result").inner_text()
+    # the tag moved: the child is production, the first is not any more
+    page.wait_for_selector("#runs-table tbody tr:has-text('ft:tiny:acme:again:') td.tags:text('production')")
+    assert first.locator("td.tags").inner_text() == "–"
+    # promoting the production run again is refused in one line; another org may not promote it at all (below)
+    PROMOTED["run"] = child.locator(".pick").get_attribute("value")
+    again = promote_by_api(page, PROMOTED["run"])
+    assert again["status"] == 400 and "already has the tag production" in again["body"]["error"]["message"]
     # the two tuned models' runs (the cancelled job has a run too when its cancel landed after training began)
     child.locator(".pick").check()
     first.locator(".pick").check()
@@ -228,6 +265,36 @@ def test_the_registry_shows_lineage_promotes_to_production_and_diffs_two_runs(pa
     page.wait_for_selector("#export-result h3:has-text('verified')")
     assert "same greedy answer" in page.locator("#export-result").inner_text()
     shot(page, "registry")
+
+
+def test_production_shows_the_served_models_health_drift_and_feedback(page):
+    page.click("#tabs button[data-tab=production]")
+    page.wait_for_selector("#capture-note:has-text('This server captures answers')")
+    tuned = page.locator("#monitor-model option").filter(has_text="ft:tiny:acme:dash:").first.get_attribute("value")
+    page.select_option("#monitor-model", tuned)
+    page.click("#monitor-form button")
+    page.wait_for_selector("#feedback-list")
+    result = page.locator("#monitor-result")
+    assert "1 requests" in result.locator("h3").inner_text()
+    day = result.locator("table").first.locator("tbody tr")
+    assert day.count() == 1 and day.locator("td").nth(1).inner_text() == "1"
+    # one input is too few to test for drift, and the page says why rather than showing a p-value
+    assert "Not measured" in page.locator("#drift").inner_text() and "min_inputs" in page.locator("#drift").inner_text()
+    feedback = page.locator("#feedback-list tbody tr")
+    assert feedback.count() == 1 and "bad" in feedback.inner_text() and "elppa" in feedback.inner_text()
+    assert "apple" in feedback.inner_text()
+    shot(page, "production")
+
+
+PROMOTED: dict[str, str] = {}
+
+
+def promote_by_api(page, run_id: str) -> dict:
+    """POST /v1/hone/runs/{run_id}/promotion with the page's key (outside the page: a 4xx there is a console error)."""
+    key = page.evaluate("sessionStorage.getItem('hone-key')")
+    response = page.request.post(page.url.rstrip("/") + f"/v1/hone/runs/{run_id}/promotion", data={"tag": "production"},
+                                 headers={"Authorization": f"Bearer {key}"})
+    return {"status": response.status, "body": response.json()}
 
 
 def test_another_orgs_key_sees_none_of_the_first_orgs_objects(page, keys):
@@ -243,6 +310,10 @@ def test_another_orgs_key_sees_none_of_the_first_orgs_objects(page, keys):
     page.click("#tabs button[data-tab=watch]")
     page.wait_for_load_state("networkidle")
     assert page.locator("#watch-job option").count() == 0
+    assert promote_by_api(page, PROMOTED["run"])["status"] == 404   # the first org's run is not this org's
+    page.click("#tabs button[data-tab=production]")
+    page.wait_for_selector("#monitor-result p:text('No captured traffic of this org yet.')")
+    assert page.locator("#monitor-model option").count() == 0
     page.click("#tabs button[data-tab=registry]")
     page.wait_for_selector("#runs-table td:text('No runs yet')")
     assert "acme" not in page.content()

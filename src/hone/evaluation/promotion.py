@@ -68,11 +68,16 @@ class Answers:
 
 def promote(candidate: str, over: str = "production", new_slice: Path | None = None, *, force: bool = False,
             limit: int | None = None, max_forgetting: float | None = None, batch_size: int = 32, seed: int = 0,
-            console: Console | None = None) -> PromotionResult:
-    """Weigh `candidate` against NAME@`over`; move the tag when it is proven at least as good (or `force`)."""
+            console: Console | None = None, champion_ref: str | None = None,
+            original_test: Path | None = None) -> PromotionResult:
+    """Weigh `candidate` against NAME@`over`; move the tag when it is proven at least as good (or `force`).
+
+    `champion_ref` weighs it against that run instead (the service: each job is a run of its own name, so the
+    org's production run has another name; when the tag moves it leaves that run). `original_test` stands in
+    for a champion trained without a test split (the service: the examples its job held out)."""
     console = console or Console(stderr=True)
     row = store.get_run(candidate)
-    champion = store.resolve_ref(f"{row.name}@{over}")
+    champion = store.get_run(champion_ref) if champion_ref else store.resolve_ref(f"{row.name}@{over}")
     if champion is None:
         raise UserError(f"nothing is tagged {row.name}@{over} yet, so there is nothing to weigh {row.ref} against; "
                         f"tag the first version with: hone runs tag {row.ref} {over}")
@@ -82,6 +87,8 @@ def promote(candidate: str, over: str = "production", new_slice: Path | None = N
     if new_slice is None:
         new_slice, held_out_from = _held_out_slice(row)
     config = load_config(Path(champion.path) / "config.yaml")
+    if original_test is not None:
+        config.data.test = original_test
     if config.data.test is None:
         raise UserError(f"{champion.ref} was trained without a test split, so there is no original test to keep; "
                         "train it with --test FILE")
@@ -117,6 +124,8 @@ def promote(candidate: str, over: str = "production", new_slice: Path | None = N
     promoted = passed or force
     if promoted:
         store.set_tag(row.ref, over)
+        if champion.name != row.name:
+            store.set_tag(champion.ref, over, remove=True)
     result = PromotionResult(row.ref, champion.ref, over, promoted, force and not passed, conditions, figures)
     record_promotion(row.name, over, row.id, champion.id, promoted, result.forced, result.reasons, figures)
     return result

@@ -11,7 +11,11 @@ Each one is a library function behind a key, scoped to the key's org like every 
   bootstrap intervals and the per-item outcome (`hone eval`).
 - POST /v1/hone/fine_tuning/jobs/{id}/forgetting: the forgetting probe, base against tuned.
 - GET  /v1/hone/runs, POST /v1/hone/runs/{id}/tags, GET /v1/hone/runs/diff: the registry's records of the
-  org's jobs (`hone runs`), tags (promote to production) and diffs.
+  org's jobs (`hone runs`), tags and diffs.
+- GET  /v1/hone/traffic, GET /v1/hone/monitor: the models with captured traffic, and `hone monitor` of one with
+  its rated answers (the Production section).
+- POST /v1/hone/runs/{id}/promotion: promote to production through `hone promote`'s gate (or forced, saying
+  which conditions failed).
 - GET  /v1/hone/export_formats, POST /v1/hone/runs/{id}/exports: `hone export`, verified, with its table.
 The registry is the server's, not an org's: only runs trained by this org's jobs are ever shown or changed.
 """
@@ -325,6 +329,62 @@ def tag_run(request: Request, run_id: str, body: TagRequest, org: str = Depends(
     return _without_server_paths(request, _org_runs(request, org)[run_id])
 
 
+class PromotionRequest(BaseModel):
+    tag: str = Field("production", pattern=TAG, description="the tag to move, e.g. production")
+    new_slice_file: Optional[str] = Field(None, max_length=200, description="id of an uploaded file of new data on "
+                                          "which the run must be better; default: the examples its job held out")
+    limit: int = Field(20, ge=1, le=500, description="items scored from each set (the first N)")
+    force: bool = Field(False, description="move the tag even when a condition fails (the failures are recorded)")
+
+
+@router.post("/runs/{run_id}/promotion")
+def promote_run(request: Request, run_id: str, body: PromotionRequest, org: str = Depends(current_org)) -> dict:
+    """Promote one of the org's runs through `hone promote`'s gate: weighed against the org's run tagged `tag` on
+    that run's original held-out examples (not worse) and on new data (better), both with paired bootstrap
+    intervals, and the forgetting probe (within the gate); the tag moves when all hold, or when `force` says so
+    (the failed conditions are named and recorded). The first run to get the tag has nothing to weigh against."""
+    from hone.evaluation.promotion import promote
+    from hone.registry.store import set_tag, using_database
+
+    settings = request.app.state.settings
+    runs = _org_runs(request, org)
+    if run_id not in runs:
+        raise not_found("run", run_id, "run_id")
+    if body.tag in runs[run_id]["tags"]:
+        raise APIError(400, f"{runs[run_id]['ref']} already has the tag {body.tag}", param="tag")
+    holders = [r for r in runs.values() if body.tag in r["tags"]]
+    if not holders:
+        with using_database(settings.db):
+            set_tag(run_id, body.tag)
+        return _without_server_paths(request, {
+            "candidate": runs[run_id]["ref"], "champion": None, "tag": body.tag, "promoted": True, "forced": False,
+            "first": True, "reasons": [], "conditions": [], "figures": {},
+            "note": f"the org's first run tagged {body.tag}: nothing to weigh it against",
+            "run": _org_runs(request, org)[run_id]})
+    champion = holders[0]
+    with db.session(settings.db) as s:
+        mine = get_job(s, org, runs[run_id]["job"]["id"])
+        theirs = get_job(s, org, champion["job"]["id"])
+        slice_id, slice_param = (body.new_slice_file, "new_slice_file") if body.new_slice_file \
+            else (mine.validation_file, "validation_file")
+        new_slice = stored_path(get_file(s, org, slice_id, slice_param)) if slice_id else None
+        original = stored_path(get_file(s, org, theirs.validation_file, "validation_file")) \
+            if theirs.validation_file else None
+    new_slice = new_slice or _held_out(Path(mine.run_dir or ""))
+    original = original or _held_out(Path(theirs.run_dir or ""))
+    try:
+        with using_database(settings.db):
+            result = promote(run_id, body.tag, new_slice, force=body.force, limit=body.limit,
+                             champion_ref=champion["id"], original_test=original).to_json()
+    except UserError as exc:
+        raise APIError(400, _without_server_paths(request, str(exc)), param="run_id") from None
+    result["figures"]["new_slice"]["file"] = body.new_slice_file or (
+        "the candidate's validation file" if mine.validation_file else "the examples the candidate's job held out")
+    result.update(first=False, run=_org_runs(request, org)[run_id],
+                  note=("forced: the tag moved although " + "; ".join(result["reasons"])) if result["forced"] else None)
+    return _without_server_paths(request, result)
+
+
 @router.get("/runs/diff")
 def diff_runs(request: Request, a: str = Query(..., max_length=200), b: str = Query(..., max_length=200),
               org: str = Depends(current_org)) -> dict:
@@ -382,3 +442,44 @@ def export(request: Request, run_id: str, body: ExportRequest, org: str = Depend
     manifest = dict(result.manifest)
     manifest.pop("run_path", None)
     return _without_server_paths(request, manifest)
+
+
+@router.get("/traffic")
+def traffic_models(request: Request, org: str = Depends(current_org)) -> dict:
+    """Whether this server captures answers (`hone serve --capture`; only captured answers can be rated with
+    POST /v1/feedback), and the models this org has captured traffic for, with their request counts."""
+    from collections import Counter
+
+    from hone.monitor import traffic
+
+    settings = request.app.state.settings
+    with traffic.session(settings.db) as s:
+        counts = Counter(s.scalars(select(traffic.Capture.model).where(traffic.Capture.org == org)))
+    return {"object": "list", "capture": bool(settings.capture),
+            "data": [{"model": model, "requests": n} for model, n in sorted(counts.items())]}
+
+
+@router.get("/monitor")
+def monitor(request: Request, model: str = Query(..., min_length=1, max_length=200),
+            since: Optional[str] = Query(None, pattern=r"^[0-9]{1,6}(\.[0-9]{1,3})?[mhdw]$",
+                                         description="only traffic of the last 30m, 24h, 7d, 2w ..."),
+            org: str = Depends(current_org)) -> dict:
+    """`hone monitor MODEL` over this org's captured traffic: health per UTC day, the inputs' drift from the
+    training data (MMD p-value, or why it was skipped), the furthest inputs, alarms; and the org's rated answers
+    of the model (rating, correction), newest first."""
+    from hone.monitor import traffic
+    from hone.monitor.watch import monitor_model
+
+    settings = request.app.state.settings
+    try:
+        result = monitor_model(model, traffic.parse_since(since), org=org, url=settings.db).to_json()
+    except UserError as exc:
+        message = str(exc).split("; models with traffic")[0]   # other orgs' model names are not this org's business
+        raise APIError(404 if "no captured traffic" in message else 400, _without_server_paths(request, message),
+                       param="model") from None
+    if result["training_data"]:
+        result["training_data"] = Path(result["training_data"]).name
+    rated = traffic.read_exchanges(model, None, org, settings.db, rated=True)
+    result["feedback"] = [{k: row[k] for k in ("id", "model", "created_at", "messages", "answer", "rating",
+                                               "correction")} for row in reversed(traffic.feedback_rows(rated))]
+    return _without_server_paths(request, result)

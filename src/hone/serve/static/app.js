@@ -72,7 +72,7 @@ function useKey(event) {
 function showTab(name) {
   for (const b of document.querySelectorAll("#tabs button")) b.setAttribute("aria-selected", b.dataset.tab === name);
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== name;
-  ({ data: loadFiles, plan: loadPlan, watch: loadJobs, compare: loadCompare, registry: loadRuns })[name]();
+  ({ data: loadFiles, plan: loadPlan, watch: loadJobs, compare: loadCompare, registry: loadRuns, production: loadProduction })[name]();
 }
 
 async function start() {
@@ -96,7 +96,7 @@ async function start() {
   $("#who").replaceChildren(el("span", { text: `key ${key.slice(0, 9)}…` }), " ",
     el("button", { type: "button", id: "switch-key", text: "Switch key", onclick: switchKey }));
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => guarded(showTab)(b.dataset.tab));
-  wireData(); wirePlan(); wireWatch(); wireCompare(); wireRegistry();
+  wireData(); wirePlan(); wireWatch(); wireCompare(); wireRegistry(); wireProduction();
   await guarded(showTab)("data");
 }
 function switchKey() {
@@ -373,6 +373,9 @@ function wireCompare() {
   $("#chat-form").addEventListener("submit", guarded(chatBoth));
   $("#compare-job").addEventListener("change", namePanes);
   $("#forgetting-button").addEventListener("click", guarded(probe));
+  $("#rate-good").addEventListener("click", () => rate("good"));
+  $("#rate-bad").addEventListener("click", () => rate("bad"));
+  $("#feedback-form").addEventListener("submit", guarded(sendFeedback));
 }
 async function probe() {
   const p = pair(), out = $("#forgetting-result");
@@ -405,13 +408,24 @@ async function chatBoth(event) {
   const p = pair();
   if (!p) { say("No succeeded job yet: a tuned model comes from one.", true); return; }
   const messages = [{ role: "user", content: $("#chat-input").value }];
+  $("#feedback-form").hidden = true;
   await Promise.all([streamChat(p.base, messages, $("#chat-base")), streamChat(p.tuned, messages, $("#chat-tuned"))]);
   say("Both answered.");
+  // only a captured answer can be rated (hone serve --capture)
+  if (await capturing() && $("#chat-tuned").dataset.id) {
+    state.rating = null;
+    for (const b of ["#rate-good", "#rate-bad"]) $(b).setAttribute("aria-pressed", "false");
+    $("#feedback-correction").value = "";
+    $("#feedback-form").hidden = false;
+  }
 }
+// temperature 0: greedy, so the side-by-side answers are reproducible and differ only by the model
 async function streamChat(model, messages, box) {
   box.textContent = "";
+  delete box.dataset.id;
+  delete box.dataset.done;
   box.classList.add("streaming");
-  const response = await api("/v1/chat/completions", { method: "POST", raw: true, body: { model, messages, stream: true, max_tokens: 64 } });
+  const response = await api("/v1/chat/completions", { method: "POST", raw: true, body: { model, messages, stream: true, max_tokens: 64, temperature: 0 } });
   if (!response.ok) { const e = await response.json().catch(() => ({})); throw new ApiError(e.error ? e.error.message : response.statusText); }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -424,6 +438,7 @@ async function streamChat(model, messages, box) {
       const frame = buffer.slice(0, cut).replace(/^data: /, ""); buffer = buffer.slice(cut + 2);
       if (frame === "[DONE]" || !frame.startsWith("{")) continue;
       const chunk = JSON.parse(frame);
+      if (chunk.id) box.dataset.id = chunk.id;   // the completion's id: what POST /v1/feedback rates
       box.textContent += (chunk.choices[0] && chunk.choices[0].delta.content) || "";
     }
   }
@@ -454,6 +469,26 @@ async function evaluate(event) {
   say(`Evaluated in ${r.seconds} s.`);
 }
 
+async function capturing() {
+  if (!has("/v1/feedback") || !has("/v1/hone/traffic")) return false;
+  if (state.capture === undefined) state.capture = (await api("/v1/hone/traffic")).capture;
+  return state.capture;
+}
+function rate(rating) {
+  state.rating = rating;
+  $("#rate-good").setAttribute("aria-pressed", String(rating === "good"));
+  $("#rate-bad").setAttribute("aria-pressed", String(rating === "bad"));
+}
+async function sendFeedback(event) {
+  event.preventDefault();
+  if (!state.rating) { say("Choose Good or Bad first.", true); return; }
+  const body = { id: $("#chat-tuned").dataset.id, rating: state.rating };
+  const correction = $("#feedback-correction").value.trim();
+  if (correction) body.correction = correction;
+  const f = await api("/v1/feedback", { method: "POST", body });
+  say(`Rated ${f.id} ${f.rating}${f.correction ? ", with a correction" : ""}.`);
+}
+
 // ---- Registry ---------------------------------------------------------------------------------------------
 function wireRegistry() {
   $("#diff-button").addEventListener("click", guarded(diffRuns));
@@ -475,12 +510,37 @@ async function loadRuns() {
     el("td", { text: r.job.status === r.status ? r.status : `${r.status} (job ${r.job.status})` }), el("td", { class: "wrap", text: r.job.model }), el("td", { text: `${r.method || "–"} / ${r.objective || "–"}` }),
     el("td", { class: "lineage wrap", text: lineage(r) }), el("td", { class: "tags", text: r.tags.join(", ") || "–" }),
     el("td", {}, el("button", { type: "button", text: r.tags.includes("production") ? "In production" : "Promote to production",
-      disabled: r.tags.includes("production"), onclick: guarded(async () => {
-        await api(`/v1/hone/runs/${encodeURIComponent(r.id)}/tags`, { method: "POST", body: { tag: "production" } });
-        say(`${r.ref} is now ${r.name}@production.`);
-        await loadRuns();
-      }) }), exportControl(r)))));
+      class: "promote", disabled: r.tags.includes("production"), onclick: guarded(() => promoteRun(r, false)) }), exportControl(r)))));
   if (!runs.length) $("#runs-table tbody").append(el("tr", {}, el("td", { colspan: 8, text: "No runs yet: launch a job." })));
+}
+// Promotion goes through hone promote's gate (POST /v1/hone/runs/{id}/promotion); a bare tag move only for the
+// org's first production run, and a force that names the failed conditions it overrides.
+async function promoteRun(run, force) {
+  const out = $("#promotion-result");
+  if (!has("/v1/hone/runs/{run_id}/promotion")) {
+    await api(`/v1/hone/runs/${encodeURIComponent(run.id)}/tags`, { method: "POST", body: { tag: "production" } });
+    say(`${run.ref} is now production.`);
+    await loadRuns();
+    return;
+  }
+  out.replaceChildren(el("p", { text: `Weighing ${run.ref} against production: both models answer the original held-out examples and the new slice…` }));
+  const p = await api(`/v1/hone/runs/${encodeURIComponent(run.id)}/promotion`, { method: "POST", body: { tag: "production", force } });
+  const rule = { original_test: "not worse (interval not wholly below 0)", new_slice: "better (interval wholly above 0)", forgetting: "drop within the gate" };
+  const verdict = p.first ? "promoted (first production run)" : p.forced ? "promoted by force" : p.promoted ? "promoted" : "not promoted";
+  const parts = [el("h3", { id: "promotion-verdict", text: `${p.candidate} over ${p.champion || "nothing"}: ${verdict}` })];
+  if (p.note) parts.push(el("p", { class: p.forced ? "bad" : "note", text: p.note }));
+  if (p.conditions.length) {
+    parts.push(table(["condition", "needs", "result", "figures"], p.conditions.map((c) =>
+      [c.name.replace("_", " "), rule[c.name] || "", c.passed === null ? "not measured" : c.passed ? "holds" : "fails", c.line])));
+  }
+  if (!p.promoted) {
+    parts.push(el("p", { class: "bad", text: `Why not: ${p.reasons.join("; ")}` }),
+      el("button", { type: "button", id: "force-promote", class: "danger", onclick: guarded(() => promoteRun(run, true)),
+        text: `Force: make ${run.ref} production although ${p.reasons.length} condition${p.reasons.length === 1 ? "" : "s"} failed (recorded as forced)` }));
+  }
+  out.replaceChildren(...parts);
+  say(p.promoted ? `${run.ref} is now production.` : `${run.ref} was not promoted.`);
+  await loadRuns();
 }
 // One choice per format and quant (those whose tool is missing here are listed, disabled, with the reason).
 function exportControl(run) {
@@ -514,6 +574,51 @@ async function diffRuns() {
   const d = await api(`/v1/hone/runs/diff?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`);
   const rows = Object.entries(d).flatMap(([section, items]) => items.map((i) => [section, i.key, JSON.stringify(i.a), JSON.stringify(i.b)]));
   $("#diff-result").replaceChildren(table(["section", "field", picked[0], picked[1]], rows.length ? rows : [["–", "no differences", "", ""]]));
+}
+
+// ---- Production -------------------------------------------------------------------------------------------
+function wireProduction() {
+  $("#monitor-form").addEventListener("submit", guarded(monitor));
+}
+async function loadProduction() {
+  const t = await api("/v1/hone/traffic");
+  state.capture = t.capture;
+  $("#capture-note").textContent = t.capture
+    ? "This server captures answers (hone serve --capture): their health and drift are below, and they can be rated."
+    : "This server does not capture answers (start it with hone serve --capture): nothing new is recorded to monitor or rate.";
+  options($("#monitor-model"), t.data, (m) => `${m.model} (${m.requests} requests)`, (m) => m.model);
+  if (!t.data.length) $("#monitor-result").replaceChildren(el("p", { text: "No captured traffic of this org yet." }));
+}
+async function monitor(event) {
+  event.preventDefault();
+  const out = $("#monitor-result"), model = $("#monitor-model").value, since = $("#monitor-since").value.trim();
+  if (!model) { say("No model with captured traffic yet.", true); return; }
+  out.replaceChildren(el("p", { text: `Reading ${model}'s traffic and comparing its inputs with the training data…` }));
+  const r = await api(`/v1/hone/monitor?model=${encodeURIComponent(model)}${since ? `&since=${encodeURIComponent(since)}` : ""}`);
+  const pct = (x) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)}%`);
+  const d = r.drift || {};
+  const parts = [el("h3", { text: `${r.model}: ${r.requests} requests${r.since ? ` since ${new Date(r.since * 1000).toLocaleString()}` : ""}` }),
+    el("h4", { text: `Alarms (${r.alarms.length})` }),
+    r.alarms.length ? el("ul", { id: "alarms", class: "bad" }, r.alarms.map((a) => el("li", { text: `${a.name}: ${a.message}` })))
+      : el("p", { id: "alarms", class: "good", text: "No alarm." }),
+    el("h4", { text: "Health by day (UTC)" }),
+    table(["day", "requests", "latency p50 ms", "p95 ms", "answer tokens", "empty", "refusals", "cut at max_tokens", "rated", "bad", "corrections"],
+      r.days.map((x) => [x.day, x.requests, x.latency_p50_ms, x.latency_p95_ms, x.answer_tokens_mean, pct(x.empty_rate), pct(x.refusal_rate),
+        pct(x.never_stops_rate), x.rated, pct(x.bad_share), x.corrections])),
+    el("h4", { text: "Input drift against the training data" }),
+    el("p", { id: "drift", class: d.drifted ? "bad" : "note", text: d.skipped ? `Not measured: ${d.skipped}.`
+      : `MMD p-value ${fmt(d.p_value)} (${d.inputs} inputs against ${d.training_examples} training examples of ${r.training_data}, ${d.encoder}): ${d.drifted ? "the inputs have drifted" : "no drift shown"}.` })];
+  if (r.outliers.length) {
+    parts.push(el("h4", { text: "The inputs furthest from the training data" }),
+      table(["input", "similarity to its nearest training example", "nearest training example"], r.outliers.map((o) => [o.input, o.similarity, o.nearest])));
+  }
+  parts.push(el("h4", { text: `Feedback (${r.feedback.length})` }),
+    r.feedback.length ? table(["when", "prompt", "answer", "rating", "correction"], r.feedback.map((f) => [when(f.created_at),
+      (f.messages.filter((m) => m.role === "user" || m.role === "prompt").pop() || {}).content || "–", f.answer, f.rating, f.correction || "–"]))
+      : el("p", { text: "No rated answers yet." }));
+  parts[parts.length - 1].id = "feedback-list";
+  out.replaceChildren(...parts);
+  say(`Monitored ${r.model}.`);
 }
 
 document.addEventListener("DOMContentLoaded", () => guarded(start)());
