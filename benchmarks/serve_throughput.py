@@ -105,8 +105,11 @@ class HoneServer:
         self.process.wait(60)
 
 
-async def hone_level(server: HoneServer, model: str, chats, clients: int, requests: int, tokens: int) -> list[dict]:
-    """`requests` streamed chat requests from `clients` closed-loop clients: per request ttft, latency, tokens."""
+async def hone_level(server: HoneServer, model: str | list[str], chats, clients: int, requests: int,
+                     tokens: int) -> list[dict]:
+    """`requests` streamed chat requests from `clients` closed-loop clients: per request ttft, latency, tokens.
+    `model` may be a list: request i asks for model i mod its length (benchmarks/many_adapters.py)."""
+    models = [model] if isinstance(model, str) else model
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key=server.key, max_retries=0,
@@ -119,7 +122,7 @@ async def hone_level(server: HoneServer, model: str, chats, clients: int, reques
             i = todo.pop(0)
             started = time.perf_counter()
             first, used = None, 0
-            stream = await client.chat.completions.create(model=model, messages=chats[i % len(chats)],
+            stream = await client.chat.completions.create(model=models[i % len(models)], messages=chats[i % len(chats)],
                                                           max_tokens=tokens, temperature=0, stream=True,
                                                           stream_options={"include_usage": True})
             async for chunk in stream:
