@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sqlalchemy import JSON, Float, Integer, String, Text, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from hone.errors import UserError
@@ -126,7 +126,14 @@ def session(url: str | None = None) -> Session:
             engine = create_engine(url, **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
             if url.startswith("sqlite"):
                 event.listen(engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(engine)
+            try:
+                Base.metadata.create_all(engine)
+            except OperationalError as exc:
+                # two processes starting at once (two `hone worker`s) both found no table, one created it first:
+                # looking again finds it
+                if "already exists" not in str(exc):
+                    raise
+                Base.metadata.create_all(engine)
         except (SQLAlchemyError, ImportError) as exc:
             from hone.registry.store import _safe
 
