@@ -109,9 +109,9 @@ def storage():
 
 def take_write_lock_at_begin(engine) -> None:
     """SQLite ignores the SELECT ... FOR UPDATE with which Optuna hands a queued trial to one process: started
-    at the same moment, 2 to 4 processes all took trial 0 (measured, 2 of 3 tries; /tmp race script in
-    docs/decisions.md). Every transaction here takes the write lock when it begins (BEGIN IMMEDIATE, SQLAlchemy's
-    recipe for pysqlite), so a claim or a new trial's number is one process's at a time; 0 of 8 tries doubled."""
+    at the same moment, 2 to 4 of 4 processes took trial 0 in 2 of 3 tries (docs/decisions.md). Every transaction
+    here takes the write lock when it begins (BEGIN IMMEDIATE, SQLAlchemy's recipe for pysqlite), so a claim or a
+    new trial's number is one process's at a time: 0 of 3 tries doubled one."""
     from sqlalchemy import event
 
     engine.dispose()  # connections opened by the schema check would keep pysqlite's own transaction handling
