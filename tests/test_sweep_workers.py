@@ -12,9 +12,12 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 import hone
 from test_sweep import sweep_config
 
+STARTED: list[subprocess.Popen] = []
 WAIT = 150  # seconds before a test gives up on a process: a broken recovery would otherwise wait forever
 
 
@@ -28,6 +31,7 @@ class Hone:
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
+        STARTED.append(self.process)
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -48,6 +52,17 @@ class Hone:
                                      + "".join(self.log))
             if line.startswith(start):
                 return line
+
+
+@pytest.fixture(autouse=True)
+def stop_processes():
+    """A failing test leaves no worker polling forever."""
+    yield
+    for process in STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    STARTED.clear()
 
 
 def test_workers_take_different_trials_and_finish_a_killed_workers_trial(tiny_model, chat_files):
