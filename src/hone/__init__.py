@@ -92,10 +92,11 @@ def train(config_or_path: RunConfig | str | Path | None = None, *, resume: str |
 
 def sweep(config_or_path: RunConfig | str | Path | None = None, *, name: str, budget: str | float | None = None,
           trials: int | None = None, space: str | list[str] | None = None, seed: int = 42, prune: bool = True,
-          console=None, **overrides: Any) -> SweepResult:
+          workers: bool = False, console=None, **overrides: Any) -> SweepResult:
     """Search the recipe's settings as `hone sweep` does (Optuna TPE with median pruning on validation loss),
     within `budget` (seconds, or '30m') and/or `trials`; `space` names dimensions (hone.sweeps.space.DIMENSIONS).
-    The same `name` again resumes the sweep. The test split is read once, after selection, for the best trial."""
+    The same `name` again resumes the sweep. The test split is read once, after selection, for the best trial.
+    `workers`: the trials run on `hone worker --sweeps` processes sharing the database; this call waits for them."""
     from rich.console import Console
 
     from hone import config
@@ -109,7 +110,8 @@ def sweep(config_or_path: RunConfig | str | Path | None = None, *, name: str, bu
         cfg = load_config(config_or_path, **overrides)
     seconds = float(budget) if isinstance(budget, (int, float)) else parse_duration(budget)
     names = parse_space(space) if isinstance(space, str) or space is None else list(space)
-    return run_sweep(cfg, SweepOptions(name, seconds, trials, names, seed, prune), console or Console(stderr=True))
+    options = SweepOptions(name, seconds, trials, names, seed, prune, workers)
+    return run_sweep(cfg, options, console or Console(stderr=True))
 
 
 def merge(runs: Sequence[str | Path], *, method: str = "linear", weights: list[float] | None = None,

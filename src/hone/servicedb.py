@@ -9,7 +9,7 @@ import importlib.util
 import os
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hone.errors import UserError
@@ -47,7 +47,14 @@ def open_session(url: str | None, metadata: MetaData) -> Session:
             engine = create_engine(url, **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}))
             if url.startswith("sqlite"):
                 event.listen(engine, "connect", _sqlite_pragmas)
-            metadata.create_all(engine)
+            try:
+                metadata.create_all(engine)
+            except OperationalError as exc:
+                # two processes starting at once (two `hone worker`s) both found no table, one created it first:
+                # looking again finds it
+                if "already exists" not in str(exc):
+                    raise
+                metadata.create_all(engine)
         except (SQLAlchemyError, ImportError) as exc:
             raise UserError(f"cannot open the service database at {safe_url(url)}: {exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0]}", field="db") from None

@@ -101,13 +101,14 @@ def worker(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap every job at N optimizer steps"),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
-    lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="Lease length in seconds (default 30)"),
+    lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="A job's lease in seconds (default 30); sweep trials keep hone sweep's (120 s without a heartbeat)"),
+    sweeps: bool = typer.Option(False, "--sweeps", help="Also run trials of sweeps started with `hone sweep --workers`, one at a time, between jobs"),
 ):
     """Train queued fine-tuning jobs from the service database (run on any machine that shares it)."""
     from hone.serve.worker import Worker
 
     Worker(_settings(db, base_model, max_steps=max_steps, time_budget=time_budget, save_every=save_every,
-                     lease_seconds=lease_seconds)).run_forever()
+                     lease_seconds=lease_seconds), sweeps=sweeps).run_forever()
 
 
 @keys_app.command("create")

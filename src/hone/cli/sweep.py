@@ -30,6 +30,7 @@ def sweep_command(
     space: Optional[str] = typer.Option(None, "--space", help="Dimensions to search, e.g. lr,epochs,lora_r (default per method)"),
     seed: int = typer.Option(42, "--seed", help="Seed of the sampler"),
     no_prune: bool = typer.Option(False, "--no-prune", help="Let every trial finish (no median pruning)"),
+    workers: bool = typer.Option(False, "--workers", help="Run the trials on `hone worker --sweeps` processes sharing the database (one trial each); this command waits for them"),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Any config field: section.field=value"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on the last line"),
 ):
@@ -49,7 +50,7 @@ def sweep_command(
         raise UserError("--name is required: it names the sweep, and running the same command again resumes it")
     try:
         result = hone.sweep(target, name=name, budget=budget, trials=trials, space=space, seed=seed,
-                            prune=not no_prune, console=err, sets=sets, data=data, validation=validation, test=test,
+                            prune=not no_prune, workers=workers, console=err, sets=sets, data=data, validation=validation, test=test,
                             model=model, method=method, objective=objective)
     except Interrupted as exc:
         raise typer.Exit(_interrupted(exc)) from None

@@ -5,6 +5,9 @@ the same job. While it trains, a heartbeat thread (heartbeat.py) renews the leas
 events and checkpoints, and interrupts training when the job is cancelled or paused. A worker
 that dies silently (SIGKILL, power) stops renewing; once its lease runs out another worker claims
 the job and resumes it from its last checkpoint in the same run folder.
+
+With `--sweeps`, a worker with no job in hand runs one trial of a sweep started with `hone sweep --workers`
+(sweeps/distributed.py): the study is the queue, Optuna's trial heartbeat the lease.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from rich.console import Console
 from sqlalchemy import or_, select, update
 
 from hone.errors import Interrupted, UserError
+from hone.registry.store import using_database
 from hone.serve import db
 from hone.serve.heartbeat import Heartbeat, read_metrics
 from hone.serve.hyperparameters import resolve
@@ -29,6 +33,7 @@ from hone.serve.jobs import ACTIVE, tuned_model_name
 from hone.serve.log import say
 from hone.serve.settings import ServeSettings
 from hone.servicedb import database_url
+from hone.sweeps.distributed import SweepTrials
 
 
 class JobFailed(Exception):
@@ -46,11 +51,14 @@ def claimable(now: float):
 
 
 class Worker:
-    def __init__(self, settings: ServeSettings, name: str | None = None, poll_seconds: float = 0.5):
+    def __init__(self, settings: ServeSettings, name: str | None = None, poll_seconds: float = 0.5,
+                 sweeps: bool = False):
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.poll_seconds = poll_seconds
         self.beat: Heartbeat | None = None  # of the job in hand
+        # `--sweeps`: between jobs, trials of sweeps started with `hone sweep --workers` (sweeps/distributed.py)
+        self.sweeps = SweepTrials(Console(stderr=True)) if sweeps else None
 
     def run_forever(self) -> None:
         """Claim and train jobs until SIGTERM or Ctrl-C; a job being trained then goes back to the queue."""
@@ -65,13 +73,22 @@ class Worker:
                 claimed = self.claim()
                 if claimed:
                     self.work(*claimed)
-                else:
+                elif not self.run_sweep_trial():
                     time.sleep(self.poll_seconds)
             except KeyboardInterrupt:
                 if self.beat is not None and self.beat.reason:
                     continue  # our own SIGINT for a cancel or pause, arriving late: keep working
                 break
         say(worker=self.name, event="stopped")
+
+    def run_sweep_trial(self) -> bool:
+        """One trial of an open sweep, when this worker takes them and one wants a trial; False otherwise."""
+        if self.sweeps is None:
+            return False
+        self.beat = None  # a Ctrl-C now is the user's, not a job heartbeat's cancel
+        # sweeps live in the registry's database (HONE_DB); `hone worker --db URL` means that one for everything
+        with using_database(self.settings.db):
+            return self.sweeps.run_one()
 
     def claim(self) -> tuple[str, str] | None:
         """(job id, lease token) of a job this worker now holds, or None."""

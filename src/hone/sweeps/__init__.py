@@ -3,6 +3,7 @@
     study.py    `hone sweep`: Optuna (TPE, median pruning) over normal registered runs, resumable, honest
     space.py    the one table of searchable dimensions and the default space per method and objective
     results.py  the best trial scored once on the test split, best.yaml, the report page
+    distributed.py  `hone sweep --workers` waits while `hone worker --sweeps` processes run the trials
     merge.py    `hone merge`: LoRA adapters (PEFT weighted-adapter merging) or full models (task arithmetic)
 """
 from __future__ import annotations

@@ -16,6 +16,7 @@ from hone import atomic
 from hone.config import RunConfig, build_config
 from hone.evaluation import plots
 from hone.registry.lessons import record_lesson
+from hone.sweeps.distributed import wait_for_workers
 from hone.sweeps.study import (
     SweepOptions,
     SweepResult,
@@ -32,7 +33,7 @@ from hone.sweeps.study import (
 def run_sweep(config: RunConfig, options: SweepOptions, console: Console | None = None) -> SweepResult:
     """Run (or resume) the sweep `options.name` on `config`; returns the table, the best trial and its test score."""
     console = console or Console(stderr=True)
-    trials = run_trials(config, options, console)
+    trials = wait_for_workers(config, options, console) if options.workers else run_trials(config, options, console)
     return finish_sweep(trials.study, trials.config, options, trials.test, trials.stopped_by, console)
 
 

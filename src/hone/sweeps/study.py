@@ -56,6 +56,7 @@ class SweepOptions:
     space: list[str] | None = None   # dimension names (sweep/space.py); None: the default space
     seed: int = 42
     pruning: bool = True
+    workers: bool = False            # trials run on `hone worker --sweeps` processes; this one waits (distributed.py)
 
 
 @dataclass
@@ -99,11 +100,33 @@ def storage():
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9; hone relies on them
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                          grace_period=GRACE_SECONDS)
+        store = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                           grace_period=GRACE_SECONDS)
+    if url.startswith("sqlite"):
+        take_write_lock_at_begin(store.engine)
+    return store
 
 
-def load_study(name: str, create: bool = False, seed: int = 42, pruning: bool = True):
+def take_write_lock_at_begin(engine) -> None:
+    """SQLite ignores the SELECT ... FOR UPDATE with which Optuna hands a queued trial to one process: started
+    at the same moment, 2 to 4 of 4 processes took trial 0 in 2 of 3 tries (docs/decisions.md). Every transaction
+    here takes the write lock when it begins (BEGIN IMMEDIATE, SQLAlchemy's recipe for pysqlite), so a claim or a
+    new trial's number is one process's at a time: 0 of 3 tries doubled one."""
+    from sqlalchemy import event
+
+    engine.dispose()  # connections opened by the schema check would keep pysqlite's own transaction handling
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def load_study(name: str, create: bool = False, seed: int = 42, pruning: bool = True, store=None):
+    """The sweep's Optuna study (`store`: an open storage() to reuse, as a polling worker does)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -113,10 +136,10 @@ def load_study(name: str, create: bool = False, seed: int = 42, pruning: bool = 
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if pruning
               else optuna.pruners.NopPruner())
     if create:
-        return optuna.create_study(study_name=PREFIX + name, storage=storage(), sampler=sampler, pruner=pruner,
+        return optuna.create_study(study_name=PREFIX + name, storage=store or storage(), sampler=sampler, pruner=pruner,
                                    direction="minimize", load_if_exists=True)
     try:
-        return optuna.load_study(study_name=PREFIX + name, storage=storage(), sampler=sampler, pruner=pruner)
+        return optuna.load_study(study_name=PREFIX + name, storage=store or storage(), sampler=sampler, pruner=pruner)
     except KeyError:
         raise UserError(f"no sweep {name!r} in {database_url()}; start one with hone sweep --name {name}") from None
 
@@ -159,8 +182,9 @@ class Trials:
     stopped_by: str
 
 
-def run_trials(config: RunConfig, options: SweepOptions, console: Console) -> Trials:
-    """Run (or resume) the trials of the sweep `options.name` on `config` until its limits stop it."""
+def open_sweep(config: RunConfig, options: SweepOptions, console: Console):
+    """The sweep's study, created or resumed: the recipe resolved and checked, the space picked, the same sweep
+    as before under this name, the recipe queued as the first trial. Returns (config, space, base, study)."""
     if options.budget is None and options.trials is None:
         raise ConfigError("a sweep needs a limit: --budget (e.g. 30m) and/or --trials N", field="budget")
     config = resolve(config, console)
@@ -172,6 +196,12 @@ def run_trials(config: RunConfig, options: SweepOptions, console: Console) -> Tr
         recipe = {d.name: d.current(config) for d in space}
         if all(v is not None for v in recipe.values()):
             study.enqueue_trial(recipe, user_attrs={"recipe": True}, skip_if_exists=True)  # once, when two start
+    return config, space, base, study
+
+
+def run_trials(config: RunConfig, options: SweepOptions, console: Console) -> Trials:
+    """Run (or resume) the trials of the sweep `options.name` on `config` until its limits stop it."""
+    config, space, base, study = open_sweep(config, options, console)
     recover_trials(study, console)
     test = Path(config.data.test) if config.data.test else None
     console.print(f"[bold]hone sweep[/bold] {options.name}: {', '.join(d.name for d in space)}; "
@@ -182,19 +212,25 @@ def run_trials(config: RunConfig, options: SweepOptions, console: Console) -> Tr
     with sealed([test] if test else [], f"the sweep {options.name!r}'s test split: trials select by validation "
                                         "loss and may not read it"):
         while not (stopped_by := why_stop(study, options, console)):
-            before = time.monotonic()
             try:
-                study.optimize(lambda trial: run_trial(trial, base, space, options, study, console),  # noqa: B023
-                           n_trials=1,
-                               catch=(UserError,))
+                run_next_trial(study, base, space, options, console)
             except (Interrupted, KeyboardInterrupt):
-                add_spent(study, time.monotonic() - before)
                 raise Interrupted(0, f"sweep {options.name!r} interrupted; the interrupted trial runs again "
                                      "from its checkpoint when you rerun the same command") from None
-            add_spent(study, time.monotonic() - before)
     console.print(f"  sweep stopped: {stopped_by} ({time.monotonic() - started:.0f} s in this process)",
                   highlight=False)
     return Trials(study, config, test, stopped_by)
+
+
+def run_next_trial(study, base: RunConfig, space: list[Dimension], options: SweepOptions, console: Console) -> None:
+    """Take the study's next trial (a queued retry first, else the sampler's proposal) and run it here; its time
+    counts against the budget, finished or not. `hone sweep` processes and `hone worker --sweeps` both call this."""
+    before = time.monotonic()
+    try:
+        study.optimize(lambda trial: run_trial(trial, base, space, options, study, console), n_trials=1,
+                       catch=(UserError,))
+    finally:
+        add_spent(study, time.monotonic() - before)
 
 
 def describe_limits(options: SweepOptions) -> str:
