@@ -197,12 +197,17 @@ def test_pause_keeps_the_checkpoint_and_resume_continues_from_it(server):
     client = server.client("acme")
     lenient = server.client("acme", strict=False)  # "paused" is outside the client's status Literal
     f = client.files.create(file=jsonl(chat_rows(24)), purpose="fine-tune")
-    server.start_worker(*server.worker_args)
+    # a checkpoint every step, so the pause is sent a step or two into training: sent after the step-4 checkpoint,
+    # it twice arrived after early stopping had ended the run (at steps 12 and 20), leaving nothing to resume
+    args = list(server.worker_args)
+    args[args.index("--save-every") + 1] = "1"
+    server.start_worker(*args)
     job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id)
     wait_for(lambda: _checkpointed_and_running(client, job.id), what="a first checkpoint")
     assert lenient.fine_tuning.jobs.pause(job.id).status == "paused"
-    wait_for(lambda: [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-                      if e.message.startswith("Training stopped (pause)")], what="training to stop")
+    (stopped,) = wait_for(lambda: [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+                                   if e.message.startswith("Training stopped (pause)")], what="training to stop")
+    assert "after its last step" not in stopped, stopped
     assert lenient.fine_tuning.jobs.retrieve(job.id).status == "paused"
     saved = max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id, limit=100))
     assert client.fine_tuning.jobs.resume(job.id).status == "queued"
