@@ -34,6 +34,7 @@ def serve(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap every job at N optimizer steps"),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
+    no_early_stopping: bool = typer.Option(False, "--no-early-stopping", help="Jobs train to their epochs (or the caps above) even when validation loss stops improving (default: stop after 3 validations without a better one)"),
     lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="A silent worker's job is resumed elsewhere after this long (default 30)"),
     max_loaded_models: Optional[int] = typer.Option(None, "--max-loaded-models", min=1, help="Tuned models kept in memory for inference, least recently used dropped first (default 4)"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Inference requests answered together in one forward pass (default 8)"),
@@ -64,6 +65,7 @@ def serve(
     settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant,
                          continuous_batching=False if window_batching else None, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
+                         early_stopping=False if no_early_stopping else None,
                          max_loaded_models=max_loaded_models, max_batch=max_batch, batch_window_ms=batch_window_ms,
                          inference_threads=inference_threads, max_request_tokens=max_request_tokens,
                          knowledge_bases=tuple(kb) if kb else None, tensor_parallel=tensor_parallel,
@@ -101,6 +103,7 @@ def worker(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap every job at N optimizer steps"),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Cap every job's training at N seconds"),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (default once per epoch)"),
+    no_early_stopping: bool = typer.Option(False, "--no-early-stopping", help="Jobs train to their epochs (or the caps above) even when validation loss stops improving (default: stop after 3 validations without a better one)"),
     lease_seconds: Optional[float] = typer.Option(None, "--lease-seconds", help="A job's lease in seconds (default 30); sweep trials keep hone sweep's (120 s without a heartbeat)"),
     sweeps: bool = typer.Option(False, "--sweeps", help="Also run trials of sweeps started with `hone sweep --workers`, one at a time, between jobs"),
 ):
@@ -108,7 +111,8 @@ def worker(
     from hone.serve.worker import Worker
 
     Worker(_settings(db, base_model, max_steps=max_steps, time_budget=time_budget, save_every=save_every,
-                     lease_seconds=lease_seconds), sweeps=sweeps).run_forever()
+                     early_stopping=False if no_early_stopping else None, lease_seconds=lease_seconds),
+           sweeps=sweeps).run_forever()
 
 
 @keys_app.command("create")

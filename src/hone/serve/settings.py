@@ -25,6 +25,7 @@ class ServeSettings:
     max_steps: int | None = None             # cap on a job's optimizer steps (tests, quick trials)
     time_budget: float | None = None         # cap on a job's training seconds
     save_every: int | None = None            # checkpoint every N steps (default: once per epoch)
+    early_stopping: bool = True              # False: jobs train to their epochs (or caps) whatever validation says
     lease_seconds: float = 30.0              # a worker silent this long has died: its job is resumed elsewhere
     min_examples: int = 10                   # OpenAI's minimum training examples
     # Inference engine (serve/engine.py): tuned models kept loaded (LRU), requests batched per forward
@@ -101,8 +102,9 @@ class ServeSettings:
                     raise ConfigError(f"HONE_SERVE_{name.upper()}={raw!r} is not a {read.__name__}") from None
         if env.get("HONE_DB"):
             values["db"] = env["HONE_DB"]
-        if env.get("HONE_SERVE_CONTINUOUS_BATCHING"):
-            values["continuous_batching"] = env["HONE_SERVE_CONTINUOUS_BATCHING"] not in ("0", "false", "no")
+        for switch in ("continuous_batching", "early_stopping"):
+            if env.get(f"HONE_SERVE_{switch.upper()}"):
+                values[switch] = env[f"HONE_SERVE_{switch.upper()}"] not in ("0", "false", "no")
         for flag in ("capture", "capture_raw"):
             if env.get(f"HONE_SERVE_{flag.upper()}"):
                 values[flag] = env[f"HONE_SERVE_{flag.upper()}"] not in ("0", "false", "no")
@@ -135,6 +137,7 @@ class ServeSettings:
             if value is not None:
                 env[f"HONE_SERVE_{name.upper()}"] = str(value)
         env["HONE_SERVE_CONTINUOUS_BATCHING"] = "1" if self.continuous_batching else "0"
+        env["HONE_SERVE_EARLY_STOPPING"] = "1" if self.early_stopping else "0"
         if self.vllm_args:
             env["HONE_SERVE_VLLM_ARGS"] = shlex.join(self.vllm_args)
         env["HONE_SERVE_CAPTURE"] = "1" if self.capture else "0"

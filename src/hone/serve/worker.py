@@ -136,7 +136,8 @@ class Worker:
             if beat.reason != "lost":
                 beat.sync_progress()  # the checkpoint the interrupt just saved, and the last steps
             if beat.reason is None:  # this worker is shutting down: the job goes back to the queue
-                self.requeue(job, token, step)
+                # stopped outside a step (saving, the final evaluation): resumed from the last checkpoint
+                self.requeue(job, token, step or max(beat.checkpoint_steps(), default=None))
                 raise KeyboardInterrupt from None
             say(worker=self.name, job=job_id, event="interrupted", reason=beat.reason, step=step)
             if beat.reason != "lost":
@@ -252,7 +253,8 @@ class Worker:
                 "model": {"name": base}, "method": {"name": self.settings.method},
                 "data": {"train": str(self._file_path(job.training_file, "training_file")),
                          "validation": str(self._file_path(job.validation_file, "validation_file") or "") or None},
-                "train": {k: v for k, v in train.items() if v is not None},
+                "train": {**{k: v for k, v in train.items() if v is not None},
+                          **({} if self.settings.early_stopping else {"early_stopping_patience": None})},
                 "eval": {"base": False, "forgetting": False}}
         if kind == "dpo":
             data["preference"] = {"beta": float(hp["beta"])}
