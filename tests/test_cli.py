@@ -57,3 +57,21 @@ def test_a_damaged_gguf_is_one_error_naming_the_file(tmp_path):
     from hone.home import models_dir
 
     assert not list(models_dir().glob("model-*"))  # no half-converted folder
+
+
+def test_help_lists_every_command_under_its_lifecycle_stage():
+    import click
+    import typer
+    from typer.testing import CliRunner
+
+    from hone.cli import PANELS, app
+
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    names = group.list_commands(ctx)
+    placed = {name for stage in PANELS.values() for name in stage}
+    assert set(names) == placed, f"commands without a stage in PANELS: {sorted(set(names) - placed)}"
+    assert names == [name for stage in PANELS.values() for name in stage]
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert shown.index("─ Data ") < shown.index("─ Fine-tune ") < shown.index("─ After deployment ")
+    assert "answer lengths, empty/refusal/never-stops rates" in shown   # a docstring's line break is not kept
