@@ -85,7 +85,7 @@ def test_workers_take_different_trials_and_finish_a_killed_workers_trial(tiny_mo
     assert sweep.process.returncode == 0, "".join(sweep.log)
     result = json.loads(out.strip().splitlines()[-1])
     trials = {t["number"]: t for t in result["trials"]}
-    from hone.sweeps.study import load_study
+    from hone.sweeps.storage import load_study
 
     pids = {t.number: t.user_attrs["pid"] for t in load_study("spread").trials}
     killed = next(n for n, pid in pids.items() if pid == first.process.pid)
