@@ -61,7 +61,8 @@ def start_server(home: Path, model: str, port: int, engine: str) -> subprocess.P
 def request_path_cost(home: Path, n: int = 2000) -> dict:
     """In this process: microseconds the request path spends per capture (build the record, queue it), and
     captures per second the writer thread redacts and commits to SQLite."""
-    from hone.serve.capture import CaptureWriter, Record
+    from hone.monitor.traffic import Exchange
+    from hone.serve.capture import CaptureWriter
     from hone.serve.settings import ServeSettings
 
     chat = conversations(1)[0]
@@ -70,9 +71,10 @@ def request_path_cost(home: Path, n: int = 2000) -> dict:
     writer._thread = object()   # type: ignore[assignment]  # hold the writer: time the request path alone
     started = time.perf_counter()
     for i in range(n):
-        writer.submit(Record(id=f"chatcmpl-{i}", org="bench", model="on", served="on", run_dir=None, kind="chat",
-                             messages=chat, answers=[{"text": '{"quantity": 3}', "finish_reason": "stop", "tokens": 9}],
-                             latency_ms=1.0, prompt_tokens=60, completion_tokens=9, max_tokens=16))
+        writer.submit(Exchange(id=f"chatcmpl-{i}", org="bench", model="on", served="on", run_dir=None, kind="chat",
+                               messages=chat,
+                               answers=[{"text": '{"quantity": 3}', "finish_reason": "stop", "tokens": 9}],
+                               latency_ms=1.0, prompt_tokens=60, completion_tokens=9, max_tokens=16))
     submit_us = (time.perf_counter() - started) / n * 1e6
     writer._thread = None
     started = time.perf_counter()

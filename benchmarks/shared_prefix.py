@@ -37,7 +37,7 @@ def main() -> None:
     from hone.methods import apply_method
     from hone.models.load import load_causal_lm, load_tokenizer
     from hone.training.batches import common_prefix, epoch_batches
-    from hone.training.loop import train_step
+    from hone.training.step import train_step
     from hone.training.precision import bf16_frozen_linears
 
     torch.set_num_threads(args.threads)

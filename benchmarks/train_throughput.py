@@ -117,7 +117,7 @@ def score(adapter_dir: Path, base, tokenizer, folder: Path, val, hw) -> tuple[fl
     from hone.evaluation.compare import default_max_new_tokens, evaluate_answers
     from hone.hardware import Hardware
     from hone.models.load import load_with_adapter
-    from hone.training.loop import validation_loss
+    from hone.training.step import validation_loss
 
     model = load_with_adapter(base, adapter_dir, "cpu")
     fp32 = Hardware("cpu", None, hw.threads, "fp32")

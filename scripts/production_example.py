@@ -30,7 +30,8 @@ from shifted_orders import shifted_orders  # noqa: E402
 from hone.evaluation.metrics import json_match  # noqa: E402
 from hone.objectives.demo import demo_data  # noqa: E402
 from hone.registry import get_run, set_tag  # noqa: E402
-from hone.registry.store import find_by_path, sync_run  # noqa: E402
+from hone.registry.indexing import sync_run  # noqa: E402
+from hone.registry.store import find_by_path  # noqa: E402
 
 HONE = [sys.executable, "-m", "hone.cli"]
 

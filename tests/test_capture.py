@@ -14,7 +14,7 @@ import pytest
 from hone.data.pii import redact
 from hone.errors import ConfigError
 from hone.monitor import traffic
-from hone.serve.capture import CaptureWriter, Record
+from hone.serve.capture import CaptureWriter
 from hone.serve.settings import ServeSettings
 from serve_helpers import in_process_app
 
@@ -118,11 +118,12 @@ def test_feedback_rates_own_answers_only_redacts_corrections_and_the_latest_wins
     assert "--since 'soon'" in cli("feedback", "list", "--since", "soon", "--db", captured.settings.db).stderr
 
 
-def record(n: int, age_days: float = 0.0) -> Record:
-    return Record(id=f"chatcmpl-{n}", org="acme", model="m", served="m", run_dir=None, kind="chat",
-                  messages=[{"role": "user", "content": f"q{n}"}], answers=[{"text": "a", "finish_reason": "stop",
-                  "tokens": 1}], latency_ms=1.0, prompt_tokens=1, completion_tokens=1, max_tokens=8,
-                  created_at=time.time() - age_days * 86400)
+def record(n: int, age_days: float = 0.0) -> traffic.Exchange:
+    return traffic.Exchange(id=f"chatcmpl-{n}", org="acme", model="m", served="m", run_dir=None, kind="chat",
+                            messages=[{"role": "user", "content": f"q{n}"}],
+                            answers=[{"text": "a", "finish_reason": "stop", "tokens": 1}], latency_ms=1.0,
+                            prompt_tokens=1, completion_tokens=1, max_tokens=8,
+                            created_at=time.time() - age_days * 86400)
 
 
 def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):

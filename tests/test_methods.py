@@ -13,7 +13,7 @@ from hone.objectives.checks import check_config
 from hone.methods import (METHODS, apply_method, attach_head, check_method, count_parameters, estimate_memory,
                           load_tuned, meta_model, save_tuned)
 from hone.models.load import load_causal_lm
-from hone.training.loop import train_step
+from hone.training.step import train_step
 
 SFT_METHODS = [name for name, m in METHODS.items() if m.applies(head=False, own_loop=True)]
 SMALL = {"lora_r": 4, "lora_alpha": 8, "trainable_layers": 1, "adapter_size": 8, "num_virtual_tokens": 4}

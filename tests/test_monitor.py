@@ -19,7 +19,7 @@ from hone.monitor.alarms import load_thresholds
 from hone.monitor.drift import label_shift, mmd_test
 from hone.monitor.health import health
 from hone.monitor.traffic import Exchange
-from hone.serve.capture import CaptureWriter, Record
+from hone.serve.capture import CaptureWriter
 from hone.serve.settings import ServeSettings
 
 ORDERS = Path(__file__).parents[1] / "src" / "hone" / "datasets" / "orders"
@@ -42,8 +42,10 @@ def test_label_shift_flags_a_changed_label_mix_only():
 
 def test_health_counts_empty_refusal_and_never_stopping_answers_and_bad_feedback():
     def ex(text: str, finish: str = "stop", rating: str | None = None) -> Exchange:
-        return Exchange("chatcmpl-x", "acme", "m", "m", None, "chat", time.time(), [{"role": "user", "content": "q"}],
-                        [{"text": text, "finish_reason": finish, "tokens": 4}], 10.0, 3, 4, rating)
+        return Exchange(id="chatcmpl-x", org="acme", model="m", served="m", run_dir=None, kind="chat",
+                        messages=[{"role": "user", "content": "q"}],
+                        answers=[{"text": text, "finish_reason": finish, "tokens": 4}], latency_ms=10.0,
+                        prompt_tokens=3, completion_tokens=4, max_tokens=8, rating=rating)
     figures = health([ex(""), ex("I'm sorry, I can't help with that."), ex("42 42 42", "length", "bad"),
                       ex("fine", rating="good")])
     assert (figures["empty_rate"], figures["refusal_rate"], figures["never_stops_rate"]) == (0.25, 0.25, 0.25)
@@ -58,11 +60,11 @@ def capture_orders(db: str, run: Path, inputs: list[str], days_ago: float = 0.0)
     (run / "config.yaml").write_text(to_yaml(config))
     writer = CaptureWriter(ServeSettings(db=db, capture=True))
     for i, text in enumerate(inputs):
-        writer.submit(Record(id=f"chatcmpl-{days_ago}-{i}", org="acme", model="ft:orders", served="ft:orders",
-                             run_dir=str(run), kind="chat", messages=[{"role": "user", "content": text}],
-                             answers=[{"text": "{}", "finish_reason": "stop", "tokens": 2}], latency_ms=50.0 + i,
-                             prompt_tokens=20, completion_tokens=2, max_tokens=64,
-                             created_at=time.time() - days_ago * 86400))
+        writer.submit(Exchange(id=f"chatcmpl-{days_ago}-{i}", org="acme", model="ft:orders", served="ft:orders",
+                               run_dir=str(run), kind="chat", messages=[{"role": "user", "content": text}],
+                               answers=[{"text": "{}", "finish_reason": "stop", "tokens": 2}], latency_ms=50.0 + i,
+                               prompt_tokens=20, completion_tokens=2, max_tokens=64,
+                               created_at=time.time() - days_ago * 86400))
     writer.close()
 
 
@@ -142,10 +144,10 @@ def test_from_traffic_builds_chat_data_from_corrections_without_leaking_into_the
              "liked": ("ORDER FORM qty=9 sku=mug", "good", None)}
     writer = CaptureWriter(ServeSettings(db=db, capture=True))
     for name, (question, _, _) in asked.items():
-        writer.submit(Record(id=f"chatcmpl-{name}", org="acme", model="ft:orders", served="ft:orders", run_dir=str(run),
-                             kind="chat", messages=[{"role": "user", "content": question}],
-                             answers=[{"text": '{"quantity": 1}', "finish_reason": "stop", "tokens": 5}],
-                             latency_ms=5.0, prompt_tokens=5, completion_tokens=5, max_tokens=16))
+        writer.submit(Exchange(id=f"chatcmpl-{name}", org="acme", model="ft:orders", served="ft:orders",
+                               run_dir=str(run), kind="chat", messages=[{"role": "user", "content": question}],
+                               answers=[{"text": '{"quantity": 1}', "finish_reason": "stop", "tokens": 5}],
+                               latency_ms=5.0, prompt_tokens=5, completion_tokens=5, max_tokens=16))
     writer.close()
     with traffic.session(db) as s:
         for name, (_, rating, correction) in asked.items():
@@ -186,10 +188,10 @@ def test_monitor_reports_a_shift_in_predicted_labels_for_a_label_task(tmp_path):
                              for i in range(60)))
     writer = CaptureWriter(ServeSettings(db=db, capture=True))
     for i in range(12):
-        writer.submit(Record(id=f"chatcmpl-{i}", org="acme", model="router", served="router", run_dir=None,
-                             kind="chat", messages=[{"role": "user", "content": f"where is my parcel {i % 3}"}],
-                             answers=[{"text": "shipping", "finish_reason": "stop", "tokens": 1}], latency_ms=5.0,
-                             prompt_tokens=5, completion_tokens=1, max_tokens=4))
+        writer.submit(Exchange(id=f"chatcmpl-{i}", org="acme", model="router", served="router", run_dir=None,
+                               kind="chat", messages=[{"role": "user", "content": f"where is my parcel {i % 3}"}],
+                               answers=[{"text": "shipping", "finish_reason": "stop", "tokens": 1}], latency_ms=5.0,
+                               prompt_tokens=5, completion_tokens=1, max_tokens=4))
     writer.close()
     result = monitor_model("router", url=db, training_data=train)
     assert result.drift == {"skipped": "3 distinct inputs, fewer than min_inputs=20"}

@@ -152,15 +152,16 @@ def rated_traffic(db: str, run_dir: Path, corrections: dict[str, str]) -> None:
     import time
 
     from hone.monitor import traffic
-    from hone.serve.capture import CaptureWriter, Record
+    from hone.serve.capture import CaptureWriter
     from hone.serve.settings import ServeSettings
 
     writer = CaptureWriter(ServeSettings(db=db, capture=True))
     for n, question in enumerate(corrections):
-        writer.submit(Record(id=f"chatcmpl-{n}", org="acme", model="orders@production", served="orders:1",
-                             run_dir=str(run_dir), kind="chat", messages=[{"role": "user", "content": question}],
-                             answers=[{"text": "?", "finish_reason": "stop", "tokens": 1}], latency_ms=5.0,
-                             prompt_tokens=5, completion_tokens=1, max_tokens=8))
+        writer.submit(traffic.Exchange(id=f"chatcmpl-{n}", org="acme", model="orders@production", served="orders:1",
+                                       run_dir=str(run_dir), kind="chat",
+                                       messages=[{"role": "user", "content": question}],
+                                       answers=[{"text": "?", "finish_reason": "stop", "tokens": 1}], latency_ms=5.0,
+                                       prompt_tokens=5, completion_tokens=1, max_tokens=8))
     writer.close()
     with traffic.session(db) as s:
         for n, answer in enumerate(corrections.values()):

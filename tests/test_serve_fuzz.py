@@ -38,7 +38,7 @@ def test_the_api_answers_as_its_schema_says(served):
     config = schemathesis.Config.from_dict({"auth": {"openapi": {"bearer": {"bearer": key}}}})
     schema = schemathesis.openapi.from_asgi("/openapi.json", served.http.app, config=config)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 32   # 18 of OpenAI's API, /v1/feedback, 13 hone extensions (serve/extensions.py)
+    assert len(operations) == 32   # 18 of OpenAI's API, /v1/feedback, 13 hone extensions (serve/extensions/)
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
             fuzz(operation, mode)

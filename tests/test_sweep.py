@@ -77,7 +77,7 @@ def test_a_trial_that_reads_the_test_split_fails(tiny_model, chat_files, monkeyp
 
 
 def test_pruning_stops_a_clearly_worse_trial(tiny_model, chat_files):
-    from hone.sweeps.study import load_study
+    from hone.sweeps.storage import load_study
 
     study = load_study("prune", create=True)
     for lr in (5e-3, 5e-3, 5e-3, 30.0):
@@ -117,7 +117,7 @@ def test_two_sweep_processes_share_one_study_without_repeating_a_trial(tiny_mode
     log.extend(worker.stderr.read())
     assert worker.wait() == 0, "".join(log)
     from hone.sweeps import show_sweep
-    from hone.sweeps.study import load_study
+    from hone.sweeps.storage import load_study
 
     result = show_sweep("shared")
     numbers = [t["number"] for t in result.trials]

@@ -79,13 +79,17 @@ def test_workers_take_different_trials_and_finish_a_killed_workers_trial(tiny_mo
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
 
-    out, _ = sweep.process.communicate(timeout=WAIT)  # the second worker recovers it; the sweep then finishes
+    try:  # the second worker recovers it; the sweep then finishes
+        out, _ = sweep.process.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:  # the killed trial stayed RUNNING: the sweep waits for it forever
+        raise AssertionError(f"the sweep did not finish in {WAIT} s: no worker recovered the killed worker's "
+                             "trial\n" + "".join(sweep.log + ["-----\n"] + second.log)) from None
     second.process.send_signal(signal.SIGINT)
     assert second.process.wait(timeout=WAIT) == 0, "".join(second.log)
     assert sweep.process.returncode == 0, "".join(sweep.log)
     result = json.loads(out.strip().splitlines()[-1])
     trials = {t["number"]: t for t in result["trials"]}
-    from hone.sweeps.study import load_study
+    from hone.sweeps.storage import load_study
 
     pids = {t.number: t.user_attrs["pid"] for t in load_study("spread").trials}
     killed = next(n for n, pid in pids.items() if pid == first.process.pid)

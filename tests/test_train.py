@@ -9,7 +9,7 @@ from hone.data.render import tokenize_chat
 from hone.hardware import pick_hardware
 from hone.objectives.sft import run_sft
 from hone.training.checkpoint import list_checkpoints
-from hone.training.loop import train_step
+from hone.training.step import train_step
 
 
 def tiny_config(tiny_model, chat_files, tmp_path, **train):

@@ -101,8 +101,8 @@ def sweep(config_or_path: RunConfig | str | Path | None = None, *, name: str, bu
 
     from hone import config
     from hone.sweeps import SweepOptions, run_sweep
+    from hone.sweeps.budget import parse_duration
     from hone.sweeps.space import parse_space
-    from hone.sweeps.study import parse_duration
 
     if isinstance(config_or_path, config.RunConfig):
         cfg = config_or_path
@@ -122,8 +122,8 @@ def merge(runs: Sequence[str | Path], *, method: str = "linear", weights: list[f
     test split against each parent and the base. `search` (a budget) tries weights on validation data."""
     from rich.console import Console
 
+    from hone.sweeps.budget import parse_duration
     from hone.sweeps.merge import merge_runs
-    from hone.sweeps.study import parse_duration
 
     seconds = float(search) if isinstance(search, (int, float)) else parse_duration(search)
     return merge_runs([str(r) for r in runs], method, weights, name, density, seconds,

@@ -49,7 +49,7 @@ def plan_command(
 
 
 def _budget(budget: str, sweep: str | None, estimate: float | None, as_json: bool) -> None:
-    from hone.sweeps.study import budget_plan, parse_duration
+    from hone.sweeps.budget import budget_plan, parse_duration
 
     plan = budget_plan(parse_duration(budget) or 0.0, sweep, estimate)
     if as_json:

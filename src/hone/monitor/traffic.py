@@ -12,7 +12,7 @@ in the monitor stage, so that the stages below the server can read traffic witho
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from sqlalchemy import JSON, Float, Integer, String, Text, delete, select
@@ -64,19 +64,21 @@ def session(url: str | None = None) -> Session:
 
 @dataclass
 class Exchange:
-    """One captured request with its answer(s) and the feedback on it, as `hone monitor` reads it."""
+    """One answered request: what `hone serve --capture` hands its writer (text as the client sent it,
+    redacted later off the request path) and what `hone monitor` reads back (with the feedback on it)."""
     id: str
     org: str
     model: str
     served: str
     run_dir: str | None
     kind: str
-    created_at: float
     messages: list[dict]
     answers: list[dict]
     latency_ms: float
     prompt_tokens: int
     completion_tokens: int
+    max_tokens: int | None
+    created_at: float = field(default_factory=time.time)
     rating: str | None = None
     correction: str | None = None
 
@@ -108,9 +110,10 @@ def read_exchanges(model: str | None = None, since: float | None = None, org: st
         if rated:
             query = query.where(Feedback.id.is_not(None))
         rows = s.execute(query.order_by(Capture.seq)).all()
-    return [Exchange(c.id, c.org, c.model, c.served, c.run_dir, c.kind, c.created_at, c.messages, c.answers,
-                     c.latency_ms, c.prompt_tokens, c.completion_tokens,
-                     f.rating if f is not None else None, f.correction if f is not None else None)
+    return [Exchange(id=c.id, org=c.org, model=c.model, served=c.served, run_dir=c.run_dir, kind=c.kind,
+                     messages=c.messages, answers=c.answers, latency_ms=c.latency_ms, prompt_tokens=c.prompt_tokens,
+                     completion_tokens=c.completion_tokens, max_tokens=c.max_tokens, created_at=c.created_at,
+                     rating=f.rating if f is not None else None, correction=f.correction if f is not None else None)
             for c, f in rows]
 
 

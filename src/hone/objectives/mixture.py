@@ -38,9 +38,10 @@ from hone.objectives.lifecycle import (
     save_artifact,
 )
 from hone.objectives.pretrain import pack_blocks
-from hone.training.loop import train_loop, validation_loss
+from hone.training.loop import train_loop
 from hone.training.precision import bf16_frozen_linears, pick_attention
 from hone.training.sharding import fuse_lora_wanted
+from hone.training.step import validation_loss
 
 
 def load_source(path: Path, system_prompt: str | None) -> list:

@@ -272,7 +272,7 @@ def make_plan(model: str, methods: list[str] | None = None, length: int = 512, b
     from hone.errors import ConfigError
     from hone.hardware import cpu_has_bf16, pick_threads
     from hone.models.load import quiet_transformers
-    from hone.training.loop import CPU_MICRO_BATCH_TOKENS
+    from hone.training.step import CPU_MICRO_BATCH_TOKENS
 
     quiet_transformers()
     if gpu is not None and gpu.lower() not in GPUS:

@@ -34,9 +34,10 @@ from hone.objectives.lifecycle import (
     probe_tuned,
     save_artifact,
 )
-from hone.training.loop import train_loop, validation_loss
+from hone.training.loop import train_loop
 from hone.training.precision import bf16_frozen_linears, pick_attention
 from hone.training.sharding import fuse_lora_wanted
+from hone.training.step import validation_loss
 
 
 def pack_blocks(tokenizer, texts: list[str], block_size: int) -> list[TokenizedExample]:

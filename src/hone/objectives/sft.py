@@ -45,11 +45,12 @@ from hone.objectives.lifecycle import (
 from hone.registry.runs import read_record, update_record
 from hone.training.batches import micro_batches
 from hone.training.distributed import close as close_ranks, ranks
-from hone.training.loop import token_cap, train_loop
+from hone.training.loop import train_loop
 from hone.training.precision import bf16_frozen_linears, pick_attention
 from hone.training.regularise import lr_warning
 from hone.training.replay import mix_replay
 from hone.training.sharding import fuse_lora_wanted, sharding_wanted
+from hone.training.step import token_cap
 
 
 @dataclass

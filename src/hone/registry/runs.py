@@ -19,7 +19,7 @@ from hone import atomic
 from hone.config import RunConfig, to_yaml
 from hone.errors import UserError
 from hone.home import runs_dir
-from hone.registry import store
+from hone.registry import indexing, store
 from hone.registry.store import parse_ref
 
 
@@ -35,7 +35,7 @@ def new_run_dir(config: RunConfig) -> Path:
         path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
     path.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path / "config.yaml", to_yaml(config))
-    _mirror(lambda: store.record_start(path, config.model_dump(mode="json"), config.name or (
+    _mirror(lambda: indexing.record_start(path, config.model_dump(mode="json"), config.name or (
         Path(config.data.train).stem if config.data.train else path.name)))
     if config.recipe:  # how the objective was chosen (hone/advice.py), for run.json and the registry
         update_record(path, recipe=config.recipe)
@@ -100,7 +100,7 @@ def update_record(run: Path, **fields) -> dict:
     """Merge `fields` into run.json (atomically) and return the record."""
     record = read_record(run) | fields
     atomic.write_json(Path(run) / "run.json", record)
-    _mirror(lambda: store.sync_run(Path(run), record))
+    _mirror(lambda: indexing.sync_run(Path(run), record))
     return record
 
 

@@ -1,10 +1,11 @@
 """`hone serve --capture`: each answered request of a captured model stored for monitoring and retraining.
 
-The request path only builds a plain record and puts it on a bounded queue (`put_nowait`); a writer thread
-redacts personal data (hone.data.pii, the detectors `hone data check` uses) and writes rows in batches to
-the service database (hone.monitor.traffic). A full queue drops the capture and counts it: an answer is
-never held back for its capture. The writer also deletes captures past the retention limit, once at
-start and then hourly. benchmarks/capture_overhead.py measures what capture costs an answer.
+The request path only builds a plain record (hone.monitor.traffic's Exchange, the type `hone monitor` reads
+back) and puts it on a bounded queue (`put_nowait`); a writer thread redacts personal data (hone.data.pii,
+the detectors `hone data check` uses) and writes rows in batches to the service database. A full queue
+drops the capture and counts it: an answer is never held back for its capture. The writer also deletes
+captures past the retention limit, once at start and then hourly. benchmarks/capture_overhead.py measures
+what capture costs an answer.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 
 from hone.data.pii import redact
 from hone.monitor import traffic
+from hone.monitor.traffic import Exchange
 from hone.serve.settings import ServeSettings
 
 log = logging.getLogger("hone.serve.capture")
@@ -23,22 +24,9 @@ BATCH = 64                 # rows per commit: one SQLite commit per row would co
 PURGE_EVERY_S = 3600.0     # retention is in days; an hourly sweep keeps the table within an hour of it
 
 
-@dataclass
-class Record:
-    """What the request path hands the writer: text as the client sent it, redacted later off the path."""
-    id: str
-    org: str
-    model: str
-    served: str
-    run_dir: str | None
-    kind: str
-    messages: list[dict]
-    answers: list[dict]
-    latency_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    max_tokens: int | None
-    created_at: float = field(default_factory=time.time)
+# serve/inference.py's name for the exchange it hands the writer; it was off limits to the change that made
+# monitor's Exchange the one type for a captured exchange, so this name stays until inference.py imports Exchange.
+Record = Exchange
 
 
 class CaptureWriter:
@@ -46,7 +34,7 @@ class CaptureWriter:
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
-        self.queue: queue.Queue[Record | None] = queue.Queue(maxsize=settings.capture_queue)
+        self.queue: queue.Queue[Exchange | None] = queue.Queue(maxsize=settings.capture_queue)
         self.dropped = 0
         self.written = 0
         self._thread: threading.Thread | None = None
@@ -63,7 +51,7 @@ class CaptureWriter:
             return model in self.settings.capture_models or served in self.settings.capture_models
         return tuned
 
-    def submit(self, record: Record) -> None:
+    def submit(self, record: Exchange) -> None:
         """Queue a capture; never blocks: when the queue is full it is dropped and counted."""
         if self._thread is None:
             self.start()
@@ -118,7 +106,7 @@ class CaptureWriter:
             if None in batch:
                 return
 
-    def _write(self, records: list[Record]) -> None:
+    def _write(self, records: list[Exchange]) -> None:
         with traffic.session(self.settings.db) as s:
             for r in records:
                 raw = self.settings.raw_for(r.org)

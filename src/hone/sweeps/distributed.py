@@ -7,9 +7,9 @@
 
 There is no second queue: the study in hone's database is the queue, as it is for several `hone sweep`
 processes. Optuna hands a queued trial to exactly one process (WAITING -> RUNNING is a conditional update) and
-numbers new ones; its heartbeat (every 30 s, study.HEARTBEAT_SECONDS) is the trial's lease. A worker that dies
+numbers new ones; its heartbeat (every 30 s, storage.HEARTBEAT_SECONDS) is the trial's lease. A worker that dies
 leaves its trial RUNNING; the next worker to look fails it (on the same host at once, its pid being gone; from
-another host after 120 s without a heartbeat, study.GRACE_SECONDS) and queues it again with its run folder, so
+another host after 120 s without a heartbeat, storage.GRACE_SECONDS) and queues it again with its run folder, so
 it resumes from its last checkpoint. A worker needs the recipe's files at the same paths (one machine, or a
 shared filesystem); one that cannot read them leaves the sweep to others.
 """
@@ -23,18 +23,15 @@ from rich.console import Console
 from hone.config import RunConfig, build_config
 from hone.data.formats import sealed
 from hone.errors import Interrupted, UserError
+from hone.sweeps.storage import PREFIX, load_study, recover_trials, storage
 from hone.sweeps.study import (
-    PREFIX,
     SweepOptions,
     Trials,
     config_digest,
     describe_limits,
-    load_study,
     open_sweep,
-    recover_trials,
     run_next_trial,
     space_of,
-    storage,
     trial_config,
     why_stop,
 )

@@ -298,7 +298,7 @@ def search_weights(parents: list[Parent], method: str, density: float, seconds: 
 
     from hone.hardware import pick_hardware
     from hone.objectives.sft import read_chat_splits, render_chats
-    from hone.training.loop import validation_loss
+    from hone.training.step import validation_loss
 
     base = parents[0].record.get("base_path") or parents[0].record["base_model"]
     hw = pick_hardware("fp32", None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -16,18 +17,36 @@ from hone import atomic
 from hone.config import RunConfig, build_config
 from hone.evaluation import plots
 from hone.registry.lessons import record_lesson
+from hone.sweeps.budget import trial_seconds
 from hone.sweeps.distributed import wait_for_workers
-from hone.sweeps.study import (
-    SweepOptions,
-    SweepResult,
-    load_study,
-    run_trials,
-    space_of,
-    sweep_folder,
-    trial_rows,
-    trial_seconds,
-    write_best_config,
-)
+from hone.sweeps.storage import load_study
+from hone.sweeps.study import SweepOptions, run_trials, space_of, sweep_folder, trial_rows, write_best_config
+
+
+@dataclass
+class SweepResult:
+    name: str
+    trials: list[dict]
+    best_value: float | None
+    best_params: dict | None
+    best_run: str | None
+    best_config: Path | None
+    test: dict | None                 # the best trial on the test split, scored once after selection
+    folder: Path
+    stopped_by: str = ""
+    spent_seconds: float = 0.0
+    lesson: dict | None = None
+    report: Path | None = None
+    default_lr: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "trials": self.trials, "best_value": self.best_value,
+                "best_params": self.best_params, "best_run": self.best_run,
+                "best_config": str(self.best_config) if self.best_config else None, "test": self.test,
+                "folder": str(self.folder), "stopped_by": self.stopped_by,
+                "spent_seconds": round(self.spent_seconds, 1), "lesson": self.lesson,
+                "report": str(self.report) if self.report else None, "default_lr": self.default_lr}
 
 
 def run_sweep(config: RunConfig, options: SweepOptions, console: Console | None = None) -> SweepResult:

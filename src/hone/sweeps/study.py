@@ -5,11 +5,11 @@
     stops a trial that is clearly worse) -> stop when the trials are done or the budget cannot fit another
     -> unseal: the best trial (by validation loss only) is scored once on the test split -> best.yaml
 
-The study lives in Optuna's tables inside hone's own database (registry/store.py `database_url()`), so
-rerunning the same command resumes it, and several `hone sweep` processes (or machines) on one database
-share it, each running one trial at a time. An interrupted trial (Ctrl-C) or a killed one (kill -9: its
-process is gone, or its heartbeat stopped) is marked failed and run again from its last checkpoint; a
-finished trial never runs twice.
+The study lives in Optuna's tables inside hone's own database (storage.py), so rerunning the same command
+resumes it, and several `hone sweep` processes (or machines) on one database share it, each running one
+trial at a time. An interrupted trial (Ctrl-C) or a killed one (kill -9: its process is gone, or its
+heartbeat stopped) is marked failed and run again from its last checkpoint; a finished trial never runs
+twice. What the trials spend and whether another fits the budget: budget.py.
 """
 from __future__ import annotations
 
@@ -17,10 +17,8 @@ import hashlib
 import json
 import os
 import socket
-import statistics
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +33,11 @@ from hone.objectives import on_registered_model, run
 from hone.objectives.advice import choose_recipe
 from hone.objectives.checks import check_config
 from hone.registry.runs import update_record
-from hone.registry.store import database_url
+from hone.sweeps.budget import FIRST_GUESS_OVERHEAD, add_spent, trial_seconds
 from hone.sweeps.space import DIMENSIONS, Dimension, pick_space, trial_overrides
+from hone.sweeps.storage import load_study, recover_trials
 from hone.training.trackers import watching_steps
 
-PREFIX = "hone-sweep:"            # Optuna study names of hone's sweeps
-HEARTBEAT_SECONDS = 30            # a trial's process writes a heartbeat this often ...
-GRACE_SECONDS = 120               # ... and another process fails it when none came for this long
-# Fixed costs of a trial around its training (model load, rendering, the report), as a share of its training
-# time, before any trial has measured them.
-FIRST_GUESS_OVERHEAD = 0.3
 FAILURES_IN_A_ROW = 3             # trials failing on errors of their own: the sweep stops rather than burn its budget
 
 
@@ -59,89 +52,10 @@ class SweepOptions:
     workers: bool = False            # trials run on `hone worker --sweeps` processes; this one waits (distributed.py)
 
 
-@dataclass
-class SweepResult:
-    name: str
-    trials: list[dict]
-    best_value: float | None
-    best_params: dict | None
-    best_run: str | None
-    best_config: Path | None
-    test: dict | None                 # the best trial on the test split, scored once after selection
-    folder: Path
-    stopped_by: str = ""
-    spent_seconds: float = 0.0
-    lesson: dict | None = None
-    report: Path | None = None
-    default_lr: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "trials": self.trials, "best_value": self.best_value,
-                "best_params": self.best_params, "best_run": self.best_run,
-                "best_config": str(self.best_config) if self.best_config else None, "test": self.test,
-                "folder": str(self.folder), "stopped_by": self.stopped_by,
-                "spent_seconds": round(self.spent_seconds, 1), "lesson": self.lesson,
-                "report": str(self.report) if self.report else None, "default_lr": self.default_lr}
-
-
 def sweep_folder(name: str) -> Path:
     path = hone_home() / "sweeps" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def storage():
-    """Optuna's RDB storage on hone's database (its tables are studies, trials, trial_* and version_info;
-    hone's are runs, tags, model_hashes and serve_*: no name is shared)."""
-    import optuna
-
-    url = database_url()
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9; hone relies on them
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        store = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                           grace_period=GRACE_SECONDS)
-    if url.startswith("sqlite"):
-        take_write_lock_at_begin(store.engine)
-    return store
-
-
-def take_write_lock_at_begin(engine) -> None:
-    """SQLite ignores the SELECT ... FOR UPDATE with which Optuna hands a queued trial to one process: started
-    at the same moment, 2 to 4 of 4 processes took trial 0 in 2 of 3 tries (docs/decisions.md). Every transaction
-    here takes the write lock when it begins (BEGIN IMMEDIATE, SQLAlchemy's recipe for pysqlite), so a claim or a
-    new trial's number is one process's at a time: 0 of 3 tries doubled one."""
-    from sqlalchemy import event
-
-    engine.dispose()  # connections opened by the schema check would keep pysqlite's own transaction handling
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_transactions(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def load_study(name: str, create: bool = False, seed: int = 42, pruning: bool = True, store=None):
-    """The sweep's Optuna study (`store`: an open storage() to reuse, as a polling worker does)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
-    # A trial is pruned when its validation loss at a step is worse than the median of the finished trials'
-    # at the same step: after 2 trials have finished, and not at the first evaluation (step 0 of reporting).
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if pruning
-              else optuna.pruners.NopPruner())
-    if create:
-        return optuna.create_study(study_name=PREFIX + name, storage=store or storage(), sampler=sampler, pruner=pruner,
-                                   direction="minimize", load_if_exists=True)
-    try:
-        return optuna.load_study(study_name=PREFIX + name, storage=store or storage(), sampler=sampler, pruner=pruner)
-    except KeyError:
-        raise UserError(f"no sweep {name!r} in {database_url()}; start one with hone sweep --name {name}") from None
 
 
 def config_digest(config: RunConfig) -> str:
@@ -257,74 +171,6 @@ def check_same_sweep(study, base: RunConfig, config: RunConfig, space: list[Dime
         what = "search space" if attrs.get("config_digest") == digest else "configuration or data"
         raise ConfigError(f"sweep {options.name!r} was started with another {what}; rerun it with the same "
                           "settings to resume it, or pass a new --name", field="name")
-
-
-def recover_trials(study, console: Console) -> None:
-    """Fail the trials whose process died on this host (kill -9) and queue every interrupted or killed trial
-    again, with its run folder to resume; trials that failed on an error of their own are not retried."""
-    import optuna
-
-    host = socket.gethostname()
-    store = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("host") == host and attrs.get("pid") and not pid_alive(int(attrs["pid"])):
-            store.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            console.print(f"  trial {trial.number}: its process {attrs['pid']} is gone (killed); marked failed",
-                          highlight=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    retried = set(study.user_attrs.get("retried", []))
-    requeued = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        if trial.number in retried or trial.user_attrs.get("error"):
-            continue
-        resume = trial.user_attrs.get("run_dir")
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "resume_from": resume},
-                            skip_if_exists=False)
-        requeued.append(trial.number)
-    if requeued:
-        study.set_user_attr("retried", sorted(retried | set(requeued)))
-        console.print(f"  trials {', '.join(map(str, requeued))} stopped before finishing: queued again "
-                      "(from their checkpoints)", highlight=False)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped by its parent) still answers signal 0
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def add_spent(study, seconds: float) -> None:
-    study.set_user_attr("spent_seconds", float(study.user_attrs.get("spent_seconds", 0.0)) + seconds)
-
-
-def trial_seconds(study) -> tuple[float | None, dict]:
-    """The expected wall time of the next trial from the finished ones' measured times (median), and the
-    measurements: seconds per optimizer step, steps per trial, fixed cost per trial."""
-    import optuna
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("total_seconds")]
-    if not done:
-        return None, {}
-    totals = [t.user_attrs["total_seconds"] for t in done]
-    steps = [t.user_attrs.get("steps") or 0 for t in done]
-    per_step = [t.user_attrs["train_seconds"] / s for t, s in zip(done, steps) if s]
-    overhead = [t.user_attrs["total_seconds"] - t.user_attrs["train_seconds"] for t in done]
-    return statistics.median(totals), {"seconds_per_step": statistics.median(per_step) if per_step else None,
-                                       "steps_per_trial": statistics.median(steps),
-                                       "overhead_seconds": statistics.median(overhead),
-                                       "trial_seconds": statistics.median(totals), "measured_trials": len(done)}
 
 
 def why_stop(study, options: SweepOptions, console: Console) -> str:
@@ -460,30 +306,3 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
-def parse_duration(text: str | None) -> float | None:
-    """'30m' -> 1800.0; '90s', '1.5h', '600' (seconds) also; None stays None."""
-    import re
-
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", str(text))
-    if not match or float(match[1]) <= 0:
-        raise ConfigError(f"--budget {text!r} is not a duration; write e.g. 30m, 90s or 1.5h", field="budget")
-    return float(match[1]) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match[2]]
-
-
-def budget_plan(budget: float, name: str | None = None, estimated_trial: float | None = None) -> dict:
-    """How many trials `budget` seconds hold: from the sweep `name`'s measured trials (seconds per step, steps
-    and fixed cost per trial), else from `estimated_trial` (the recipe advice's training-time estimate plus
-    FIRST_GUESS_OVERHEAD)."""
-    if name is not None:
-        trial, measured = trial_seconds(load_study(name))
-        if trial is None:
-            raise UserError(f"sweep {name!r} has no finished trial yet: nothing measured to plan from")
-        return {"budget_seconds": budget, "trial_seconds": round(trial, 1), "trials": int(budget // trial),
-                "source": f"sweep {name!r}: median of {measured['measured_trials']} measured trials", **measured}
-    if estimated_trial is None:
-        raise UserError("hone plan --budget needs --sweep NAME (measured trials) or --data FILE (an estimate)")
-    trial = estimated_trial * (1 + FIRST_GUESS_OVERHEAD)
-    return {"budget_seconds": budget, "trial_seconds": round(trial, 1), "trials": int(budget // trial),
-            "source": f"the recipe's training-time estimate + {FIRST_GUESS_OVERHEAD:.0%} for loading and validation"}

@@ -31,9 +31,31 @@ async function api(path, options = {}) {
   if (body && !(body instanceof FormData)) { headers["Content-Type"] = "application/json"; body = JSON.stringify(body); }
   const response = await fetch(path, { ...options, headers, body });
   if (options.raw) return response;
+  if (!response.ok) throw await failure(response);
+  return response.json().catch(() => ({}));
+}
+async function failure(response) {
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError((data.error && data.error.message) || `${response.status} ${response.statusText}`);
-  return data;
+  return new ApiError((data.error && data.error.message) || `${response.status} ${response.statusText}`);
+}
+// Server-sent events read through fetch (EventSource cannot send the Authorization header): each frame's
+// `event:` and `data:` lines handed to onEvent(kind, data) until the server ends the stream.
+async function readEvents(path, options, onEvent) {
+  const response = await api(path, { ...options, raw: true });
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+      const kind = (frame.match(/^event: (.*)$/m) || [])[1], data = (frame.match(/^data: (.*)$/m) || [])[1];
+      if (data !== undefined) onEvent(kind, data);
+    }
+  }
 }
 // Errors end up in the status line, never as an uncaught promise (the tests fail on any console error).
 function guarded(fn) {
@@ -299,23 +321,10 @@ async function follow(jobId) {
   state.stream = controller;
   readStream(jobId, controller).catch((err) => { if (err.name !== "AbortError") say(`Event stream: ${err.message}`, true); });
 }
-// Server-sent events read through fetch: EventSource cannot send the Authorization header.
 async function readStream(jobId, controller) {
-  const response = await api(`/v1/hone/fine_tuning/jobs/${jobId}/stream`, { raw: true, signal: controller.signal });
-  if (!response.ok) throw new Error(`${response.status}`);
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value;
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const frame = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
-      const kind = (frame.match(/^event: (.*)$/m) || [])[1], data = (frame.match(/^data: (.*)$/m) || [])[1];
-      if (data && state.watching === jobId) onFrame(kind, JSON.parse(data));
-    }
-  }
+  await readEvents(`/v1/hone/fine_tuning/jobs/${jobId}/stream`, { signal: controller.signal }, (kind, data) => {
+    if (data && state.watching === jobId) onFrame(kind, JSON.parse(data));
+  });
   if (state.watching === jobId) await loadCheckpoints(jobId);
 }
 function onFrame(kind, data) {
@@ -425,23 +434,13 @@ async function streamChat(model, messages, box) {
   delete box.dataset.id;
   delete box.dataset.done;
   box.classList.add("streaming");
-  const response = await api("/v1/chat/completions", { method: "POST", raw: true, body: { model, messages, stream: true, max_tokens: 64, temperature: 0 } });
-  if (!response.ok) { const e = await response.json().catch(() => ({})); throw new ApiError(e.error ? e.error.message : response.statusText); }
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value;
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const frame = buffer.slice(0, cut).replace(/^data: /, ""); buffer = buffer.slice(cut + 2);
-      if (frame === "[DONE]" || !frame.startsWith("{")) continue;
-      const chunk = JSON.parse(frame);
-      if (chunk.id) box.dataset.id = chunk.id;   // the completion's id: what POST /v1/feedback rates
-      box.textContent += (chunk.choices[0] && chunk.choices[0].delta.content) || "";
-    }
-  }
+  const body = { model, messages, stream: true, max_tokens: 64, temperature: 0 };
+  await readEvents("/v1/chat/completions", { method: "POST", body }, (kind, data) => {
+    if (!data.startsWith("{")) return;   // the closing [DONE]
+    const chunk = JSON.parse(data);
+    if (chunk.id) box.dataset.id = chunk.id;   // the completion's id: what POST /v1/feedback rates
+    box.textContent += (chunk.choices[0] && chunk.choices[0].delta.content) || "";
+  });
   box.classList.remove("streaming");
   box.dataset.done = "1";
 }
