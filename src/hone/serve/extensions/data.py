@@ -85,14 +85,15 @@ def advice(request: Request, file_id: str, model: str = Query(..., min_length=1,
            org: str = Depends(current_org)) -> dict:
     """The recipe hone advises for an uploaded file on `model` (each choice with its reason), the memory and
     time plan of this server's method, and the one-line description of each hyperparameter a job takes."""
-    from hone.config import DEFAULT_LR, RunConfig, TrainSection, load_config, overrides
-    from hone.objectives.advice import advise
-    from hone.objectives.plan import make_plan
-
     spec = _base_spec(request, model)
     assert spec is not None
     with db.session(request.app.state.settings.db) as s:
         row = get_file(s, org, file_id, "file_id")
+    # imported once the file and model are known to exist: a first import took over 10 s on a loaded machine
+    from hone.config import DEFAULT_LR, RunConfig, TrainSection, load_config, overrides
+    from hone.objectives.advice import advise
+    from hone.objectives.plan import make_plan
+
     method = request.app.state.settings.method
     try:
         config = load_config(None, overrides(None, **{"model.name": spec, "method.name": method}))
