@@ -1,0 +1,80 @@
+"""The transformers engine's weight dtype: one table, WEIGHTS, per kind of served model and device.
+
+`hone serve --weights auto|fp32|bf16|fp16` (HONE_SERVE_WEIGHTS). `auto` takes each case's measured choice
+for the device; fp32, bf16 and fp16 are honoured where the case allows them and refused in one line where
+it does not (a merged adapter in bf16), never silently changed. The figures are benchmarks/engine_precision.py's
+on the demo's tuned LoRA run (docs/serve_inference.md, "Weights in bf16 or fp16").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hone.errors import UserError
+
+CHOICES = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class WeightsCase:
+    name: str
+    what: str                # which served models, in the user's words
+    cpu: str                 # auto's choice on a CPU
+    cuda: str                # auto's choice on a CUDA GPU
+    why: str                 # the measurement behind the choices
+    refused: tuple[tuple[str, str], ...] = ()   # (dtype, why) pairs --weights may not ask for
+
+    def refusal(self, dtype: str) -> str | None:
+        return dict(self.refused).get(dtype)
+
+
+WEIGHTS: dict[str, WeightsCase] = {c.name: c for c in (
+    WeightsCase("shared", "a base model and the LoRA/DoRA adapters served unmerged on it (adapters stay fp32)",
+                cpu="fp32", cuda="bf16",
+                why="MEASURED-SHARED"),
+    WeightsCase("merged", "an adapter merged in fp32 into its own copy of the base (qlora, ia3)",
+                cpu="fp32", cuda="fp32",
+                why="MEASURED-MERGED",
+                refused=(("bf16", "bf16 keeps a merged adapter delta with relative error 0.64 (field notes §7)"),)),
+    WeightsCase("whole", "a model of its own: full fine-tune, freeze, bitfit, bottleneck adapters, prompt/prefix "
+                "tuning", cpu="fp32", cuda="fp32",
+                why="not measured: kept in fp32 unless --weights asks otherwise"),
+)}
+
+
+def check_weights(choice: str) -> str:
+    """`choice` when it is one of CHOICES; else a one-line refusal naming the setting."""
+    from hone.errors import ConfigError
+
+    if choice not in CHOICES:
+        raise ConfigError(f"--weights {choice} (HONE_SERVE_WEIGHTS): choose one of {', '.join(CHOICES)}",
+                          field="weights")
+    return choice
+
+
+def weights_case(folder: Path | None, shared: bool = False) -> str:
+    """Which row of WEIGHTS the model loaded from `folder` is (None: a base model; `shared`: an adapter
+    served unmerged on its base, serve.engine.is_shared_adapter)."""
+    if folder is None or shared:
+        return "shared"
+    from hone.methods.artifact import read_method
+
+    info = read_method(folder)
+    merges = info["saved"] == "peft" and info["method"] in ("lora", "dora", "qlora", "ia3")
+    return "merged" if merges else "whole"
+
+
+def pick_weights(choice: str, case: str, device: str) -> str:
+    """The dtype ('fp32', 'bf16', 'fp16') `case`'s weights load in under `choice` on `device`; a refused
+    combination raises a UserError naming the setting."""
+    row = WEIGHTS[case]
+    if choice == "auto":
+        return row.cuda if device == "cuda" else row.cpu
+    if why := row.refusal(choice):
+        allowed = ", ".join(d for d in CHOICES if not row.refusal(d))
+        raise UserError(f"--weights {choice} (HONE_SERVE_WEIGHTS) cannot serve {row.what}: {why}; "
+                        f"choose {allowed}")
+    return choice
