@@ -101,26 +101,28 @@ def test_auto_follows_the_table_per_case_and_device(served, monkeypatch, table):
     from dataclasses import replace
 
     from hone.serve.engine import Engine
-    from hone.serve.engines.weights import DTYPES, WEIGHTS, pick_weights, weights_case
+    from hone.serve.engines.weights import DTYPES, WEIGHTS, device_kind, pick_weights, weights_case
 
+    here = device_kind("cpu")   # this machine's column: cpu_bf16 where the CPU has native bf16, else cpu
     if table != "as measured":
-        monkeypatch.setitem(WEIGHTS, "shared", replace(WEIGHTS["shared"], cpu="bf16"))
-        monkeypatch.setitem(WEIGHTS, "whole", replace(WEIGHTS["whole"], cpu="fp16"))
+        monkeypatch.setitem(WEIGHTS, "shared", replace(WEIGHTS["shared"], **{here: "bf16"}))
+        monkeypatch.setitem(WEIGHTS, "whole", replace(WEIGHTS["whole"], **{here: "fp16"}))
 
     assert weights_case(None) == "shared" and weights_case(served["lora"], shared=True) == "shared"
     assert weights_case(served["ia3"]) == "merged" and weights_case(served["full"]) == "whole"
     for case, row in WEIGHTS.items():
-        assert pick_weights("auto", case, "cuda") == row.cuda and pick_weights("auto", case, "cpu") == row.cpu
-        assert not row.refusal(row.cpu) and not row.refusal(row.cuda)   # auto never picks what it refuses
-    engine = Engine(max_tuned=4, batch_window=0.0, threads=1)   # auto, on this machine's CPU
+        assert pick_weights("auto", case, "cuda") == row.cuda
+        assert pick_weights("auto", case, "cpu") == getattr(row, here)
+        assert not any(row.refusal(d) for d in (row.cpu, row.cpu_bf16, row.cuda))   # auto never picks a refused one
+    engine = Engine(max_tuned=4, batch_window=0.0, threads=1)   # auto
     try:
         for name in ("base", "lora", "full", "ia3"):
             ask(engine, served, name)
         dtypes = loaded_dtypes(engine, served)
-        assert dtypes["base"] == {DTYPES[WEIGHTS["shared"].cpu]} and dtypes["adapter"] == {torch.float32}
-        assert dtypes["full"] == {DTYPES[WEIGHTS["whole"].cpu]}
+        assert dtypes["base"] == {DTYPES[getattr(WEIGHTS["shared"], here)]} and dtypes["adapter"] == {torch.float32}
+        assert dtypes["full"] == {DTYPES[getattr(WEIGHTS["whole"], here)]}
         merged = engine._tuned[str(served["ia3"].resolve())].model
-        assert {p.dtype for p in merged.parameters()} == {DTYPES[WEIGHTS["merged"].cpu]}
+        assert {p.dtype for p in merged.parameters()} == {DTYPES[getattr(WEIGHTS["merged"], here)]}
     finally:
         engine.close()
 

@@ -22,7 +22,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class WeightsCase:
     name: str
     what: str                # which served models, in the user's words
-    cpu: str                 # auto's choice on a CPU
+    cpu_bf16: str            # auto's choice on a CPU with native bf16 (AVX-512 BF16 or AMX: hone.hardware)
+    cpu: str                 # auto's choice on any other CPU (and Apple's mps)
     cuda: str                # auto's choice on a CUDA GPU
     why: str                 # the measurement behind the choices
     refused: tuple[tuple[str, str], ...] = ()   # (dtype, why) pairs --weights may not ask for
@@ -33,14 +34,14 @@ class WeightsCase:
 
 WEIGHTS: dict[str, WeightsCase] = {c.name: c for c in (
     WeightsCase("shared", "a base model and the LoRA/DoRA adapters served unmerged on it (adapters stay fp32)",
-                cpu="fp32", cuda="bf16",
+                cpu_bf16="bf16", cpu="fp32", cuda="bf16",
                 why="MEASURED-SHARED"),
     WeightsCase("merged", "an adapter merged in fp32 into its own copy of the base (qlora, ia3)",
-                cpu="fp32", cuda="fp32",
+                cpu_bf16="fp32", cpu="fp32", cuda="fp32",
                 why="MEASURED-MERGED",
                 refused=(("bf16", "bf16 keeps a merged adapter delta with relative error 0.64 (field notes §7)"),)),
     WeightsCase("whole", "a model of its own: full fine-tune, freeze, bitfit, bottleneck adapters, prompt/prefix "
-                "tuning", cpu="fp32", cuda="fp32",
+                "tuning", cpu_bf16="fp32", cpu="fp32", cuda="fp32",
                 why="not measured: kept in fp32 unless --weights asks otherwise"),
 )}
 
@@ -67,12 +68,21 @@ def weights_case(folder: Path | None, shared: bool = False) -> str:
     return "merged" if merges else "whole"
 
 
+def device_kind(device: str) -> str:
+    """The WEIGHTS column for `device`: 'cuda', 'cpu_bf16' or 'cpu'."""
+    from hone.hardware import cpu_has_bf16
+
+    if device == "cuda":
+        return "cuda"
+    return "cpu_bf16" if device == "cpu" and cpu_has_bf16() else "cpu"
+
+
 def pick_weights(choice: str, case: str, device: str) -> str:
     """The dtype ('fp32', 'bf16', 'fp16') `case`'s weights load in under `choice` on `device`; a refused
     combination raises a UserError naming the setting."""
     row = WEIGHTS[case]
     if choice == "auto":
-        return row.cuda if device == "cuda" else row.cpu
+        return getattr(row, device_kind(device))
     if why := row.refusal(choice):
         allowed = ", ".join(d for d in CHOICES if not row.refusal(d))
         raise UserError(f"--weights {choice} (HONE_SERVE_WEIGHTS) cannot serve {row.what}: {why}; "
