@@ -159,7 +159,7 @@ def main() -> None:
     for (case, dtype), runs in speed.items():
         row = result["cases"][case][dtype]
         for kind in ("single", "batch16"):
-            row[f"{kind}_tok_s"] = round(sorted(runs[kind])[len(runs[kind]) // 2], 1)   # the median round
+            row[f"{kind}_tok_s"] = round(sorted(runs[kind])[len(runs[kind]) // 2], 1)   # median (of 2: the faster)
             fp32 = sorted(speed[case, "fp32"][kind])[len(runs[kind]) // 2]
             row[f"{kind}_vs_fp32"] = round(row[f"{kind}_tok_s"] / fp32, 2)
         print(f"{case:7} {dtype}: single {row['single_tok_s']} tok/s ({row['single_vs_fp32']}x fp32), "

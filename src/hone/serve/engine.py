@@ -273,7 +273,8 @@ class Engine(ModelTokenizers):
         """The dtype the model `name` (a base when `folder` is None) loads in, said in the log."""
         case = weights_case(folder, folder is not None and is_shared_adapter(folder))
         dtype = pick_weights(self.weights, case, self._hardware())
-        log.info("loading %s with %s weights (--weights %s, %s)", name, dtype, self.weights, WEIGHTS[case].what)
+        log.info("loading %s with %s weights (--weights %s; %s: %s)", name, dtype, self.weights, case,
+                 WEIGHTS[case].what)
         return dtype
 
     def _kind(self, source) -> str:
