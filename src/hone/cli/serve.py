@@ -44,6 +44,7 @@ def serve(
     engine: Optional[str] = typer.Option(None, "--engine", help="Inference engine: auto (vllm on a GPU, llamacpp on CPU, where installed; else transformers), transformers, llamacpp, vllm (default auto)"),
     model_engine: Optional[List[str]] = typer.Option(None, "--model-engine", help="The engine for one base model and its tuned models: NAME=ENGINE; repeatable"),
     window_batching: bool = typer.Option(False, "--window-batching", help="transformers engine: batch only requests arriving together, one generate() at a time (before continuous batching)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="transformers engine: the weights' dtype, auto (per model kind and device, measured: docs/serve_inference.md), fp32, bf16, fp16; bf16 is refused for merged adapters (default auto)"),
     gguf_quant: Optional[str] = typer.Option(None, "--gguf-quant", help="llamacpp engine: the GGUF it serves, exported on first use: f16 (default), q8_0 (faster, answers drift), f32"),
     tensor_parallel: Optional[int] = typer.Option(None, "--tensor-parallel", min=1, help="vllm engine: GPUs each model is split across (vLLM's --tensor-parallel-size; default 1)"),
     pipeline_parallel: Optional[int] = typer.Option(None, "--pipeline-parallel", min=1, help="vllm engine: pipeline stages, across nodes through a Ray cluster (vLLM's --pipeline-parallel-size; default 1)"),
@@ -62,7 +63,7 @@ def serve(
     from hone.serve.engines.table import EngineRouter
     from hone.serve.settings import parse_pairs
 
-    settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant,
+    settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant, weights=weights,
                          continuous_batching=False if window_batching else None, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
                          early_stopping=False if no_early_stopping else None,

@@ -18,9 +18,9 @@ to batch, `Engine(continuous=...)`:
   docs/serve_inference.md); a request arriving meanwhile waits for the whole call. Kept as the baseline
   benchmarks/serve_throughput.py compares against.
 In both, an idle engine waits `batch_window` for a first request's companions. A lock per model keeps
-peft's active adapter from switching mid-step (eviction and DELETE take it too). Weights stay fp32: a
-LoRA delta added to a bf16 base output is rounded away (field notes §4); on CPUs with bf16 the fp32
-matmuls still run through oneDNN's fast path (hone.hardware).
+peft's active adapter from switching mid-step (eviction and DELETE take it too). Weights load in the
+dtype engines/weights.py's table picks per case and device (`weights`): fp32 under `auto` on a CPU, where
+the fp32 matmuls still run through oneDNN's bf16 fast path (hone.hardware).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import torch
 
 from hone.errors import UserError
 from hone.serve.engines.batching import RunningBatch
+from hone.serve.engines.weights import DTYPES, WEIGHTS, check_weights, pick_weights, weights_case
 from hone.serve.generation import Job, adapter_scope, generate_rows
 
 if TYPE_CHECKING:
@@ -198,8 +199,10 @@ class Engine(ModelTokenizers):
     """The transformers engine: loads models on demand and answers Jobs on one scheduler thread."""
 
     def __init__(self, max_tuned: int = 4, batch_window: float = 0.005, max_batch: int = 8,
-                 default_max_tokens: int = 512, threads: int | None = None, continuous: bool = True):
+                 default_max_tokens: int = 512, threads: int | None = None, continuous: bool = True,
+                 weights: str = "auto"):
         super().__init__()
+        self.weights = check_weights(weights)   # fp32/bf16/fp16 per case and device: engines/weights.py
         self.default_max_tokens = default_max_tokens   # an answer's length when the request sets none
         self.max_tuned, self.batch_window, self.max_batch = max(1, max_tuned), batch_window, max(1, max_batch)
         self.continuous = continuous
@@ -262,9 +265,17 @@ class Engine(ModelTokenizers):
 
         with self._lru_lock:
             if spec not in self._bases:
-                model = load_causal_lm(spec, self._hardware())
+                model = load_causal_lm(spec, self._hardware(), DTYPES[self._weights(spec, None)])
                 self._bases[spec] = _Base(model, load_tokenizer(spec))
             return self._bases[spec]
+
+    def _weights(self, name: str, folder: Path | None) -> str:
+        """The dtype the model `name` (a base when `folder` is None) loads in, said in the log."""
+        case = weights_case(folder, folder is not None and is_shared_adapter(folder))
+        dtype = pick_weights(self.weights, case, self._hardware())
+        log.info("loading %s with %s weights (--weights %s; %s: %s)", name, dtype, self.weights, case,
+                 WEIGHTS[case].what)
+        return dtype
 
     def _kind(self, source) -> str:
         """'base', 'adapter' (a LoRA/DoRA on the shared base) or 'alone' (a model of its own)."""
@@ -311,7 +322,10 @@ class Engine(ModelTokenizers):
         from hone.methods.artifact import load_tuned
         from hone.models.load import load_tokenizer
 
+        dtype = self._weights(str(folder), folder)   # before loading: a refused dtype loads nothing
         model = load_tuned(base_spec, folder, self._hardware())
+        if dtype != "fp32":
+            model = model.to(DTYPES[dtype])
         spec = str(folder) if (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file() \
             else base_spec
         return _Tuned(base_spec, model=model, tokenizer=load_tokenizer(spec))

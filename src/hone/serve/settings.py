@@ -33,6 +33,9 @@ class ServeSettings:
     engine: str = "auto"                     # serve/engines/table.py: auto, transformers, llamacpp
     model_engines: dict[str, str] = field(default_factory=dict)   # base model name -> engine, over `engine`
     continuous_batching: bool = True         # False: today's window batching (one generate() at a time)
+    # transformers engine: the weights' dtype, auto (per case and device, serve/engines/weights.py), fp32,
+    # bf16, fp16; a case that refuses the dtype (a merged adapter in bf16) fails its requests in one line.
+    weights: str = "auto"
     # The GGUF llama.cpp serves: f16 answered as transformers' fp32 did on the embedded model, q8_0 did not
     # ("The capital of France is Paris." against "L'Étoile, la Cité, ..."; docs/serve_inference.md).
     gguf_quant: str = "f16"
@@ -80,6 +83,9 @@ class ServeSettings:
         if given and not self.capture:
             raise ConfigError(f"{given[0]} applies to captured traffic: add --capture (HONE_SERVE_CAPTURE=1)",
                               field="capture")
+        from hone.serve.engines.weights import check_weights
+
+        check_weights(self.weights)
         if self.capture_days <= 0 or self.capture_queue < 1:
             raise ConfigError("--capture-days must be above 0 and the capture queue at least 1", field="capture_days")
 
@@ -91,7 +97,7 @@ class ServeSettings:
         readers = {"max_upload_mb": float, "rate_limit": float, "method": str, "max_steps": int,
                    "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int,
                    "max_loaded_models": int, "max_batch": int, "batch_window_ms": float, "inference_threads": int,
-                   "max_request_tokens": int, "engine": str, "gguf_quant": str, "tensor_parallel": int,
+                   "max_request_tokens": int, "engine": str, "gguf_quant": str, "weights": str, "tensor_parallel": int,
                    "pipeline_parallel": int, "capture_days": float, "capture_queue": int}
         for name, read in readers.items():
             raw = env.get(f"HONE_SERVE_{name.upper()}")
@@ -131,7 +137,7 @@ class ServeSettings:
             env["HONE_DB"] = self.db
         for name in ("max_upload_mb", "rate_limit", "method", "max_steps", "time_budget", "save_every",
                      "lease_seconds", "min_examples", "max_loaded_models", "max_batch", "batch_window_ms",
-                     "inference_threads", "max_request_tokens", "engine", "gguf_quant", "tensor_parallel",
+                     "inference_threads", "max_request_tokens", "engine", "gguf_quant", "weights", "tensor_parallel",
                      "pipeline_parallel", "capture_days", "capture_queue"):
             value = getattr(self, name)
             if value is not None:

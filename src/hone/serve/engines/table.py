@@ -36,7 +36,7 @@ class EngineSpec:
 def _transformers(settings: ServeSettings) -> Engine:
     return Engine(max_tuned=settings.max_loaded_models, batch_window=settings.batch_window_ms / 1000,
                   max_batch=settings.max_batch, threads=settings.inference_threads,
-                  continuous=settings.continuous_batching)
+                  continuous=settings.continuous_batching, weights=settings.weights)
 
 
 def _llamacpp(settings: ServeSettings):
@@ -63,7 +63,8 @@ def _has(module: str) -> Callable[[], bool]:
 
 ENGINES: dict[str, EngineSpec] = {e.name: e for e in (
     EngineSpec("transformers", "HF transformers in this process: every tuning method, continuous batching, "
-               "fp32 weights; the reference and the fallback", lambda: True, "", "", _transformers),
+               "weights in fp32, bf16 or fp16 (--weights); the reference and the fallback", lambda: True, "", "",
+               _transformers),
     EngineSpec("llamacpp", "llama.cpp (llama-cpp-python) in a child process on the GGUF `hone export` writes, "
                "exported on first use and cached; up to 16 sequences per model decode together", _has("llama_cpp"),
                "make llamacpp", "no per-request LoRA over a shared base (a tuned run is its own merged GGUF); "
