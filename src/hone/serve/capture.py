@@ -24,9 +24,6 @@ BATCH = 64                 # rows per commit: one SQLite commit per row would co
 PURGE_EVERY_S = 3600.0     # retention is in days; an hourly sweep keeps the table within an hour of it
 
 
-# serve/inference.py's name for the exchange it hands the writer; it was off limits to the change that made
-# monitor's Exchange the one type for a captured exchange, so this name stays until inference.py imports Exchange.
-Record = Exchange
 
 
 class CaptureWriter:

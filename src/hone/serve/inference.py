@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hone.data.render import prompt_for_generation
 from hone.errors import UserError
+from hone.monitor.traffic import Exchange
 from hone.serve.body import unicode_text
-from hone.serve.capture import CaptureWriter, Record
+from hone.serve.capture import CaptureWriter
 from hone.serve.engine import BASE, Engine, InferenceEngine
 from hone.serve.errors import APIError, error_responses
 from hone.serve.generation import Job, Sampling
@@ -205,7 +206,7 @@ def captured(capture: CaptureWriter, run: "Run", prefix: str, org: str, body: Sa
     """Run.on_done for a captured request: hands the writer a plain record (it redacts and writes it)."""
     def done(answers: list) -> None:
         usage = run.usage(answers)
-        capture.submit(Record(
+        capture.submit(Exchange(
             id=run.id(prefix), org=org, model=body.model, served=source.id,
             run_dir=None if source.tuned is BASE else str(source.tuned), kind="chat" if prefix == "chatcmpl" else
             "completion", messages=messages,
