@@ -8,5 +8,13 @@
     files.py    /v1/files: upload (validated), list, retrieve, delete, content
     jobs.py     /v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints
     worker.py   `hone worker`: claims queued jobs, trains them, resumes a dead worker's job
-    catalog.py  base and tuned models an org may see (inference.py, part B, serves them)
+    heartbeat.py a running job's lease, progress and the pause/cancel it is asked for
+    catalog.py  base and tuned models an org may see
+    inference.py /v1/chat/completions, /v1/completions, /v1/models: the OpenAI surface over an engine
+    engine.py   the transformers engine; engines/ the table of engines (llama.cpp, vLLM), batching, weights
+    generation.py, tools.py  decoding rows into streamed text, stop strings, usage; tool calls and schemas
+    capture.py  `--capture`: served exchanges stored off the request path (monitor/ reads them)
+    feedback.py POST /v1/feedback: ratings and corrections of captured answers
+    extensions/ /v1/hone: hone's own endpoints, one module per dashboard section
+    dashboard.py, static/  the web dashboard served at /
 """
