@@ -233,6 +233,8 @@ def train_lora_run(folder: Path, steps: int, threads: int) -> Path:
 def offer_runs(db_url: str, runs: list[Path]) -> list[str]:
     """The runs as succeeded fine-tuning jobs of ORG (what a worker records; once per database): their ft:
     model names."""
+    from sqlalchemy import select
+
     from hone.models.catalogue import DEFAULT_MODEL
     from hone.serve import db
 
@@ -242,7 +244,7 @@ def offer_runs(db_url: str, runs: list[Path]) -> list[str]:
             job_id = f"ftjob-bench{i:05d}"
             name = f"ft:{DEFAULT_MODEL}:{ORG}:a{i:02d}:{job_id[-8:]}"
             names.append(name)
-            if s.get(db.Job, job_id) is not None:
+            if s.scalar(select(db.Job).where(db.Job.id == job_id)) is not None:
                 continue
             s.add(db.Job(id=job_id, org=ORG, model=DEFAULT_MODEL, training_file="file-bench", suffix=f"a{i:02d}",
                          seed=0, method={"type": "supervised", "supervised": {"hyperparameters": {}}},

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_throughput.py [--clients 1,4,16,64] [--tokens 24] [--requests-per-client 1]
                                                    [--threads 1] [--quant f16] [--adapter RUN | --steps 2]
+                                                   [--tuned-clients 1,16]
 
 One run, greedy, the demo `orders` test chats (the prompts benchmarks/serve_inference.py uses), two models:
 `base`, the embedded SmolLM2-135M-Instruct, and `tuned`, a real LoRA run on it (`--adapter RUN`, else one
@@ -22,8 +23,9 @@ trained here for `--steps` steps: serve_load.train_lora_run). The targets:
   bare:transformers         hone's transformers engine (continuous batching) in this process, no HTTP
   bare:hf-generate          HF generate() in this process, one request at a time (1 client, base model only)
 Each level runs `clients` closed-loop clients (serve_load.closed_loop, the one client loop of every serve
-benchmark), max(4, clients x requests-per-client) requests per model. A level is a series of turns; each turn
-starts its target (a server, or the bare engine's models in this process), warms it up (one request per model,
+benchmark), max(4, clients x requests-per-client) requests per model; `tuned` at the --tuned-clients levels
+only (the ratios' levels: a run stays near 10 minutes). A level is a series of turns; each turn starts its
+target (a server, or the bare engine's models in this process), warms it up (one 2-token request per model,
 untimed), measures base then tuned, and stops it, so at most one server (and one vLLM) is up at a time; the
 vLLM turn measures hone:vllm and bare:vllm alternately on the one vLLM server. Per target, model and level:
 completion tokens/s over the wall time, time to first token and latency p50/p99, peak RSS (the server's process
@@ -91,9 +93,11 @@ class Bench:
 
 @dataclass
 class Driver:
-    """One measured target inside a turn: how to ask it, per model, and whose memory to sample."""
+    """One measured target inside a turn: how to ask it, per model, and whose memory to sample; `warm`: the
+    same with 2 tokens at most (the untimed warm-up), where it differs."""
     ask: dict[str, Ask]
     pid: int
+    warm: dict[str, Ask] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +124,8 @@ async def _hone(bench: Bench, engine: str, name: str, *extra: str):
         if bench.run is not None:
             models["tuned"] = offer_runs(server.db, [bench.run])[0]
         asks = {m: chat_asker(client, [served], bench.chats, bench.tokens) for m, served in models.items()}
-        yield server, Driver(asks, server.process.pid)
+        warm = {m: chat_asker(client, [served], bench.chats, 2) for m, served in models.items()}
+        yield server, Driver(asks, server.process.pid, warm)
     finally:
         await client.close()
         server.stop()
@@ -141,7 +146,7 @@ async def vllm_turn(bench: Bench):
 
     extra = () if bench.run is None else (f"--vllm-arg=--lora-modules=tuned={bench.run / 'adapter'}",)
     async with _hone(bench, "vllm", "vllm", *extra) as (server, driver):
-        await closed_loop(driver.ask["base"], 1, 1)   # hone starts its vLLM child on the first request
+        await closed_loop(driver.warm["base"], 1, 1)   # hone starts its vLLM child on the first request
         child = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
                      if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()))
         command = child.cmdline()
@@ -150,7 +155,7 @@ async def vllm_turn(bench: Bench):
             models = ["base"] + (["tuned"] if bench.run is not None else [])
             yield {"hone:vllm": driver,
                    "bare:vllm": Driver({m: completion_asker(client, m, bench.prompts, bench.tokens) for m in models},
-                                       child.pid)}
+                                       child.pid, {m: completion_asker(client, m, bench.prompts, 2) for m in models})}
         finally:
             await client.close()
 
@@ -304,7 +309,8 @@ def turns() -> list[Turn]:
 
 
 # -- the run ------------------------------------------------------------------------------------------------
-async def measure(bench: Bench, levels: list[int], rounds: int, per_client: int, began: float) -> dict:
+async def measure(bench: Bench, levels: list[int], tuned_levels: set[int], rounds: int, per_client: int,
+                  began: float) -> dict:
     rows: dict[tuple[str, str, int], list[dict]] = {}
     for _ in range(rounds):
         for clients in levels:
@@ -315,12 +321,12 @@ async def measure(bench: Bench, levels: list[int], rounds: int, per_client: int,
                 started = time.perf_counter()
                 async with turn.open(bench) as drivers:
                     for driver in drivers.values():   # untimed: models load, adapters load, caches fill
-                        for ask in driver.ask.values():
-                            await closed_loop(ask, 1, 1)
+                        for model, ask in driver.ask.items():
+                            await closed_loop(driver.warm.get(model, ask), 1, 1)
                     ready = time.perf_counter() - started
                     for model in MODELS:
                         for name, driver in drivers.items():
-                            if model not in driver.ask:
+                            if model not in driver.ask or (model == "tuned" and clients not in tuned_levels):
                                 continue
                             load, sampler, t0 = load_average(), RssSampler(driver.pid), time.perf_counter()
                             results = await closed_loop(driver.ask[model], clients, requests)
@@ -344,6 +350,7 @@ def main() -> None:
     parser.add_argument("--quant", default="f16", help="the GGUF hone serves (--gguf-quant) and bare llama.cpp runs")
     parser.add_argument("--adapter", type=Path, help="a LoRA run folder to serve as `tuned` (default: train one)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps of the run trained without --adapter")
+    parser.add_argument("--tuned-clients", default="1,16", help="the levels that measure the tuned model too")
     parser.add_argument("--no-tuned", action="store_true", help="the base model only")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -372,7 +379,8 @@ def main() -> None:
                 bench.ggufs["tuned"] = run_gguf(run, args.quant)
         print(f"[{time.perf_counter() - began:5.0f} s] ready: tuned run {run}, GGUFs {bench.ggufs}; load average "
               f"{load_average():.2f}", flush=True)
-        rows = asyncio.run(measure(bench, levels, args.rounds, args.requests_per_client, began))
+        tuned_levels = {int(c) for c in args.tuned_clients.split(",")}
+        rows = asyncio.run(measure(bench, levels, tuned_levels, args.rounds, args.requests_per_client, began))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     report(rows, auto_engine(), args, time.perf_counter() - began)
