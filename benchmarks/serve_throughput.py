@@ -27,7 +27,8 @@ benchmark), max(4, clients x requests-per-client) requests per model; `tuned` at
 only (the ratios' levels: a run stays near 10 minutes). A level is a series of turns; each turn starts its
 target (a server, or the bare engine's models in this process), warms it up (one 2-token request per model,
 untimed), measures base then tuned, and stops it, so at most one server (and one vLLM) is up at a time; the
-vLLM turn measures hone:vllm and bare:vllm alternately on the one vLLM server. Per target, model and level:
+vLLM turn measures hone:vllm and bare:vllm alternately on the one vLLM server, which goes first alternating
+from one level and model to the next (likewise bare:llamacpp and bare:llamacpp-batched). Per target, model and level:
 completion tokens/s over the wall time, time to first token and latency p50/p99, peak RSS (the server's process
 tree; bare:vllm the vLLM server's; this process for the other bare rows), and the load average before the row.
 The last line is one JSON object: single_stream_vs_llamacpp (hone's default engine, 1 client, tok/s over bare
@@ -312,6 +313,7 @@ def turns() -> list[Turn]:
 async def measure(bench: Bench, levels: list[int], tuned_levels: set[int], rounds: int, per_client: int,
                   began: float) -> dict:
     rows: dict[tuple[str, str, int], list[dict]] = {}
+    flips: dict[str, int] = {}
     for _ in range(rounds):
         for clients in levels:
             requests = max(4, clients * per_client)
@@ -325,8 +327,12 @@ async def measure(bench: Bench, levels: list[int], tuned_levels: set[int], round
                             await closed_loop(driver.warm.get(model, ask), 1, 1)
                     ready = time.perf_counter() - started
                     for model in MODELS:
-                        for name, driver in drivers.items():
-                            if model not in driver.ask or (model == "tuned" and clients not in tuned_levels):
+                        if model == "tuned" and clients not in tuned_levels:
+                            continue
+                        # a turn with two targets (hone:vllm, bare:vllm) puts each first at every other measurement
+                        flips[turn.name] = flips.get(turn.name, -1) + 1
+                        for name, driver in list(drivers.items())[::-1 if flips[turn.name] % 2 else 1]:
+                            if model not in driver.ask:
                                 continue
                             load, sampler, t0 = load_average(), RssSampler(driver.pid), time.perf_counter()
                             results = await closed_loop(driver.ask[model], clients, requests)
