@@ -22,40 +22,18 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_inference import conversations  # noqa: E402 - the same prompts as the engine benchmarks
-from serve_throughput import percentile  # noqa: E402
+from serve_load import HoneServer, percentile  # noqa: E402 - the server every serve benchmark starts
 
 TARGETS = ("on", "off", "control")   # control: a second uncaptured name, the run's noise floor (off vs off)
 PERSONAL = " Contact: jane.doe@example.com, +44 20 7946 0958."
-
-
-def start_server(home: Path, model: str, port: int, engine: str) -> subprocess.Popen:
-    env = {**os.environ, "HONE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    db = f"sqlite:///{home / 'serve.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "hone.cli", "serve", "--port", str(port), "--db", db, "--workers",
-                             "0", "--engine", engine, "--rate-limit", "0", "--base-model", f"on={model}",
-                             "--base-model", f"off={model}", "--base-model", f"control={model}", "--capture",
-                             "--capture-model", "on"],
-                            env=env, stdout=(home / "serve.log").open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit(f"hone serve did not start:\n{(home / 'serve.log').read_text()}") from None
-            time.sleep(0.3)
 
 
 def request_path_cost(home: Path, n: int = 2000) -> dict:
@@ -94,17 +72,12 @@ def main() -> None:
 
     from openai import OpenAI
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from serve_helpers import free_port
-
     with tempfile.TemporaryDirectory() as tmp:
-        home, port = Path(tmp), free_port()
-        proc = start_server(home, args.model, port, args.engine)
+        home = Path(tmp)
+        server = HoneServer(args.engine, home, *(a for t in TARGETS for a in ("--base-model", f"{t}={args.model}")),
+                            "--capture", "--capture-model", "on")
         try:
-            key = subprocess.run([sys.executable, "-m", "hone.cli", "keys", "create", "--org", "bench", "--db",
-                                  f"sqlite:///{home / 'serve.db'}"], capture_output=True, text=True, check=True,
-                                 env={**os.environ, "HONE_HOME": str(home)}).stdout.strip()
-            client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=300)
+            client = OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0, timeout=300)
             chats = conversations(args.requests)
             for target in TARGETS:   # warm-up: the first request loads the model and the tokenizer
                 client.chat.completions.create(model=target, messages=chats[0], max_tokens=2, temperature=0)
@@ -116,8 +89,7 @@ def main() -> None:
                     client.chat.completions.create(model=target, messages=chat, max_tokens=args.tokens, temperature=0)
                     latency[target].append((time.perf_counter() - started) * 1000)
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            server.stop()
         from hone.monitor.traffic import read_exchanges
 
         path_cost = request_path_cost(home)

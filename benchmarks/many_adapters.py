@@ -15,7 +15,7 @@ The N runs are offered to the key's org as finished fine-tuning jobs in the serv
 worker writes when a job succeeds), so they are asked for by their `ft:...` names as a client would.
 
 Per engine, one `hone serve --engine ENGINE --max-loaded-models N --max-batch 16` on loopback, driven by
-serve_throughput's client (the official openai client streaming, closed loop, `clients` at a time), greedy,
+serve_load's client (the official openai client streaming, closed loop, `clients` at a time), greedy,
 the demo `orders` test chats, `requests` requests per target:
   adaptersN   request i asks for adapter i mod N (every adapter in every batch)
   adapter1    every request asks for adapter 0 (LoRA's own cost, one adapter)
@@ -41,33 +41,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_inference import conversations  # noqa: E402 - the same prompts as the other serve benchmarks
-from serve_throughput import HoneServer, RssSampler, hone_level, summary  # noqa: E402 - one client for all
-
-ORG = "bench"   # HoneServer's key belongs to this org
-DEMO = Path(__file__).resolve().parents[1] / "src/hone/datasets/orders"
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
-def train_one(folder: Path, steps: int, threads: int) -> Path:
-    """A real LoRA run on the embedded model: a few steps, no base score, no forgetting probe."""
-    import hone
-    from hone.models.catalogue import DEFAULT_MODEL
-
-    lines = (DEMO / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    data = folder / "data"
-    data.mkdir(parents=True)
-    for name, rows in (("train", lines[:32]), ("validation", lines[32:36]), ("test", lines[36:38])):
-        (data / f"{name}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    result = hone.train(model=DEFAULT_MODEL, objective="sft", method="lora", max_steps=steps,
-                        output=str(folder / "run-00"), data=str(data / "train.jsonl"),
-                        data__validation=str(data / "validation.jsonl"), data__test=str(data / "test.jsonl"),
-                        train__batch_size=8, train__micro_batch_size=8, train__threads=threads,
-                        eval__base=False, eval__forgetting=False, eval__samples=0, eval__max_new_tokens=4,
-                        train__report_to="none")
-    return Path(result.run_dir)
+from serve_load import HoneServer, RssSampler, hone_level, load_average, offer_runs, summary, train_lora_run  # noqa: E402, E501
 
 
 def copy_with_noise(run: Path, target: Path, seed: int) -> Path:
@@ -96,25 +70,6 @@ def merge(run: Path, target: Path) -> Path:
     return target
 
 
-def offer_runs(db_url: str, runs: list[Path]) -> list[str]:
-    """The runs as succeeded fine-tuning jobs of ORG (what a worker records): their ft: model names."""
-    from hone.models.catalogue import DEFAULT_MODEL
-    from hone.serve import db
-
-    names = []
-    with db.session(db_url) as s:
-        for i, run in enumerate(runs):
-            job_id = f"ftjob-bench{i:05d}"
-            name = f"ft:{DEFAULT_MODEL}:{ORG}:a{i:02d}:{job_id[-8:]}"
-            s.add(db.Job(id=job_id, org=ORG, model=DEFAULT_MODEL, training_file="file-bench", suffix=f"a{i:02d}",
-                         seed=0, method={"type": "supervised", "supervised": {"hyperparameters": {}}},
-                         status="succeeded", created_at=db.now(), finished_at=db.now(), result_files=[],
-                         attempts=1, model_deleted=0, fine_tuned_model=name, run_dir=str(run.resolve())))
-            names.append(name)
-        s.commit()
-    return names
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--adapters", type=int, default=20)
@@ -134,14 +89,15 @@ def main() -> None:
     rows: dict[tuple[str, str], list[dict]] = {}
     try:
         started = time.perf_counter()
-        first = train_one(folder, args.steps, args.threads)
+        first = train_lora_run(folder, args.steps, args.threads)
         runs = [first] + [copy_with_noise(first, folder / f"run-{i:02d}", seed=i) for i in range(1, args.adapters)]
         merged = merge(first, folder / "merged")
         print(f"built {len(runs)} LoRA runs and the merged model in {time.perf_counter() - started:.0f} s "
               f"(load average {load_average():.2f})", flush=True)
         chats = conversations(32)
         for engine in args.engines.split(","):
-            server = HoneServer(engine, folder / f"serve-{engine}", args.threads, "--base-model", DEFAULT_MODEL,
+            server = HoneServer(engine, folder / f"serve-{engine}", "--inference-threads", str(args.threads),
+                                "--max-batch", "16", "--base-model", DEFAULT_MODEL,
                                 "--base-model", f"merged={merged}", "--max-loaded-models", str(args.adapters))
             try:
                 names = offer_runs(server.db, runs)
