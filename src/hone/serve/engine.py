@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import torch
 
 from hone.errors import UserError
+from hone.serve.engines import multilora
 from hone.serve.engines.batching import RunningBatch
 from hone.serve.generation import Job, adapter_scope, generate_rows
 
@@ -307,6 +308,7 @@ class Engine(ModelTokenizers):
                 else:
                     base.model = PeftModel.from_pretrained(base.model, str(folder), adapter_name=name).eval()
                 base.adapters.add(name)
+                multilora.sync(base.model)   # mixed batches of plain LoRA adapters take the stacked path
             return _Tuned(base_spec, adapter=name)
         from hone.methods.artifact import load_tuned
         from hone.models.load import load_tokenizer
@@ -326,6 +328,7 @@ class Engine(ModelTokenizers):
             base.adapters.discard(entry.adapter)
             if base.adapters:
                 cast("PeftModel", base.model).delete_adapter(entry.adapter)
+                multilora.sync(base.model)
             else:   # the last adapter: unwrap, so the base runs without peft's per-layer indirection
                 base.model = cast("PeftModel", base.model).unload()
 
