@@ -54,7 +54,7 @@ def build(model_name: str, adapters: int, rank: int, device: str):
     return plain, shared, time.perf_counter() - started
 
 
-def decode(model, rows: int, steps: int, device: str, context=None, **extra) -> tuple[float, "torch.Tensor"]:
+def decode(model, rows: int, steps: int, device: str, context=None, **extra) -> tuple:
     """Prefill `rows` prompts, then time `steps` greedy decode steps; seconds per step and the first step's logits."""
     from contextlib import nullcontext
 

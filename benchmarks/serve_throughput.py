@@ -74,7 +74,8 @@ class RssSampler:
 
 
 class HoneServer:
-    def __init__(self, engine: str, home: Path, threads: int, *extra: str):
+    def __init__(self, engine: str, home: Path, threads: int, *extra: str, src: Path | None = None):
+        """`src`: another checkout's src/ folder to run hone from (PYTHONPATH), e.g. main's, for before/after runs."""
         import socket
 
         with socket.socket() as sock:
@@ -82,6 +83,8 @@ class HoneServer:
             self.port = sock.getsockname()[1]
         home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HONE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+        if src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
         self.db = f"sqlite:///{home / 'serve.db'}"
         self.log = (home / "serve.log").open("w")
         self.process = subprocess.Popen(

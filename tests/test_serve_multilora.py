@@ -75,8 +75,9 @@ def test_mixed_batch_rows_equal_each_adapter_alone(tiny_model, adapters):
     expected = torch.stack([alone(model, row, name) for row, name in zip(ids, names)])
     assert len({round(float(expected[i].sum()), 3) for i in range(4)}) == 4   # every adapter changes the logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    # a batch that uses some of the loaded adapters (the selected-columns path), and one adapter for every row
-    for subset in (["r16", None, "r4"], ["r8", "r8"]):
+    # batches that use some of the loaded adapters (all columns masked; the used columns selected, masked or
+    # not: multilora.SELECT_BELOW), and one adapter for every row
+    for subset in (["r16", None, "r4"], ["r8", None], ["r8", "r8"]):
         torch.testing.assert_close(stacked(model, ids[:len(subset)], subset),
                                    torch.stack([alone(model, ids[i], n) for i, n in enumerate(subset)]),
                                    rtol=1e-5, atol=1e-5)
