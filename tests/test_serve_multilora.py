@@ -123,9 +123,10 @@ def test_stacks_follow_loaded_and_deleted_adapters_and_dora_keeps_peft(tiny_mode
     assert multilora.stacked_rows(model, ["dora", "r8"]) is None    # a batch with it keeps peft's path
 
 
-def test_engine_mixed_batch_takes_the_stacked_path(tiny_model, adapters, monkeypatch):
-    """Through the engine (continuous batching), a base row and three adapters in one batch answer as each
-    model alone, and peft's per-adapter loop never runs."""
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "window"])
+def test_engine_mixed_batch_takes_the_stacked_path(tiny_model, adapters, monkeypatch, continuous):
+    """Through the engine (continuous batching, or one generate() call), a base row and three adapters in one
+    batch answer as each model alone, and peft's per-adapter loop never runs."""
     from peft.tuners.lora import Linear as LoraLinear
 
     from hone.serve.engine import Engine
@@ -136,7 +137,7 @@ def test_engine_mixed_batch_takes_the_stacked_path(tiny_model, adapters, monkeyp
     expected = [reference_answer(tiny_model, None, HELLO, 8)] + \
         [reference_answer(tiny_model, adapters[n], HELLO, 8) for n in SHAPES]
     assert len(set(expected)) == 4
-    engine = Engine(max_tuned=3, batch_window=2.0, threads=1)   # a wide window: all land in it
+    engine = Engine(max_tuned=3, batch_window=2.0, threads=1, continuous=continuous)   # all land in the window
     try:
         def refuse(*args, **kwargs):
             raise AssertionError("peft's mixed-batch loop ran")

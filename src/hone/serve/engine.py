@@ -10,9 +10,9 @@ Generation runs on one scheduler thread, never on the event loop. One thread bec
 targets have 2 cores: two generate() calls side by side oversubscribe them (field notes §3). Two ways
 to batch, `Engine(continuous=...)`:
 - continuous (the default): requests join the running batch between decode steps and finished rows
-  leave (engines/batching.py); a base and its adapters share one batch, peft routing each row through
-  its own adapter. Only prompt-learning models (prompt/prefix tuning: virtual tokens inside forward)
-  still take the window path below.
+  leave (engines/batching.py); a base and its adapters share one batch, each row through its own adapter
+  (plain LoRA adapters by engines/multilora.py's stacked step, 3.2x peft's loop per decode step). Only
+  prompt-learning models (prompt/prefix tuning: virtual tokens inside forward) still take the window path below.
 - window: requests that arrive within `batch_window` seconds of each other for the same model, with
   compatible sampling settings, run as one batched generate() call (3.9x the tokens/s of one at a time,
   docs/serve_inference.md); a request arriving meanwhile waits for the whole call. Kept as the baseline
@@ -501,7 +501,7 @@ class Engine(ModelTokenizers):
                 if len(set(names)) == 1:
                     with adapter_scope(base.model, names[0]):
                         generate_rows(base.model, base.tokenizer, live, device)
-                else:   # a mixed batch: peft sends each row through its own adapter ("__base__": none)
+                else:   # a mixed batch: each row through its own adapter ("__base__": none; multilora.py)
                     rows = [name or "__base__" for name, job in zip(names, live) for _ in range(job.rows)]
                     generate_rows(base.model, base.tokenizer, live, device, adapter_names=rows)
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request, the thread goes on

@@ -20,9 +20,10 @@ over one base, measured"). This module does what S-LoRA / punica's BGMV do on GP
 
 Covered (the adapters hone's `lora` method trains: `peft_methods._lora_config`, any target modules,
 `all-linear` included, any rank and alpha, rank/alpha patterns, rslora): plain LoRA on `nn.Linear` layers,
-no bias on B, no `fan_in_fan_out`, no `modules_to_save`. Dropout is off (inference). A batch with any other
-adapter keeps peft's own path, unchanged: DoRA (a magnitude vector per weight: `lora_variant`), LoRA on
-embeddings or convolutions, `lora_bias`, adapters with `modules_to_save` (e.g. a classification head).
+no bias on B, no `fan_in_fan_out`, no `modules_to_save`, no `trainable_token_indices`. Dropout is off
+(inference). A batch with any other adapter keeps peft's own path, unchanged: DoRA (a magnitude vector per
+weight) and the other `lora_variant`s (aLoRA, ...), LoRA on embeddings or convolutions, `lora_bias`, adapters
+with `modules_to_save` (e.g. a classification head) or trainable tokens, LoRA on a quantized base layer.
 IA3, prompt and prefix tuning never reach here (they load as models of their own: serve/engine.py).
 
 The stacks copy the adapters' weights (peft keeps its own for the fallback path and for single-adapter
@@ -149,7 +150,7 @@ def covered_adapters(model: nn.Module) -> list[str]:
     for name, config in configs.items():
         if getattr(config, "peft_type", None) != "LORA" or getattr(config, "use_dora", False) \
                 or getattr(config, "lora_bias", False) or getattr(config, "fan_in_fan_out", False) \
-                or getattr(config, "modules_to_save", None):
+                or getattr(config, "modules_to_save", None) or getattr(config, "trainable_token_indices", None):
             continue
         layers = [m for m in model.modules() if _is_lora_layer(m) and name in _layer_adapters(m)]
         if layers and all(type(m) is LoraLinear and name not in m.lora_variant and isinstance(m.base_layer, nn.Linear)
