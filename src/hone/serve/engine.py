@@ -11,7 +11,7 @@ targets have 2 cores: two generate() calls side by side oversubscribe them (fiel
 to batch, `Engine(continuous=...)`:
 - continuous (the default): requests join the running batch between decode steps and finished rows
   leave (engines/batching.py); a base and its adapters share one batch, each row through its own adapter
-  (plain LoRA adapters by engines/multilora.py's stacked step, 2.8-3.2x peft's loop per decode step). Only
+  (plain LoRA adapters by engines/multilora.py's stacked step, 2.3-3.2x peft's loop per decode step). Only
   prompt-learning models (prompt/prefix tuning: virtual tokens inside forward) still take the window path below.
 - window: requests that arrive within `batch_window` seconds of each other for the same model, with
   compatible sampling settings, run as one batched generate() call (3.9x the tokens/s of one at a time,

@@ -17,9 +17,12 @@ over one base, measured"). This module does what S-LoRA / punica's BGMV do on GP
   that forward. When the batch uses every loaded adapter the stacks are used as they are; otherwise the u
   used adapters' columns are selected first (u * R * (in + out) floats copied per layer, never more than a
   per-row gather would copy).
+Measured on the 135M model, 20 adapters r16, CPU (benchmarks/README.md): one decode step 2.3-3.2x faster than
+peft's loop (8-16 rows), 0.56-0.64x a merged model's step; through `hone serve` 1.58x peft's tokens/s.
 
 Covered (the adapters hone's `lora` method trains: `peft_methods._lora_config`, any target modules,
-`all-linear` included, any rank and alpha, rank/alpha patterns, rslora): plain LoRA on `nn.Linear` layers,
+`all-linear` included, any rank and alpha, rslora; rank/alpha patterns too, as each layer's own r and
+scaling are read, though no test covers them): plain LoRA on `nn.Linear` layers,
 no bias on B, no `fan_in_fan_out`, no `modules_to_save`, no `trainable_token_indices`. Dropout is off
 (inference). A batch with any other adapter keeps peft's own path, unchanged: DoRA (a magnitude vector per
 weight) and the other `lora_variant`s (aLoRA, ...), LoRA on embeddings or convolutions, `lora_bias`, adapters
