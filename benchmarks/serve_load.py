@@ -158,7 +158,8 @@ class HoneServer:
     which is also its HONE_HOME unless `hone_home` is given (a GGUF cache shared by servers started in turn)."""
 
     def __init__(self, engine: str, home: Path, *extra: str, hone_home: Path | None = None,
-                 start_seconds: float = 300):
+                 start_seconds: float = 300, src: Path | None = None):
+        """`src`: another checkout's src/ folder to run hone from (PYTHONPATH), e.g. main's, for before/after runs."""
         import socket
 
         with socket.socket() as sock:
@@ -166,6 +167,8 @@ class HoneServer:
             self.port = sock.getsockname()[1]
         home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HONE_HOME": str(hone_home or home), "HF_HUB_OFFLINE": "1"}
+        if src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
         self.db, self.log_path = f"sqlite:///{home / 'serve.db'}", home / "serve.log"
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(

