@@ -466,6 +466,7 @@ class Engine(ModelTokenizers):
         for batch in self._running.values():
             mine = {id(j) for j in batch.jobs() if j.source.tuned is not BASE and self._key(j.source) == request.key}
             batch.drop(mine, gone)
+            batch.prefixes.clear()   # KV computed under the deleted model must not seed a later one of its name
         with self._lru_lock:
             entry = self._tuned.pop(request.key, None)
         if entry is not None:

@@ -9,6 +9,12 @@ concatenated on the batch axis. A row that finished (end of turn, stop string, i
 client that went away) leaves after the step that finished it, and cache columns no row attends to any
 more are cut from the left, so a long answer does not keep a finished row's prompt in every step.
 
+A new row whose prompt starts like a recently prefilled one under the same adapter (the chat template's
+system turn, a few-shot preamble, the same question again) reuses that prompt's KV columns for the common
+prefix and prefills only the rest (PrefixStore: the last prompts' KV, least recently used dropped first,
+at most MAX_PREFIX_TOKENS tokens). The reused columns sit left of a gap of padding before the row's own
+suffix; the attention mask and explicit positions make that the same computation as a full prefill.
+
 Positions are given explicitly per row (a row's count of real tokens), so padding never shifts RoPE.
 Sampling is per row: greedy rows take the argmax, sampled rows draw from their job's own generator
 (seeded when the request has a seed), so requests with different temperatures, top_p or seeds share
@@ -16,6 +22,7 @@ one batch. Stop strings, streaming and usage counts are generation.RowProgress's
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Any, Callable
 
@@ -24,6 +31,52 @@ import torch.nn.functional as F
 
 from hone.serve.engines.multilora import stacked_rows
 from hone.serve.generation import Job, Row, RowProgress, adapter_scope, eos_ids
+
+MAX_PREFIX_TOKENS = 4096   # prompt tokens whose KV the store keeps (SmolLM2-135M: 46 KB a token in fp32)
+MIN_PREFIX = 4             # a shorter common prefix is prefilled again (not worth the copy)
+
+
+class PrefixStore:
+    """The KV of recently prefilled prompts, per adapter, to prefill only what a new prompt adds.
+
+    Any prefix of a stored prompt's KV is valid for another prompt with the same tokens (attention is causal),
+    so a new row takes the stored prompt sharing the longest prefix with it, always leaving at least its last
+    token to prefill (the logits that pick its first answer token)."""
+
+    def __init__(self, max_tokens: int = MAX_PREFIX_TOKENS):
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.tokens = 0
+        self.reused = 0   # prompt tokens not prefilled again, since the engine started (the tests read it)
+
+    def longest(self, adapter: str | None, prompt: list[int]) -> tuple[int, list | None]:
+        best, found = 0, None
+        for key in self.entries:
+            if key[0] != adapter:
+                continue
+            stored, n = key[1], min(len(key[1]), len(prompt) - 1)
+            k = next((i for i in range(n) if stored[i] != prompt[i]), n)
+            if k > best:
+                best, found = k, key
+        if found is None or best < MIN_PREFIX:
+            return 0, None
+        self.entries.move_to_end(found)
+        self.reused += best
+        return best, [(k[:, :best], v[:, :best]) for k, v in self.entries[found]]
+
+    def add(self, adapter: str | None, prompt: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        key = (adapter, tuple(prompt))
+        if len(prompt) < MIN_PREFIX or len(prompt) > self.max_tokens or key in self.entries:
+            return
+        self.entries[key] = layers
+        self.tokens += len(prompt)
+        while self.tokens > self.max_tokens:
+            (_, old), _ = self.entries.popitem(last=False)
+            self.tokens -= len(old)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.tokens = 0
 
 
 class RunningBatch:
@@ -34,6 +87,7 @@ class RunningBatch:
         self.model_of, self.tokenizer, self.device = model_of, tokenizer, device
         self.lock = lock if lock is not None else nullcontext()   # the engine's per-model lock
         self.progress = RowProgress(tokenizer, [], eos_ids(model_of(), tokenizer))
+        self.prefixes = PrefixStore()   # kept across resets; the engine clears it when an adapter goes
         self.reset()
 
     def reset(self) -> None:
@@ -67,15 +121,32 @@ class RunningBatch:
                     rows.append(Row(job, p * job.n + j, prompt, job.max_tokens[p]))
                     names.append(adapter)
                     generators.append(generator)
-        width = max(len(row.prompt) for row in rows)
+        found = [self.prefixes.longest(name, row.prompt) for row, name in zip(rows, names)]
+        reused = max(k for k, _ in found)   # columns of stored KV, each row's right-aligned in them
+        width = max(len(row.prompt) - k for row, (k, _) in zip(rows, found))
         ids = torch.full((len(rows), width), self.progress_pad(), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
-            mask[i, width - len(row.prompt):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.zeros((len(rows), reused + width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, (k, _)) in enumerate(zip(rows, found)):
+            suffix = row.prompt[k:]
+            ids[i, width - len(suffix):] = torch.tensor(suffix)
+            positions[i, width - len(suffix):] = torch.arange(k, len(row.prompt))
+            mask[i, reused - k:reused] = 1
+            mask[i, reused + width - len(suffix):] = 1
         cache = DynamicCache()
+        if reused:
+            like = next(layers for _, layers in found if layers is not None)
+            for index, (key, value) in enumerate(like):
+                keys = [_left_pad(layers[index][0] if layers else key[:, :0], reused) for _, layers in found]
+                values = [_left_pad(layers[index][1] if layers else value[:, :0], reused) for _, layers in found]
+                cache.update(torch.stack(keys), torch.stack(values), index)
         logits = self.forward(ids, mask, positions, cache, names)
+        kv = _key_values(cache)
+        for i, (row, name) in enumerate(zip(rows, names)):   # each prompt's KV, its real columns only
+            columns = mask[i].nonzero().squeeze(-1).to(self.device)
+            if kv is not None:
+                self.prefixes.add(name, row.prompt,
+                                  [(keys[i][:, columns], values[i][:, columns]) for keys, values in kv])
         first = self.sample(logits, rows, generators)
         for row, token in zip(rows, first.tolist()):
             self.progress.step(row, token)
@@ -183,6 +254,17 @@ def nucleus(logits: torch.Tensor, temperature: float, top_p: float, generator: t
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _key_values(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each layer's keys and values, or None when a layer keeps another state (linear attention, a sliding
+    window): a prefix of such a cache is not a prefix's cache, so nothing is stored for reuse."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = cache.layers
+    if not all(type(layer) is DynamicLayer and isinstance(layer.keys, torch.Tensor) for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
