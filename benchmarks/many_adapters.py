@@ -172,13 +172,23 @@ def offer_runs(db_url: str, runs: list[Path]) -> list[str]:
     return names
 
 
-def llamacpp_probe(home: Path, runs: list[Path], threads: int) -> dict | None:
-    """The probe (see the docstring) in a fresh process, on the GGUFs the llamacpp engine served from."""
+def llamacpp_probe(home: Path, runs: list[Path], threads: int, want: int) -> dict | None:
+    """The probe (see the docstring) in a fresh process, on the GGUFs the llamacpp engine served from. With
+    fewer exported adapters than `want`, copies of their files (other paths: loaded as other adapters, the same
+    bytes) make up the number for the memory figure."""
     adapters = sorted(str(p) for run in runs for p in (run / "exports").glob("gguf-lora-*/adapter-*.gguf"))
     ggufs = {p.name.split("-")[0]: p for p in (home / "gguf").glob("*.gguf")}
     if len(adapters) < 2 or "merged" not in ggufs or len(ggufs) < 2:
         print(f"probe skipped: {len(adapters)} adapter GGUFs, base GGUFs {sorted(ggufs)}")
         return None
+    if len(adapters) < want:
+        copies = home / "probe-adapters"
+        copies.mkdir(exist_ok=True)
+        for i in range(len(adapters), want):
+            target = copies / f"copy-{i:02d}.gguf"
+            shutil.copyfile(adapters[i % len(adapters)], target)
+            adapters.append(str(target))
+        print(f"probe: {len(runs)} exported adapters and {want - len(runs)} copies of their files", flush=True)
     base = next(p for name, p in ggufs.items() if name != "merged")
     done = subprocess.run([sys.executable, __file__, "--probe", json.dumps([str(base), str(ggufs["merged"]), adapters,
                                                                             threads])],
@@ -199,6 +209,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, merged model, logs)")
     parser.add_argument("--folder", help="build in (and keep) this folder; a later run with the same folder reuses "
                                          "its runs, their exports and converted GGUFs (no rebuild, no re-export)")
+    parser.add_argument("--probe-adapters", type=int, default=20, help="adapters the llama.cpp memory probe loads")
     parser.add_argument("--probe", help=argparse.SUPPRESS)   # JSON [base, merged, adapters, threads]: the probe
     args = parser.parse_args()
     if args.probe:
@@ -250,7 +261,7 @@ def main() -> None:
             finally:
                 server.stop()
             if engine in ("llamacpp", "auto"):
-                probed = llamacpp_probe(folder / f"serve-{engine}", runs, args.threads)
+                probed = llamacpp_probe(folder / f"serve-{engine}", runs, args.threads, args.probe_adapters)
                 if probed:
                     print(f"{engine} probe (load {load_average():.2f}): {json.dumps(probed)}", flush=True)
     finally:

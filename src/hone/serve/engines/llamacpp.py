@@ -224,7 +224,7 @@ class LlamaCppEngine(ModelTokenizers):
         while True:
             try:
                 message = conn.recv()
-            except (EOFError, OSError) as exc:
+            except (EOFError, OSError, TypeError) as exc:   # TypeError: close() closed the connection under us
                 self._child_died(conn, process, exc)
                 return
             try:
