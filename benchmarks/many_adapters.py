@@ -224,7 +224,7 @@ def main() -> None:
     try:
         started = time.perf_counter()
         if reuse:   # runs, their exports and the engines' homes (converted GGUFs) from an earlier --folder run
-            runs = sorted(folder.glob("run-*"))[:args.adapters]
+            runs = sorted(p for p in folder.glob("run-*") if p.is_dir())[:args.adapters]
             merged = folder / "merged"
             if len(runs) < args.adapters:
                 raise SystemExit(f"{folder} holds {len(runs)} runs, fewer than --adapters {args.adapters}")
