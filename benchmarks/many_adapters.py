@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/many_adapters.py [--adapters 20] [--clients 16] [--requests 64] [--tokens 32]
                                                  [--engines transformers] [--threads 2] [--rounds 1]
-                                                 [--before OTHER_CHECKOUT/src]
+                                                 [--before OTHER_CHECKOUT/src] [--folder DIR]
 
 What it builds (in a temporary folder, removed at the end unless --keep):
   one real LoRA run    `hone.train` on the embedded model (SmolLM2-135M-Instruct), LoRA r16, --steps optimizer
@@ -28,6 +28,12 @@ time, time to first token p50, latency p50/p99, peak RSS of the server's process
 (`uptime`) before each row. The last line is one JSON object: adaptersN_vs_merged (tokens/s ratio), p50/p99
 ratios, per engine (and adaptersN_after_vs_before with --before).
 Speeds move with the machine's load: read ratios within one run (field notes).
+
+With the llamacpp engine (LoRA runs served per request: the base's GGUF + each run's gguf-lora adapter),
+a probe in a fresh process after the serving rows (`--probe`): resident memory of one BatchDecoder on the
+base GGUF, then with the N adapters loaded (each used for one decode), against a decoder on the merged
+model's GGUF (what each of N merged GGUFs would hold, the file sizes beside it); and the cost of switching
+adapters: one-row decode steps alternating between two adapters against the same steps on one adapter.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +81,79 @@ def merge(run: Path, target: Path) -> Path:
     return target
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def probe(base: str, merged: str, adapters: list[str], threads: int) -> dict:
+    """Resident memory of the base + N adapters against one merged model, and the cost of an adapter switch,
+    in this (fresh) process; the llama.cpp child of `hone serve` holds the same objects."""
+    from hone.llamacpp.batch import BatchDecoder, Sequence
+
+    prompt = list(range(1000, 1032))
+    out: dict = {"rss_start_mb": rss_mb()}
+
+    def one_step(decoder: BatchDecoder, adapter: str | None, tokens: int = 2) -> None:
+        decoder.add(Sequence(0, prompt, tokens, frozenset(), adapter=adapter))
+        while decoder:
+            decoder.step()
+
+    decoder = BatchDecoder(base, threads, slots=16, n_ctx=8192)
+    one_step(decoder, None)
+    out["base_mb"] = rss_mb() - out["rss_start_mb"]
+    for adapter in adapters:
+        one_step(decoder, adapter)
+    out["adapters_mb"] = rss_mb() - out["rss_start_mb"] - out["base_mb"]
+    out["adapter_file_mb"] = sum(Path(a).stat().st_size for a in adapters) / 2**20
+    # Switching: 2 rows of different adapters decode one adapter per step (a switch every step), against 2 rows
+    # of one adapter decoding together; tokens/s of each, alternated 3 times.
+    rates: dict[str, list[float]] = {"switching": [], "one_adapter": []}
+    for _ in range(3):
+        for name, pair in (("switching", adapters[:2]), ("one_adapter", [adapters[0]] * 2)):
+            for key, adapter in enumerate(pair):
+                decoder.add(Sequence(key, prompt, 48, frozenset(), adapter=adapter))
+            started, made = time.perf_counter(), 0
+            while decoder:
+                made += len(decoder.step()[0])
+            rates[name].append(made / (time.perf_counter() - started))
+    out.update({f"{k}_tok_s": round(statistics.median(v), 1) for k, v in rates.items()})
+    decoder.close()
+    before = rss_mb()
+    merged_decoder = BatchDecoder(merged, threads, slots=16, n_ctx=8192)
+    one_step(merged_decoder, None)
+    out["merged_mb"] = rss_mb() - before
+    out["merged_file_mb"] = Path(merged).stat().st_size / 2**20
+    merged_decoder.close()
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def llamacpp_probe(home: Path, runs: list[Path], threads: int, want: int) -> dict | None:
+    """The probe (see the docstring) in a fresh process, on the GGUFs the llamacpp engine served from. With
+    fewer exported adapters than `want`, copies of their files (other paths: loaded as other adapters, the same
+    bytes) make up the number for the memory figure."""
+    adapters = sorted(str(p) for run in runs for p in (run / "exports").glob("gguf-lora-*/adapter-*.gguf"))
+    ggufs = {p.name.split("-")[0]: p for p in (home / "gguf").glob("*.gguf")}
+    if len(adapters) < 2 or "merged" not in ggufs or len(ggufs) < 2:
+        print(f"probe skipped: {len(adapters)} adapter GGUFs, base GGUFs {sorted(ggufs)}")
+        return None
+    if len(adapters) < want:
+        copies = home / "probe-adapters"
+        copies.mkdir(exist_ok=True)
+        for i in range(len(adapters), want):
+            target = copies / f"copy-{i:02d}.gguf"
+            shutil.copyfile(adapters[i % len(adapters)], target)
+            adapters.append(str(target))
+        print(f"probe: {len(runs)} exported adapters and {want - len(runs)} copies of their files", flush=True)
+    base = next(p for name, p in ggufs.items() if name != "merged")
+    done = subprocess.run([sys.executable, __file__, "--probe", json.dumps([str(base), str(ggufs["merged"]), adapters,
+                                                                            threads])],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--adapters", type=int, default=20)
@@ -88,25 +168,42 @@ def main() -> None:
     parser.add_argument("--before", type=Path, default=None,
                         help="another checkout's src/ folder (e.g. `git archive main src`): its server runs beside "
                              "this checkout's on the same runs, the two alternating within every round")
+    parser.add_argument("--folder", help="build in (and keep) this folder; a later run with the same folder reuses "
+                                         "its runs, their exports and converted GGUFs (no rebuild, no re-export)")
+    parser.add_argument("--probe-adapters", type=int, default=20, help="adapters the llama.cpp memory probe loads")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)   # JSON [base, merged, adapters, threads]: the probe
     args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(*json.loads(args.probe))))
+        return
 
     from hone.models.catalogue import DEFAULT_MODEL
 
-    folder = Path(tempfile.mkdtemp(prefix="hone-many-adapters-"))
+    reuse = args.folder is not None and (Path(args.folder) / "merged").is_dir()
+    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="hone-many-adapters-"))
     rows: dict[tuple[str, str], list[dict]] = {}
     try:
         started = time.perf_counter()
-        first = train_lora_run(folder, args.steps, args.threads)
-        runs = [first] + [copy_with_noise(first, folder / f"run-{i:02d}", seed=i) for i in range(1, args.adapters)]
-        merged = merge(first, folder / "merged")
-        print(f"built {len(runs)} LoRA runs and the merged model in {time.perf_counter() - started:.0f} s "
-              f"(load average {load_average():.2f})", flush=True)
+        if reuse:   # runs, their exports and the engines' homes (converted GGUFs) from an earlier --folder run
+            runs = sorted(p for p in folder.glob("run-*") if p.is_dir())[:args.adapters]
+            merged = folder / "merged"
+            if len(runs) < args.adapters:
+                raise SystemExit(f"{folder} holds {len(runs)} runs, fewer than --adapters {args.adapters}")
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            first = train_lora_run(folder, args.steps, args.threads)
+            runs = [first] + [copy_with_noise(first, folder / f"run-{i:02d}", seed=i)
+                              for i in range(1, args.adapters)]
+            merged = merge(first, folder / "merged")
+        print(f"{'found' if reuse else 'built'} {len(runs)} LoRA runs and the merged model in "
+              f"{time.perf_counter() - started:.0f} s (load average {load_average():.2f})", flush=True)
         chats = conversations(32)
         versions = {"after": None, "before": args.before} if args.before else {"": None}
         for engine in args.engines.split(","):
             servers = {}
             try:
                 for version, src in versions.items():
+                    (folder / f"serve-{engine}{version}" / "serve.db").unlink(missing_ok=True)   # offered afresh
                     servers[version] = HoneServer(engine, folder / f"serve-{engine}{version}", "--inference-threads",
                                                   str(args.threads), "--max-batch", "16", "--base-model",
                                                   DEFAULT_MODEL, "--base-model", f"merged={merged}",
@@ -137,8 +234,13 @@ def main() -> None:
             finally:
                 for server in servers.values():
                     server.stop()
+            if engine in ("llamacpp", "auto"):
+                version = next(iter(versions))
+                probed = llamacpp_probe(folder / f"serve-{engine}{version}", runs, args.threads, args.probe_adapters)
+                if probed:
+                    print(f"{engine} probe (load {load_average():.2f}): {json.dumps(probed)}", flush=True)
     finally:
-        if args.keep:
+        if args.keep or args.folder:
             print(f"kept: {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)

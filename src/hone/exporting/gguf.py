@@ -71,6 +71,26 @@ def run_tool(command: list[str], label: str, console) -> None:
     console.print(f"  {label}: {time.monotonic() - started:.1f} s", highlight=False)
 
 
+def converted_base(folder: Path, quant: str, console) -> Path:
+    """A base model folder as GGUF in the hone home (`gguf/`), converted once and shared: by the llama.cpp
+    engine and evaluation, and by every `--format gguf-lora` export over that base (linked, not converted)."""
+    import hashlib
+
+    from hone.home import hone_home
+
+    folder = Path(folder).resolve()
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    target = hone_home() / "gguf" / f"{folder.name}-{digest}.{quant}.gguf"
+    if not target.is_file():
+        if missing := tool_missing("converter"):
+            raise UserError(missing)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        convert_model(folder, tmp, quant, folder.name, console)
+        os.replace(tmp, target)
+    return target
+
+
 def convert_model(source: Path, outfile: Path, outtype: str, name: str, console) -> None:
     run_tool([sys.executable, str(CONVERTER), str(source), "--outtype", outtype, "--outfile", str(outfile),
               "--model-name", name], f"converting to GGUF {outtype}", console)
@@ -177,7 +197,11 @@ def verify_gguf(job: ExportJob, folder: Path) -> Verification:
 
 
 def write_gguf_lora(job: ExportJob, folder: Path) -> list[Path]:
-    """The LoRA adapter as a llama.cpp adapter GGUF, and the base model as GGUF to apply it over."""
+    """The LoRA adapter as a llama.cpp adapter GGUF, and the base model as GGUF to apply it over.
+
+    The base GGUF is the hone home's conversion of the base (converted once, shared by every adapter over it),
+    hard-linked into the export (copied where a link cannot be made): 20 adapters over one base are 20 small
+    files and one base on disk, not 20 base conversions."""
     from hone.models.catalogue import resolve_model
 
     quant = job.quant.name
@@ -185,8 +209,12 @@ def write_gguf_lora(job: ExportJob, folder: Path) -> list[Path]:
     adapter = folder / f"adapter-{quant}.gguf"
     run_tool([sys.executable, str(LORA_CONVERTER), str(job.artifact), "--base", str(base), "--outtype", quant,
               "--outfile", str(adapter)], f"converting the LoRA adapter to GGUF {quant}", job.console)
-    convert_model(base, folder / f"base-{quant}.gguf", quant, f"{job.name}-base", job.console)
-    return [adapter, folder / f"base-{quant}.gguf"]
+    shared, linked = converted_base(base, quant, job.console), folder / f"base-{quant}.gguf"
+    try:
+        os.link(shared, linked)
+    except OSError:   # another file system, or links not allowed
+        shutil.copyfile(shared, linked)
+    return [adapter, linked]
 
 
 def verify_gguf_lora(job: ExportJob, folder: Path) -> Verification:

@@ -10,9 +10,18 @@ only while the cells its prompt and its limit need are free, so the cache never 
 Sampling is per row on the logits llama.cpp returns: greedy rows take the argmax, sampled rows draw at
 their temperature from the smallest set of tokens holding top_p of the mass, from their own seeded
 generator. Imports llama_cpp and numpy only (the serving child process loads nothing else).
+
+LoRA adapters per row: a row may name an adapter GGUF (`Sequence.adapter`), loaded once over the decoder's
+model (`llama_adapter_lora_init`, a few MB each). llama.cpp applies adapters to a whole context, to every
+sequence of a `llama_decode` (`llama_set_adapters_lora`), so rows are decoded in groups of one adapter
+(None: the base alone), as llama-server does (it batches only requests with the same adapters): fresh
+rows are prefilled group by group, and each step decodes one group, the one whose last turn is oldest,
+so no adapter starves. A prompt's KV cells belong to the adapter it was prefilled under: a cached prefix
+is reused only by a row of the same adapter (the adapter changes the keys and values of every layer).
 """
 from __future__ import annotations
 
+import ctypes
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +39,7 @@ class Sequence:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    adapter: str | None = None   # a LoRA adapter GGUF applied to this row (None: the model alone)
     slot: int = -1
     reused: int = 0      # prompt tokens whose KV cells came from an ended row with the same prefix
     made: int = 0
@@ -53,7 +63,7 @@ class BatchDecoder:
         from llama_cpp._logger import set_verbose
 
         set_verbose(False)   # llama.cpp's own log: errors only (a server's log is for requests)
-        self.llama_cpp = llama_cpp
+        self.llama_cpp, self.model_path = llama_cpp, model_path
         self.model = _internals.LlamaModel(path_model=model_path, params=llama_cpp.llama_model_default_params(),
                                            verbose=False)
         params = llama_cpp.llama_context_default_params()
@@ -65,18 +75,26 @@ class BatchDecoder:
         self.row_cells = self.n_ctx if unified else self.n_ctx // slots
         self.batch = _internals.LlamaBatch(n_tokens=max(n_batch, slots), embd=0, n_seq_max=1, verbose=False)
         self.free_slots = list(range(slots))[::-1]
-        # Slots whose cells still hold an ended row's prompt (oldest first): a new row that starts with the
-        # same tokens (a chat template's system prefix, the same question again) reuses them.
-        self.cached: OrderedDict[int, list[int]] = OrderedDict()
+        # Slots whose cells still hold an ended row's prompt (oldest first), with the adapter it was prefilled
+        # under: a new row of that adapter that starts with the same tokens (a chat template's system prefix,
+        # the same question again) reuses them.
+        self.cached: OrderedDict[int, tuple[str | None, list[int]]] = OrderedDict()
+        self.adapters: dict[str, Any] = {}          # adapter GGUF path -> llama_adapter_lora pointer
+        self.applied: str | None = None             # the adapter set on the context now
+        self.turns: dict[str | None, int] = {}      # adapter -> the step its rows last decoded
+        self.steps = 0
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.used = 0   # KV cells reserved by the running rows and held by the cached prompts
 
     def add(self, sequence: Sequence) -> None:
-        """Queue a row; it is admitted at a later step. A row that can never fit is refused here."""
+        """Queue a row; it is admitted at a later step. A row that can never fit (or whose adapter does not
+        load) is refused here."""
         if sequence.cells > self.row_cells:
             raise ValueError(f"prompt ({len(sequence.prompt)} tokens) + max_tokens ({sequence.limit}) exceed the "
                              f"context ({self.row_cells} tokens)")
+        if sequence.adapter is not None:
+            self.load_adapter(sequence.adapter)
         if sequence.temperature > 0:
             sequence.rng = np.random.default_rng(sequence.seed)
         self.waiting.append(sequence)
@@ -94,16 +112,31 @@ class BatchDecoder:
     def __bool__(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def load_adapter(self, path: str) -> None:
+        """A LoRA adapter GGUF loaded over the model, once; later rows naming it share it."""
+        if path not in self.adapters:
+            adapter = self.llama_cpp.llama_adapter_lora_init(self.model.model, path.encode())
+            if not adapter:
+                raise ValueError(f"llama.cpp could not load the LoRA adapter {path} over {self.model_path}")
+            self.adapters[path] = adapter
+
     def step(self) -> tuple[list[tuple[Any, int]], list[Any]]:
-        """Admit what fits, then one token for every running row: ([(key, token)], [keys of rows that ended])."""
+        """Admit what fits (their prompts prefilled, a first token each), then one token for every running
+        row of one adapter, the one whose turn is oldest: ([(key, token)], [keys of rows that ended])."""
         tokens: list[tuple[Any, int]] = []
         ended: list[Any] = []
+        self.steps += 1
         fresh = self._admit()
-        if fresh:
-            for s, token in zip(fresh, self._prefill(fresh)):
+        for adapter, group in groups(fresh).items():
+            self._apply(adapter)
+            for s, token in zip(group, self._prefill(group)):
                 self._advance(s, token, tokens, ended)
-        decoding = [s for s in self.running if s not in fresh]
-        if decoding:
+        by_adapter = groups([s for s in self.running if s not in fresh])
+        if by_adapter:
+            adapter = min(by_adapter, key=lambda a: self.turns.get(a, -1))
+            decoding = by_adapter[adapter]
+            self.turns[adapter] = self.steps
+            self._apply(adapter)
             self.batch.reset()
             for s in decoding:
                 self._put(s.last, len(s.prompt) + s.made - 1, s.slot, True)
@@ -112,12 +145,25 @@ class BatchDecoder:
                 self._advance(s, token, tokens, ended)
         return tokens, ended
 
+    def _apply(self, adapter: str | None) -> None:
+        """Set `adapter` (None: none) on the context for the next decodes; llama.cpp applies it to every row."""
+        if adapter == self.applied:
+            return
+        if adapter is None:
+            code = self.llama_cpp.llama_set_adapters_lora(self.context.ctx, None, 0, None)
+        else:
+            pointers = (self.llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapters[adapter])
+            code = self.llama_cpp.llama_set_adapters_lora(self.context.ctx, pointers, 1, (ctypes.c_float * 1)(1.0))
+        if code != 0:
+            raise RuntimeError(f"llama.cpp could not apply the LoRA adapter {adapter} (code {code})")
+        self.applied = adapter
+
     # -- inside a step --------------------------------------------------------------------------
     def _admit(self) -> list[Sequence]:
         fresh = []
         while self.waiting:
             s = self.waiting[0]
-            slot, shared = self._reusable(s.prompt)
+            slot, shared = self._reusable(s.prompt, s.adapter)
             if slot is None:
                 while self.cached and (not self.free_slots or self.used + s.cells > self.n_ctx):
                     self._evict(next(iter(self.cached)))
@@ -125,12 +171,12 @@ class BatchDecoder:
                     break
                 slot = self.free_slots.pop()
             else:
-                self.used -= len(self.cached.pop(slot))
+                self.used -= len(self.cached.pop(slot)[1])
                 self.llama_cpp.llama_memory_seq_rm(self.context.memory, slot, shared, -1)
                 while self.cached and self.used + s.cells > self.n_ctx:
                     self._evict(next(iter(self.cached)))
                 if self.used + s.cells > self.n_ctx:   # back as it was; wait for running rows to end
-                    self.cached[slot] = s.prompt[:shared]
+                    self.cached[slot] = (s.adapter, s.prompt[:shared])
                     self.used += shared
                     break
             self.waiting.popleft()
@@ -140,11 +186,13 @@ class BatchDecoder:
             self.running.append(s)
         return fresh
 
-    def _reusable(self, prompt: list[int]) -> tuple[int | None, int]:
-        """The cached slot sharing the longest prefix with `prompt`, and how many tokens (at least one token
-        of the prompt is left to prefill: its logits give the first answer token)."""
+    def _reusable(self, prompt: list[int], adapter: str | None) -> tuple[int | None, int]:
+        """The cached slot of `adapter` sharing the longest prefix with `prompt`, and how many tokens (at least
+        one token of the prompt is left to prefill: its logits give the first answer token)."""
         best, length = None, 0
-        for slot, tokens in self.cached.items():
+        for slot, (owner, tokens) in self.cached.items():
+            if owner != adapter:
+                continue   # cells computed under another adapter (or none) hold other keys and values
             n = 0
             for a, b in zip(tokens, prompt[:-1]):
                 if a != b:
@@ -155,7 +203,7 @@ class BatchDecoder:
         return best, length
 
     def _evict(self, slot: int) -> None:
-        self.used -= len(self.cached.pop(slot))
+        self.used -= len(self.cached.pop(slot)[1])
         self.llama_cpp.llama_memory_seq_rm(self.context.memory, slot, -1, -1)
         self.free_slots.append(slot)
 
@@ -209,13 +257,24 @@ class BatchDecoder:
         """The row leaves; its slot keeps the prompt's cells for a later row with the same prefix."""
         self.running.remove(s)
         self.llama_cpp.llama_memory_seq_rm(self.context.memory, s.slot, len(s.prompt), -1)
-        self.cached[s.slot] = s.prompt
+        self.cached[s.slot] = (s.adapter, s.prompt)
         self.used += len(s.prompt) - s.cells
 
     def close(self) -> None:
         self.batch.close()
         self.context.close()
+        for adapter in self.adapters.values():
+            self.llama_cpp.llama_adapter_lora_free(adapter)
+        self.adapters.clear()
         self.model.close()
+
+
+def groups(rows: list[Sequence]) -> dict[str | None, list[Sequence]]:
+    """`rows` by adapter, in order of first appearance; each group keeps the rows' order."""
+    out: dict[str | None, list[Sequence]] = {}
+    for s in rows:
+        out.setdefault(s.adapter, []).append(s)
+    return out
 
 
 def nucleus(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

@@ -5,14 +5,17 @@ the child holds only llama.cpp's memory, and a crash in llama.cpp costs the requ
 nothing else. It is started as `python -m` with one end of a socket pair (not by multiprocessing's spawn,
 which re-imports the parent's main script: a script without a __main__ guard would start a second server).
 Protocol (tuples over a multiprocessing Connection):
-  parent -> child  ("generate", request)  request: id, model, n_ctx, rows [(prompt ids, max_tokens)],
+  parent -> child  ("generate", request)  request: id, model, adapter (a LoRA adapter GGUF applied over
+                                          the model, or None), n_ctx, rows [(prompt ids, max_tokens)],
                                           temperature, top_p, seed, eos (token ids)
                    ("cancel", id, row)    stop row `row` of request `id` (-1: every row); a cancel that
                                           arrives after its request ended is ignored
   child -> parent  ("step", [(id, row, token)], [(id, row) that ended])   after every decode step
                    ("done", id)           every row of request `id` has ended
                    ("error", id, message) request `id` failed; its rows are gone
-Requests join the running batch of their model between two steps, so many requests decode together.
+Requests join the running batch of their model between two steps, so many requests decode together. A
+request with an adapter joins its base model's decoder (one copy of the base, each adapter loaded once);
+the decoder decodes one adapter's rows per step (batch.py).
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ class Child:
             for row, (prompt, limit) in enumerate(request["rows"]):
                 seed = request["seed"] + row if request["seed"] is not None else None
                 rows.append(Sequence((rid, row), prompt, limit, frozenset(request["eos"]), request["temperature"],
-                                     request["top_p"], seed))
+                                     request["top_p"], seed, request.get("adapter")))
             for s in rows:
                 decoder.add(s)
         except Exception as exc:  # noqa: BLE001 - reported to the request; the child goes on

@@ -3,11 +3,11 @@
 A base model is converted once by llama.cpp's converter into the hone home (`gguf/`); a tuned run is
 exported with `hone export RUN --format gguf` on first use (verified against the run's own model, as every
 export is) and found in the run's record afterwards (~30-60 s the first time on 2 cores, nothing later).
+A LoRA run served per request is exported as `--format gguf-lora` instead (the adapter GGUF, a few MB,
+applied over the base's GGUF: `lora_applies`, `run_lora_gguf`).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 from hone.errors import UserError
@@ -40,21 +40,42 @@ def base_gguf(spec: str, quant: str) -> Path:
     """The base model as GGUF in the hone home, converted once by llama.cpp's converter."""
     from rich.console import Console
 
-    from hone.exporting.gguf import convert_model, tool_missing
-    from hone.home import hone_home
+    from hone.exporting.gguf import converted_base
     from hone.models.catalogue import resolve_model
 
-    folder = resolve_model(spec).path.resolve()
-    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
-    target = hone_home() / "gguf" / f"{folder.name}-{digest}.{quant}.gguf"
-    if not target.is_file():
-        if missing := tool_missing("converter"):
-            raise UserError(missing)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        convert_model(folder, tmp, quant, folder.name, Console(stderr=True))
-        os.replace(tmp, target)
-    return target
+    return converted_base(resolve_model(spec).path, quant, Console(stderr=True))
+
+
+def lora_applies(run: Path) -> str | None:
+    """Why the llama.cpp engine serves `run` merged rather than as an adapter over its base (one line), or None
+    when its adapter applies per request: a plain LoRA (not DoRA, QLoRA or IA3, whose deltas llama.cpp's
+    adapter format does not hold as trained) with llama.cpp's LoRA converter installed."""
+    from hone.exporting.gguf import tool_missing
+    from hone.exporting.run import trained_method
+    from hone.registry.runs import read_record
+
+    try:
+        method = trained_method(run, read_record(run))
+    except UserError as exc:
+        return str(exc)
+    if method != "lora":
+        return f"a {method} run is served merged (llama.cpp applies plain LoRA adapters only)"
+    return tool_missing("llamacpp")
+
+
+def run_lora_gguf(run: Path, quant: str) -> Path:
+    """The run's LoRA adapter as GGUF (`hone export RUN --format gguf-lora --quant QUANT`), made on first use."""
+    from rich.console import Console
+
+    from hone.exporting.run import export_run
+    from hone.registry.runs import read_record
+
+    for entry in read_record(run).get("exports", []):
+        path = Path(entry.get("path", "")) / entry.get("file", "")
+        if entry.get("format") == "gguf-lora" and entry.get("quant") == quant and path.is_file():
+            return path
+    result = export_run(run, "gguf-lora", quant, console=Console(stderr=True))
+    return result.folder / result.manifest["main_files"][0]
 
 
 def run_gguf(run: Path, quant: str) -> Path:

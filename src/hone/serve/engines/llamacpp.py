@@ -1,10 +1,23 @@
 """The llama.cpp engine: llama.cpp in a child process, many requests decoding together, on hone's GGUFs.
 
 The GGUF of a base model or a tuned run comes from hone.llamacpp.gguf (a base converted once into the hone
-home; a run exported with `hone export` on its first request, ~30-60 s on 2 cores). LoRA adapters are
-served merged into their own GGUF, one model per tuned run: llama.cpp can apply an adapter GGUF per
-context, but per-request adapters over one shared base are not done here (the transformers engine does
-them).
+home; a run exported with `hone export` on its first request, ~30-60 s on 2 cores). What a request runs on:
+
+    model                          served as                                   exported on first request
+    base model                     its GGUF                                    (converted once, hone home)
+    LoRA run (plain LoRA)          the base's GGUF + the run's adapter GGUF,   --format gguf-lora (adapter)
+                                   applied per request
+    LoRA run, converter missing    the run's own merged GGUF                   --format gguf
+    DoRA, QLoRA, IA3 runs          the run's own merged GGUF (llama.cpp's      --format gguf
+                                   adapter GGUF holds a plain LoRA delta only;
+                                   QLoRA's adapter was trained on a 4-bit base)
+    full, freeze, BitFit runs      the run's own GGUF                          --format gguf
+    prompt/prefix tuning,          refused (no GGUF): auto sends them to the transformers engine
+    bottleneck adapters
+
+So twenty LoRA runs over one base are one base in memory and twenty adapters of a few MB, not twenty
+models. llama.cpp applies adapters to a whole context, so the child decodes the rows of one adapter per
+step, rotating (hone/llamacpp/batch.py): many adapters share the memory, not the decode step.
 
 Generation runs in a child process (hone/llamacpp/child.py) so that a crash or a kill of llama.cpp costs
 the requests it was answering, each told so in one line, and nothing else: the next request starts a new
@@ -33,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from hone.errors import UserError
-from hone.llamacpp.gguf import QUANTS, base_gguf, exports_to_gguf, run_folder, run_gguf
+from hone.llamacpp.gguf import QUANTS, base_gguf, exports_to_gguf, lora_applies, run_folder, run_gguf, run_lora_gguf
 from hone.serve.engine import BASE, ModelTokenizers, tuned_artifact
 from hone.serve.generation import Job, Row, RowProgress, eos_ids
 
@@ -50,6 +63,13 @@ def can_serve(source) -> bool:
         return True
     run = run_folder(source.tuned)
     return run is not None and exports_to_gguf(run)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a model runs on in the child: a GGUF model, and a LoRA adapter GGUF applied over it (or None)."""
+    model: Path
+    adapter: Path | None = None
 
 
 @dataclass
@@ -70,7 +90,7 @@ class LlamaCppEngine(ModelTokenizers):
             raise UserError(f"--gguf-quant {quant}: the llamacpp engine serves {', '.join(QUANTS)}")
         self.quant, self.default_max_tokens = quant, default_max_tokens
         self._threads = threads
-        self._ggufs: dict[str, Path] = {}      # tuned key or base spec -> its GGUF
+        self._ggufs: dict[str, Served] = {}    # tuned key or base spec -> what it runs on
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()          # starting threads and the child; sending to it
@@ -102,19 +122,32 @@ class LlamaCppEngine(ModelTokenizers):
             self._stop_child()
 
     # -- the GGUF and the child ------------------------------------------------------------------
-    def gguf(self, source) -> Path:
+    def gguf(self, source) -> Served:
+        """What `source` runs on (see the module's table), exported or converted on first use."""
         key = self._key(source) if source.tuned is not BASE else source.base
         if key not in self._ggufs:
             if source.tuned is BASE:
-                self._ggufs[key] = base_gguf(source.base, self.quant)
+                self._ggufs[key] = Served(base_gguf(source.base, self.quant))
             else:
                 run = run_folder(tuned_artifact(source.tuned))
                 if run is None or not can_serve(source):
                     raise UserError(f"llama.cpp serves hone runs that export to one GGUF, and {source.tuned} is "
                                     "not one (prompt/prefix tuning, bottleneck adapters, or not a run folder); "
                                     "serve it with --engine transformers or auto")
-                self._ggufs[key] = run_gguf(run, self.quant)
+                self._ggufs[key] = self._tuned(source, run)
         return self._ggufs[key]
+
+    def _tuned(self, source, run: Path) -> Served:
+        """A LoRA run as its adapter over the shared base GGUF; any other run (or a LoRA whose adapter
+        export fails) as its own merged GGUF, with the reason logged."""
+        why = lora_applies(run)
+        if why is None:
+            try:
+                return Served(base_gguf(self._base_spec(source), self.quant), run_lora_gguf(run, self.quant))
+            except UserError as exc:
+                why = f"its adapter could not be exported as GGUF ({exc})"
+        log.warning("llama.cpp engine: %s is served as its own merged GGUF: %s", run.name, why)
+        return Served(run_gguf(run, self.quant))
 
     def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -169,7 +202,7 @@ class LlamaCppEngine(ModelTokenizers):
                 job.fail(exc)
 
     def _start(self, job: Job) -> None:
-        gguf = self.gguf(job.source)
+        served = self.gguf(job.source)
         tokenizer = self.tokenizer(job.source)
         rows = [Row(job, p * job.n + j, prompt, job.max_tokens[p])
                 for p, prompt in enumerate(job.prompts) for j in range(job.n)]
@@ -180,7 +213,9 @@ class LlamaCppEngine(ModelTokenizers):
             self.calls += 1
             rid = self.calls
             self._inflight[rid] = InFlight(job, rows, progress)
-            conn.send(("generate", {"id": rid, "model": str(gguf), "n_ctx": self.context_length(job.source) or 2048,
+            conn.send(("generate", {"id": rid, "model": str(served.model),
+                                    "adapter": str(served.adapter) if served.adapter else None,
+                                    "n_ctx": self.context_length(job.source) or 2048,
                                     "rows": [(row.prompt, row.limit) for row in rows], "temperature": s.temperature,
                                     "top_p": s.top_p, "seed": s.seed, "eos": sorted(progress.eos)}))
 
@@ -189,7 +224,7 @@ class LlamaCppEngine(ModelTokenizers):
         while True:
             try:
                 message = conn.recv()
-            except (EOFError, OSError) as exc:
+            except (EOFError, OSError, TypeError) as exc:   # TypeError: close() closed the connection under us
                 self._child_died(conn, process, exc)
                 return
             try:
