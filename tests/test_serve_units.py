@@ -138,3 +138,30 @@ def test_keys_are_stored_hashed_and_revocable(tmp_path):
 
     with pytest.raises(UserError, match="valid name"):
         create_key("Acme Corp", url)
+
+
+def test_llamacpp_lora_mode_is_honoured_or_refused(monkeypatch, tmp_path):
+    """--llamacpp-lora adapter serves a LoRA run as its adapter over the base GGUF, merged as its own GGUF;
+    any other value is refused in one line when the server starts."""
+    from pathlib import Path
+
+    from hone.errors import ConfigError, UserError
+    from hone.serve.engines import llamacpp
+    from hone.serve.engines.table import EngineRouter
+    from hone.serve.settings import ServeSettings
+
+    monkeypatch.setattr(llamacpp, "lora_applies", lambda run: None)
+    monkeypatch.setattr(llamacpp, "base_gguf", lambda spec, quant: Path("base.gguf"))
+    monkeypatch.setattr(llamacpp, "run_lora_gguf", lambda run, quant: Path("adapter.gguf"))
+    monkeypatch.setattr(llamacpp, "run_gguf", lambda run, quant: Path("merged.gguf"))
+    monkeypatch.setattr(llamacpp.LlamaCppEngine, "_base_spec", lambda self, source: "base")
+    run = tmp_path / "run"
+    assert llamacpp.LlamaCppEngine()._tuned(None, run) == llamacpp.Served(Path("base.gguf"), Path("adapter.gguf"))
+    assert llamacpp.LlamaCppEngine(lora="merged")._tuned(None, run) == llamacpp.Served(Path("merged.gguf"))
+    with pytest.raises(UserError, match="--llamacpp-lora both"):
+        llamacpp.LlamaCppEngine(lora="both")
+    monkeypatch.setenv("HONE_SERVE_LLAMACPP_LORA", "merged")
+    settings = ServeSettings.from_env()
+    assert settings.llamacpp_lora == "merged" and settings.to_env()["HONE_SERVE_LLAMACPP_LORA"] == "merged"
+    with pytest.raises(ConfigError, match="--llamacpp-lora both: choose adapter or merged"):
+        EngineRouter(ServeSettings.from_env(llamacpp_lora="both"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from hone.errors import UserError
 
 QUANTS = ("f16", "q8_0", "f32")   # what llama.cpp's converter writes without the compiled quantizer
+LORA_MODES = ("adapter", "merged")   # --llamacpp-lora: a LoRA run over the shared base, or its own merged GGUF
 
 
 def run_folder(tuned: str | Path) -> Path | None:

@@ -39,6 +39,10 @@ class ServeSettings:
     # The GGUF llama.cpp serves: f16 answered as transformers' fp32 did on the embedded model, q8_0 did not
     # ("The capital of France is Paris." against "L'Étoile, la Cité, ..."; docs/serve_inference.md).
     gguf_quant: str = "f16"
+    # How the llamacpp engine serves a LoRA run: "adapter" (its gguf-lora over the shared base: one base in memory
+    # for any number of runs) or "merged" (its own merged GGUF: one adapter alone ran 1.5x faster, one whole
+    # model in memory per run; benchmarks/README.md, many_adapters.py).
+    llamacpp_lora: str = "adapter"
     # vLLM engine (serve/engines/vllm.py): parallelism across GPUs (and nodes, through a Ray cluster) and any
     # further `vllm serve` arguments, passed through as given.
     tensor_parallel: int = 1
@@ -98,7 +102,7 @@ class ServeSettings:
                    "time_budget": float, "save_every": int, "lease_seconds": float, "min_examples": int,
                    "max_loaded_models": int, "max_batch": int, "batch_window_ms": float, "inference_threads": int,
                    "max_request_tokens": int, "engine": str, "gguf_quant": str, "weights": str, "tensor_parallel": int,
-                   "pipeline_parallel": int, "capture_days": float, "capture_queue": int}
+                   "pipeline_parallel": int, "capture_days": float, "capture_queue": int, "llamacpp_lora": str}
         for name, read in readers.items():
             raw = env.get(f"HONE_SERVE_{name.upper()}")
             if raw:
@@ -138,7 +142,7 @@ class ServeSettings:
         for name in ("max_upload_mb", "rate_limit", "method", "max_steps", "time_budget", "save_every",
                      "lease_seconds", "min_examples", "max_loaded_models", "max_batch", "batch_window_ms",
                      "inference_threads", "max_request_tokens", "engine", "gguf_quant", "weights", "tensor_parallel",
-                     "pipeline_parallel", "capture_days", "capture_queue"):
+                     "pipeline_parallel", "capture_days", "capture_queue", "llamacpp_lora"):
             value = getattr(self, name)
             if value is not None:
                 env[f"HONE_SERVE_{name.upper()}"] = str(value)

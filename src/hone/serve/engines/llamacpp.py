@@ -46,7 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from hone.errors import UserError
-from hone.llamacpp.gguf import QUANTS, base_gguf, exports_to_gguf, lora_applies, run_folder, run_gguf, run_lora_gguf
+from hone.llamacpp.gguf import (
+    LORA_MODES,
+    QUANTS,
+    base_gguf,
+    exports_to_gguf,
+    lora_applies,
+    run_folder,
+    run_gguf,
+    run_lora_gguf,
+)
 from hone.serve.engine import BASE, ModelTokenizers, tuned_artifact
 from hone.serve.generation import Job, Row, RowProgress, eos_ids
 
@@ -84,11 +93,14 @@ class InFlight:
 class LlamaCppEngine(ModelTokenizers):
     """Answers Jobs through llama.cpp in a child process, many requests decoding together."""
 
-    def __init__(self, threads: int | None = None, quant: str = "f16", default_max_tokens: int = 512):
+    def __init__(self, threads: int | None = None, quant: str = "f16", default_max_tokens: int = 512,
+                 lora: str = "adapter"):
         super().__init__()
         if quant not in QUANTS:
             raise UserError(f"--gguf-quant {quant}: the llamacpp engine serves {', '.join(QUANTS)}")
-        self.quant, self.default_max_tokens = quant, default_max_tokens
+        if lora not in LORA_MODES:
+            raise UserError(f"--llamacpp-lora {lora}: choose {' or '.join(LORA_MODES)}")
+        self.quant, self.default_max_tokens, self.lora = quant, default_max_tokens, lora
         self._threads = threads
         self._ggufs: dict[str, Served] = {}    # tuned key or base spec -> what it runs on
         self._queue: queue.Queue = queue.Queue()
@@ -140,13 +152,14 @@ class LlamaCppEngine(ModelTokenizers):
     def _tuned(self, source, run: Path) -> Served:
         """A LoRA run as its adapter over the shared base GGUF; any other run (or a LoRA whose adapter
         export fails) as its own merged GGUF, with the reason logged."""
-        why = lora_applies(run)
+        why = lora_applies(run) if self.lora == "adapter" else "--llamacpp-lora merged"
         if why is None:
             try:
                 return Served(base_gguf(self._base_spec(source), self.quant), run_lora_gguf(run, self.quant))
             except UserError as exc:
                 why = f"its adapter could not be exported as GGUF ({exc})"
-        log.warning("llama.cpp engine: %s is served as its own merged GGUF: %s", run.name, why)
+        (log.info if self.lora == "merged" else log.warning)("llama.cpp engine: %s is served as its own merged "
+                                                             "GGUF: %s", run.name, why)
         return Served(run_gguf(run, self.quant))
 
     def _alive(self) -> bool:

@@ -42,7 +42,7 @@ def _transformers(settings: ServeSettings) -> Engine:
 def _llamacpp(settings: ServeSettings):
     from hone.serve.engines.llamacpp import LlamaCppEngine
 
-    return LlamaCppEngine(threads=settings.inference_threads, quant=settings.gguf_quant)
+    return LlamaCppEngine(threads=settings.inference_threads, quant=settings.gguf_quant, lora=settings.llamacpp_lora)
 
 
 def _vllm(settings: ServeSettings):
@@ -117,11 +117,14 @@ class EngineRouter(ModelTokenizers):
                 raise ConfigError(f"--model-engine {name}={engine}: no base model is named {name!r} "
                                   f"(offered: {', '.join(settings.base_models)})", field="model_engine")
             self.per_base[settings.base_models[name]] = check_engine(engine, f"--model-engine {name}={engine}")
-        from hone.llamacpp.gguf import QUANTS
+        from hone.llamacpp.gguf import LORA_MODES, QUANTS
 
         if settings.gguf_quant not in QUANTS:
             raise ConfigError(f"--gguf-quant {settings.gguf_quant}: the llamacpp engine serves {', '.join(QUANTS)}",
                               field="gguf_quant")
+        if settings.llamacpp_lora not in LORA_MODES:
+            raise ConfigError(f"--llamacpp-lora {settings.llamacpp_lora}: choose {' or '.join(LORA_MODES)}",
+                              field="llamacpp_lora")
         if (settings.tensor_parallel != 1 or settings.pipeline_parallel != 1 or settings.vllm_args) and \
                 "vllm" not in (self.default, *self.per_base.values()) and not (self.default == "auto"
                                                                                and auto_engine() == "vllm"):
