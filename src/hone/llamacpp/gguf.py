@@ -66,21 +66,16 @@ def lora_applies(run: Path) -> str | None:
 
 def run_lora_gguf(run: Path, quant: str) -> Path:
     """The run's LoRA adapter as GGUF (`hone export RUN --format gguf-lora --quant QUANT`), made on first use."""
-    from rich.console import Console
-
-    from hone.exporting.run import export_run
-    from hone.registry.runs import read_record
-
-    for entry in read_record(run).get("exports", []):
-        path = Path(entry.get("path", "")) / entry.get("file", "")
-        if entry.get("format") == "gguf-lora" and entry.get("quant") == quant and path.is_file():
-            return path
-    result = export_run(run, "gguf-lora", quant, console=Console(stderr=True))
-    return result.folder / result.manifest["main_files"][0]
+    return _exported(run, "gguf-lora", quant)
 
 
 def run_gguf(run: Path, quant: str) -> Path:
     """The run's GGUF export (`hone export RUN --format gguf --quant QUANT`), made on first use."""
+    return _exported(run, "gguf", quant)
+
+
+def _exported(run: Path, fmt: str, quant: str) -> Path:
+    """The main file of the run's `fmt` export at `quant`: the recorded one while its file exists, else a new one."""
     from rich.console import Console
 
     from hone.exporting.run import export_run
@@ -88,7 +83,7 @@ def run_gguf(run: Path, quant: str) -> Path:
 
     for entry in read_record(run).get("exports", []):
         path = Path(entry.get("path", "")) / entry.get("file", "")
-        if entry.get("format") == "gguf" and entry.get("quant") == quant and path.is_file():
+        if entry.get("format") == fmt and entry.get("quant") == quant and path.is_file():
             return path
-    result = export_run(run, "gguf", quant, console=Console(stderr=True))
+    result = export_run(run, fmt, quant, console=Console(stderr=True))
     return result.folder / result.manifest["main_files"][0]
