@@ -64,7 +64,8 @@ def serve(
     from hone.serve.engines.table import EngineRouter
     from hone.serve.settings import parse_pairs
 
-    settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant, llamacpp_lora=llamacpp_lora, weights=weights,
+    settings = _settings(db, base_model, model_engine, engine=engine, gguf_quant=gguf_quant,
+                         llamacpp_lora=llamacpp_lora, weights=weights,
                          continuous_batching=False if window_batching else None, max_upload_mb=max_upload_mb, rate_limit=rate_limit, max_steps=max_steps,
                          time_budget=time_budget, save_every=save_every, lease_seconds=lease_seconds,
                          early_stopping=False if no_early_stopping else None,

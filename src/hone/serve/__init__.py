@@ -11,6 +11,7 @@
     heartbeat.py a running job's lease, progress and the pause/cancel it is asked for
     catalog.py  base and tuned models an org may see
     inference.py /v1/chat/completions, /v1/completions, /v1/models: the OpenAI surface over an engine
+    served.py   what a served model is for every engine: base or tuned folder, tokenizers, context lengths
     engine.py   the transformers engine; engines/ the table of engines (llama.cpp, vLLM), batching, weights
     generation.py, tools.py  decoding rows into streamed text, stop strings, usage; tool calls and schemas
     capture.py  `--capture`: served exchanges stored off the request path (monitor/ reads them)

@@ -23,9 +23,10 @@ from hone.errors import UserError
 from hone.monitor.traffic import Exchange
 from hone.serve.body import unicode_text
 from hone.serve.capture import CaptureWriter
-from hone.serve.engine import BASE, Engine, InferenceEngine
+from hone.serve.engine import Engine
 from hone.serve.errors import APIError, error_responses
 from hone.serve.generation import Job, Sampling
+from hone.serve.served import BASE, InferenceEngine
 from hone.serve.settings import ServeSettings
 from hone.serve.tools import (
     ResponseFormat,

@@ -6,7 +6,8 @@ home; a run exported with `hone export` on its first request, ~30-60 s on 2 core
     model                          served as                                   exported on first request
     base model                     its GGUF                                    (converted once, hone home)
     LoRA run (plain LoRA)          the base's GGUF + the run's adapter GGUF,   --format gguf-lora (adapter)
-                                   applied per request
+                                   applied per request (--llamacpp-lora
+                                   merged: the run's own merged GGUF)
     LoRA run, converter missing    the run's own merged GGUF                   --format gguf
     DoRA, QLoRA, IA3 runs          the run's own merged GGUF (llama.cpp's      --format gguf
                                    adapter GGUF holds a plain LoRA delta only;
@@ -56,8 +57,8 @@ from hone.llamacpp.gguf import (
     run_gguf,
     run_lora_gguf,
 )
-from hone.serve.engine import BASE, ModelTokenizers, tuned_artifact
 from hone.serve.generation import Job, Row, RowProgress, eos_ids
+from hone.serve.served import BASE, ModelTokenizers, tuned_artifact
 
 log = logging.getLogger("hone.serve")
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hone.errors import ConfigError, UserError
-from hone.serve.engine import BASE, Engine, ModelTokenizers
+from hone.serve.engine import Engine
 from hone.serve.generation import Job
+from hone.serve.served import BASE, ModelTokenizers
 from hone.serve.settings import ServeSettings
 
 
@@ -42,7 +43,8 @@ def _transformers(settings: ServeSettings) -> Engine:
 def _llamacpp(settings: ServeSettings):
     from hone.serve.engines.llamacpp import LlamaCppEngine
 
-    return LlamaCppEngine(threads=settings.inference_threads, quant=settings.gguf_quant, lora=settings.llamacpp_lora)
+    return LlamaCppEngine(threads=settings.inference_threads, quant=settings.gguf_quant,
+                          lora=settings.llamacpp_lora)
 
 
 def _vllm(settings: ServeSettings):
@@ -67,8 +69,9 @@ ENGINES: dict[str, EngineSpec] = {e.name: e for e in (
                _transformers),
     EngineSpec("llamacpp", "llama.cpp (llama-cpp-python) in a child process on the GGUF `hone export` writes, "
                "exported on first use and cached; up to 16 sequences per model decode together", _has("llama_cpp"),
-               "make llamacpp", "no per-request LoRA over a shared base (a tuned run is its own merged GGUF); "
-               "prompt/prefix tuning and bottleneck adapters (no GGUF) go to transformers under --engine auto",
+               "make llamacpp", "rows of different LoRA adapters take turns, one adapter per decode step "
+               "(--llamacpp-lora merged: each run its own GGUF); prompt/prefix tuning and bottleneck adapters "
+               "(no GGUF) go to transformers under --engine auto",
                _llamacpp),
     EngineSpec("vllm", "vLLM's OpenAI server as a child process (its own venv), one per base model; LoRA runs "
                "load into it as dynamic adapters; --tensor-parallel/--pipeline-parallel/--vllm-arg passed through",

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hone.errors import UserError
-from hone.serve.engine import BASE, ModelTokenizers, tuned_artifact
 from hone.serve.generation import Job, Row, RowProgress, eos_ids
+from hone.serve.served import BASE, ModelTokenizers, tuned_artifact
 
 log = logging.getLogger("hone.serve")
 START_SECONDS = 900   # a cold vLLM start on 2 busy cores (imports, profiling, KV cache) took ~90 s
