@@ -64,7 +64,8 @@ def test_help_lists_every_command_under_its_lifecycle_stage():
     import typer
     from typer.testing import CliRunner
 
-    from hone.cli import PANELS, app
+    from hone.cli import app
+    from hone.cli.lifecycle import PANELS
 
     group = typer.main.get_command(app)
     ctx = click.Context(group)

@@ -15,6 +15,7 @@ from hone.cli.data import data_app
 from hone.cli.export import export_command
 from hone.cli.feedback import feedback_app
 from hone.cli.kb import kb_app
+from hone.cli.lifecycle import Lifecycle, group_help
 from hone.cli.monitor import monitor_command
 from hone.cli.plan import plan_command
 from hone.cli.promote import promote_command
@@ -23,26 +24,7 @@ from hone.cli.serve import keys_app, serve as serve_command, worker as worker_co
 from hone.cli.sweep import merge_command, sweep_command
 from hone.errors import Interrupted, UserError
 
-# `hone --help` groups the commands by the stage of the lifecycle they serve, in this order (one table: a new
-# command gets a row here, or it is listed under typer's plain "Commands").
-PANELS = {
-    "Data": ("data", "kb"),
-    "Fine-tune": ("demo", "train", "plan", "sweep", "merge", "methods", "models", "config"),
-    "Evaluate and use": ("eval", "chat", "generate", "report", "runs"),
-    "Ship": ("export", "serve", "worker", "keys"),
-    "After deployment": ("monitor", "feedback", "promote"),
-}
-
-
-class _Lifecycle(typer.core.TyperGroup):
-    """Lists the commands in PANELS' order, so `hone --help` reads from data to deployment."""
-
-    def list_commands(self, ctx) -> list[str]:
-        order = [name for names in PANELS.values() for name in names]
-        return sorted(super().list_commands(ctx), key=lambda n: (order.index(n) if n in order else len(order), n))
-
-
-app = typer.Typer(cls=_Lifecycle, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=Lifecycle, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models on your own hardware.")
 models_app = typer.Typer(no_args_is_help=True, help="Base models.")
 config_app = typer.Typer(no_args_is_help=True, help="Run configuration.")
@@ -379,19 +361,7 @@ def config_show(config: Optional[Path] = typer.Argument(None, help="YAML config 
     out.print(table)
 
 
-def _group_help() -> None:
-    where = {name: panel for panel, names in PANELS.items() for name in names}
-    for info in app.registered_commands:
-        assert info.callback is not None  # every command here is a decorated function
-        info.rich_help_panel = where.get(info.name or info.callback.__name__)
-        # the listing shows the docstring's first paragraph as one line (rich keeps a docstring's line breaks)
-        first = (info.callback.__doc__ or "").strip().split("\n\n")[0]
-        info.short_help = info.short_help or " ".join(first.split())
-    for group in app.registered_groups:
-        group.rich_help_panel = where.get(group.name or "")
-
-
-_group_help()
+group_help(app)
 
 
 def main() -> None:
