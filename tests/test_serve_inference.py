@@ -410,9 +410,7 @@ def test_adapters_share_one_base_and_other_methods_load_alone(models, tmp_path):
 
 
 def test_requests_for_different_adapters_share_one_generate_call(models):
-    from hone.data.render import prompt_for_generation
     from hone.serve.engine import Engine
-    from hone.serve.generation import Job, Sampling
 
     base = str(models["base"])
     sources = [Source("base", base, None, "system", 0)] + [Source(k, base, str(models[k]), "acme", 0) for k in ("a1", "a2")]
@@ -420,7 +418,20 @@ def test_requests_for_different_adapters_share_one_generate_call(models):
                 reference_answer(models["base"], models["a1"], HELLO, 8),
                 reference_answer(models["base"], models["a2"], HELLO, 8)]
     engine = Engine(max_tuned=2, batch_window=2.0, threads=1)   # a wide window: all three land in it
-    results, done = {}, threading.Event()
+    try:
+        assert together(engine, sources) == expected
+        assert engine.calls == 1
+    finally:
+        engine.close()
+
+
+def together(engine, sources) -> list[str]:
+    """The answers of one request per source, submitted within the engine's batch window: one batch."""
+    from hone.data.render import prompt_for_generation
+    from hone.serve.generation import Job, Sampling
+
+    results: dict[int, list] = {}
+    done = threading.Event()
 
     def emit_for(i):
         def emit(event):
@@ -430,15 +441,13 @@ def test_requests_for_different_adapters_share_one_generate_call(models):
                     done.set()
         return emit
 
-    try:
-        for i, source in enumerate(sources):
-            prompt = engine.encode(source, prompt_for_generation(engine.tokenizer(source), HELLO))
-            engine.submit(Job(source, [prompt], 1, [8], [], Sampling(0.0), emit_for(i)))
-        assert done.wait(120)
-        assert [results[i][0].text for i in range(3)] == expected
-        assert engine.calls == 1
-    finally:
-        engine.close()
+    calls = engine.calls
+    for i, source in enumerate(sources):
+        prompt = engine.encode(source, prompt_for_generation(engine.tokenizer(source), HELLO))
+        engine.submit(Job(source, [prompt], 1, [8], [], Sampling(0.0), emit_for(i)))
+    assert done.wait(120)
+    assert engine.calls == calls + 1   # one prefill: every row joined the same batch
+    return [results[i][0].text for i in range(len(sources))]
 
 
 def test_a_hone_lora_run_is_served_from_its_run_folder_as_training_left_it(tiny_model, chat_files, tmp_path):

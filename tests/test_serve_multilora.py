@@ -130,7 +130,7 @@ def test_engine_mixed_batch_takes_the_stacked_path(tiny_model, adapters, monkeyp
     from peft.tuners.lora import Linear as LoraLinear
 
     from hone.serve.engine import Engine
-    from test_serve_inference import HELLO, Source, answer_on, reference_answer
+    from test_serve_inference import HELLO, Source, answer_on, reference_answer, together
 
     base = str(tiny_model)
     sources = [Source("base", base, None, "system", 0)] + [Source(n, base, str(adapters[n]), "acme", 0) for n in SHAPES]
@@ -146,31 +146,3 @@ def test_engine_mixed_batch_takes_the_stacked_path(tiny_model, adapters, monkeyp
         assert together(engine, sources) == expected
     finally:
         engine.close()
-
-
-def together(engine, sources) -> list[str]:
-    """The answers of one request per source, submitted within the engine's batch window: one batch."""
-    import threading
-
-    from hone.data.render import prompt_for_generation
-    from hone.serve.generation import Job, Sampling
-    from test_serve_inference import HELLO
-
-    results: dict[int, list] = {}
-    done = threading.Event()
-
-    def emit_for(i):
-        def emit(event):
-            if event[0] in ("done", "error"):
-                results[i] = event[1]
-                if len(results) == len(sources):
-                    done.set()
-        return emit
-
-    calls = engine.calls
-    for i, source in enumerate(sources):
-        prompt = engine.encode(source, prompt_for_generation(engine.tokenizer(source), HELLO))
-        engine.submit(Job(source, [prompt], 1, [8], [], Sampling(0.0), emit_for(i)))
-    assert done.wait(120)
-    assert engine.calls == calls + 1   # one prefill: every row joined the same batch
-    return [results[i][0].text for i in range(len(sources))]
