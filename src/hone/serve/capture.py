@@ -24,8 +24,6 @@ BATCH = 64                 # rows per commit: one SQLite commit per row would co
 PURGE_EVERY_S = 3600.0     # retention is in days; an hourly sweep keeps the table within an hour of it
 
 
-
-
 class CaptureWriter:
     """Decides what is captured (settings) and writes it from its own thread."""
 
